@@ -1,0 +1,12 @@
+"""pathrt: explain image classifiers with neural pathways (GEN-CNP), fast and deployable."""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (torch must be imported before the compiled extension)
+
+__version__ = "0.1.0"
+
+from pathrt import errors  # noqa: E402
+from pathrt.runtime import ops  # noqa: E402,F401  (declares torch.ops.pathrt.*)
+
+__all__ = ["__version__", "errors"]
