@@ -1,0 +1,103 @@
+"""Reading and writing pathrt artifacts: safetensors weights + a JSON sidecar, written atomically.
+
+An artifact `<stem>` is the pair `<stem>.safetensors` (tensors) and `<stem>.json` (what they belong
+to). Files are written to a temporary file in the same folder and renamed, so a crash or bad input
+never leaves a torn file; the sidecar is written last and records a fingerprint of the tensors, so
+a pair from two different saves is detected on load. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pathrt.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MAX_SIDECAR_BYTES = 16 << 20
+
+
+def artifact_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(`<stem>.safetensors`, `<stem>.json`) for a stem or for either file's path."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Calls `write(tmp)` on a temporary file next to `path`, then renames it onto `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Writes `data` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def read_json(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Reads a sidecar of format `kind`, checking its size, syntax, format name and version."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p} does not exist; expected the JSON sidecar of a pathrt {kind} artifact")
+    if p.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ArtifactError(f"{p} is {p.stat().st_size} bytes, too large for a sidecar")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{p} is not valid JSON ({exc}); the file is corrupted") from exc
+    if not isinstance(data, dict) or data.get("format") != kind:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ArtifactError(f"{p} is not a pathrt {kind} sidecar (format {found!r})")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{p} has format_version {version!r}; this pathrt reads version "
+                            f"{FORMAT_VERSION}: re-create the artifact with this version")
+    return data
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Saves tensors to a safetensors file, atomically (contiguous CPU copies, no shared storage)."""
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(plain, str(tmp)))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Loads a safetensors file; unreadable or corrupted files raise ArtifactError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p} does not exist; expected a safetensors weights file")
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{p} is not a readable safetensors file ({exc}); the file is corrupted") from exc
+
+
+def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

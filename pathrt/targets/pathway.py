@@ -1,0 +1,157 @@
+"""Feature capture at the pathway layers and the pathway (masked) forward, eager reference.
+
+Both run the target once with temporary forward hooks on the spec's modules; the hooks are
+removed in a `finally`, so none survives an exception. Masks are per sample: (N, C_l) per layer,
+or one flat (N, K) tensor in the spec's layer order; a leading dimension of 1 applies one pathway
+to the whole batch. Bool/uint8 masks select channels; float masks scale them (training uses the
+DAQ's soft masks so that gradients reach the generator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from pathrt.errors import InputError, SpecError
+from pathrt.targets.spec import PathwaySpec
+
+Masks = torch.Tensor | Sequence[torch.Tensor]
+_Hook = Callable[[int, torch.Tensor], torch.Tensor | None]
+
+
+class Capture(NamedTuple):
+    """Logits of a forward pass and the pathway-layer outputs it saw, in spec order."""
+
+    logits: torch.Tensor
+    features: list[torch.Tensor]
+
+
+@contextmanager
+def _layer_hooks(model: nn.Module, spec: PathwaySpec, fn: _Hook) -> Iterator[list[int]]:
+    """Installs `fn(layer_index, output) -> replacement or None` on each pathway module.
+
+    Yields the per-layer call counts; checks each module's output shape against the spec.
+    """
+    modules = dict(model.named_modules())
+    missing = [name for name in spec.names if name not in modules]
+    if missing:
+        raise SpecError(f"the model has no module {missing} named by the pathway spec; was the spec "
+                        "built for another architecture?")
+    calls = [0] * len(spec.layers)
+
+    def make(index: int) -> Callable[[nn.Module, Any, Any], torch.Tensor | None]:
+        layer = spec.layers[index]
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor | None:
+            calls[index] += 1
+            if calls[index] > 1:
+                raise SpecError(f"pathway module {layer.name!r} ran twice in one forward pass")
+            if not isinstance(output, torch.Tensor) or output.dim() != 4 or output.shape[1] != layer.channels:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise SpecError(f"pathway module {layer.name!r} output {shape}, the spec expects "
+                                f"(N, {layer.channels}, H, W)")
+            return fn(index, output)
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(make(i)) for i, name in enumerate(spec.names)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_all_ran(spec: PathwaySpec, calls: list[int]) -> None:
+    idle = [spec.names[i] for i, c in enumerate(calls) if c == 0]
+    if idle:
+        raise SpecError(f"pathway modules {idle} did not run in this forward pass")
+
+
+def _check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != spec.input_shape[0]:
+        raise InputError(f"images must be (N, {spec.input_shape[0]}, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputError("images is an empty batch (N = 0)")
+
+
+def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor) -> Capture:
+    """Runs the plain forward of `model` on `x` and returns its logits and pathway-layer outputs.
+
+    Raises SpecError if a later in-place op modified a captured output (name another module).
+    """
+    _check_images(x, spec)
+    features: list[torch.Tensor | None] = [None] * len(spec.layers)
+    versions = [0] * len(spec.layers)
+
+    def keep(index: int, output: torch.Tensor) -> None:
+        features[index] = output
+        versions[index] = output._version
+
+    with _layer_hooks(model, spec, keep) as calls:
+        logits = model(x)
+    _check_all_ran(spec, calls)
+    changed = [spec.names[i] for i, f in enumerate(features) if f is not None and f._version != versions[i]]
+    if changed:
+        raise SpecError(f"the outputs of {changed} were modified in place later in the forward pass, so "
+                        "they cannot be captured as pathway features; name modules whose outputs are not "
+                        "overwritten")
+    return Capture(logits, [f for f in features if f is not None])
+
+
+def normalize_masks(masks: Masks, spec: PathwaySpec, batch: int) -> list[torch.Tensor]:
+    """Validates masks against the spec and a batch size; returns per-layer (N or 1, C_l) tensors."""
+    if isinstance(masks, torch.Tensor):
+        if masks.dim() != 2:
+            raise InputError(f"a flat mask must be (N, {spec.total_channels}), got shape {tuple(masks.shape)}")
+        per_layer = spec.split(masks)
+    else:
+        per_layer = list(masks)
+        if len(per_layer) != len(spec.layers):
+            raise InputError(f"expected {len(spec.layers)} per-layer masks, got {len(per_layer)}")
+    for layer, m in zip(spec.layers, per_layer, strict=True):
+        if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != layer.channels:
+            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise InputError(f"mask of layer {layer.name!r} must be (N, {layer.channels}), got {shape}")
+        if m.shape[0] not in (1, batch):
+            raise InputError(f"mask of layer {layer.name!r} has {m.shape[0]} rows for a batch of {batch}; "
+                             "give one row per image, or one row for all")
+    return per_layer
+
+
+def pathway_forward(
+    model: nn.Module,
+    spec: PathwaySpec,
+    x: torch.Tensor,
+    masks: Masks,
+) -> torch.Tensor:
+    """Logits of the pathway model H(x; P): each pathway layer's output times its channel mask.
+
+    With all-ones masks this is exactly the plain forward (multiplying by 1.0 is exact).
+    """
+    _check_images(x, spec)
+    per_layer = normalize_masks(masks, spec, x.shape[0])
+
+    def apply(index: int, output: torch.Tensor) -> torch.Tensor:
+        m = per_layer[index].to(device=output.device, dtype=output.dtype)
+        return output * m[:, :, None, None]
+
+    with _layer_hooks(model, spec, apply) as calls:
+        logits = model(x)
+    _check_all_ran(spec, calls)
+    return logits
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of forward (pre-)hooks and backward hooks installed on `model`'s modules."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )

@@ -1,0 +1,211 @@
+"""A target model with everything pathrt needs to explain it, and its weights artifact.
+
+`Target` bundles the network (eval mode), its architecture name and constructor arguments, its
+pathway spec, class names, input shape and input normalization, and a fingerprint of its weights.
+Saved as `<stem>.safetensors` + `<stem>.json` (format "pathrt.target"); loading rebuilds the
+architecture, checks every tensor name and shape and the fingerprint, and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pathrt.artifacts import (
+    FORMAT_VERSION,
+    artifact_paths,
+    load_tensors,
+    read_json,
+    save_tensors,
+    tensor_fingerprint,
+    write_json,
+)
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
+from pathrt.targets.models import build_model
+from pathrt.targets.pathway import Capture, Masks, capture_features, pathway_forward
+from pathrt.targets.spec import PathwaySpec, build_spec
+
+TARGET_FORMAT = "pathrt.target"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Target:
+    """A frozen classifier plus its pathway spec and preprocessing (see the module docstring)."""
+
+    model: nn.Module
+    arch: str
+    spec: PathwaySpec
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.spec.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (parameters and buffers); changes whenever any weight changes."""
+        return tensor_fingerprint(self.model.state_dict())
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalizes images in [0, 1] (N, C, H, W) with the target's mean and std."""
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def capture(self, x: torch.Tensor) -> Capture:
+        """Plain forward on preprocessed `x`: logits and pathway-layer features."""
+        return capture_features(self.model, self.spec, x)
+
+    def pathway_logits(self, x: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Logits of the pathway model H(x; masks) on preprocessed `x`."""
+        return pathway_forward(self.model, self.spec, x, masks)
+
+
+def create_target(
+    arch: str,
+    classes: Sequence[str] | int,
+    input_shape: Sequence[int],
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    pathway_modules: Sequence[str] | None = None,
+    **arch_kwargs: Any,
+) -> Target:
+    """A target of a known architecture with random weights (train it, or load weights into it)."""
+    names = tuple(str(i) for i in range(classes)) if isinstance(classes, int) else tuple(classes)
+    if len(names) < 2:
+        raise InputError(f"a classifier needs at least 2 classes, got {len(names)}")
+    if len(mean) != input_shape[0] or len(std) != input_shape[0]:
+        raise InputError(f"mean/std need one value per input channel ({input_shape[0]}), got "
+                         f"{len(mean)} and {len(std)}")
+    model = build_model(arch, num_classes=len(names), **arch_kwargs)
+    spec = build_spec(model, input_shape, pathway_modules)
+    return Target(model, arch, spec, names, tuple(map(float, mean)), tuple(map(float, std)), dict(arch_kwargs))
+
+
+def save_target(target: Target, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Writes `<stem>.safetensors` and its sidecar `<stem>.json` atomically; returns both paths."""
+    weights_path, sidecar_path = artifact_paths(path)
+    state = target.model.state_dict()
+    save_tensors(weights_path, state)
+    from pathrt import __version__
+
+    write_json(sidecar_path, {
+        "format": TARGET_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pathrt_version": __version__,
+        "arch": target.arch,
+        "arch_kwargs": target.arch_kwargs,
+        "classes": list(target.classes),
+        "mean": list(target.mean),
+        "std": list(target.std),
+        "pathway_spec": target.spec.to_dict(),
+        "fingerprint": tensor_fingerprint(state),
+        "weights_file": weights_path.name,
+        "info": target.info,
+    })
+    return weights_path, sidecar_path
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"wrong shapes {wrong[:5]}" if wrong else ""]
+        raise IncompatibleArtifactError(f"the weights in {source} do not fit architecture {arch!r}: "
+                                        + "; ".join(p for p in parts if p)
+                                        + ". Check the architecture name and the number of classes.")
+    model.load_state_dict(state, strict=True)
+
+
+def load_target(path: str | os.PathLike[str], *, arch: str | None = None, fingerprint: str | None = None) -> Target:
+    """Loads a target saved by `save_target` (or `pathrt train-target`).
+
+    Refuses, with IncompatibleArtifactError, weights whose fingerprint differs from the sidecar's
+    (or from `fingerprint`, when given) and an architecture other than `arch`, when given.
+    """
+    weights_path, sidecar_path = artifact_paths(path)
+    meta = read_json(sidecar_path, TARGET_FORMAT)
+    try:
+        saved_arch = str(meta["arch"])
+        classes = [str(c) for c in meta["classes"]]
+        mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+        arch_kwargs = dict(meta.get("arch_kwargs", {}))
+        spec = PathwaySpec.from_dict(meta["pathway_spec"])
+        recorded = str(meta["fingerprint"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{sidecar_path} lacks or garbles a required field ({exc})") from exc
+    if arch is not None and arch != saved_arch:
+        raise IncompatibleArtifactError(f"{sidecar_path} holds a {saved_arch!r} target, not {arch!r}")
+    state = load_tensors(weights_path)
+    actual = tensor_fingerprint(state)
+    if actual != recorded:
+        raise IncompatibleArtifactError(f"{weights_path} does not match its sidecar {sidecar_path.name} "
+                                        f"(weights fingerprint {actual[:12]}…, sidecar says {recorded[:12]}…): "
+                                        "the two files come from different saves; save the target again")
+    if fingerprint is not None and actual != fingerprint:
+        raise IncompatibleArtifactError(f"{weights_path} has weights fingerprint {actual[:12]}…, but "
+                                        f"{fingerprint[:12]}… was expected: this is another model")
+    target = create_target(saved_arch, classes, spec.input_shape, mean=mean, std=std,
+                           pathway_modules=spec.names if spec.rule == "user" else None, **arch_kwargs)
+    _load_state(target.model, state, weights_path, saved_arch)
+    if target.spec != spec:
+        raise IncompatibleArtifactError(f"the pathway spec rebuilt for {saved_arch!r} differs from the one "
+                                        f"recorded in {sidecar_path}; it was saved by another pathrt version")
+    target.info = dict(meta.get("info", {}))
+    return target
+
+
+def import_weights(
+    arch: str,
+    weights_file: str | os.PathLike[str],
+    classes: Sequence[str] | int,
+    input_shape: Sequence[int],
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    **arch_kwargs: Any,
+) -> Target:
+    """A target of a known architecture with a user's local state dict (never downloaded).
+
+    `weights_file` is a .safetensors file or a PyTorch state dict (.pth/.pt), read with
+    `torch.load(weights_only=True)`, so no pickled code runs. Save the result with `save_target`.
+    """
+    source = Path(weights_file)
+    if not source.is_file():
+        raise ArtifactError(f"{source} does not exist; give the path of a local weights file")
+    if source.suffix == ".safetensors":
+        state = load_tensors(source)
+    else:
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ArtifactError(f"{source} is not a loadable state dict ({exc}); pathrt only reads plain "
+                                "tensors (weights_only=True), never pickled objects") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ArtifactError(f"{source} does not hold a state dict (name -> tensor)")
+    target = create_target(arch, classes, input_shape, mean=mean, std=std, **arch_kwargs)
+    _load_state(target.model, state, source, arch)
+    return target
