@@ -58,6 +58,7 @@ def evaluate_accuracy(target: Target, dataset: TensorImageDataset, batch_size: i
     return correct / max(1, len(dataset))
 
 
+@torch.enable_grad()
 def train_target(
     train: TensorImageDataset,
     test: TensorImageDataset,

@@ -1,0 +1,67 @@
+"""What pathrt has built and can use here: versions, the extension, its CUDA kernels, the ops."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import torch
+
+from pathrt.runtime import ops
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """A JSON-ready description of the installation (`pathrt info --json`)."""
+    from pathrt import __version__
+
+    build = ops.build_info()
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {
+        "pathrt": __version__,
+        "versions": {name: _version(name) for name in ("torch", "torchvision", "triton", "onnx", "onnxruntime")},
+        "torch_cuda_build": torch.version.cuda,
+        "cuda_devices": cuda_devices,
+        "extension": {"loaded": ops.EXTENSION is not None, "error": ops.EXTENSION_ERROR, "build": build},
+        "cuda_kernels_compiled": bool(build and build["cuda"]),
+        "cuda_kernels_usable": bool(build and build["cuda"]) and cuda_devices > 0,
+        "ops": ops.implementations(),
+    }
+
+
+def format_environment(env: dict[str, Any]) -> str:
+    """The human-readable report printed by `pathrt info`."""
+    lines = [f"pathrt {env['pathrt']}"]
+    lines.append("  " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
+    cuda = f"CUDA build {env['torch_cuda_build']}" if env["torch_cuda_build"] else "CPU-only build"
+    lines.append(f"  torch: {cuda}; CUDA devices: {env['cuda_devices'] or 'none'}")
+    ext = env["extension"]
+    if not ext["loaded"]:
+        lines.append(f"extension pathrt._C: NOT loaded ({ext['error']}); ops use the plain-PyTorch reference")
+    else:
+        b = ext["build"]
+        lines.append(f"extension pathrt._C: loaded (gcc {b['compiler']}, C++ {b['cplusplus']}, "
+                     f"OpenMP {b['openmp']} with {b['openmp_max_threads']} threads)")
+        if b["cuda"]:
+            archs = ", ".join(f"sm_{a.replace('.', '')}" for a in b["cuda_archs"].split(";") if a)
+            usable = "yes" if env["cuda_kernels_usable"] else "no (no CUDA device here)"
+            lines.append(f"  CUDA kernels: compiled for {archs} (CUDA runtime {b['cuda_runtime_version']}); "
+                         f"usable: {usable}")
+        else:
+            lines.append("  CUDA kernels: not compiled (no nvcc or CPU-only torch at build time)")
+        feats = [k for k, v in b["cpu_features"].items() if v]
+        lines.append(f"  CPU features: {' '.join(feats) or 'none'}")
+    lines.append("ops (torch.ops.pathrt):")
+    lines.append(f"  {'op':<16} {'CPU':<10} CUDA")
+    for name, keys in env["ops"].items():
+        cuda_state = keys["CUDA"]
+        if cuda_state == "native" and not env["cuda_kernels_usable"]:
+            cuda_state += " (compiled, no device to run it)"
+        lines.append(f"  {name:<16} {keys['CPU']:<10} {cuda_state}")
+    return "\n".join(lines)
