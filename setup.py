@@ -60,7 +60,7 @@ def _extensions():
     )
     if not with_cuda:
         return [cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]
-    archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+    archs = ",".join(os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split())
     define = ["-DPATHRT_WITH_CUDA", f'-DPATHRT_CUDA_ARCHS="{archs}"']
     sources += sorted(str(p) for p in (CSRC / "cuda").glob("*.cpp")) + sorted(
         str(p) for p in (CSRC / "cuda").glob("*.cu")

@@ -49,7 +49,7 @@ def format_environment(env: dict[str, Any]) -> str:
         lines.append(f"extension pathrt._C: loaded (gcc {b['compiler']}, C++ {b['cplusplus']}, "
                      f"OpenMP {b['openmp']} with {b['openmp_max_threads']} threads)")
         if b["cuda"]:
-            archs = ", ".join(f"sm_{a.replace('.', '')}" for a in b["cuda_archs"].split(";") if a)
+            archs = ", ".join(f"sm_{a.replace('.', '')}" for a in b["cuda_archs"].split(",") if a)
             usable = "yes" if env["cuda_kernels_usable"] else "no (no CUDA device here)"
             lines.append(f"  CUDA kernels: compiled for {archs} (CUDA runtime {b['cuda_runtime_version']}); "
                          f"usable: {usable}")

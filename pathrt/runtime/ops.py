@@ -82,7 +82,7 @@ def unpack_masks(packed: torch.Tensor, k: int) -> torch.Tensor:
         raise ValueError(f"unpack_masks: k={k} does not fit in {packed.shape[1]} bytes per row")
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(packed.shape[0], -1)[:, :k].bool()
+    return bits.reshape(packed.shape[0], packed.shape[1] * 8)[:, :k].bool()
 
 
 def pairwise_iou_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

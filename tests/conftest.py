@@ -1,0 +1,56 @@
+"""Shared test fixtures: seeded RNGs, small real torchvision targets, a trained embedded target."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pathrt  # noqa: F401  (registers torch.ops.pathrt)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def randomize_batchnorms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Gives every BatchNorm non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.randn(n, generator=g) * 0.3 + 1)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
+    return model
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter (for import-time behaviour) and returns the result."""
+    import os
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def trained_target_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default target trained with the default config once per session (~30 s)."""
+    from pathrt.data import load_digits
+    from pathrt.targets.training import train_target
+
+    stem = tmp_path_factory.mktemp("target") / "target"
+    train_target(load_digits("train"), load_digits("test"), out=stem, progress=False)
+    return stem

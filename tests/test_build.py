@@ -1,0 +1,80 @@
+"""The compiled extension: build info, CUDA kernels compiled (no GPU needed), and the CMake build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathrt.runtime import ops
+from pathrt.runtime.info import environment, format_environment
+from tests.conftest import ROOT, run_python
+
+NVCC = "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else shutil.which("nvcc")
+CUDA_TOOLCHAIN = NVCC is not None and torch.version.cuda is not None
+
+
+def test_build_info_describes_the_extension() -> None:
+    info = ops.build_info()
+    assert info is not None
+    assert info["torch"] == torch.__version__.split("+")[0]
+    assert info["openmp"] is not None and info["openmp_max_threads"] >= 1
+    assert isinstance(info["cpu_features"]["avx2"], bool)
+    assert info["cuda"] == CUDA_TOOLCHAIN, "setup.py must compile the CUDA kernels wherever nvcc exists"
+    if info["cuda"]:
+        assert info["cuda_archs"] == "8.0,9.0"
+
+
+def test_pathrt_info_lists_ops_and_cuda_status() -> None:
+    text = format_environment(environment())
+    for name in ops.OPS:
+        assert name in text
+    if CUDA_TOOLCHAIN:
+        assert "CUDA kernels: compiled for sm_80, sm_90" in text
+
+
+@pytest.mark.skipif(not CUDA_TOOLCHAIN, reason="needs nvcc")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_kernels_compile_for_arch(arch: str, tmp_path: Path) -> None:
+    source = ROOT / "csrc" / "cuda" / "mask_kernels.cu"
+    result = subprocess.run(
+        [NVCC, "-c", f"-arch={arch}", "-O3", "-std=c++17", f"-I{ROOT / 'csrc' / 'include'}", str(source),
+         "-o", str(tmp_path / "k.o")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "k.o").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cmake_build(tmp_path: Path) -> None:
+    """CMakeLists.txt builds the same module (with CUDA kernels where nvcc exists); it works."""
+    build = tmp_path / "build"
+    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+    configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja",
+                                f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True,
+                               env=env, timeout=300)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    assert f"CUDA kernels {'ON' if CUDA_TOOLCHAIN else 'OFF'}" in configure.stdout
+    compiled = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True, env=env, timeout=600)
+    assert compiled.returncode == 0, compiled.stdout[-3000:] + compiled.stderr[-3000:]
+    (module,) = build.glob("_C*.so")
+    code = (
+        "import importlib.util, torch\n"
+        f"spec = importlib.util.spec_from_file_location('_C', {str(module)!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        f"assert mod.build_info()['cuda'] == {CUDA_TOOLCHAIN}\n"
+        "from pathrt.runtime import ops\n"  # PATHRT_NO_EXTENSION: only the CMake module's kernels
+        "assert ops.implementations()['pack_masks']['CPU'] == 'native', ops.implementations()\n"
+        "m = torch.rand(9, 70) > 0.5\n"
+        "assert torch.equal(ops.pack_masks(m), ops.pack_masks_reference(m))\n"
+        "p = ops.pack_masks(m)\n"
+        "torch.testing.assert_close(ops.pairwise_iou(p, p), ops.pairwise_iou_reference(p, p))\n"
+        "print('cmake module ok')\n"
+    )
+    result = run_python(code, env={"PATHRT_NO_EXTENSION": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "cmake module ok" in result.stdout
