@@ -182,6 +182,7 @@ _CIFAR_ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
 }
 
 

@@ -62,8 +62,9 @@ def _inspect(target: Target, test: TensorImageDataset, seed: int) -> dict[str, A
     x = target.preprocess(test.images)
     plain = target.model(x)
     with canonized(target.model) as folding:
+        folded = folding.folded
         canon = target.model(x)
-        print(f"canonization: folded {folding.folded} BatchNorms, max relative logit error "
+        print(f"canonization: folded {folded} BatchNorms, max relative logit error "
               f"{float((canon - plain).abs().max() / plain.abs().max()):.2e}")
         print(f"pathway layers (SPEC §1, {target.spec.rule} rule):")
         print(target.spec.describe())
@@ -89,7 +90,7 @@ def _inspect(target: Target, test: TensorImageDataset, seed: int) -> dict[str, A
         "target": {"arch": target.arch, "test_accuracy": accuracy,
                    "fingerprint": target.fingerprint, "training": target.info},
         "pathway_spec": target.spec.to_dict(),
-        "canonized_batchnorms": folding.folded,
+        "canonized_batchnorms": folded,
         "all_ones_equals_plain": exact,
         "random_pathways": rows,
     }

@@ -1,0 +1,89 @@
+"""Target training, the `pathrt` command line and the demo, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pathrt.artifacts import artifact_paths
+from pathrt.data import load_digits
+from pathrt.demo import run_demo
+from pathrt.targets import load_target
+from pathrt.targets.training import TargetTrainingConfig, evaluate_accuracy, train_target
+from tests.conftest import ROOT
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pathrt.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_default_target_reaches_95_percent(trained_target_path: Path) -> None:
+    target = load_target(trained_target_path, arch="small_vgg")
+    accuracy = evaluate_accuracy(target, load_digits("test"))
+    assert accuracy >= 0.95
+    assert target.info["test_accuracy"] == pytest.approx(accuracy)
+    assert target.info["training"]["epochs"] == TargetTrainingConfig().epochs
+
+
+@pytest.mark.slow
+def test_training_is_seeded() -> None:
+    train, test = load_digits("train").subset(range(256)), load_digits("test").subset(range(64))
+    config = TargetTrainingConfig(epochs=1, seed=3)
+    first = train_target(train, test, config, progress=False)
+    second = train_target(train, test, config, progress=False)
+    assert first.fingerprint == second.fingerprint
+    third = train_target(train, test, TargetTrainingConfig(epochs=1, seed=4), progress=False)
+    assert third.fingerprint != first.fingerprint
+
+
+def test_cli_info() -> None:
+    result = _cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "pack_masks" in result.stdout and "pairwise_iou" in result.stdout and "CUDA kernels" in result.stdout
+    as_json = json.loads(_cli("info", "--json").stdout)
+    assert as_json["extension"]["loaded"] and set(as_json["ops"]) == {"pack_masks", "pairwise_iou"}
+
+
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    result = _cli("train-target", "--image-folder", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_train_target_on_image_folder(tmp_path: Path) -> None:
+    for c in ("dark", "light"):
+        (tmp_path / "images" / c).mkdir(parents=True)
+        for i in range(10):
+            value = 20 + 3 * i if c == "dark" else 200 + 3 * i
+            Image.new("RGB", (12, 12), (value, value, value)).save(tmp_path / "images" / c / f"{i}.png")
+    out = tmp_path / "folder_target"
+    result = _cli("train-target", "--image-folder", str(tmp_path / "images"), "--size", "16", "--epochs", "3",
+                  "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    target = load_target(out)
+    assert target.classes == ("dark", "light") and target.input_shape == (3, 16, 16)
+    assert "test accuracy" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_reuses_cached_target(trained_target_path: Path, tmp_path: Path) -> None:
+    for src in artifact_paths(trained_target_path):
+        shutil.copy(src, tmp_path / f"target{src.suffix}")
+    summary = run_demo(tmp_path, progress=False)
+    assert summary["target"]["reused"] and summary["target"]["test_accuracy"] >= 0.95
+    assert summary["all_ones_equals_plain"] and summary["canonized_batchnorms"] == 5
+    fidelity = {row["sparsity"]: row["fidelity"] for row in summary["random_pathways"]}
+    assert fidelity[0.1] > fidelity[0.9]
+    assert json.loads((tmp_path / "summary.json").read_text())["pathway_spec"]["rule"] == "conv-relu"
+    ious = [row["mean_pairwise_iou"] for row in summary["random_pathways"]]
+    assert ious == sorted(ious, reverse=True)  # random masks overlap less as sparsity grows
