@@ -6,7 +6,7 @@ import torch  # noqa: F401  (torch must be imported before the compiled extensio
 
 __version__ = "0.1.0"
 
-from pathrt import errors  # noqa: E402
-from pathrt.runtime import ops  # noqa: E402,F401  (declares torch.ops.pathrt.*)
+from pathrt import errors
+from pathrt.runtime import ops  # noqa: F401  (declares torch.ops.pathrt.*)
 
 __all__ = ["__version__", "errors"]

@@ -10,6 +10,7 @@ pairs inside nn.Sequential containers.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,7 +70,7 @@ def _pairs_from_sequentials(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(seq, nn.Sequential):
             continue
         children = list(seq.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
+        for (a_name, a), (b_name, b) in itertools.pairwise(children):
             if isinstance(a, _FOLDABLE) and isinstance(b, _BatchNorm):
                 prefix = f"{seq_name}." if seq_name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
