@@ -7,7 +7,6 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEPS := $(VENV)/.pathrt-installed
 EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
-EXT = pathrt/_C$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast lint build info clean
@@ -28,22 +27,19 @@ lint: $(DEPS)
 info: build
 	$(PY) -m pathrt.cli info
 
-build: $(DEPS) $(EXT)
+build: $(DEPS)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, from the pinned versions on local disk; then the package without build isolation
-# (an isolated build would install a second multi-GB torch), which compiles pathrt._C.
-$(DEPS): pyproject.toml | $(PY)
+# (an isolated build would install a second multi-GB torch), which compiles pathrt._C. Runs again
+# when the extension's sources change (for quicker incremental C++ builds while developing:
+# `.venv/bin/python setup.py build_ext --inplace`).
+$(DEPS): pyproject.toml $(EXT_SOURCES) | $(PY)
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install "setuptools>=64" wheel "pybind11>=2.12" ninja
 	$(PIP) install --no-build-isolation -e ".[dev,onnx]"
-	touch $@
-
-# Rebuild the extension in place when its sources change.
-$(EXT): $(EXT_SOURCES) | $(DEPS)
-	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
 clean:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (torch must be imported before the compiled extension)
 
-__version__ = "0.1.0"
-
 from pathrt import errors
 from pathrt.runtime import ops  # noqa: F401  (declares torch.ops.pathrt.*)
+from pathrt.version import __version__
 
 __all__ = ["__version__", "errors"]

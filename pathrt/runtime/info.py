@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pathrt.runtime import ops
+from pathrt.version import __version__
 
 
 def _version(package: str) -> str | None:
@@ -19,8 +20,6 @@ def _version(package: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """A JSON-ready description of the installation (`pathrt info --json`)."""
-    from pathrt import __version__
-
     build = ops.build_info()
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return {

@@ -30,6 +30,7 @@ from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.targets.models import build_model
 from pathrt.targets.pathway import Capture, Masks, capture_features, pathway_forward
 from pathrt.targets.spec import PathwaySpec, build_spec
+from pathrt.version import __version__
 
 TARGET_FORMAT = "pathrt.target"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,8 +105,6 @@ def save_target(target: Target, path: str | os.PathLike[str]) -> tuple[Path, Pat
     weights_path, sidecar_path = artifact_paths(path)
     state = target.model.state_dict()
     save_tensors(weights_path, state)
-    from pathrt import __version__
-
     write_json(sidecar_path, {
         "format": TARGET_FORMAT,
         "format_version": FORMAT_VERSION,
