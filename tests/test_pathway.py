@@ -63,6 +63,8 @@ def test_random_masks_equal_hand_zeroed_forward_small_vgg() -> None:
     masks = [torch.rand(5, c) > 0.5 for c in spec.channels]
     expected = _manual_small_vgg(model, x, masks, spec.names)
     torch.testing.assert_close(pathway_forward(model, spec, x, masks), expected, rtol=0, atol=0)
+    as_uint8 = [m.to(torch.uint8) * 7 for m in masks]  # uint8: nonzero means kept, not a scale
+    torch.testing.assert_close(pathway_forward(model, spec, x, as_uint8), expected, rtol=0, atol=0)
     assert not torch.allclose(expected, model(x))  # the masks matter
 
 

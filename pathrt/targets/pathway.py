@@ -139,7 +139,8 @@ def pathway_forward(
     per_layer = normalize_masks(masks, spec, x.shape[0])
 
     def apply(index: int, output: torch.Tensor) -> torch.Tensor:
-        m = per_layer[index].to(device=output.device, dtype=output.dtype)
+        m = per_layer[index]
+        m = (m if m.is_floating_point() else m != 0).to(device=output.device, dtype=output.dtype)
         return output * m[:, :, None, None]
 
     with _layer_hooks(model, spec, apply) as calls:
