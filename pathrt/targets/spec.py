@@ -150,7 +150,7 @@ def spec_from_modules(
     missing = [n for n in names if n not in modules]
     if missing:
         raise SpecError(f"{type(model).__name__} has no module named {missing}; "
-                        f"some valid names: {[n for n in list(modules)[1:8]]}")
+                        f"some valid names: {list(modules)[1:8]}")
     if len(set(names)) != len(names) or not names:
         raise SpecError(f"pathway module names must be unique and non-empty, got {list(names)}")
     seen: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
