@@ -24,16 +24,15 @@ def _want_cuda() -> bool:
     import torch
 
     switch = os.environ.get("PATHRT_CUDA", "auto").lower()
+    forced = switch in ("1", "on", "true", "yes")
     nvcc = shutil.which("nvcc")
     if os.path.exists("/usr/local/cuda/bin/nvcc"):
         nvcc = "/usr/local/cuda/bin/nvcc"  # /usr/local/bin/nvcc may be a wrapper script
-    if switch in ("0", "off", "false", "no") or torch.version.cuda is None:
-        if switch in ("1", "on", "true", "yes"):
-            sys.exit("PATHRT_CUDA=1 but torch is a CPU-only build: install a CUDA build of torch")
-        return False
-    if nvcc is None:
-        if switch in ("1", "on", "true", "yes"):
-            sys.exit("PATHRT_CUDA=1 but nvcc was not found: put the CUDA toolkit's bin/ on PATH")
+    missing = ("torch is a CPU-only build: install a CUDA build of torch" if torch.version.cuda is None
+               else "nvcc was not found: put the CUDA toolkit's bin/ on PATH" if nvcc is None else None)
+    if switch in ("0", "off", "false", "no") or missing:
+        if forced:
+            sys.exit(f"PATHRT_CUDA=1 but {missing}")
         return False
     os.environ.setdefault("CUDA_HOME", str(Path(nvcc).resolve().parent.parent))
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -52,7 +51,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
-    sources = [str(CSRC / "bindings.cpp"), str(CSRC / "cpu" / "mask_ops.cpp")]
+    sources = [str(CSRC / "bindings.cpp"), *sorted(str(p) for p in (CSRC / "cpu").glob("*.cpp"))]
     common = dict(
         name="pathrt._C",
         include_dirs=[str(Path.cwd() / CSRC / "include")],  # ninja builds elsewhere

@@ -141,9 +141,9 @@ class ImageFolderDataset(Dataset):
         if rejected:
             raise DatasetError(f"{self.root} holds {len(rejected)} non-image files, e.g. {rejected[:5]}; "
                                f"image files end in {', '.join(IMAGE_EXTENSIONS)}")
-        counts = np.bincount([lbl for _, lbl in self.samples], minlength=len(self.classes))
         if not self.samples:
             raise DatasetError(f"{self.root} has class folders {list(self.classes)[:5]} but no images in them")
+        counts = np.bincount([lbl for _, lbl in self.samples], minlength=len(self.classes))
         if (counts == 0).any():
             missing = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
             raise DatasetError(f"class folders {missing[:5]} in {self.root} hold no images")

@@ -23,8 +23,9 @@ from pathrt.targets import Target, canonized, load_target
 from pathrt.targets.training import TargetTrainingConfig, evaluate_accuracy, train_target
 
 
-def get_demo_target(workdir: Path, retrain: bool = False, progress: bool = True) -> tuple[Target, bool]:
-    """The cached demo target in `workdir`, or a freshly trained one; (target, reused)."""
+def get_demo_target(workdir: Path, train: TensorImageDataset, test: TensorImageDataset, retrain: bool = False,
+                    progress: bool = True) -> tuple[Target, bool]:
+    """The cached demo target in `workdir`, or one freshly trained on `train`; (target, reused)."""
     stem = workdir / "target"
     if not retrain and artifact_paths(stem)[1].exists():
         try:
@@ -33,8 +34,7 @@ def get_demo_target(workdir: Path, retrain: bool = False, progress: bool = True)
             print(f"cached target unusable ({exc}); training again")
     else:
         print(f"training the target (cached at {artifact_paths(stem)[0]} afterwards)")
-    target = train_target(load_digits("train"), load_digits("test"), TargetTrainingConfig(), out=stem,
-                          progress=progress)
+    target = train_target(train, test, TargetTrainingConfig(), out=stem, progress=progress)
     return target, False
 
 
@@ -43,9 +43,9 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
     """Runs the demo, prints what it finds and writes `workdir/summary.json`; returns the summary."""
     start = time.perf_counter()
     out = Path(workdir)
-    test = load_digits("test")
-    print(f"data: scikit-learn digits at 32x32, {len(load_digits('train'))} train / {len(test)} test images")
-    target, reused = get_demo_target(out, retrain, progress)
+    train, test = load_digits("train"), load_digits("test")
+    print(f"data: scikit-learn digits at 32x32, {len(train)} train / {len(test)} test images")
+    target, reused = get_demo_target(out, train, test, retrain, progress)
     with torch.no_grad():
         summary = _inspect(target, test, seed)
     summary["target"]["reused"] = reused

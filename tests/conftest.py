@@ -45,6 +45,13 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300)
                           timeout=timeout, cwd=ROOT)
 
 
+def assert_python_ok(code: str, env: dict[str, str] | None = None) -> None:
+    """Runs `code` in a fresh interpreter; it must exit 0 and print "ok" as its last line."""
+    result = run_python(code + "\nprint('ok')\n", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "ok", result.stdout
+
+
 @pytest.fixture(scope="session")
 def trained_target_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default target trained with the default config once per session (~30 s)."""

@@ -13,7 +13,7 @@ import torch
 
 from pathrt.runtime import ops
 from pathrt.runtime.info import environment, format_environment
-from tests.conftest import ROOT, run_python
+from tests.conftest import ROOT, assert_python_ok
 
 NVCC = "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else shutil.which("nvcc")
 CUDA_TOOLCHAIN = NVCC is not None and torch.version.cuda is not None
@@ -73,8 +73,5 @@ def test_cmake_build(tmp_path: Path) -> None:
         "assert torch.equal(ops.pack_masks(m), ops.pack_masks_reference(m))\n"
         "p = ops.pack_masks(m)\n"
         "torch.testing.assert_close(ops.pairwise_iou(p, p), ops.pairwise_iou_reference(p, p))\n"
-        "print('cmake module ok')\n"
     )
-    result = run_python(code, env={"PATHRT_NO_EXTENSION": "1"})
-    assert result.returncode == 0, result.stderr
-    assert "cmake module ok" in result.stdout
+    assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pathrt.runtime import ops
-from tests.conftest import run_python
+from tests.conftest import assert_python_ok
 
 
 def test_native_kernels_are_registered_on_cpu() -> None:
@@ -127,8 +127,5 @@ def test_reference_fallback_without_extension() -> None:
         "p = ops.pack_masks(m)\n"
         "assert p.tolist() == [[5], [0]], p\n"
         "assert ops.pairwise_iou(p, p).tolist() == [[1.0, 0.0], [0.0, 1.0]]\n"
-        "print('fallback ok')\n"
     )
-    result = run_python(code, env={"PATHRT_NO_EXTENSION": "1"})
-    assert result.returncode == 0, result.stderr
-    assert "fallback ok" in result.stdout
+    assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})
