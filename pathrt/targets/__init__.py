@@ -1,7 +1,7 @@
 """Target-model adapters: architectures, pathway-layer specs, feature capture, the pathway forward,
 canonization (BatchNorm folding), and the target weights artifact. Knows nothing of generators."""
 
-from pathrt.targets.canonize import BatchNormFolding, canonize, canonized, foldable_pairs
+from pathrt.targets.canonize import BatchNormFolding, canonize, canonized, canonized_copy, foldable_pairs
 from pathrt.targets.models import ARCHITECTURES, SmallVGG, build_model
 from pathrt.targets.pathway import Capture, capture_features, count_hooks, normalize_masks, pathway_forward
 from pathrt.targets.spec import PathwayLayer, PathwaySpec, build_spec, default_pathway_modules, spec_from_modules
@@ -19,6 +19,7 @@ __all__ = [
     "build_spec",
     "canonize",
     "canonized",
+    "canonized_copy",
     "capture_features",
     "count_hooks",
     "create_target",

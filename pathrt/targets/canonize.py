@@ -10,6 +10,7 @@ pairs inside nn.Sequential containers.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import warnings
 from collections.abc import Iterator
@@ -152,6 +153,13 @@ class BatchNormFolding:
 def canonize(model: nn.Module) -> BatchNormFolding:
     """Folds `model`'s BatchNorms in place; keep the result to undo it with `.remove()`."""
     return BatchNormFolding(model).apply()
+
+
+def canonized_copy(model: nn.Module) -> nn.Module:
+    """A frozen, canonized deep copy of `model` in eval mode (the model the explain path runs)."""
+    clone = copy.deepcopy(model).eval()
+    canonize(clone)
+    return clone.requires_grad_(False)
 
 
 @contextmanager

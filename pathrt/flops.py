@@ -1,0 +1,16 @@
+"""FLOP counting (torch's FlopCounterMode): the unit of every cost statement is one plain pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """FLOPs (multiply-add = 2) that `fn(*args, **kwargs)` spends in matmuls and convolutions."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())

@@ -1,0 +1,121 @@
+"""`Explainer`: the explain path (SPEC §8) over a target and its GEN-CNP generator.
+
+One plain pass of the canonized target captures the pathway-layer features, the generator turns
+them into per-input pathways (masks = scores >= 0.5), and one pathway pass gives H(x; P). Images
+go in as the target model takes them (normalized: see `Target.preprocess`). Large batches are
+processed in chunks of `max_batch_size`. The eager backend is the reference; faster backends
+arrive later and are tested against it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from pathrt.errors import IncompatibleArtifactError, InputError
+from pathrt.generator import PathwayGenerator, load_generator
+from pathrt.runtime.explanation import Explanation
+from pathrt.runtime.ops import pack_masks
+from pathrt.targets import Target, canonized_copy, capture_features, load_target, pathway_forward
+from pathrt.targets.pathway import Masks, normalize_masks
+
+BACKENDS = ("eager",)
+ClassSpec = int | Sequence[int] | torch.Tensor | None
+
+
+class Explainer:
+    """Explains a target's predictions with the pathways its generator produces."""
+
+    def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "eager",
+                 max_batch_size: int = 256) -> None:
+        if backend not in BACKENDS:
+            raise InputError(f"unknown backend {backend!r}; available here: {', '.join(BACKENDS)}")
+        if generator.spec != target.spec:
+            raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
+        if max_batch_size < 1:
+            raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.target = target
+        self.spec = target.spec
+        self.generator = generator.eval()
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.model = canonized_copy(target.model)  # the user's model stays untouched
+
+    @classmethod
+    def from_files(cls, target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
+                   **kwargs) -> Explainer:
+        """Loads a target and its generator (refusing a generator trained for another target)."""
+        target = load_target(target_path)
+        generator, _ = load_generator(generator_path, target_fingerprint=target.fingerprint, spec=target.spec)
+        return cls(target, generator, **kwargs)
+
+    def _classes(self, target: ClassSpec, logits: torch.Tensor) -> torch.Tensor:
+        if target is None:
+            return logits.argmax(1)
+        classes = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+        if classes.numel() == 1:
+            classes = classes.expand(len(logits))
+        if classes.numel() != len(logits):
+            raise InputError(f"target names {classes.numel()} classes for {len(logits)} images")
+        if classes.min() < 0 or classes.max() >= logits.shape[1]:
+            raise InputError(f"target classes must lie in [0, {logits.shape[1]}), got {classes.tolist()[:8]}")
+        return classes.clone()
+
+    def _chunks(self, images: torch.Tensor, target: ClassSpec) -> list[tuple[torch.Tensor, ClassSpec]]:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise InputError(f"images must be a (N, C, H, W) tensor, got {shape}")
+        per_sample = isinstance(target, torch.Tensor | Sequence) and torch.as_tensor(target).numel() > 1
+        out = []
+        for start in range(0, len(images), self.max_batch_size):
+            stop = start + self.max_batch_size
+            out.append((images[start:stop], torch.as_tensor(target)[start:stop] if per_sample else target))
+        return out
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
+        """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction)."""
+        parts = []
+        for x, cls in self._chunks(images, target):
+            capture = capture_features(self.model, self.spec, x)
+            out = self.generator(capture.features)
+            masks = torch.cat(out.masks, 1)
+            parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), cls, self.backend))
+        return Explanation.concat(parts)
+
+    @torch.no_grad()
+    def explain_with_masks(self, images: torch.Tensor, masks: Masks, target: ClassSpec = None,
+                           label: str = "given") -> Explanation:
+        """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks."""
+        flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool()
+        flat = flat.expand(len(images), -1)
+        logits = self.model(images)
+        return self._finish(images, logits, flat.contiguous(), flat.float(), target, label)
+
+    def _finish(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
+                target: ClassSpec, backend: str) -> Explanation:
+        pathway_logits = pathway_forward(self.model, self.spec, x, masks)
+        return Explanation(self.spec, masks, pack_masks(masks), scores, logits, pathway_logits,
+                           self._classes(target, logits), backend)
+
+    def pathway_gradient(self, images: torch.Tensor, explanation: Explanation) -> torch.Tensor:
+        """∂z_c(x; P)/∂x through the pathway model (SPEC §7): (N, C, H, W), the saliency of any pathway."""
+        if len(explanation) != len(images):
+            raise InputError(f"{len(images)} images but an explanation of {len(explanation)}")
+        grads = []
+        for start in range(0, len(images), self.max_batch_size):
+            stop = start + self.max_batch_size
+            with torch.enable_grad():
+                x = images[start:stop].detach().clone().requires_grad_(True)
+                logits = pathway_forward(self.model, self.spec, x, explanation.masks[start:stop])
+                chosen = logits.gather(1, explanation.classes[start:stop, None]).sum()
+                (grad,) = torch.autograd.grad(chosen, x)
+            grads.append(grad)
+        return torch.cat(grads)
+
+
+def saliency_map(gradient: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) input gradient → (N, H, W) saliency: max |gradient| over channels."""
+    return gradient.abs().amax(1)

@@ -1,0 +1,120 @@
+"""`Explanation`: the result of explaining a batch, whatever backend produced it.
+
+Masks and scores are stored flat, (N, K) in the spec's layer order; per-layer views, Y, O and the
+per-sample sparsity are derived from them (SPEC §5). Saved as `<stem>.safetensors` + `<stem>.json`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pathrt.artifacts import FORMAT_VERSION, artifact_paths, load_tensors, read_json, save_tensors, write_json
+from pathrt.errors import ArtifactError, InputError
+from pathrt.targets.spec import PathwaySpec
+from pathrt.version import __version__
+
+EXPLANATION_FORMAT = "pathrt.explanation"
+_TENSORS = ("masks", "packed", "scores", "logits", "pathway_logits", "classes")
+
+
+@dataclass
+class Explanation:
+    """Pathways of N inputs and what the pathway model does with them.
+
+    masks (N, K) bool, packed (N, ceil(K/8)) uint8 (`pathrt::pack_masks` layout), scores (N, K)
+    float, logits / pathway_logits (N, num_classes) of H(x) and H(x; P), classes (N,) the explained
+    class c (H's prediction unless asked otherwise), backend: what produced it.
+    """
+
+    spec: PathwaySpec
+    masks: torch.Tensor
+    packed: torch.Tensor
+    scores: torch.Tensor
+    logits: torch.Tensor
+    pathway_logits: torch.Tensor
+    classes: torch.Tensor
+    backend: str
+
+    def __post_init__(self) -> None:
+        n, k = len(self.classes), self.spec.total_channels
+        expected = {"masks": (n, k), "packed": (n, (k + 7) // 8), "scores": (n, k)}
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise InputError(f"Explanation.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
+        if self.masks.dtype != torch.bool or self.packed.dtype != torch.uint8:
+            raise InputError("Explanation.masks must be bool and Explanation.packed uint8")
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def layer_masks(self) -> list[torch.Tensor]:
+        """Per-layer boolean masks (N, C_l)."""
+        return self.spec.split(self.masks)
+
+    @property
+    def layer_scores(self) -> list[torch.Tensor]:
+        """Per-layer scores (N, C_l)."""
+        return self.spec.split(self.scores)
+
+    @property
+    def Y(self) -> torch.Tensor:
+        """p_c(x): the explained class's probability under the plain model."""
+        return torch.softmax(self.logits.float(), 1).gather(1, self.classes[:, None]).squeeze(1)
+
+    @property
+    def O(self) -> torch.Tensor:  # noqa: E743  (the paper's name)
+        """The explained class's probability under the pathway model H(x; P)."""
+        return torch.softmax(self.pathway_logits.float(), 1).gather(1, self.classes[:, None]).squeeze(1)
+
+    @property
+    def sparsity(self) -> torch.Tensor:
+        """Per-sample fraction of neurons removed: 1 − |P| / K."""
+        return 1.0 - self.masks.float().mean(1)
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """Per-sample number of kept neurons (int64)."""
+        return self.masks.sum(1)
+
+    def subset(self, index: torch.Tensor | Sequence[int] | slice) -> Explanation:
+        idx = index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
+        return Explanation(self.spec, *(getattr(self, name)[idx] for name in _TENSORS), self.backend)
+
+    @staticmethod
+    def concat(parts: Sequence[Explanation]) -> Explanation:
+        """Joins explanations of consecutive chunks (same spec and backend)."""
+        if not parts:
+            raise InputError("nothing to concatenate")
+        first = parts[0]
+        if any(p.spec != first.spec for p in parts):
+            raise InputError("cannot concatenate explanations of different pathway specs")
+        return Explanation(first.spec, *(torch.cat([getattr(p, n) for p in parts]) for n in _TENSORS), first.backend)
+
+    def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """Writes `<stem>.safetensors` + `<stem>.json` atomically."""
+        weights, sidecar = artifact_paths(path)
+        save_tensors(weights, {name: getattr(self, name) for name in _TENSORS})
+        write_json(sidecar, {"format": EXPLANATION_FORMAT, "format_version": FORMAT_VERSION,
+                             "pathrt_version": __version__, "backend": self.backend, "count": len(self),
+                             "pathway_spec": self.spec.to_dict()})
+        return weights, sidecar
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Explanation:
+        weights, sidecar = artifact_paths(path)
+        meta = read_json(sidecar, EXPLANATION_FORMAT)
+        tensors = load_tensors(weights)
+        missing = [name for name in _TENSORS if name not in tensors]
+        if missing:
+            raise ArtifactError(f"{weights} lacks the tensors {missing}")
+        try:
+            return cls(PathwaySpec.from_dict(meta["pathway_spec"]), *(tensors[n] for n in _TENSORS),
+                       str(meta["backend"]))
+        except (KeyError, InputError) as exc:
+            raise ArtifactError(f"{weights} / {sidecar.name} do not form a valid explanation ({exc})") from exc

@@ -1,0 +1,217 @@
+"""Training the GEN-CNP generator (`pathrt train`, SPEC §4), the target frozen.
+
+Per step: plain pass of the canonized target (no grad) → features and teacher p = softmax(z/τ);
+generator → scores s → DAQ masks m̃; pathway pass z̃ = H(x; m̃) with gradients into the generator
+only; loss τ²·KL(p ‖ softmax(z̃/τ)) + λ_sp(t)·L_sp with L_sp = mean s² ("l2") or mean s ("l1").
+AdamW, cosine schedule with linear warm-up, λ_sp ramped from 0, gradient clipping, seeded.
+
+Checkpoints: the generator artifact `<stem>` (see pathrt.generator) and, for `--resume`, one
+training-state file `<stem>.train.safetensors` holding generator weights, optimizer moments, RNG
+state and (in its metadata) step, config and history: a single atomic file, so it is never torn.
+The batch order is a function of (seed, epoch), so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from pathrt.artifacts import artifact_paths, atomic_write
+from pathrt.data import TensorImageDataset
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
+from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
+from pathrt.targets import Target, canonized_copy, capture_features, pathway_forward
+
+
+@dataclass(frozen=True)
+class GeneratorTrainingConfig:
+    """Hyperparameters of generator training (SPEC §4 defaults for small models)."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    ramp_fraction: float = 0.1
+    lambda_sp: float = 1.0
+    sparsity_loss: str = "l2"
+    tau: float = 1.0
+    clip: float = 1.0
+    seed: int = 0
+    val_every: int = 100
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.tau <= 0 or self.lambda_sp < 0:
+            raise InputError(f"invalid training config {self}")
+        if self.sparsity_loss not in ("l1", "l2"):
+            raise InputError(f"sparsity_loss must be 'l1' or 'l2', got {self.sparsity_loss!r}")
+
+    def lr_factor(self, step: int) -> float:
+        warmup = max(1, round(self.warmup_fraction * self.steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, self.steps - warmup)))
+
+    def lambda_at(self, step: int) -> float:
+        ramp = max(1, round(self.ramp_fraction * self.steps))
+        return self.lambda_sp * min(1.0, step / ramp)
+
+
+def _state_path(stem: Path) -> Path:
+    return artifact_paths(stem)[0].with_suffix(".train.safetensors")
+
+
+def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    per_epoch = max(1, n // batch_size)  # drop the last partial batch: every step sees batch_size images
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def _save_state(path: Path, generator: PathwayGenerator, optimizer: torch.optim.Optimizer,
+                meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"generator.{k}": v.detach().clone().contiguous() for k, v in generator.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    metadata = {"pathrt": json.dumps({**meta, "param_groups": opt["param_groups"]})}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads(fh.metadata()["pathrt"])
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118  (safe_open API)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable training state ({exc}); start without --resume") from exc
+    return tensors, meta
+
+
+@torch.no_grad()
+def _validate(model: torch.nn.Module, target: Target, generator: PathwayGenerator,
+              val: TensorImageDataset) -> dict[str, float]:
+    generator.eval()
+    agree, kept, count = 0, 0.0, 0
+    for start in range(0, len(val), 256):
+        x = target.preprocess(val.images[start:start + 256])
+        capture = capture_features(model, target.spec, x)
+        masks = generator(capture.features).masks
+        z = pathway_forward(model, target.spec, x, masks)
+        agree += int((z.argmax(1) == capture.logits.argmax(1)).sum())
+        kept += float(torch.cat(masks, 1).float().mean(1).sum())
+        count += len(x)
+    generator.train()
+    return {"val_fidelity": 100 * agree / count, "val_sparsity": 1 - kept / count}
+
+
+def train_generator(
+    target: Target,
+    train: TensorImageDataset,
+    val: TensorImageDataset,
+    generator_config: GeneratorConfig | None = None,
+    config: GeneratorTrainingConfig | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[PathwayGenerator, list[dict[str, float]]]:
+    """Trains a generator for `target` on `train` (images in [0, 1]); returns it (eval mode) and the
+    validation history. Checkpoints go to `out`; `resume=True` continues from `out`'s training state.
+    `callback(step, metrics)` runs after every step (raising in it interrupts training)."""
+    config = config or GeneratorTrainingConfig()
+    generator_config = generator_config or GeneratorConfig.small()
+    if train.image_shape != target.input_shape:
+        raise InputError(f"training images are {train.image_shape}, the target takes {target.input_shape}")
+    if len(train) < config.batch_size:
+        raise InputError(f"{len(train)} training images are fewer than one batch ({config.batch_size})")
+    stem = Path(out) if out is not None else None
+    if resume and stem is None:
+        raise InputError("resume=True needs the checkpoint path `out`")
+    torch.manual_seed(config.seed)
+    model = canonized_copy(target.model)
+    fingerprint = target.fingerprint
+    generator = PathwayGenerator(target.spec, generator_config).train()
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+    history: list[dict[str, float]] = []
+    start_step = 0
+    meta = {"config": asdict(config), "generator_config": asdict(generator_config), "target_fingerprint": fingerprint}
+    if resume and stem is not None and _state_path(stem).exists():
+        tensors, saved = _load_state(_state_path(stem))
+        if {k: saved[k] for k in meta} != json.loads(json.dumps(meta)):
+            raise IncompatibleArtifactError(f"{_state_path(stem)} belongs to another run (config, generator config "
+                                            "or target differ); resume with the same settings or start afresh")
+        generator.load_state_dict({k[len("generator."):]: v for k, v in tensors.items() if k.startswith("generator.")})
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                opt_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
+        start_step, history = int(saved["step"]), list(saved["history"])
+        scheduler.last_epoch = start_step - 1
+        scheduler.step()  # lr for `start_step`, as in the uninterrupted run
+        torch.set_rng_state(tensors["rng.torch"])
+
+    def checkpoint(step: int) -> None:
+        if stem is None:
+            return
+        _save_state(_state_path(stem), generator, optimizer, {**meta, "step": step, "history": history})
+        save_generator(generator, stem, fingerprint, {"training": asdict(config), "step": step, "history": history})
+
+    bar = tqdm(total=config.steps, initial=start_step, desc="train generator", disable=not progress, unit="step")
+    begin = time.perf_counter()
+    try:
+        for step in range(start_step, config.steps):
+            idx = _batch_indices(len(train), config.batch_size, config.seed, step)
+            x = target.preprocess(train.images[idx])
+            with torch.no_grad():
+                capture = capture_features(model, target.spec, x)
+                teacher = torch.softmax(capture.logits / config.tau, 1)
+            out_ = generator(capture.features)
+            z = pathway_forward(model, target.spec, x, out_.masks)
+            kd = F.kl_div(F.log_softmax(z / config.tau, 1), teacher, reduction="batchmean") * config.tau**2
+            scores = torch.cat(out_.scores, 1)
+            sparsity_term = scores.pow(2).mean() if config.sparsity_loss == "l2" else scores.mean()
+            loss = kd + config.lambda_at(step) * sparsity_term
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(generator.parameters(), config.clip)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                stats = {"loss": loss.item(), "kd": kd.item(),
+                         "fidelity": 100 * float((z.argmax(1) == capture.logits.argmax(1)).float().mean()),
+                         "sparsity": 1 - float(torch.cat(out_.masks, 1).mean())}
+            done = step + 1
+            if done % config.val_every == 0 or done == config.steps:
+                history.append({"step": done, **stats, **_validate(model, target, generator, val)})
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                checkpoint(done)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", fid=f"{stats['fidelity']:.0f}%",
+                            sp=f"{stats['sparsity']:.0%}")
+            if callback is not None:
+                callback(done, stats)
+    finally:
+        bar.close()
+    if history:
+        history[-1]["seconds"] = round(time.perf_counter() - begin, 1)
+    return generator.eval(), history
