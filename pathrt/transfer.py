@@ -1,0 +1,109 @@
+"""Class-relevant pathways and their transfer (SPEC §6).
+
+For class c: take up to j correctly classified source samples, the neuron frequency
+f_c = mean_i P(x_i), and the class pathway M_c = 1[f_c >= τ_c]. Transfer: explain other samples
+of class c (H's prediction) with M_c instead of their own pathway; controls: another class's
+pathway (M_{c+1 mod C}) and a random pathway with as many neurons as M_c.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pathrt.artifacts import FORMAT_VERSION, artifact_paths, load_tensors, read_json, save_tensors, write_json
+from pathrt.baselines.random import random_masks
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
+from pathrt.metrics import fidelity, ic_rate, mdc, mic
+from pathrt.runtime.explainer import Explainer
+from pathrt.runtime.explanation import Explanation
+from pathrt.targets.spec import PathwaySpec
+from pathrt.version import __version__
+
+CLASS_PATHWAYS_FORMAT = "pathrt.class_pathways"
+
+
+@dataclass
+class ClassPathways:
+    """M_c for every class: masks (C, K) bool, frequencies f_c (C, K), source counts (C,)."""
+
+    spec: PathwaySpec
+    masks: torch.Tensor
+    frequency: torch.Tensor
+    sources: torch.Tensor
+    threshold: float
+    target_fingerprint: str
+
+    def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        weights, sidecar = artifact_paths(path)
+        save_tensors(weights, {"masks": self.masks, "frequency": self.frequency, "sources": self.sources})
+        write_json(sidecar, {"format": CLASS_PATHWAYS_FORMAT, "format_version": FORMAT_VERSION,
+                             "pathrt_version": __version__, "threshold": self.threshold,
+                             "target_fingerprint": self.target_fingerprint, "pathway_spec": self.spec.to_dict()})
+        return weights, sidecar
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], target_fingerprint: str | None = None) -> ClassPathways:
+        weights, sidecar = artifact_paths(path)
+        meta = read_json(sidecar, CLASS_PATHWAYS_FORMAT)
+        if target_fingerprint is not None and meta.get("target_fingerprint") != target_fingerprint:
+            raise IncompatibleArtifactError(f"{sidecar} holds class pathways of another target")
+        tensors = load_tensors(weights)
+        try:
+            spec = PathwaySpec.from_dict(meta["pathway_spec"])
+            out = cls(spec, tensors["masks"], tensors["frequency"], tensors["sources"], float(meta["threshold"]),
+                      str(meta["target_fingerprint"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{weights} / {sidecar.name} are not valid class pathways ({exc})") from exc
+        if out.masks.dtype != torch.bool or out.masks.shape != out.frequency.shape or \
+                out.masks.shape[1] != spec.total_channels:
+            raise ArtifactError(f"{weights} holds masks of shape {tuple(out.masks.shape)}, which does not fit its spec")
+        return out
+
+
+def build_class_pathways(explanation: Explanation, labels: torch.Tensor, num_classes: int, target_fingerprint: str,
+                         j: int = 50, threshold: float = 0.5) -> ClassPathways:
+    """M_c from the first `j` correctly classified samples of each class in `explanation`."""
+    if len(labels) != len(explanation):
+        raise InputError(f"{len(labels)} labels for {len(explanation)} explanations")
+    predicted = explanation.logits.argmax(1)
+    k = explanation.spec.total_channels
+    frequency = torch.zeros(num_classes, k)
+    sources = torch.zeros(num_classes, dtype=torch.long)
+    for c in range(num_classes):
+        index = torch.nonzero((labels == c) & (predicted == c)).flatten()[:j]
+        sources[c] = len(index)
+        if len(index):
+            frequency[c] = explanation.masks[index].float().mean(0)
+    if (sources == 0).any():
+        raise InputError(f"classes {torch.nonzero(sources == 0).flatten().tolist()} have no correctly classified "
+                         "source sample; use more source data")
+    return ClassPathways(explanation.spec, frequency >= threshold, frequency, sources, threshold, target_fingerprint)
+
+
+def _scores(explanation: Explanation) -> dict[str, float]:
+    y, o = explanation.Y, explanation.O
+    return {"fidelity": fidelity(explanation.logits, explanation.pathway_logits), "mIC": mic(y, o),
+            "mDC": mdc(y, o), "ic_rate": ic_rate(y, o), "sparsity": float(explanation.sparsity.mean())}
+
+
+def evaluate_transfer(explainer: Explainer, images: torch.Tensor, pathways: ClassPathways,
+                      seed: int = 0) -> dict[str, Any]:
+    """Explains each image with its predicted class's M_c, another class's, and a random one of
+    M_c's size; returns the metrics of each condition."""
+    if pathways.spec != explainer.spec:
+        raise IncompatibleArtifactError("the class pathways were built for another pathway spec")
+    with torch.no_grad():
+        classes = explainer.model(images).argmax(1)
+    num_classes = len(pathways.masks)
+    own = pathways.masks[classes]
+    other = pathways.masks[(classes + 1) % num_classes]
+    random = random_masks(own.sum(1), pathways.spec.total_channels, torch.Generator().manual_seed(seed))
+    return {
+        name: _scores(explainer.explain_with_masks(images, masks, classes, label=name))
+        for name, masks in (("own class", own), ("other class", other), ("random", random))
+    }
