@@ -1,4 +1,4 @@
-"""The `pathrt` command line: info, train-target, demo.
+"""The `pathrt` command line: info, train-target, train, explain, demo.
 
 Errors pathrt raises on purpose print one line on stderr and exit with code 2 (`--debug` shows
 the traceback instead).
@@ -22,23 +22,51 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(env, indent=2) if args.json else format_environment(env))
 
 
-def _cmd_train_target(args: argparse.Namespace) -> None:
+def _load_data(args: argparse.Namespace):
+    """(train, test) from --image-folder (stratified split), --cifar10, or the embedded digits."""
     from pathrt import data
-    from pathrt.targets.training import TargetTrainingConfig, train_target
 
     if args.image_folder:
         full = data.load_image_folder(args.image_folder, args.size).materialize()
         train_idx, test_idx = data.stratified_split(full.labels.numpy(), args.test_fraction, args.seed)
-        train, test = full.subset(train_idx, f"{full.name}-train"), full.subset(test_idx, f"{full.name}-test")
-    elif args.cifar10:
-        train, test = data.load_cifar10(args.cifar10, "train"), data.load_cifar10(args.cifar10, "test")
-    else:
-        train, test = data.load_digits("train"), data.load_digits("test")
+        return full.subset(train_idx, f"{full.name}-train"), full.subset(test_idx, f"{full.name}-test")
+    if args.cifar10:
+        return data.load_cifar10(args.cifar10, "train"), data.load_cifar10(args.cifar10, "test")
+    return data.load_digits("train"), data.load_digits("test")
+
+
+def _cmd_train_target(args: argparse.Namespace) -> None:
+    from pathrt.targets.training import TargetTrainingConfig, train_target
+
+    train, test = _load_data(args)
     config = TargetTrainingConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   seed=args.seed)
     target = train_target(train, test, config, out=args.out, progress=not args.no_progress)
     print(f"test accuracy {100 * target.info['test_accuracy']:.2f}% on {len(test)} images "
           f"after {target.info['train_seconds']} s; saved {Path(args.out)}.safetensors/.json")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from pathrt.generator import GeneratorConfig
+    from pathrt.targets import load_target
+    from pathrt.training import GeneratorTrainingConfig, train_generator
+
+    target = load_target(args.target)
+    train, val = _load_data(args)
+    config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     lambda_sp=args.lambda_sp, seed=args.seed)
+    generator_config = GeneratorConfig.small() if args.small else GeneratorConfig()
+    _, history = train_generator(target, train, val, generator_config, config, out=args.out, resume=args.resume,
+                                 progress=not args.no_progress)
+    last = history[-1]
+    print(f"validation fidelity {last['val_fidelity']:.1f}% at sparsity {100 * last['val_sparsity']:.1f}% "
+          f"after {last['step']} steps; saved {Path(args.out)}.safetensors/.json")
+
+
+def _cmd_explain(args: argparse.Namespace) -> None:
+    from pathrt.explain_folder import explain_to_folder
+
+    explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -58,24 +86,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pathrt.targets.models import ARCHITECTURES
 
-    train = sub.add_parser("train-target", help="train a target classifier (default: small VGG on digits)")
-    source = train.add_mutually_exclusive_group()
-    source.add_argument("--image-folder", metavar="DIR", help="train on DIR/<class>/<image> (20%% held out)")
-    source.add_argument("--cifar10", metavar="DIR", help="train on CIFAR-10 (python format) in DIR")
-    train.add_argument("--arch", default="small_vgg", choices=ARCHITECTURES)
-    train.add_argument("--size", type=int, default=32, help="image size for --image-folder (default 32)")
-    train.add_argument("--test-fraction", type=float, default=0.2)
-    train.add_argument("--epochs", type=int, default=20)
+    def data_args(cmd: argparse.ArgumentParser) -> None:
+        source = cmd.add_mutually_exclusive_group()
+        source.add_argument("--image-folder", metavar="DIR", help="train on DIR/<class>/<image> (20%% held out)")
+        source.add_argument("--cifar10", metavar="DIR", help="train on CIFAR-10 (python format) in DIR")
+        cmd.add_argument("--size", type=int, default=32, help="image size for --image-folder (default 32)")
+        cmd.add_argument("--test-fraction", type=float, default=0.2)
+        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--no-progress", action="store_true")
+
+    target_cmd = sub.add_parser("train-target", help="train a target classifier (default: small VGG on digits)")
+    data_args(target_cmd)
+    target_cmd.add_argument("--arch", default="small_vgg", choices=ARCHITECTURES)
+    target_cmd.add_argument("--epochs", type=int, default=20)
+    target_cmd.add_argument("--batch-size", type=int, default=64)
+    target_cmd.add_argument("--lr", type=float, default=3e-3)
+    target_cmd.add_argument("--out", default="runs/target", help="artifact stem (default runs/target)")
+    target_cmd.set_defaults(run=_cmd_train_target)
+
+    train = sub.add_parser("train", help="train a GEN-CNP generator for a target (SPEC §4)")
+    data_args(train)
+    train.add_argument("--target", default="runs/target", help="target artifact stem (default runs/target)")
+    train.add_argument("--out", default="runs/generator", help="generator checkpoint stem (default runs/generator)")
+    train.add_argument("--steps", type=int, default=600)
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=3e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default="runs/target", help="artifact stem (default runs/target)")
-    train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(run=_cmd_train_target)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lambda-sp", type=float, default=1.0, help="weight of the l2 sparsity term")
+    train.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
+                       help="the small-target generator (d=128, 2 layers, d_r=32; default) or the full one")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    train.set_defaults(run=_cmd_train)
+
+    explain = sub.add_parser("explain", help="explain images (a folder, or the embedded test split)")
+    explain.add_argument("--target", default="runs/target")
+    explain.add_argument("--generator", default="runs/generator")
+    explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
+    explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain)")
+    explain.add_argument("--batch-size", type=int, default=256)
+    explain.set_defaults(run=_cmd_explain)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")
     demo.add_argument("--workdir", default="runs/demo")
-    demo.add_argument("--retrain", action="store_true", help="train the target again even if cached")
+    demo.add_argument("--retrain", action="store_true", help="train the target and generator again even if cached")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(run=_cmd_demo)
     return parser

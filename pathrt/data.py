@@ -166,6 +166,25 @@ class ImageFolderDataset(Dataset):
         return TensorImageDataset(images, labels, self.classes, self.root.name)
 
 
+def load_image_files(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> tuple[torch.Tensor, list[Path]]:
+    """Every image under `root` (recursively, sorted), resized to `size`: (N, 3, H, W) in [0, 1] and the paths.
+
+    For unlabeled folders (`pathrt explain --images`); non-image files are an error, hidden files ignored.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise DatasetError(f"image folder {base} does not exist or is not a folder")
+    files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+    rejected = [str(p.relative_to(base)) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if rejected:
+        raise DatasetError(f"{base} holds {len(rejected)} non-image files, e.g. {rejected[:5]}; "
+                           f"image files end in {', '.join(IMAGE_EXTENSIONS)}")
+    if not files:
+        raise DatasetError(f"{base} holds no images")
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return torch.stack([_read_image(p, hw) for p in files]), files  # type: ignore[arg-type]
+
+
 def load_image_folder(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> ImageFolderDataset:
     """A user's image folder in torchvision's ImageFolder layout, resized to `size`."""
     return ImageFolderDataset(root, (size, size) if isinstance(size, int) else tuple(size))  # type: ignore[arg-type]
