@@ -149,7 +149,6 @@ def train_generator(
     fingerprint = target.fingerprint
     generator = PathwayGenerator(target.spec, generator_config).train()
     optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     history: list[dict[str, float]] = []
     start_step = 0
     meta = {"config": asdict(config), "generator_config": asdict(generator_config), "target_fingerprint": fingerprint}
@@ -166,9 +165,9 @@ def train_generator(
                 opt_state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
         start_step, history = int(saved["step"]), list(saved["history"])
-        scheduler.last_epoch = start_step - 1
-        scheduler.step()  # lr for `start_step`, as in the uninterrupted run
         torch.set_rng_state(tensors["rng.torch"])
+    # built after a resume's optimizer state (which holds initial_lr): its first lr is that of start_step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor, last_epoch=start_step - 1)
 
     def checkpoint(step: int) -> None:
         if stem is None:
