@@ -1,4 +1,4 @@
-"""The README's Python example runs as written, so it cannot rot."""
+"""The README's Python quickstart runs as written, so it cannot rot."""
 
 from __future__ import annotations
 
@@ -13,4 +13,5 @@ def test_readme_python_blocks_run() -> None:
     for block in blocks:
         namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)
-        assert namespace["iou"].shape == (8, 8)
+        assert namespace["explanation"].masks.shape == (len(namespace["test"]), 608)
+        assert namespace["saliency"].shape == (4, 3, 32, 32)
