@@ -57,6 +57,11 @@ def test_chunking_and_class_selection(setup) -> None:
     for name in ("masks", "packed", "classes"):
         assert torch.equal(getattr(whole, name), getattr(chunked, name))
     torch.testing.assert_close(whole.pathway_logits, chunked.pathway_logits)
+    given = torch.rand(10, target.spec.total_channels) > 0.5
+    small = Explainer(target, generator, max_batch_size=3).explain_with_masks(x, given, list(range(10)))
+    large = Explainer(target, generator, max_batch_size=64).explain_with_masks(x, given, list(range(10)))
+    assert torch.equal(small.masks, given) and torch.equal(small.classes, large.classes)
+    torch.testing.assert_close(small.pathway_logits, large.pathway_logits)
     explainer = Explainer(target, generator, max_batch_size=4)
     assert explainer.explain(x, target=3).classes.tolist() == [3] * 10
     wanted = list(range(10))

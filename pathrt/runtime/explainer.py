@@ -63,36 +63,44 @@ class Explainer:
             raise InputError(f"target classes must lie in [0, {logits.shape[1]}), got {classes.tolist()[:8]}")
         return classes.clone()
 
-    def _chunks(self, images: torch.Tensor, target: ClassSpec) -> list[tuple[torch.Tensor, ClassSpec]]:
+    def _slices(self, images: torch.Tensor) -> list[slice]:
+        """Row ranges of at most max_batch_size images (validates the batch)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"images must be a (N, C, H, W) tensor, got {shape}")
-        per_sample = isinstance(target, torch.Tensor | Sequence) and torch.as_tensor(target).numel() > 1
-        out = []
-        for start in range(0, len(images), self.max_batch_size):
-            stop = start + self.max_batch_size
-            out.append((images[start:stop], torch.as_tensor(target)[start:stop] if per_sample else target))
-        return out
+        return [slice(s, s + self.max_batch_size) for s in range(0, len(images), self.max_batch_size)]
+
+    @staticmethod
+    def _rows(target: ClassSpec, rows: slice) -> ClassSpec:
+        """The part of a per-sample class list that belongs to `rows` (a single class stays as is)."""
+        if isinstance(target, torch.Tensor | Sequence) and torch.as_tensor(target).numel() > 1:
+            return torch.as_tensor(target).reshape(-1)[rows]
+        return target
 
     @torch.no_grad()
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction)."""
         parts = []
-        for x, cls in self._chunks(images, target):
+        for rows in self._slices(images):
+            x = images[rows]
             capture = capture_features(self.model, self.spec, x)
             out = self.generator(capture.features)
             masks = torch.cat(out.masks, 1)
-            parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), cls, self.backend))
+            parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), self._rows(target, rows),
+                                      self.backend))
         return Explanation.concat(parts)
 
     @torch.no_grad()
     def explain_with_masks(self, images: torch.Tensor, masks: Masks, target: ClassSpec = None,
                            label: str = "given") -> Explanation:
         """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks."""
-        flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool()
-        flat = flat.expand(len(images), -1)
-        logits = self.model(images)
-        return self._finish(images, logits, flat.contiguous(), flat.float(), target, label)
+        flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool().expand(len(images), -1)
+        parts = []
+        for rows in self._slices(images):
+            chunk = flat[rows].contiguous()
+            parts.append(self._finish(images[rows], self.model(images[rows]), chunk, chunk.float(),
+                                      self._rows(target, rows), label))
+        return Explanation.concat(parts)
 
     def _finish(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
                 target: ClassSpec, backend: str) -> Explanation:
@@ -105,12 +113,11 @@ class Explainer:
         if len(explanation) != len(images):
             raise InputError(f"{len(images)} images but an explanation of {len(explanation)}")
         grads = []
-        for start in range(0, len(images), self.max_batch_size):
-            stop = start + self.max_batch_size
+        for rows in self._slices(images):
             with torch.enable_grad():
-                x = images[start:stop].detach().clone().requires_grad_(True)
-                logits = pathway_forward(self.model, self.spec, x, explanation.masks[start:stop])
-                chosen = logits.gather(1, explanation.classes[start:stop, None]).sum()
+                x = images[rows].detach().clone().requires_grad_(True)
+                logits = pathway_forward(self.model, self.spec, x, explanation.masks[rows])
+                chosen = logits.gather(1, explanation.classes[rows, None]).sum()
                 (grad,) = torch.autograd.grad(chosen, x)
             grads.append(grad)
         return torch.cat(grads)
