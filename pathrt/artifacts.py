@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pathrt.errors import ArtifactError
+from pathrt.errors import ArtifactError, IncompatibleArtifactError
+from pathrt.version import __version__
 
 FORMAT_VERSION = 1
 MAX_SIDECAR_BYTES = 16 << 20
@@ -101,3 +102,28 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def save_artifact(path: str | os.PathLike[str], kind: str, tensors: Mapping[str, torch.Tensor],
+                  meta: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Writes the artifact `<stem>` of format `kind`: tensors first, then the sidecar (`meta` plus
+    format, version and the tensors' fingerprint). Returns (weights path, sidecar path)."""
+    weights, sidecar = artifact_paths(path)
+    save_tensors(weights, tensors)
+    write_json(sidecar, {**meta, "format": kind, "format_version": FORMAT_VERSION, "pathrt_version": __version__,
+                         "fingerprint": tensor_fingerprint(tensors), "weights_file": weights.name})
+    return weights, sidecar
+
+
+def load_artifact(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Reads the artifact `<stem>` of format `kind`: (sidecar, tensors), refusing a tensor file whose
+    fingerprint differs from the one its sidecar recorded (the two files of different saves)."""
+    weights, sidecar = artifact_paths(path)
+    meta = read_json(sidecar, kind)
+    tensors = load_tensors(weights)
+    actual, recorded = tensor_fingerprint(tensors), str(meta.get("fingerprint"))
+    if actual != recorded:
+        raise IncompatibleArtifactError(f"{weights} does not match its sidecar {sidecar.name} (weights fingerprint "
+                                        f"{actual[:12]}…, sidecar says {recorded[:12]}…): the two files come from "
+                                        "different saves; save the artifact again")
+    return meta, tensors

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from pathrt.artifacts import artifact_paths, atomic_write
 from pathrt.data import TensorImageDataset
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
+from pathrt.progress import progress_bar
 from pathrt.targets import Target, canonized_copy, capture_features, pathway_forward
 
 
@@ -175,7 +175,7 @@ def train_generator(
         _save_state(_state_path(stem), generator, optimizer, {**meta, "step": step, "history": history})
         save_generator(generator, stem, fingerprint, {"training": asdict(config), "step": step, "history": history})
 
-    bar = tqdm(total=config.steps, initial=start_step, desc="train generator", disable=not progress, unit="step")
+    bar = progress_bar(config.steps, "train generator", progress, initial=start_step, unit="step")
     begin = time.perf_counter()
     try:
         for step in range(start_step, config.steps):

@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from pathrt.artifacts import FORMAT_VERSION, artifact_paths, load_tensors, read_json, save_tensors, write_json
+from pathrt.artifacts import load_artifact, save_artifact
 from pathrt.baselines.random import random_masks
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.metrics import fidelity, ic_rate, mdc, mic
 from pathrt.runtime.explainer import Explainer
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets.spec import PathwaySpec
-from pathrt.version import __version__
 
 CLASS_PATHWAYS_FORMAT = "pathrt.class_pathways"
 
@@ -39,29 +38,25 @@ class ClassPathways:
     target_fingerprint: str
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-        weights, sidecar = artifact_paths(path)
-        save_tensors(weights, {"masks": self.masks, "frequency": self.frequency, "sources": self.sources})
-        write_json(sidecar, {"format": CLASS_PATHWAYS_FORMAT, "format_version": FORMAT_VERSION,
-                             "pathrt_version": __version__, "threshold": self.threshold,
-                             "target_fingerprint": self.target_fingerprint, "pathway_spec": self.spec.to_dict()})
-        return weights, sidecar
+        return save_artifact(path, CLASS_PATHWAYS_FORMAT,
+                             {"masks": self.masks, "frequency": self.frequency, "sources": self.sources},
+                             {"threshold": self.threshold, "target_fingerprint": self.target_fingerprint,
+                              "pathway_spec": self.spec.to_dict()})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], target_fingerprint: str | None = None) -> ClassPathways:
-        weights, sidecar = artifact_paths(path)
-        meta = read_json(sidecar, CLASS_PATHWAYS_FORMAT)
+        meta, tensors = load_artifact(path, CLASS_PATHWAYS_FORMAT)
         if target_fingerprint is not None and meta.get("target_fingerprint") != target_fingerprint:
-            raise IncompatibleArtifactError(f"{sidecar} holds class pathways of another target")
-        tensors = load_tensors(weights)
+            raise IncompatibleArtifactError(f"{path} holds class pathways of another target")
         try:
             spec = PathwaySpec.from_dict(meta["pathway_spec"])
             out = cls(spec, tensors["masks"], tensors["frequency"], tensors["sources"], float(meta["threshold"]),
                       str(meta["target_fingerprint"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{weights} / {sidecar.name} are not valid class pathways ({exc})") from exc
+            raise ArtifactError(f"{path} holds no valid class pathways ({exc})") from exc
         if out.masks.dtype != torch.bool or out.masks.shape != out.frequency.shape or \
                 out.masks.shape[1] != spec.total_channels:
-            raise ArtifactError(f"{weights} holds masks of shape {tuple(out.masks.shape)}, which does not fit its spec")
+            raise ArtifactError(f"{path} holds masks of shape {tuple(out.masks.shape)}, which does not fit its spec")
         return out
 
 

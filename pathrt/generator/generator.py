@@ -17,22 +17,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from pathrt.artifacts import (
-    FORMAT_VERSION,
-    artifact_paths,
-    load_tensors,
-    read_json,
-    save_tensors,
-    tensor_fingerprint,
-    write_json,
-)
+from pathrt.artifacts import artifact_paths, load_artifact, save_artifact
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.generator.daq import DAQ, hard_mask
 from pathrt.generator.pdn import PDN
 from pathrt.generator.rfe import RFE
 from pathrt.generator.rpd import RPD
 from pathrt.targets.spec import PathwaySpec
-from pathrt.version import __version__
 
 GENERATOR_FORMAT = "pathrt.generator"
 
@@ -114,21 +105,12 @@ class PathwayGenerator(nn.Module):
 def save_generator(generator: PathwayGenerator, path: str | os.PathLike[str], target_fingerprint: str,
                    info: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Writes the generator checkpoint (weights, then sidecar) atomically; returns both paths."""
-    weights_path, sidecar_path = artifact_paths(path)
-    state = generator.state_dict()
-    save_tensors(weights_path, state)
-    write_json(sidecar_path, {
-        "format": GENERATOR_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "pathrt_version": __version__,
+    return save_artifact(path, GENERATOR_FORMAT, generator.state_dict(), {
         "config": asdict(generator.config),
         "pathway_spec": generator.spec.to_dict(),
         "target_fingerprint": target_fingerprint,
-        "fingerprint": tensor_fingerprint(state),
-        "weights_file": weights_path.name,
         "info": info or {},
     })
-    return weights_path, sidecar_path
 
 
 def load_generator(path: str | os.PathLike[str], *, target_fingerprint: str | None = None,
@@ -137,15 +119,14 @@ def load_generator(path: str | os.PathLike[str], *, target_fingerprint: str | No
 
     With `target_fingerprint` / `spec` given, a checkpoint trained for another target is refused.
     """
-    weights_path, sidecar_path = artifact_paths(path)
-    meta = read_json(sidecar_path, GENERATOR_FORMAT)
+    meta, state = load_artifact(path, GENERATOR_FORMAT)
+    weights_path = artifact_paths(path)[0]
     try:
         config = GeneratorConfig.from_dict(dict(meta["config"]))
         saved_spec = PathwaySpec.from_dict(meta["pathway_spec"])
         trained_for = str(meta["target_fingerprint"])
-        recorded = str(meta["fingerprint"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{sidecar_path} lacks or garbles a required field ({exc})") from exc
+        raise ArtifactError(f"the sidecar of {weights_path} lacks or garbles a required field ({exc})") from exc
     if target_fingerprint is not None and trained_for != target_fingerprint:
         raise IncompatibleArtifactError(
             f"the generator {weights_path.name} was trained for the target with weights fingerprint "
@@ -154,10 +135,6 @@ def load_generator(path: str | os.PathLike[str], *, target_fingerprint: str | No
     if spec is not None and saved_spec != spec:
         raise IncompatibleArtifactError(f"the generator {weights_path.name} expects another pathway spec "
                                         "than this target's")
-    state = load_tensors(weights_path)
-    if tensor_fingerprint(state) != recorded:
-        raise IncompatibleArtifactError(f"{weights_path} does not match its sidecar {sidecar_path.name}: the two "
-                                        "files come from different saves")
     generator = PathwayGenerator(saved_spec, config)
     try:
         generator.load_state_dict(state, strict=True)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pathrt.artifacts import FORMAT_VERSION, artifact_paths, load_tensors, read_json, save_tensors, write_json
+from pathrt.artifacts import load_artifact, save_artifact
 from pathrt.errors import ArtifactError, InputError
 from pathrt.targets.spec import PathwaySpec
-from pathrt.version import __version__
 
 EXPLANATION_FORMAT = "pathrt.explanation"
 _TENSORS = ("masks", "packed", "scores", "logits", "pathway_logits", "classes")
@@ -98,23 +97,14 @@ class Explanation:
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Writes `<stem>.safetensors` + `<stem>.json` atomically."""
-        weights, sidecar = artifact_paths(path)
-        save_tensors(weights, {name: getattr(self, name) for name in _TENSORS})
-        write_json(sidecar, {"format": EXPLANATION_FORMAT, "format_version": FORMAT_VERSION,
-                             "pathrt_version": __version__, "backend": self.backend, "count": len(self),
-                             "pathway_spec": self.spec.to_dict()})
-        return weights, sidecar
+        return save_artifact(path, EXPLANATION_FORMAT, {name: getattr(self, name) for name in _TENSORS},
+                             {"backend": self.backend, "count": len(self), "pathway_spec": self.spec.to_dict()})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
-        weights, sidecar = artifact_paths(path)
-        meta = read_json(sidecar, EXPLANATION_FORMAT)
-        tensors = load_tensors(weights)
-        missing = [name for name in _TENSORS if name not in tensors]
-        if missing:
-            raise ArtifactError(f"{weights} lacks the tensors {missing}")
+        meta, tensors = load_artifact(path, EXPLANATION_FORMAT)
         try:
             return cls(PathwaySpec.from_dict(meta["pathway_spec"]), *(tensors[n] for n in _TENSORS),
                        str(meta["backend"]))
         except (KeyError, InputError) as exc:
-            raise ArtifactError(f"{weights} / {sidecar.name} do not form a valid explanation ({exc})") from exc
+            raise ArtifactError(f"{path} is not a valid explanation ({exc})") from exc

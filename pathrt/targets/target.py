@@ -17,20 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathrt.artifacts import (
-    FORMAT_VERSION,
-    artifact_paths,
-    load_tensors,
-    read_json,
-    save_tensors,
-    tensor_fingerprint,
-    write_json,
-)
+from pathrt.artifacts import artifact_paths, load_artifact, load_tensors, save_artifact, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.targets.models import build_model
 from pathrt.targets.pathway import Capture, Masks, capture_features, pathway_forward
 from pathrt.targets.spec import PathwaySpec, build_spec
-from pathrt.version import __version__
 
 TARGET_FORMAT = "pathrt.target"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,24 +93,15 @@ def create_target(
 
 def save_target(target: Target, path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Writes `<stem>.safetensors` and its sidecar `<stem>.json` atomically; returns both paths."""
-    weights_path, sidecar_path = artifact_paths(path)
-    state = target.model.state_dict()
-    save_tensors(weights_path, state)
-    write_json(sidecar_path, {
-        "format": TARGET_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "pathrt_version": __version__,
+    return save_artifact(path, TARGET_FORMAT, target.model.state_dict(), {
         "arch": target.arch,
         "arch_kwargs": target.arch_kwargs,
         "classes": list(target.classes),
         "mean": list(target.mean),
         "std": list(target.std),
         "pathway_spec": target.spec.to_dict(),
-        "fingerprint": tensor_fingerprint(state),
-        "weights_file": weights_path.name,
         "info": target.info,
     })
-    return weights_path, sidecar_path
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
@@ -143,34 +125,27 @@ def load_target(path: str | os.PathLike[str], *, arch: str | None = None, finger
     Refuses, with IncompatibleArtifactError, weights whose fingerprint differs from the sidecar's
     (or from `fingerprint`, when given) and an architecture other than `arch`, when given.
     """
-    weights_path, sidecar_path = artifact_paths(path)
-    meta = read_json(sidecar_path, TARGET_FORMAT)
+    meta, state = load_artifact(path, TARGET_FORMAT)
+    weights_path = artifact_paths(path)[0]
     try:
         saved_arch = str(meta["arch"])
         classes = [str(c) for c in meta["classes"]]
         mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
         arch_kwargs = dict(meta.get("arch_kwargs", {}))
         spec = PathwaySpec.from_dict(meta["pathway_spec"])
-        recorded = str(meta["fingerprint"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{sidecar_path} lacks or garbles a required field ({exc})") from exc
+        raise ArtifactError(f"the sidecar of {weights_path} lacks or garbles a required field ({exc})") from exc
     if arch is not None and arch != saved_arch:
-        raise IncompatibleArtifactError(f"{sidecar_path} holds a {saved_arch!r} target, not {arch!r}")
-    state = load_tensors(weights_path)
-    actual = tensor_fingerprint(state)
-    if actual != recorded:
-        raise IncompatibleArtifactError(f"{weights_path} does not match its sidecar {sidecar_path.name} "
-                                        f"(weights fingerprint {actual[:12]}…, sidecar says {recorded[:12]}…): "
-                                        "the two files come from different saves; save the target again")
-    if fingerprint is not None and actual != fingerprint:
-        raise IncompatibleArtifactError(f"{weights_path} has weights fingerprint {actual[:12]}…, but "
+        raise IncompatibleArtifactError(f"{weights_path} holds a {saved_arch!r} target, not {arch!r}")
+    if fingerprint is not None and meta["fingerprint"] != fingerprint:
+        raise IncompatibleArtifactError(f"{weights_path} has weights fingerprint {meta['fingerprint'][:12]}…, but "
                                         f"{fingerprint[:12]}… was expected: this is another model")
     target = create_target(saved_arch, classes, spec.input_shape, mean=mean, std=std,
                            pathway_modules=spec.names if spec.rule == "user" else None, **arch_kwargs)
     _load_state(target.model, state, weights_path, saved_arch)
     if target.spec != spec:
         raise IncompatibleArtifactError(f"the pathway spec rebuilt for {saved_arch!r} differs from the one "
-                                        f"recorded in {sidecar_path}; it was saved by another pathrt version")
+                                        f"recorded with {weights_path}; it was saved by another pathrt version")
     target.info = dict(meta.get("info", {}))
     return target
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from pathrt.data import TensorImageDataset
 from pathrt.errors import InputError
+from pathrt.progress import progress_bar
 from pathrt.targets.target import Target, create_target, save_target
 
 
@@ -91,7 +91,7 @@ def train_target(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"train-target {config.arch}", disable=not progress, unit="step")
+    bar = progress_bar(total, f"train-target {config.arch}", progress, unit="step")
     try:
         for epoch in range(config.epochs):
             model.train()
