@@ -1,4 +1,4 @@
-"""The `pathrt` command line: info, train-target, train, explain, demo.
+"""The `pathrt` command line: info, train-target, train, explain, evaluate, bench, demo.
 
 Errors pathrt raises on purpose print one line on stderr and exit with code 2 (`--debug` shows
 the traceback instead).
@@ -69,6 +69,20 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathrt.evaluate import evaluate, write_evaluation
+    from pathrt.runtime import Explainer
+
+    explainer = Explainer.from_files(args.target, args.generator, max_batch_size=args.batch_size)
+    train, test = _load_data(args)
+    preprocess = explainer.target.preprocess
+    rows = evaluate(explainer, preprocess(test.images), test.labels, preprocess(train.images), train.labels,
+                    j=args.sources, seed=args.seed, include_dgr=not args.no_dgr)
+    table, _ = write_evaluation(rows, len(test), Path(args.out))
+    print(table)
+    print(f"wrote {Path(args.out) / 'evaluation.md'}, evaluation.json and evaluation.png")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pathrt.demo import run_demo
 
@@ -124,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain)")
     explain.add_argument("--batch-size", type=int, default=256)
     explain.set_defaults(run=_cmd_explain)
+
+    evaluate = sub.add_parser("evaluate", help="SPEC §7 table: GEN-CNP against random, critical pathways, DGR")
+    data_args(evaluate)
+    evaluate.add_argument("--target", default="runs/target")
+    evaluate.add_argument("--generator", default="runs/generator")
+    evaluate.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
+    evaluate.add_argument("--sources", type=int, default=50, help="transfer sources per class (default 50)")
+    evaluate.add_argument("--no-dgr", action="store_true", help="skip DGR (30 optimization steps per image)")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.set_defaults(run=_cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")
     demo.add_argument("--workdir", default="runs/demo")

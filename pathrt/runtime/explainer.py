@@ -51,7 +51,8 @@ class Explainer:
         generator, _ = load_generator(generator_path, target_fingerprint=target.fingerprint, spec=target.spec)
         return cls(target, generator, **kwargs)
 
-    def _classes(self, target: ClassSpec, logits: torch.Tensor) -> torch.Tensor:
+    def resolve_classes(self, target: ClassSpec, logits: torch.Tensor) -> torch.Tensor:
+        """The explained class per row: `target` checked and broadcast, or the prediction when None."""
         if target is None:
             return logits.argmax(1)
         classes = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
@@ -63,7 +64,7 @@ class Explainer:
             raise InputError(f"target classes must lie in [0, {logits.shape[1]}), got {classes.tolist()[:8]}")
         return classes.clone()
 
-    def _slices(self, images: torch.Tensor) -> list[slice]:
+    def batches(self, images: torch.Tensor) -> list[slice]:
         """Row ranges of at most max_batch_size images (validates the batch)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -71,7 +72,7 @@ class Explainer:
         return [slice(s, s + self.max_batch_size) for s in range(0, len(images), self.max_batch_size)]
 
     @staticmethod
-    def _rows(target: ClassSpec, rows: slice) -> ClassSpec:
+    def rows_of(target: ClassSpec, rows: slice) -> ClassSpec:
         """The part of a per-sample class list that belongs to `rows` (a single class stays as is)."""
         if isinstance(target, torch.Tensor | Sequence) and torch.as_tensor(target).numel() > 1:
             return torch.as_tensor(target).reshape(-1)[rows]
@@ -81,12 +82,12 @@ class Explainer:
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction)."""
         parts = []
-        for rows in self._slices(images):
+        for rows in self.batches(images):
             x = images[rows]
             capture = capture_features(self.model, self.spec, x)
             out = self.generator(capture.features)
             masks = torch.cat(out.masks, 1)
-            parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), self._rows(target, rows),
+            parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), self.rows_of(target, rows),
                                       self.backend))
         return Explanation.concat(parts)
 
@@ -96,24 +97,24 @@ class Explainer:
         """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks."""
         flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool().expand(len(images), -1)
         parts = []
-        for rows in self._slices(images):
+        for rows in self.batches(images):
             chunk = flat[rows].contiguous()
             parts.append(self._finish(images[rows], self.model(images[rows]), chunk, chunk.float(),
-                                      self._rows(target, rows), label))
+                                      self.rows_of(target, rows), label))
         return Explanation.concat(parts)
 
     def _finish(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
                 target: ClassSpec, backend: str) -> Explanation:
         pathway_logits = pathway_forward(self.model, self.spec, x, masks)
         return Explanation(self.spec, masks, pack_masks(masks), scores, logits, pathway_logits,
-                           self._classes(target, logits), backend)
+                           self.resolve_classes(target, logits), backend)
 
     def pathway_gradient(self, images: torch.Tensor, explanation: Explanation) -> torch.Tensor:
         """∂z_c(x; P)/∂x through the pathway model (SPEC §7): (N, C, H, W), the saliency of any pathway."""
         if len(explanation) != len(images):
             raise InputError(f"{len(images)} images but an explanation of {len(explanation)}")
         grads = []
-        for rows in self._slices(images):
+        for rows in self.batches(images):
             with torch.enable_grad():
                 x = images[rows].detach().clone().requires_grad_(True)
                 logits = pathway_forward(self.model, self.spec, x, explanation.masks[rows])

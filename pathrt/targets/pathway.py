@@ -81,10 +81,12 @@ def _check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
         raise InputError("images is an empty batch (N = 0)")
 
 
-def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor) -> Capture:
+def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor, check_inplace: bool = True) -> Capture:
     """Runs the plain forward of `model` on `x` and returns its logits and pathway-layer outputs.
 
     Raises SpecError if a later in-place op modified a captured output (name another module).
+    `check_inplace=False` skips that check, for code traced by torch.compile (whose graphs do not
+    keep tensor version counters faithfully); check the spec once in eager mode first.
     """
     _check_images(x, spec)
     features: list[torch.Tensor | None] = [None] * len(spec.layers)
@@ -97,7 +99,8 @@ def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor) -> Ca
     with _layer_hooks(model, spec, keep) as calls:
         logits = model(x)
     _check_all_ran(spec, calls)
-    changed = [spec.names[i] for i, f in enumerate(features) if f is not None and f._version != versions[i]]
+    changed = [spec.names[i] for i, f in enumerate(features)
+               if check_inplace and f is not None and f._version != versions[i]]
     if changed:
         raise SpecError(f"the outputs of {changed} were modified in place later in the forward pass, so "
                         "they cannot be captured as pathway features; name modules whose outputs are not "
