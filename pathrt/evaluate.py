@@ -117,7 +117,8 @@ def evaluate(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, s
             ("own operating point", own_setting(scores), own_setting(scores_src)),
             ("matched per sample", top_k_masks(scores, reference.kept), top_k_masks(scores_src, reference_src.kept)),
         ):
-            test, scoring = _timed(lambda pick=pick: explanation_from_scores(explainer, images, scores, pick, method))
+            test, scoring = _timed(lambda pick=pick, scores=scores, method=method: explanation_from_scores(
+                explainer, images, scores, pick, method))
             add(method, setting, passes, seconds + scoring, test,
                 explanation_from_scores(explainer, src, scores_src, pick_src, method))
     return rows
