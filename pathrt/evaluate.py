@@ -127,10 +127,11 @@ def evaluate(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, s
 def plot_fidelity_vs_sparsity(rows: list[MethodRow], path: Path) -> Path:
     """One point per method row: mean sparsity vs fidelity."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        x, y = 100 * row.metrics["sparsity"]["mean"], row.metrics["fidelity"]
-        ax.scatter([x], [y], s=40)
-        ax.annotate(f"{row.method}\n({row.setting})", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    markers = "os^vDP*X"
+    for i, row in enumerate(rows):
+        ax.scatter([100 * row.metrics["sparsity"]["mean"]], [row.metrics["fidelity"]], s=50, marker=markers[i % 8],
+                   label=f"{row.method} ({row.setting})", alpha=0.8)
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_xlabel("mean sparsity (% of neurons removed)")
     ax.set_ylabel("fidelity (%)")
     ax.set_xlim(0, 100)
