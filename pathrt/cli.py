@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pathrt.errors import PathrtError
+from pathrt.errors import InputError, PathrtError
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -83,6 +83,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'evaluation.md'}, evaluation.json and evaluation.png")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from pathrt.benchmarks.harness import build_models, run_bench, write_outputs
+    from pathrt.benchmarks.paths import PATHS
+
+    if args.quick:
+        names, batches, repeats, budget = ["embedded"], [1, 8], 5, 2.0
+    else:
+        names, batches, repeats, budget = args.models, args.batches, args.repeats, args.budget
+    paths = args.paths or list(PATHS)
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise InputError(f"unknown bench paths {unknown}; known: {', '.join(PATHS)}")
+    models = build_models(names, Path(args.workdir), args.sparsity, args.dgr_max_batch)
+    rows, context = run_bench(models, batches, paths, warmup=args.warmup, repeats=repeats, budget=budget)
+    print(write_outputs(rows, context, Path(args.out)))
+    print(f"wrote {Path(args.out) / 'bench.md'}, bench.csv, bench.json and bench.png")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pathrt.demo import run_demo
 
@@ -148,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-dgr", action="store_true", help="skip DGR (30 optimization steps per image)")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="time every explain path and baseline (median, 20/80 quantiles)")
+    bench.add_argument("--quick", action="store_true", help="embedded model, batches 1 and 8, few repeats (~1-2 min)")
+    bench.add_argument("--models", nargs="+", default=["embedded", "vgg11", "resnet18"],
+                       help="embedded and/or torchvision architectures (run at 64x64)")
+    bench.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
+    bench.add_argument("--paths", nargs="+", help="subset of the registered paths (default: all)")
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--budget", type=float, default=5.0, help="seconds of repeats per row beyond the first 3")
+    bench.add_argument("--sparsity", type=float, default=0.6, help="sparsity of the untrained generators (cost only)")
+    bench.add_argument("--dgr-max-batch", type=int, default=8, help="largest DGR batch on torchvision models")
+    bench.add_argument("--workdir", default="runs/demo", help="where `make demo` cached the trained embedded model")
+    bench.add_argument("--out", default="runs/bench")
+    bench.set_defaults(run=_cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")
     demo.add_argument("--workdir", default="runs/demo")

@@ -33,6 +33,7 @@ class DGRConfig:
     clamp_max: float = 5.0
 
 
+@torch.enable_grad()  # the optimization needs autograd even when called under no_grad
 def dgr_gates(explainer: Explainer, images: torch.Tensor, config: DGRConfig | None = None) -> torch.Tensor:
     """(N, K) optimized gates: per image, the lowest-loss iterate that keeps H's prediction."""
     config = config or DGRConfig()
@@ -47,9 +48,8 @@ def dgr_gates(explainer: Explainer, images: torch.Tensor, config: DGRConfig | No
         best = gates.detach().clone()
         best_loss = torch.full((len(x),), float("inf"), device=x.device)
         for iteration in range(config.iterations + 1):  # the last pass only scores the final iterate
-            with torch.enable_grad():
-                logits = pathway_forward(explainer.model, explainer.spec, x, gates)
-                per_image = -(teacher * F.log_softmax(logits, 1)).sum(1) + config.l1 * gates.abs().sum(1)
+            logits = pathway_forward(explainer.model, explainer.spec, x, gates)
+            per_image = -(teacher * F.log_softmax(logits, 1)).sum(1) + config.l1 * gates.abs().sum(1)
             with torch.no_grad():
                 better = (logits.argmax(1) == predicted) & (per_image < best_loss)
                 best[better] = gates[better]

@@ -1,0 +1,1 @@
+"""The benchmark suite behind `pathrt bench` (installed as `pathrt.benchmarks`)."""

@@ -1,0 +1,234 @@
+"""`pathrt bench`: times every path of `benchmarks.paths` on every model and batch size in one run.
+
+Each (model, path, batch) row: warm-up calls, then repeats (at least 3, more while the time budget
+lasts), reported as the median with 20/80 quantiles. Costs are also given in units of the plain
+forward pass of the same model and batch (measured in the same run), as speedups against the
+eager explain path, and as a fraction of this machine's measured float32 matmul FLOP/s, using
+FlopCounterMode's count of one call. Writes bench.md, bench.csv, bench.json and bench.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from pathrt.benchmarks.paths import PATHS, BenchModel
+
+from pathrt.artifacts import artifact_paths, write_json
+from pathrt.flops import count_flops
+from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
+from pathrt.report import markdown_table
+from pathrt.runtime import Explainer
+from pathrt.targets import capture_features, create_target, load_target
+from pathrt.version import __version__
+
+
+@dataclass
+class Row:
+    """One measured (model, path, batch)."""
+
+    model: str
+    path: str
+    batch: int
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    repeats: int
+    flops: float
+    plain_passes: float = float("nan")
+    speedup_vs_eager: float = float("nan")
+    gflops_per_s: float = float("nan")
+    fraction_of_matmul_peak: float = float("nan")
+
+
+def device_name() -> str:
+    """CPU model name and core count (or the CUDA device), for every CSV row."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    name = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def matmul_flops_per_second(n: int = 1024, seconds: float = 1.0) -> float:
+    """Measured float32 matmul throughput (FLOP/s) of this machine: the compute limit of every row."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def generator_with_sparsity(spec, sparsity: float, seed: int = 0) -> PathwayGenerator:
+    """A random generator whose head biases (±3) keep a fixed random (1 − sparsity) of the neurons.
+
+    For cost measurements on models without a trained generator: quality is not measured.
+    """
+    generator = PathwayGenerator(spec, GeneratorConfig.small()).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in generator.rpd.heads:
+            keep = torch.rand(head[-1].bias.shape, generator=g) >= sparsity
+            head[-1].bias.copy_(torch.where(keep, 3.0, -3.0))
+    return generator
+
+
+def build_models(names: Sequence[str], workdir: Path, sparsity: float, dgr_max_batch: int) -> list[BenchModel]:
+    """The embedded model (trained demo artifacts when `workdir` has them) and torchvision models at 64x64."""
+    models = []
+    for name in names:
+        if name == "embedded":
+            stem_t, stem_g = workdir / "target", workdir / "generator"
+            if artifact_paths(stem_t)[1].exists() and artifact_paths(stem_g)[1].exists():
+                target = load_target(stem_t)
+                generator, _ = load_generator(stem_g, target_fingerprint=target.fingerprint, spec=target.spec)
+                note = f"trained small VGG and generator from {workdir}"
+            else:
+                target = create_target("small_vgg", 10, (3, 32, 32))
+                generator = generator_with_sparsity(target.spec, sparsity)
+                note = (f"random small VGG and a generator biased to {sparsity:.0%} sparsity "
+                        f"(no trained demo in {workdir}: run `make demo` for the real one); cost only")
+            models.append(BenchModel(name, Explainer(target, generator), note, max(dgr_max_batch, 64)))
+        else:
+            target = create_target(name, 1000, (3, 64, 64))
+            generator = generator_with_sparsity(target.spec, sparsity)
+            models.append(BenchModel(f"{name}@64", Explainer(target, generator),
+                                     f"random weights, generator biased to {sparsity:.0%} sparsity: cost, not quality",
+                                     dgr_max_batch))
+    return models
+
+
+def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int, repeats: int,
+          budget: float) -> list[float]:
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(x)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < 3 or (len(times) < repeats and time.perf_counter() - start < budget):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Sequence[str], *, warmup: int = 2,
+              repeats: int = 10, budget: float = 5.0, log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
+    """Measures every (model, path, batch); returns the rows and the run's context."""
+    peak = matmul_flops_per_second()
+    context = {"device": device_name(), "torch": torch.__version__, "pathrt": __version__,
+               "matmul_gflops_per_s": peak / 1e9, "notes": {}, "explanation_flops": {}, "skipped": []}
+    log(f"device: {context['device']}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    rows: list[Row] = []
+    for model in models:
+        context["notes"][model.name] = model.note
+        explainer = model.explainer
+        one = torch.randn(1, *explainer.spec.input_shape)
+        plain = count_flops(explainer.model, one)
+        gen = count_flops(explainer.generator, capture_features(explainer.model, explainer.spec, one).features)
+        context["explanation_flops"][model.name] = {"plain": plain, "generator": gen, "pathway": plain,
+                                                    "total": 2 * plain + gen}
+        log(f"{model.name}: {model.note}; one explanation = {(2 * plain + gen) / 1e6:.1f} MFLOP "
+            f"(plain {plain / 1e6:.1f} + generator {gen / 1e6:.1f} + pathway {plain / 1e6:.1f})")
+        flops_at_one: dict[str, float] = {}
+        for path in paths:
+            for batch in batches:
+                runner = PATHS[path](model, batch)
+                if isinstance(runner, str):
+                    context["skipped"].append(f"{model.name} {path} batch {batch}: {runner}")
+                    continue
+                x = torch.randn(batch, *explainer.spec.input_shape, generator=torch.Generator().manual_seed(batch))
+                if path not in flops_at_one:
+                    counted = "eager" if path == "eager+compile" else path  # compiled kernels are not countable
+                    flops_at_one[path] = flops_at_one.get(counted) or count_flops(PATHS[counted](model, 1), x[:1])
+                times = _time(runner, x, warmup, repeats, budget)
+                ms = [1000 * t for t in times]
+                rows.append(Row(model.name, path, batch, statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8),
+                                len(ms), flops_at_one[path] * batch))
+                log(f"  {model.name:<14} {path:<18} batch {batch:>3}: {rows[-1].median_ms:9.2f} ms "
+                    f"[{rows[-1].p20_ms:.2f}, {rows[-1].p80_ms:.2f}] over {len(ms)} runs")
+    by_key = {(r.model, r.path, r.batch): r for r in rows}
+    for r in rows:
+        base = by_key.get((r.model, "plain", r.batch))
+        eager = by_key.get((r.model, "eager", r.batch))
+        r.plain_passes = r.median_ms / base.median_ms if base else float("nan")
+        r.speedup_vs_eager = eager.median_ms / r.median_ms if eager else float("nan")
+        r.gflops_per_s = r.flops / (r.median_ms / 1000) / 1e9
+        r.fraction_of_matmul_peak = r.gflops_per_s * 1e9 / peak
+    return rows, context
+
+
+def write_outputs(rows: list[Row], context: dict, out: Path) -> str:
+    """bench.md (table), bench.csv (one row per model/path/batch), bench.json and bench.png; returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    headers = ["model", "path", "batch", "median ms", "p20–p80 ms", "ms/image", "× plain pass", "speedup vs eager",
+               "GFLOP/s", "% of matmul peak"]
+    table = markdown_table(headers, [[r.model, r.path, r.batch, f"{r.median_ms:.2f}", f"{r.p20_ms:.2f}–{r.p80_ms:.2f}",
+                                      f"{r.median_ms / r.batch:.3f}", f"{r.plain_passes:.2f}",
+                                      f"{r.speedup_vs_eager:.2f}", f"{r.gflops_per_s:.1f}",
+                                      f"{100 * r.fraction_of_matmul_peak:.1f}"] for r in rows])
+    notes = "\n".join(f"- {name}: {note}" for name, note in context["notes"].items())
+    flops = "\n".join(f"- {name}: one explanation = {f['total'] / 1e6:.1f} MFLOP (plain {f['plain'] / 1e6:.1f}, "
+                      f"generator {f['generator'] / 1e6:.1f} = {f['generator'] / f['plain']:.1%} of plain, "
+                      f"pathway {f['pathway'] / 1e6:.1f})" for name, f in context["explanation_flops"].items())
+    skipped = "\n".join(f"- {s}" for s in context["skipped"]) or "- none"
+    (out / "bench.md").write_text(
+        f"# pathrt bench\n\nDevice: {context['device']}; torch {context['torch']}; pathrt {context['pathrt']}; "
+        f"measured float32 matmul {context['matmul_gflops_per_s']:.1f} GFLOP/s.\n\nModels:\n{notes}\n\n"
+        f"FLOPs (FlopCounterMode, per image):\n{flops}\n\n{table}\n\nSkipped:\n{skipped}\n\n![bench](bench.png)\n",
+        encoding="utf-8")
+    with open(out / "bench.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*asdict(rows[0]), "device", "torch", "pathrt"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**asdict(r), "device": context["device"], "torch": context["torch"],
+                             "pathrt": context["pathrt"]})
+    write_json(out / "bench.json", {"context": context, "rows": [asdict(r) for r in rows]})
+    _plot(rows, out / "bench.png")
+    return table
+
+
+def _plot(rows: list[Row], path: Path) -> None:
+    models = list(dict.fromkeys(r.model for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in rows if r.model == model and r.path != "plain"]
+        paths = list(dict.fromkeys(r.path for r in mine))
+        batches = sorted({r.batch for r in mine})
+        width = 0.8 / max(1, len(batches))
+        for i, batch in enumerate(batches):
+            values = [next((r.plain_passes for r in mine if r.path == p and r.batch == batch), 0) for p in paths]
+            ax.bar([j + i * width for j in range(len(paths))], values, width, label=f"batch {batch}")
+        ax.set_xticks([j + width * (len(batches) - 1) / 2 for j in range(len(paths))], paths, rotation=30,
+                      fontsize=7, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("cost (plain forward passes)")
+        ax.set_title(model, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
