@@ -62,7 +62,11 @@ class ClassPathways:
 
 def build_class_pathways(explanation: Explanation, labels: torch.Tensor, num_classes: int, target_fingerprint: str,
                          j: int = 50, threshold: float = 0.5) -> ClassPathways:
-    """M_c from the first `j` correctly classified samples of each class in `explanation`."""
+    """M_c from the first `j` correctly classified samples of each class in `explanation`.
+
+    A class without any correctly classified sample gets no pathway (sources 0, empty mask); transfer
+    evaluation skips its images.
+    """
     if len(labels) != len(explanation):
         raise InputError(f"{len(labels)} labels for {len(explanation)} explanations")
     predicted = explanation.logits.argmax(1)
@@ -74,29 +78,37 @@ def build_class_pathways(explanation: Explanation, labels: torch.Tensor, num_cla
         sources[c] = len(index)
         if len(index):
             frequency[c] = explanation.masks[index].float().mean(0)
-    if (sources == 0).any():
-        raise InputError(f"classes {torch.nonzero(sources == 0).flatten().tolist()} have no correctly classified "
-                         "source sample; use more source data")
+    if (sources == 0).all():
+        raise InputError("no class has a correctly classified source sample; use more (or better) source data")
     return ClassPathways(explanation.spec, frequency >= threshold, frequency, sources, threshold, target_fingerprint)
 
 
 def _scores(explanation: Explanation) -> dict[str, float]:
     y, o = explanation.Y, explanation.O
     return {"fidelity": fidelity(explanation.logits, explanation.pathway_logits), "mIC": mic(y, o),
-            "mDC": mdc(y, o), "ic_rate": ic_rate(y, o), "sparsity": float(explanation.sparsity.mean())}
+            "mDC": mdc(y, o), "ic_rate": ic_rate(y, o), "sparsity": float(explanation.sparsity.mean()),
+            "count": len(explanation)}
 
 
 def evaluate_transfer(explainer: Explainer, images: torch.Tensor, pathways: ClassPathways,
                       seed: int = 0) -> dict[str, Any]:
     """Explains each image with its predicted class's M_c, another class's, and a random one of
-    M_c's size; returns the metrics of each condition."""
+    M_c's size; returns the metrics of each condition. Images of classes without a pathway are skipped."""
     if pathways.spec != explainer.spec:
         raise IncompatibleArtifactError("the class pathways were built for another pathway spec")
     with torch.no_grad():
-        classes = explainer.model(images).argmax(1)
+        classes = torch.cat([explainer.model(images[rows]).argmax(1) for rows in explainer.batches(images)])
+    available = pathways.sources > 0
+    keep = available[classes]
+    if not keep.any():
+        raise InputError("none of the images belongs to a class with a class pathway")
+    images, classes = images[keep], classes[keep]
     num_classes = len(pathways.masks)
+    # the control: the next class (cyclically) that has a pathway
+    following = torch.tensor([next((c + k) % num_classes for k in range(1, num_classes + 1)
+                                   if available[(c + k) % num_classes]) for c in range(num_classes)])
     own = pathways.masks[classes]
-    other = pathways.masks[(classes + 1) % num_classes]
+    other = pathways.masks[following[classes]]
     random = random_masks(own.sum(1), pathways.spec.total_channels, torch.Generator().manual_seed(seed))
     return {
         name: _scores(explainer.explain_with_masks(images, masks, classes, label=name))

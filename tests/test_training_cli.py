@@ -93,6 +93,11 @@ def test_cli_train_resume_and_explain(tmp_path: Path) -> None:
     assert len(summary["images"]) == len(load_digits("test")) and "fidelity" in summary["metrics"]
     assert (tmp_path / "explain" / "explanations.safetensors").exists()
     assert "| image | class |" in (tmp_path / "explain" / "summary.md").read_text()
+    evaluated = _cli("evaluate", "--target", str(tmp_path / "t"), "--generator", str(tmp_path / "g"),
+                     "--out", str(tmp_path / "evaluate"), "--no-dgr", "--sources", "5")
+    assert evaluated.returncode == 0, evaluated.stderr
+    methods = [r["method"] for r in json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())["rows"]]
+    assert methods == ["GEN-CNP", "random", "critical pathways", "critical pathways"]
 
 
 @pytest.mark.slow
@@ -110,6 +115,17 @@ def test_demo_end_to_end(trained_target_path: Path, tmp_path: Path) -> None:
     own, other, chance = (summary["transfer"][k]["fidelity"] for k in ("own class", "other class", "random"))
     assert own >= other + 50 and own >= chance + 50
     assert summary["generator"]["flops_fraction_of_plain_pass"] <= 0.25
+    rows = summary["evaluation"]["rows"]
+    gen_cnp, baselines = rows[0], rows[1:]
+    assert gen_cnp["method"] == "GEN-CNP" and {r["method"] for r in baselines} == {"random", "critical pathways", "DGR"}
+    for row in baselines:  # acIOU above every baseline's, at matched per-sample sparsity
+        if row["setting"] == "matched per sample":
+            assert row["metrics"]["sparsity"]["mean"] == pytest.approx(gen_cnp["metrics"]["sparsity"]["mean"])
+            assert gen_cnp["metrics"]["acIOU"] > row["metrics"]["acIOU"]
+    random_row = next(r for r in baselines if r["method"] == "random")
+    assert gen_cnp["metrics"]["mDC"] <= random_row["metrics"]["mDC"]
+    dgr = next(r for r in baselines if r["method"] == "DGR")
+    assert dgr["ms_per_explanation"] >= 10 * gen_cnp["ms_per_explanation"]
     for name in ("report.md", "report.html", "class_pathways.png", "sparsity.png", "saliency.png", "transfer.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     again = run_demo(tmp_path, progress=False)  # everything cached now

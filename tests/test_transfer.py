@@ -19,8 +19,10 @@ def test_build_class_pathways_hand_example() -> None:
     logits = [[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0]]
     e = _explanation([[1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 1, 0]], [0, 0, 0, 1, 1], logits)
     labels = torch.tensor([0, 0, 1, 1, 1])
-    with pytest.raises(InputError, match="no correctly classified"):
-        build_class_pathways(e, labels, 3, "fp")
+    three = build_class_pathways(e, labels, 3, "fp")  # class 2 has no correct source: no pathway
+    assert three.sources.tolist() == [2, 2, 0] and not three.masks[2].any()
+    with pytest.raises(InputError, match="no class has"):
+        build_class_pathways(e, torch.tensor([1, 1, 1, 0, 0]), 2, "fp")
     pathways = build_class_pathways(e, labels, 2, "fp", j=50, threshold=0.5)
     torch.testing.assert_close(pathways.frequency, torch.tensor([[1.0, 0.5, 0, 0.5], [0, 0.5, 1.0, 0]]))
     assert pathways.masks.tolist() == [[True, True, False, True], [False, True, True, False]]

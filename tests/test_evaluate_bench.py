@@ -1,0 +1,67 @@
+"""`pathrt evaluate` and `pathrt bench` end to end on small inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathrt.evaluate import HEADERS, evaluate, write_evaluation
+from pathrt.generator import GeneratorConfig, PathwayGenerator
+from pathrt.runtime import Explainer
+from pathrt.targets import create_target
+from tests.conftest import ROOT
+
+
+def test_evaluate_table_has_every_method(tmp_path: Path) -> None:
+    target = create_target("small_vgg", 3, (3, 32, 32), cfg=(8, "M", 16, "M"), hidden=16)
+    explainer = Explainer(target, PathwayGenerator(target.spec, GeneratorConfig.small(d=32, heads=4, d_r=8,
+                                                                                        head_bias=0.0)))
+    g = torch.Generator().manual_seed(0)
+    images, sources = torch.randn(12, 3, 32, 32, generator=g), torch.randn(30, 3, 32, 32, generator=g)
+    with torch.no_grad():  # labels = predictions, so every class has correct sources
+        labels, source_labels = target.model(images).argmax(1), target.model(sources).argmax(1)
+    rows = evaluate(explainer, images, labels, sources, source_labels, j=5, log=lambda _: None)
+    assert [(r.method, r.setting) for r in rows] == [
+        ("GEN-CNP", "operating point"), ("random", "matched per sample"),
+        ("critical pathways", "own operating point"), ("critical pathways", "matched per sample"),
+        ("DGR", "own operating point"), ("DGR", "matched per sample")]
+    reference = rows[0].metrics["sparsity"]["mean"]
+    for row in rows[1:]:
+        if row.setting == "matched per sample":
+            assert row.metrics["sparsity"]["mean"] == pytest.approx(reference)
+    table, data = write_evaluation(rows, len(images), tmp_path)
+    assert table.splitlines()[0].count("|") == len(HEADERS) + 1
+    assert json.loads((tmp_path / "evaluation.json").read_text())["rows"][0]["method"] == "GEN-CNP"
+    assert (tmp_path / "evaluation.png").stat().st_size > 0 and len(data["rows"]) == 6
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path: Path) -> None:
+    """`pathrt bench --quick` runs every registered path (untrained embedded model here)."""
+    from pathrt.benchmarks.paths import PATHS
+
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pathrt.cli", "bench", "--quick", "--workdir",
+                             str(tmp_path / "no-demo"), "--out", str(tmp_path / "bench")],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"pathrt bench --quick took {seconds:.0f} s")
+    with open(tmp_path / "bench" / "bench.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["path"], r["batch"]) for r in rows} == {(p, b) for p in PATHS for b in ("1", "8")}
+    assert all(r["device"] and r["torch"] and float(r["median_ms"]) > 0 for r in rows)
+    plain = {r["batch"]: r for r in rows if r["path"] == "plain"}
+    assert all(float(plain[b]["plain_passes"]) == 1.0 for b in plain)
+    eager = [r for r in rows if r["path"] == "eager"]
+    assert all(float(r["plain_passes"]) > 1.0 for r in eager)  # an explanation costs more than a plain pass
+    text = (tmp_path / "bench" / "bench.md").read_text()
+    assert "cost only" in text and "GFLOP/s" in text and "one explanation =" in text
+    assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
