@@ -9,7 +9,7 @@ DEPS := $(VENV)/.pathrt-installed
 EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint build info clean
+.PHONY: demo test test-fast lint build info bench clean
 
 demo: build
 	$(PY) -m pathrt.cli demo
@@ -26,6 +26,9 @@ lint: $(DEPS)
 
 info: build
 	$(PY) -m pathrt.cli info
+
+bench: build
+	$(PY) -m pathrt.cli bench
 
 build: $(DEPS)
 
