@@ -14,6 +14,19 @@ Ops:
   pathrt::pairwise_iou(Tensor a, Tensor b) -> Tensor
       packed (N, B) x packed (M, B) -> float32 (N, M) IoU |a & b| / |a | b| by popcount;
       the IoU of two empty masks is 1.
+  pathrt::daq_threshold_pack(Tensor logits) -> (Tensor scores, Tensor masks, Tensor packed, Tensor counts)
+      RPD head logits float32 (N, K) -> scores = sigmoid(logits) float32, masks = scores >= 0.5 (bool),
+      packed = pack_masks(masks), counts = kept neurons per sample (int64 (N,)), in one pass.
+  pathrt::masked_bias_relu(Tensor x, Tensor? bias, Tensor mask) -> Tensor
+      the pathway pass's conv epilogue: relu(x + bias[c]) * mask[n, c] for float32 x (N, C, H, W);
+      mask (N, C) bool (removed channels are exactly 0) or float32 (scales).
+  pathrt::masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask) -> ()
+      the same, in place on a contiguous x.
+  pathrt::pathway_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_mask,
+                         Tensor? out_mask, int[2] stride, int[2] padding, bool relu) -> Tensor
+      per-sample channel-sparse convolution (groups 1, dilation 1) with a fused epilogue:
+      y = conv(x · in_mask, weight) + bias (+ residual), relu if asked, then removed output channels
+      are 0. Kernels never read removed input channels nor compute removed output channels.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from typing import Any
 import torch
 
 NAMESPACE = "pathrt"
+MASK_THRESHOLD = 0.5  # SPEC §3: kept iff sigmoid(logit) >= 0.5; the C++ kernels use the same constant
 DISPATCH_KEYS = ("CPU", "CUDA")
 
 _LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -96,6 +110,106 @@ def pairwise_iou_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union == 0, torch.ones_like(inter), inter / union.clamp_min(1))
 
 
+def _check_channel_mask(op: str, mask: torch.Tensor, n: int, c: int, name: str, float_allowed: bool) -> None:
+    allowed = (torch.bool, torch.float32) if float_allowed else (torch.bool,)
+    if mask.dtype not in allowed:
+        raise TypeError(f"{op}: {name} must be {' or '.join(map(str, allowed))}, got {mask.dtype}")
+    if tuple(mask.shape) != (n, c):
+        raise ValueError(f"{op}: {name} must have shape ({n}, {c}) (one row per sample), got {tuple(mask.shape)}")
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if logits.dtype != torch.float32:
+        raise TypeError(f"pathrt::daq_threshold_pack: logits must be float32, got {logits.dtype}")
+    if logits.dim() != 2:
+        raise ValueError(f"pathrt::daq_threshold_pack: logits must be 2-D (N, K), got shape {tuple(logits.shape)}; "
+                         "concatenate the per-layer head logits with torch.cat(dim=1)")
+
+
+def _check_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
+    op = "pathrt::masked_bias_relu"
+    if x.dtype != torch.float32:
+        raise TypeError(f"{op}: x must be float32, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    _check_channel_mask(op, mask, x.shape[0], x.shape[1], "mask", True)
+    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (x.shape[1],)):
+        raise ValueError(f"{op}: bias must be float32 of shape ({x.shape[1]},), got {bias.dtype} {tuple(bias.shape)}")
+
+
+def _conv_output_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int]) -> tuple:
+    op = "pathrt::pathway_conv2d"
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        raise TypeError(f"{op}: x and weight must be float32, got {x.dtype} and {weight.dtype}")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: x (N, C_in, H, W) and weight (C_out, C_in, kH, kW) do not match: "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: stride must be 2 positive ints and padding 2 non-negative ints, "
+                         f"got {stride}, {padding}")
+    ho = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    wo = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"{op}: the kernel {tuple(weight.shape)} does not fit the padded input {tuple(x.shape)}")
+    return x.shape[0], weight.shape[0], ho, wo
+
+
+def _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding) -> tuple:
+    op = "pathrt::pathway_conv2d"
+    shape = _conv_output_shape(x, weight, stride, padding)
+    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (shape[1],)):
+        raise ValueError(f"{op}: bias must be float32 of shape ({shape[1]},), got {bias.dtype} {tuple(bias.shape)}")
+    if residual is not None and (residual.dtype != torch.float32 or tuple(residual.shape) != tuple(shape)):
+        raise ValueError(f"{op}: residual must be float32 of shape {tuple(shape)}, got {residual.dtype} "
+                         f"{tuple(residual.shape)}")
+    if in_mask is not None:
+        _check_channel_mask(op, in_mask, x.shape[0], x.shape[1], "in_mask", False)
+    if out_mask is not None:
+        _check_channel_mask(op, out_mask, x.shape[0], weight.shape[0], "out_mask", False)
+    return shape
+
+
+def daq_threshold_pack_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference of `pathrt::daq_threshold_pack` (see the module docstring)."""
+    _check_logits(logits)
+    scores = torch.sigmoid(logits)
+    masks = scores >= MASK_THRESHOLD
+    return scores, masks, pack_masks_reference(masks), masks.sum(1)
+
+
+def masked_bias_relu_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Reference of `pathrt::masked_bias_relu` (see the module docstring)."""
+    _check_masked_bias_relu(x, bias, mask)
+    y = torch.relu(x if bias is None else x + bias[None, :, None, None])
+    if mask.dtype == torch.bool:
+        return torch.where(mask[:, :, None, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return torch.where(mask[:, :, None, None] == 0, torch.zeros((), dtype=y.dtype, device=y.device),
+                       y * mask[:, :, None, None])
+
+
+def masked_bias_relu_inplace_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
+    """Reference of `pathrt::masked_bias_relu_`: writes masked_bias_relu(x, bias, mask) into x."""
+    x.copy_(masked_bias_relu_reference(x, bias, mask))
+
+
+def pathway_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             residual: torch.Tensor | None, in_mask: torch.Tensor | None,
+                             out_mask: torch.Tensor | None, stride: list[int], padding: list[int],
+                             relu: bool) -> torch.Tensor:
+    """Reference of `pathrt::pathway_conv2d` (see the module docstring): dense conv, then masks."""
+    _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding)
+    if in_mask is not None:
+        x = torch.where(in_mask[:, :, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+    y = torch.nn.functional.conv2d(x, weight, bias, list(stride), list(padding))
+    if residual is not None:
+        y = y + residual
+    if relu:
+        y = torch.relu(y)
+    if out_mask is not None:
+        y = torch.where(out_mask[:, :, None, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return y
+
+
 # ---------------------------------------------------------------------------------------------
 # Declarations
 # ---------------------------------------------------------------------------------------------
@@ -125,12 +239,43 @@ def _pairwise_iou_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.float32)
 
 
+def _daq_threshold_pack_fake(logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    _check_logits(logits)
+    n, k = logits.shape
+    return (logits.new_empty((n, k)), logits.new_empty((n, k), dtype=torch.bool),
+            logits.new_empty((n, (k + 7) // 8), dtype=torch.uint8), logits.new_empty((n,), dtype=torch.int64))
+
+
+def _masked_bias_relu_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    _check_masked_bias_relu(x, bias, mask)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _masked_bias_relu_inplace_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
+    _check_masked_bias_relu(x, bias, mask)
+
+
+def _pathway_conv2d_fake(x, weight, bias, residual, in_mask, out_mask, stride, padding, relu) -> torch.Tensor:
+    return x.new_empty(_check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding))
+
+
 OPS: dict[str, OpDecl] = {
     decl.name: decl
     for decl in (
         OpDecl("pack_masks", "pack_masks(Tensor masks) -> Tensor", pack_masks_reference, _pack_masks_fake),
         OpDecl("pairwise_iou", "pairwise_iou(Tensor a, Tensor b) -> Tensor", pairwise_iou_reference,
                _pairwise_iou_fake),
+        OpDecl("daq_threshold_pack",
+               "daq_threshold_pack(Tensor logits) -> (Tensor scores, Tensor masks, Tensor packed, Tensor counts)",
+               daq_threshold_pack_reference, _daq_threshold_pack_fake),
+        OpDecl("masked_bias_relu", "masked_bias_relu(Tensor x, Tensor? bias, Tensor mask) -> Tensor",
+               masked_bias_relu_reference, _masked_bias_relu_fake),
+        OpDecl("masked_bias_relu_", "masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask) -> ()",
+               masked_bias_relu_inplace_reference, _masked_bias_relu_inplace_fake),
+        OpDecl("pathway_conv2d",
+               "pathway_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_mask, "
+               "Tensor? out_mask, int[2] stride, int[2] padding, bool relu) -> Tensor",
+               pathway_conv2d_reference, _pathway_conv2d_fake),
     )
 }
 
@@ -196,3 +341,26 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
 def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of every pair of packed masks: (N, B) x (M, B) -> float32 (N, M); empty vs empty is 1."""
     return torch.ops.pathrt.pairwise_iou(a, b)
+
+
+def daq_threshold_pack(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head logits (N, K) → (scores, masks = scores >= 0.5, packed masks, kept counts) in one pass."""
+    return torch.ops.pathrt.daq_threshold_pack(logits)
+
+
+def masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                     inplace: bool = False) -> torch.Tensor:
+    """relu(x + bias[c]) * mask[n, c] for x (N, C, H, W); in place on a contiguous x when asked."""
+    if inplace:
+        torch.ops.pathrt.masked_bias_relu_(x, bias, mask)
+        return x
+    return torch.ops.pathrt.masked_bias_relu(x, bias, mask)
+
+
+def pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, in_mask: torch.Tensor | None = None,
+                   out_mask: torch.Tensor | None = None, stride: tuple[int, int] = (1, 1),
+                   padding: tuple[int, int] = (0, 0), relu: bool = False) -> torch.Tensor:
+    """Channel-sparse conv per sample: reads kept input channels, computes kept output channels only."""
+    return torch.ops.pathrt.pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, list(stride),
+                                           list(padding), relu)

@@ -1,0 +1,206 @@
+// CPU kernels of the fused deployed-path ops (schemas: pathrt/runtime/ops.py):
+//   daq_threshold_pack  head logits -> scores, masks, packed masks, kept counts in one pass;
+//   masked_bias_relu(_) relu(x + bias[c]) * mask[n, c], out of place and in place;
+//   pathway_conv2d      a per-sample channel-sparse convolution: removed output channels are never
+//                       computed, removed input channels never read (gather + GEMM per sample).
+// Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "pathrt/epilogue.h"
+#include "pathrt/fused_checks.h"
+
+namespace pathrt {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cpu(const at::Tensor& logits) {
+  check_logits(logits);
+  const auto lc = logits.contiguous();
+  const int64_t n = lc.size(0), k = lc.size(1), nbytes = packed_bytes(k);
+  auto scores = at::empty({n, k}, lc.options());
+  auto masks = at::empty({n, k}, lc.options().dtype(at::kBool));
+  auto packed = at::empty({n, nbytes}, lc.options().dtype(at::kByte));
+  auto counts = at::empty({n}, lc.options().dtype(at::kLong));
+  const float* src = lc.data_ptr<float>();
+  float* s_out = scores.data_ptr<float>();
+  bool* m_out = masks.data_ptr<bool>();
+  uint8_t* p_out = packed.data_ptr<uint8_t>();
+  int64_t* c_out = counts.data_ptr<int64_t>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      int64_t kept = 0;
+      for (int64_t byte = 0; byte < nbytes; ++byte) {
+        uint8_t bits = 0;
+        const int64_t first = byte * 8, count = std::min<int64_t>(8, k - first);
+        for (int64_t j = 0; j < count; ++j) {
+          const int64_t idx = row * k + first + j;
+          const float s = sigmoid(src[idx]);
+          const bool keep = keeps(s);
+          s_out[idx] = s;
+          m_out[idx] = keep;
+          bits |= static_cast<uint8_t>(keep) << j;
+        }
+        p_out[row * nbytes + byte] = bits;
+        kept += popcount64(bits);
+      }
+      c_out[row] = kept;
+    }
+  });
+  return {scores, masks, packed, counts};
+}
+
+// out may alias x (the in-place variant); both contiguous.
+void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                             at::Tensor& out) {
+  const int64_t n = x.size(0), c = x.size(1), plane = x.size(2) * x.size(3);
+  const auto m = mask.to(at::kFloat).contiguous();
+  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const float* src = x.data_ptr<float>();
+  const float* mp = m.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, n * c, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane)), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float mv = mp[p];
+      const float bv = bp ? bp[p % c] : 0.0f;
+      float* o = dst + p * plane;
+      if (mv == 0.0f) {
+        std::fill(o, o + plane, 0.0f);
+        continue;
+      }
+      const float* i = src + p * plane;
+      for (int64_t e = 0; e < plane; ++e) o[e] = masked_bias_relu_value(i[e], bv, mv);
+    }
+  });
+}
+
+at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
+  check_masked_bias_relu(x, bias, mask);
+  const auto xc = x.contiguous();
+  auto out = at::empty_like(xc);
+  masked_bias_relu_kernel(xc, bias, mask, out);
+  return out;
+}
+
+void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
+  check_masked_bias_relu(x, bias, mask);
+  TORCH_CHECK_VALUE(x.is_contiguous(), "pathrt::masked_bias_relu_: x must be contiguous for the in-place variant; "
+                    "use pathrt::masked_bias_relu");
+  masked_bias_relu_kernel(x, bias, mask, x);
+}
+
+// Indices of the kept channels of one sample (all channels without a mask).
+void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>& idx) {
+  idx.clear();
+  for (int64_t i = 0; i < c; ++i) {
+    if (mask_row == nullptr || mask_row[i]) idx.push_back(i);
+  }
+}
+
+// im2col restricted to the kept input channels: row (j, dy, dx), column (oy, ox).
+void gather_columns(const float* x, const std::vector<int64_t>& in_idx, const ConvGeometry& g, float* cols) {
+  const int64_t cols_per_row = g.ho * g.wo;
+  for (size_t j = 0; j < in_idx.size(); ++j) {
+    const float* plane = x + in_idx[j] * g.h * g.w;
+    for (int64_t dy = 0; dy < g.kh; ++dy) {
+      for (int64_t dx = 0; dx < g.kw; ++dx) {
+        float* row = cols + ((static_cast<int64_t>(j) * g.kh + dy) * g.kw + dx) * cols_per_row;
+        for (int64_t oy = 0; oy < g.ho; ++oy) {
+          float* dst = row + oy * g.wo;
+          const int64_t iy = conv_input_coord(oy, dy, g.sh, g.ph, g.h);
+          if (iy < 0) {
+            std::fill(dst, dst + g.wo, 0.0f);
+            continue;
+          }
+          const float* src = plane + iy * g.w;
+          for (int64_t ox = 0; ox < g.wo; ++ox) {
+            const int64_t ix = conv_input_coord(ox, dx, g.sw, g.pw, g.w);
+            dst[ox] = ix < 0 ? 0.0f : src[ix];
+          }
+        }
+      }
+    }
+  }
+}
+
+at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                              const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_mask,
+                              const c10::optional<at::Tensor>& out_mask, at::IntArrayRef stride,
+                              at::IntArrayRef padding, bool relu) {
+  const ConvGeometry g = check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding);
+  const auto xc = x.contiguous(), wc = weight.contiguous();
+  const auto bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const auto rc = residual.has_value() ? residual->contiguous() : at::Tensor();
+  const auto im = in_mask.has_value() ? in_mask->contiguous() : at::Tensor();
+  const auto om = out_mask.has_value() ? out_mask->contiguous() : at::Tensor();
+  auto out = at::zeros({g.n, g.c_out, g.ho, g.wo}, xc.options());
+  const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = wc.data_ptr<float>();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
+  const bool* imp = im.defined() ? im.data_ptr<bool>() : nullptr;
+  const bool* omp = om.defined() ? om.data_ptr<bool>() : nullptr;
+  float* op = out.data_ptr<float>();
+
+  auto samples = [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> in_idx, out_idx;
+    std::vector<float> cols, wbuf, ybuf;
+    for (int64_t s = begin; s < end; ++s) {
+      kept_channels(imp ? imp + s * g.c_in : nullptr, g.c_in, in_idx);
+      kept_channels(omp ? omp + s * g.c_out : nullptr, g.c_out, out_idx);
+      const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
+      if (kout == 0) continue;
+      const int64_t depth = kin * taps;
+      cols.resize(std::max<int64_t>(1, depth * cols_per_row));
+      wbuf.resize(std::max<int64_t>(1, kout * depth));
+      ybuf.resize(kout * cols_per_row);
+      gather_columns(xp + s * g.c_in * g.h * g.w, in_idx, g, cols.data());
+      for (int64_t a = 0; a < kout; ++a) {
+        for (int64_t j = 0; j < kin; ++j) {
+          const float* src = wp + (out_idx[a] * g.c_in + in_idx[j]) * taps;
+          std::copy(src, src + taps, wbuf.data() + a * depth + j * taps);
+        }
+      }
+      auto y = at::from_blob(ybuf.data(), {kout, cols_per_row}, xc.options());
+      if (depth == 0) {
+        y.zero_();
+      } else {
+        at::mm_out(y, at::from_blob(wbuf.data(), {kout, depth}, xc.options()),
+                   at::from_blob(cols.data(), {depth, cols_per_row}, xc.options()));
+      }
+      for (int64_t a = 0; a < kout; ++a) {
+        const int64_t o = out_idx[a];
+        const float bv = bp ? bp[o] : 0.0f;
+        const int64_t base = (s * g.c_out + o) * cols_per_row;
+        const float* acc = ybuf.data() + a * cols_per_row;
+        for (int64_t e = 0; e < cols_per_row; ++e) {
+          op[base + e] = bias_act(acc[e], bv, rp ? rp[base + e] : 0.0f, relu);
+        }
+      }
+    }
+  };
+  // One sample per task; with fewer samples than threads, run them in turn and let the GEMM thread.
+  if (g.n >= at::get_num_threads()) {
+    at::parallel_for(0, g.n, 1, samples);
+  } else {
+    samples(0, g.n);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pathrt, CPU, m) {
+  m.impl("daq_threshold_pack", &daq_threshold_pack_cpu);
+  m.impl("masked_bias_relu", &masked_bias_relu_cpu);
+  m.impl("masked_bias_relu_", &masked_bias_relu_inplace_cpu);
+  m.impl("pathway_conv2d", &pathway_conv2d_cpu);
+}
+
+}  // namespace pathrt

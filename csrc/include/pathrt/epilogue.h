@@ -1,0 +1,44 @@
+// Element arithmetic of the fused deployed-path ops, shared by the CPU and CUDA kernels.
+//
+// __host__ __device__ like bitops.h: the CPU kernels (which the tests run) and the CUDA kernels
+// (which CI compiles but cannot run) compute every output value with these same functions.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "pathrt/bitops.h"
+
+namespace pathrt {
+
+// The DAQ inference threshold (SPEC §3): a neuron is kept when sigmoid(logit) >= 0.5.
+constexpr float kMaskThreshold = 0.5f;
+
+PATHRT_HD float sigmoid(float logit) { return 1.0f / (1.0f + expf(-logit)); }
+
+PATHRT_HD bool keeps(float score) { return score >= kMaskThreshold; }
+
+// The conv epilogue: acc + bias (+ residual), then ReLU when asked.
+PATHRT_HD float bias_act(float acc, float bias, float residual, bool relu) {
+  const float v = acc + bias + residual;
+  return relu ? (v > 0.0f ? v : 0.0f) : v;
+}
+
+// relu(x + bias) * mask, the pathway pass's epilogue for one value; a zero mask gives exactly 0.
+PATHRT_HD float masked_bias_relu_value(float x, float bias, float mask) {
+  return mask == 0.0f ? 0.0f : bias_act(x, bias, 0.0f, true) * mask;
+}
+
+// Input coordinate read by output coordinate `o` at kernel offset `d`; -1 when it lies in the
+// zero padding.
+PATHRT_HD int64_t conv_input_coord(int64_t o, int64_t d, int64_t stride, int64_t pad, int64_t size) {
+  const int64_t i = o * stride - pad + d;
+  return (i >= 0 && i < size) ? i : -1;
+}
+
+// Output size of a convolution along one axis.
+PATHRT_HD int64_t conv_output_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad) {
+  return (size + 2 * pad - kernel) / stride + 1;
+}
+
+}  // namespace pathrt
