@@ -89,11 +89,18 @@ class PathwayGenerator(nn.Module):
         self.rpd = RPD(spec.channels, config.d, config.head_bias)
         self.daq = DAQ(config.daq_sigma, config.daq_temperature)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> GeneratorOutput:
+    def head_logits(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """RFE → PDN → RPD: the per-layer head logits a_l (N, C_l), before sigmoid and threshold.
+
+        The fast backends stop here and finish with the fused `pathrt::daq_threshold_pack`.
+        """
         if len(features) != len(self.spec.layers):
             raise InputError(f"the generator expects {len(self.spec.layers)} feature maps, got {len(features)}")
         z_cls, z = self.pdn(self.rfe(features))
-        logits = self.rpd(z_cls, z)
+        return self.rpd(z_cls, z)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> GeneratorOutput:
+        logits = self.head_logits(features)
         scores = [torch.sigmoid(a) for a in logits]
         if self.training:
             masks = [self.daq(s) for s in scores]

@@ -3,8 +3,10 @@
 One plain pass of the canonized target captures the pathway-layer features, the generator turns
 them into per-input pathways (masks = scores >= 0.5), and one pathway pass gives H(x; P). Images
 go in as the target model takes them (normalized: see `Target.preprocess`). Large batches are
-processed in chunks of `max_batch_size`. The eager backend is the reference; faster backends
-arrive later and are tested against it.
+processed in chunks of `max_batch_size`. The eager backend (module hooks) is the reference; the
+native and triton backends run the same computation hook-free over a lowered plan with fused
+kernels (`pathrt.runtime.fast_path`) and are tested against it; `auto` picks the fastest usable
+one and records why (`Explainer.backend_reason`, `Explanation.backend_reason`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import torch
 
 from pathrt.errors import IncompatibleArtifactError, InputError
 from pathrt.generator import PathwayGenerator, load_generator
+from pathrt.runtime.backends import BACKENDS, choose_backend
 from pathrt.runtime.explanation import Explanation
 from pathrt.runtime.ops import pack_masks
 from pathrt.targets import Target, canonized_copy, capture_features, load_target, pathway_forward
-from pathrt.targets.pathway import Masks, normalize_masks
+from pathrt.targets.pathway import Masks, check_images, normalize_masks
 
-BACKENDS = ("eager",)
 ClassSpec = int | Sequence[int] | torch.Tensor | None
 
 
@@ -31,7 +33,7 @@ class Explainer:
     def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "eager",
                  max_batch_size: int = 256) -> None:
         if backend not in BACKENDS:
-            raise InputError(f"unknown backend {backend!r}; available here: {', '.join(BACKENDS)}")
+            raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if generator.spec != target.spec:
             raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
         if max_batch_size < 1:
@@ -39,9 +41,10 @@ class Explainer:
         self.target = target
         self.spec = target.spec
         self.generator = generator.eval()
-        self.backend = backend
         self.max_batch_size = max_batch_size
         self.model = canonized_copy(target.model)  # the user's model stays untouched
+        choice = choose_backend(backend, self.model, self.spec, generator.config.threshold)
+        self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
 
     @classmethod
     def from_files(cls, target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
@@ -84,12 +87,27 @@ class Explainer:
         parts = []
         for rows in self.batches(images):
             x = images[rows]
+            if self._runner is not None:
+                parts.append(self._explain_fast(x, self.rows_of(target, rows)))
+                continue
             capture = capture_features(self.model, self.spec, x)
             out = self.generator(capture.features)
             masks = torch.cat(out.masks, 1)
             parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), self.rows_of(target, rows),
                                       self.backend))
         return Explanation.concat(parts)
+
+    def _explain_fast(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
+        """SPEC §8 without hooks: plan pass with capture, generator + fused DAQ, sparse pathway pass."""
+        runner = self._runner
+        assert runner is not None
+        check_images(x, self.spec)
+        logits, features, saved = runner.plain(x)
+        head = torch.cat(self.generator.head_logits(features), 1)
+        scores, masks, packed, _ = runner.kernels.daq_threshold_pack(head)
+        pathway_logits = runner.pathway(saved, features, self.spec.split(masks))
+        return Explanation(self.spec, masks, packed, scores, logits, pathway_logits,
+                           self.resolve_classes(target, logits), self.backend, self.backend_reason)
 
     @torch.no_grad()
     def explain_with_masks(self, images: torch.Tensor, masks: Masks, target: ClassSpec = None,
@@ -99,15 +117,23 @@ class Explainer:
         parts = []
         for rows in self.batches(images):
             chunk = flat[rows].contiguous()
-            parts.append(self._finish(images[rows], self.model(images[rows]), chunk, chunk.float(),
-                                      self.rows_of(target, rows), label))
+            x = images[rows]
+            if self._runner is not None:
+                check_images(x, self.spec)
+                logits, features, saved = self._runner.plain(x)
+                pathway_logits = self._runner.pathway(saved, features, self.spec.split(chunk))
+                parts.append(Explanation(self.spec, chunk, pack_masks(chunk), chunk.float(), logits, pathway_logits,
+                                         self.resolve_classes(self.rows_of(target, rows), logits), label,
+                                         f"pathway pass on {self.backend}"))
+                continue
+            parts.append(self._finish(x, self.model(x), chunk, chunk.float(), self.rows_of(target, rows), label))
         return Explanation.concat(parts)
 
     def _finish(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
                 target: ClassSpec, backend: str) -> Explanation:
         pathway_logits = pathway_forward(self.model, self.spec, x, masks)
         return Explanation(self.spec, masks, pack_masks(masks), scores, logits, pathway_logits,
-                           self.resolve_classes(target, logits), backend)
+                           self.resolve_classes(target, logits), backend, self.backend_reason)
 
     def pathway_gradient(self, images: torch.Tensor, explanation: Explanation) -> torch.Tensor:
         """∂z_c(x; P)/∂x through the pathway model (SPEC §7): (N, C, H, W), the saliency of any pathway."""

@@ -27,7 +27,8 @@ class Explanation:
 
     masks (N, K) bool, packed (N, ceil(K/8)) uint8 (`pathrt::pack_masks` layout), scores (N, K)
     float, logits / pathway_logits (N, num_classes) of H(x) and H(x; P), classes (N,) the explained
-    class c (H's prediction unless asked otherwise), backend: what produced it.
+    class c (H's prediction unless asked otherwise), backend: what produced it, backend_reason: why
+    that backend (e.g. what `backend="auto"` found available).
     """
 
     spec: PathwaySpec
@@ -38,6 +39,7 @@ class Explanation:
     pathway_logits: torch.Tensor
     classes: torch.Tensor
     backend: str
+    backend_reason: str = ""
 
     def __post_init__(self) -> None:
         n, k = len(self.classes), self.spec.total_channels
@@ -83,7 +85,8 @@ class Explanation:
 
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> Explanation:
         idx = index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
-        return Explanation(self.spec, *(getattr(self, name)[idx] for name in _TENSORS), self.backend)
+        return Explanation(self.spec, *(getattr(self, name)[idx] for name in _TENSORS), self.backend,
+                           self.backend_reason)
 
     @staticmethod
     def concat(parts: Sequence[Explanation]) -> Explanation:
@@ -93,18 +96,20 @@ class Explanation:
         first = parts[0]
         if any(p.spec != first.spec for p in parts):
             raise InputError("cannot concatenate explanations of different pathway specs")
-        return Explanation(first.spec, *(torch.cat([getattr(p, n) for p in parts]) for n in _TENSORS), first.backend)
+        return Explanation(first.spec, *(torch.cat([getattr(p, n) for p in parts]) for n in _TENSORS), first.backend,
+                           first.backend_reason)
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Writes `<stem>.safetensors` + `<stem>.json` atomically."""
         return save_artifact(path, EXPLANATION_FORMAT, {name: getattr(self, name) for name in _TENSORS},
-                             {"backend": self.backend, "count": len(self), "pathway_spec": self.spec.to_dict()})
+                             {"backend": self.backend, "backend_reason": self.backend_reason, "count": len(self),
+                              "pathway_spec": self.spec.to_dict()})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
         meta, tensors = load_artifact(path, EXPLANATION_FORMAT)
         try:
             return cls(PathwaySpec.from_dict(meta["pathway_spec"]), *(tensors[n] for n in _TENSORS),
-                       str(meta["backend"]))
+                       str(meta["backend"]), str(meta.get("backend_reason", "")))
         except (KeyError, InputError) as exc:
             raise ArtifactError(f"{path} is not a valid explanation ({exc})") from exc

@@ -72,7 +72,8 @@ def _check_all_ran(spec: PathwaySpec, calls: list[int]) -> None:
         raise SpecError(f"pathway modules {idle} did not run in this forward pass")
 
 
-def _check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
+def check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
+    """Raises InputError unless `x` is a non-empty (N, C, H, W) batch with the spec's channel count."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != spec.input_shape[0]:
@@ -88,7 +89,7 @@ def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor, check
     `check_inplace=False` skips that check, for code traced by torch.compile (whose graphs do not
     keep tensor version counters faithfully); check the spec once in eager mode first.
     """
-    _check_images(x, spec)
+    check_images(x, spec)
     features: list[torch.Tensor | None] = [None] * len(spec.layers)
     versions = [0] * len(spec.layers)
 
@@ -138,7 +139,7 @@ def pathway_forward(
 
     With all-ones masks this is exactly the plain forward (multiplying by 1.0 is exact).
     """
-    _check_images(x, spec)
+    check_images(x, spec)
     per_layer = normalize_masks(masks, spec, x.shape[0])
 
     def apply(index: int, output: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,8 @@ def _fuse(steps: list[Step], output: int) -> list[Step]:
     consumer = {v: i for i, s in enumerate(steps) for v in s.inputs}
     dropped: set[int] = set()
     for i, s in enumerate(steps):
-        if s.op not in ("conv2d", "linear") or i in dropped or reads[s.output] != 1 or s.pathway is not None:
+        if (s.op not in ("conv2d", "linear") or i in dropped or reads[s.output] != 1 or s.pathway is not None
+                or s.output not in consumer):
             continue
         j = consumer[s.output]
         nxt = steps[j]

@@ -1,0 +1,113 @@
+"""Which explain backends can run here, why the others cannot, and what `backend="auto"` picks.
+
+Each fast backend lists the reason it cannot run (the xformers habit): the extension or Triton
+missing, no kernels for the device, a model the plan cannot lower, a generator threshold other
+than the fused op's 0.5. `auto` takes the first usable one of native (C++/CUDA), then triton on a
+GPU, and falls back to eager, recording why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pathrt.errors import InputError
+from pathrt.runtime import ops
+from pathrt.runtime.fast_path import NATIVE, SPARSE_COST_LIMIT, KernelSet, PlanRunner
+from pathrt.targets.plan import PlanError
+from pathrt.targets.spec import PathwaySpec
+
+BACKENDS = ("eager", "native", "triton", "auto")
+FUSED_OPS = ("daq_threshold_pack", "masked_bias_relu", "masked_bias_relu_", "pathway_conv2d")
+# Per-sample sparse convs on a GPU (one thread per output value) are not measured yet (no GPU was
+# lent); until they are, use them only at very high sparsity there.
+CUDA_SPARSE_COST_LIMIT = 0.1
+
+
+def native_unavailable(device: torch.device) -> str | None:
+    """Why the native backend cannot run on `device`, or None if it can."""
+    if ops.EXTENSION is None:
+        return f"the extension pathrt._C is not loaded ({ops.EXTENSION_ERROR})"
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    if device.type not in ("cpu", "cuda"):
+        return f"no pathrt kernels for device type {device.type!r}"
+    missing = [name for name in FUSED_OPS if ops.implementations()[name][key] != "native"]
+    if missing:
+        return f"pathrt._C has no {key} kernels for {', '.join(missing)} (rebuild with `make build`)"
+    return None
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the triton backend cannot run on `device`, or None if it can."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return (f"Triton kernels need a CUDA GPU (the model is on {device.type}); on CPU they run only under "
+            "TRITON_INTERPRET=1, for tests")
+
+
+def triton_kernels() -> KernelSet:
+    """The Triton kernel set (imports triton, so only call it when `triton_unavailable` is None)."""
+    from pathrt.kernels import ops as triton_ops
+
+    return KernelSet("triton", triton_ops.daq_threshold_pack, triton_ops.masked_bias_relu,
+                     triton_ops.pathway_conv2d)
+
+
+def device_backends(device: torch.device) -> dict[str, str | None]:
+    """For `pathrt info`: each backend and why it cannot run on `device` (None: it can, model permitting)."""
+    return {"eager": None, "native": native_unavailable(device), "triton": triton_unavailable(device)}
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend an Explainer runs, why, and its plan runner (None for eager)."""
+
+    name: str
+    reason: str
+    runner: PlanRunner | None
+
+
+def _runner(name: str, model: nn.Module, spec: PathwaySpec, threshold: float,
+            device: torch.device) -> tuple[PlanRunner | None, str]:
+    unavailable = native_unavailable(device) if name == "native" else triton_unavailable(device)
+    if unavailable:
+        return None, unavailable
+    if threshold != ops.MASK_THRESHOLD:
+        return None, f"the generator's threshold is {threshold}; the fused kernels apply {ops.MASK_THRESHOLD}"
+    kernels = NATIVE if name == "native" else triton_kernels()
+    limit = CUDA_SPARSE_COST_LIMIT if device.type == "cuda" else SPARSE_COST_LIMIT
+    try:
+        runner = PlanRunner(model, spec, kernels, sparse_limit=limit)
+    except PlanError as exc:
+        return None, str(exc)
+    return runner, f"{kernels.name} kernels on {device.type}, model lowered to {len(runner.plan.steps)} plan steps"
+
+
+def choose_backend(requested: str, model: nn.Module, spec: PathwaySpec, threshold: float) -> BackendChoice:
+    """Resolves `requested` (one of BACKENDS) for a canonized model; raises InputError if it cannot run."""
+    if requested not in BACKENDS:
+        raise InputError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "eager":
+        return BackendChoice("eager", "requested", None)
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if requested != "auto":
+        runner, reason = _runner(requested, model, spec, threshold, device)
+        if runner is None:
+            raise InputError(f"backend {requested!r} cannot run here: {reason}. Use backend='auto' to fall back")
+        return BackendChoice(requested, f"requested; {reason}", runner)
+    why_not = []
+    for name in ("native", "triton") if device.type == "cuda" else ("native",):
+        runner, reason = _runner(name, model, spec, threshold, device)
+        if runner is not None:
+            return BackendChoice(name, f"auto: {reason}", runner)
+        why_not.append(f"{name}: {reason}")
+    return BackendChoice("eager", "auto: eager, because " + "; ".join(why_not), None)

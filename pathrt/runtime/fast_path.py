@@ -1,0 +1,158 @@
+"""The hook-free explain path (SPEC §8) over a lowered plan, shared by the native and triton backends.
+
+`PlanRunner.plain` runs the canonized target step by step (no module hooks) and keeps the
+pathway-layer outputs; `PlanRunner.pathway` runs the pathway pass from layer 1's captured output
+(F_1 · m_1, no recompute). Each conv after it either runs channel-sparse per sample
+(`pathway_conv2d`: removed output channels never computed, removed input channels never read) or
+densely with the fused `masked_bias_relu` epilogue, whichever the masks make cheaper: the sparse
+kernel costs about `mean_n(d_in · d_out)` of the dense conv (d = kept fraction), at a lower
+arithmetic efficiency, so it is chosen when that product is below `sparse_limit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pathrt.runtime import ops
+from pathrt.targets.plan import Plan, Step, build_plan
+from pathrt.targets.spec import PathwaySpec
+
+# Sparse per-sample convs pay below this mean kept-fraction product (in · out); from the
+# `pathrt bench` sparsity sweep on this 2-core CPU (sparse GEMMs reach about half the dense rate).
+SPARSE_COST_LIMIT = 0.4
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The three fused ops a fast backend supplies (signatures of `pathrt.runtime.ops`)."""
+
+    name: str
+    daq_threshold_pack: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    masked_bias_relu: Callable[..., torch.Tensor]
+    pathway_conv2d: Callable[..., torch.Tensor]
+
+
+NATIVE = KernelSet("native", ops.daq_threshold_pack, ops.masked_bias_relu, ops.pathway_conv2d)
+
+
+def _ends_in_relu(step: Step) -> bool:
+    return step.op == "relu" or bool(step.attrs.get("relu"))
+
+
+class PlanRunner:
+    """Runs a target's plan: the plain pass with capture, and the channel-sparse pathway pass."""
+
+    def __init__(self, model: nn.Module, spec: PathwaySpec, kernels: KernelSet = NATIVE,
+                 sparse_limit: float = SPARSE_COST_LIMIT) -> None:
+        self.plan: Plan = build_plan(model, spec)
+        self.kernels = kernels
+        self.sparse_limit = sparse_limit
+        modules = dict(model.named_modules())
+        self.weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for step in self.plan.steps:
+            if step.module is not None:
+                m = modules[step.module]
+                bias = m.bias.detach() if m.bias is not None else None
+                self.weights[step.module] = (m.weight.detach(), bias)
+        self.first = self.plan.pathway_steps[0]
+        self.saved = self.plan.values_needed_after(self.first)
+        self.last_read = {v: i for i, s in enumerate(self.plan.steps) for v in s.inputs}
+
+    def _dense(self, step: Step, values: dict[int, torch.Tensor]) -> torch.Tensor:
+        x = values[step.inputs[0]]
+        a = step.attrs
+        if step.op in ("conv2d", "linear"):
+            weight, bias = self.weights[step.module]  # type: ignore[index]
+            if step.op == "conv2d":
+                y = F.conv2d(x, weight, bias, a["stride"], a["padding"])
+            else:
+                y = F.linear(x, weight, bias)
+            if a.get("residual"):
+                y.add_(values[step.inputs[1]])
+            return y.relu_() if a.get("relu") else y
+        if step.op == "relu":
+            return torch.relu(x)
+        if step.op == "max_pool2d":
+            return F.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"])
+        if step.op == "avg_pool2d":
+            return F.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"])
+        if step.op == "adaptive_avg_pool2d":
+            return F.adaptive_avg_pool2d(x, a["output_size"])
+        if step.op == "flatten":
+            return torch.flatten(x, a["start_dim"])
+        if step.op == "add":
+            return x + values[step.inputs[1]]
+        raise AssertionError(f"unknown plan op {step.op}")  # build_plan emits only the ops above
+
+    def _forget(self, index: int, values: dict[int, torch.Tensor], keep: set[int]) -> None:
+        for v in self.plan.steps[index].inputs:
+            if self.last_read.get(v) == index and v not in keep:
+                values.pop(v, None)
+
+    def plain(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Logits, pathway-layer features (spec order) and the values the pathway pass reuses."""
+        values = {0: x}
+        features: list[torch.Tensor] = [x] * len(self.plan.spec.layers)
+        keep = self.saved | {self.plan.output}
+        for i, step in enumerate(self.plan.steps):
+            values[step.output] = self._dense(step, values)
+            if step.pathway is not None:
+                features[step.pathway] = values[step.output]
+            self._forget(i, values, keep)
+        return values[self.plan.output], features, {v: values[v] for v in self.saved}
+
+    def _mask(self, step: Step, y: torch.Tensor, mask: torch.Tensor, fresh: bool) -> torch.Tensor:
+        if _ends_in_relu(step):  # relu(y) = y, so the fused epilogue only masks
+            return self.kernels.masked_bias_relu(y, None, mask, inplace=fresh)
+        return y * mask[:, :, None, None].to(y.dtype)
+
+    def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor],
+              density: Callable[[int | None], torch.Tensor]) -> torch.Tensor:
+        weight, bias = self.weights[step.module]  # type: ignore[index]
+        a = step.attrs
+        in_mask = masks[step.in_mask] if step.in_mask is not None else None
+        out_mask = masks[step.out_mask] if step.out_mask is not None else None
+        residual = values[step.inputs[1]] if a.get("residual") else None
+        x = values[step.inputs[0]]
+        if (in_mask is not None or out_mask is not None) and \
+                float((density(step.in_mask) * density(step.out_mask)).mean()) <= self.sparse_limit:
+            return self.kernels.pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, a["stride"],
+                                               a["padding"], bool(a["relu"]))
+        if step.pathway is not None and a["relu"]:
+            y = F.conv2d(x, weight, None, a["stride"], a["padding"])
+            if residual is not None:
+                y.add_(residual)
+            return self.kernels.masked_bias_relu(y, bias, masks[step.pathway], inplace=True)
+        y = self._dense(step, values)
+        return self._mask(step, y, masks[step.pathway], fresh=True) if step.pathway is not None else y
+
+    def pathway(self, saved: dict[int, torch.Tensor], features: list[torch.Tensor],
+                masks: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of H(x; m) for per-layer bool masks (N, C_l), from the plain pass's outputs."""
+        values = dict(saved)
+        first = self.plan.steps[self.first]
+        values[first.output] = self._mask(first, features[0], masks[0], fresh=False)
+        cache: dict[int | None, torch.Tensor] = {None: torch.ones((), device=features[0].device)}
+
+        def density(layer: int | None) -> torch.Tensor:
+            if layer not in cache:
+                cache[layer] = masks[layer].float().mean(1)  # type: ignore[index]
+            return cache[layer]
+
+        keep = {self.plan.output}
+        for i in range(self.first + 1, len(self.plan.steps)):
+            step = self.plan.steps[i]
+            if step.op == "conv2d":
+                y = self._conv(step, values, masks, density)
+            else:
+                y = self._dense(step, values)
+                if step.pathway is not None:
+                    y = self._mask(step, y, masks[step.pathway], fresh=step.op != "flatten")
+            values[step.output] = y
+            self._forget(i, values, keep)
+        return values[self.plan.output]
