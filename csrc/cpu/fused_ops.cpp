@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
   return {scores, masks, packed, counts};
 }
 
-// out may alias x (the in-place variant); both contiguous.
+// out may alias x (the in-place variant); both contiguous in the same memory format.
 void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
                              at::Tensor& out) {
   const int64_t n = x.size(0), c = x.size(1), plane = x.size(2) * x.size(3);
@@ -64,6 +64,17 @@ void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor
   const float* mp = m.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* dst = out.data_ptr<float>();
+  if (channels_last(x)) {  // NHWC: one pixel's channels are contiguous
+    at::parallel_for(0, n * plane, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, c)), [&](int64_t begin, int64_t end) {
+      for (int64_t px = begin; px < end; ++px) {
+        const float* mrow = mp + (px / plane) * c;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          dst[px * c + ch] = masked_bias_relu_value(src[px * c + ch], bp ? bp[ch] : 0.0f, mrow[ch]);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, n * c, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const float mv = mp[p];
@@ -81,7 +92,7 @@ void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor
 
 at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
   check_masked_bias_relu(x, bias, mask);
-  const auto xc = x.contiguous();
+  const auto xc = x.contiguous(dense_format(x));
   auto out = at::empty_like(xc);
   masked_bias_relu_kernel(xc, bias, mask, out);
   return out;
@@ -89,8 +100,8 @@ at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Ten
 
 void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
   check_masked_bias_relu(x, bias, mask);
-  TORCH_CHECK_VALUE(x.is_contiguous(), "pathrt::masked_bias_relu_: x must be contiguous for the in-place variant; "
-                    "use pathrt::masked_bias_relu");
+  TORCH_CHECK_VALUE(x.is_contiguous(dense_format(x)), "pathrt::masked_bias_relu_: x must be contiguous (NCHW or "
+                    "channels-last) for the in-place variant; use pathrt::masked_bias_relu");
   masked_bias_relu_kernel(x, bias, mask, x);
 }
 
@@ -102,11 +113,13 @@ void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>& idx) {
   }
 }
 
-// im2col restricted to the kept input channels: row (j, dy, dx), column (oy, ox).
-void gather_columns(const float* x, const std::vector<int64_t>& in_idx, const ConvGeometry& g, float* cols) {
-  const int64_t cols_per_row = g.ho * g.wo;
+// im2col restricted to the kept input channels: row (j, dy, dx), column (oy, ox). `x` points at
+// one sample; strides (channel, row, column) cover NCHW and channels-last layouts.
+void gather_columns(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& in_idx,
+                    const ConvGeometry& g, float* cols) {
+  const int64_t cols_per_row = g.ho * g.wo, s_c = strides[1], s_h = strides[2], s_w = strides[3];
   for (size_t j = 0; j < in_idx.size(); ++j) {
-    const float* plane = x + in_idx[j] * g.h * g.w;
+    const float* plane = x + in_idx[j] * s_c;
     for (int64_t dy = 0; dy < g.kh; ++dy) {
       for (int64_t dx = 0; dx < g.kw; ++dx) {
         float* row = cols + ((static_cast<int64_t>(j) * g.kh + dy) * g.kw + dx) * cols_per_row;
@@ -117,10 +130,10 @@ void gather_columns(const float* x, const std::vector<int64_t>& in_idx, const Co
             std::fill(dst, dst + g.wo, 0.0f);
             continue;
           }
-          const float* src = plane + iy * g.w;
+          const float* src = plane + iy * s_h;
           for (int64_t ox = 0; ox < g.wo; ++ox) {
             const int64_t ix = conv_input_coord(ox, dx, g.sw, g.pw, g.w);
-            dst[ox] = ix < 0 ? 0.0f : src[ix];
+            dst[ox] = ix < 0 ? 0.0f : src[ix * s_w];
           }
         }
       }
@@ -133,12 +146,15 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                               const c10::optional<at::Tensor>& out_mask, at::IntArrayRef stride,
                               at::IntArrayRef padding, bool relu) {
   const ConvGeometry g = check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding);
-  const auto xc = x.contiguous(), wc = weight.contiguous();
+  const auto format = dense_format(x);  // the output keeps x's layout (NCHW or channels-last)
+  const auto xc = x.contiguous(format), wc = weight.contiguous();
   const auto bc = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const auto rc = residual.has_value() ? residual->contiguous() : at::Tensor();
+  const auto rc = residual.has_value() ? residual->contiguous(format) : at::Tensor();
   const auto im = in_mask.has_value() ? in_mask->contiguous() : at::Tensor();
   const auto om = out_mask.has_value() ? out_mask->contiguous() : at::Tensor();
-  auto out = at::zeros({g.n, g.c_out, g.ho, g.wo}, xc.options());
+  auto out = at::empty({g.n, g.c_out, g.ho, g.wo}, xc.options(), format).zero_();
+  const auto xs = xc.strides(), os = out.strides();
+  TORCH_INTERNAL_ASSERT(!rc.defined() || rc.strides() == os, "residual and output layouts differ");
   const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;
   const float* xp = xc.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();
@@ -160,7 +176,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       cols.resize(std::max<int64_t>(1, depth * cols_per_row));
       wbuf.resize(std::max<int64_t>(1, kout * depth));
       ybuf.resize(kout * cols_per_row);
-      gather_columns(xp + s * g.c_in * g.h * g.w, in_idx, g, cols.data());
+      gather_columns(xp + s * xs[0], xs, in_idx, g, cols.data());
       for (int64_t a = 0; a < kout; ++a) {
         for (int64_t j = 0; j < kin; ++j) {
           const float* src = wp + (out_idx[a] * g.c_in + in_idx[j]) * taps;
@@ -177,10 +193,13 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       for (int64_t a = 0; a < kout; ++a) {
         const int64_t o = out_idx[a];
         const float bv = bp ? bp[o] : 0.0f;
-        const int64_t base = (s * g.c_out + o) * cols_per_row;
         const float* acc = ybuf.data() + a * cols_per_row;
-        for (int64_t e = 0; e < cols_per_row; ++e) {
-          op[base + e] = bias_act(acc[e], bv, rp ? rp[base + e] : 0.0f, relu);
+        for (int64_t oy = 0; oy < g.ho; ++oy) {
+          const int64_t row = s * os[0] + o * os[1] + oy * os[2];  // residual shares out's strides
+          for (int64_t ox = 0; ox < g.wo; ++ox) {
+            const int64_t at = row + ox * os[3];
+            op[at] = bias_act(acc[oy * g.wo + ox], bv, rp ? rp[at] : 0.0f, relu);
+          }
         }
       }
     }

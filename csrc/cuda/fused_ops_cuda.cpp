@@ -53,13 +53,13 @@ at::Tensor masked_bias_relu_cuda(const at::Tensor& x, const c10::optional<at::Te
   const auto xc = x.contiguous();
   auto out = at::empty_like(xc);
   run_masked_bias_relu(xc, bias, mask, out);
-  return out;
+  return out.contiguous(dense_format(x));  // the kernel works in NCHW; keep x's layout as the CPU op does
 }
 
 void masked_bias_relu_inplace_cuda(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
   check_masked_bias_relu(x, bias, mask);
-  TORCH_CHECK_VALUE(x.is_contiguous(), "pathrt::masked_bias_relu_: x must be contiguous for the in-place variant; "
-                    "use pathrt::masked_bias_relu");
+  TORCH_CHECK_VALUE(x.is_contiguous(), "pathrt::masked_bias_relu_: x must be NCHW-contiguous for the in-place "
+                    "variant on CUDA; use pathrt::masked_bias_relu");
   const c10::cuda::CUDAGuard guard(x.device());
   run_masked_bias_relu(x, bias, mask, x);
 }
@@ -78,7 +78,7 @@ at::Tensor pathway_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, co
   C10_CUDA_CHECK(launch_pathway_conv2d(xc.data_ptr<float>(), wc.data_ptr<float>(), data_or_null<float>(bc),
                                        data_or_null<float>(rc), data_or_null<bool>(im), data_or_null<bool>(om),
                                        out.data_ptr<float>(), shape, relu, c10::cuda::getCurrentCUDAStream()));
-  return out;
+  return out.contiguous(dense_format(x));
 }
 
 }  // namespace

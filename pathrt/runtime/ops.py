@@ -246,9 +246,16 @@ def _daq_threshold_pack_fake(logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
             logits.new_empty((n, (k + 7) // 8), dtype=torch.uint8), logits.new_empty((n,), dtype=torch.int64))
 
 
+def dense_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the 4-D kernels write: channels-last for channels-last inputs, else NCHW (as in C++)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _masked_bias_relu_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     _check_masked_bias_relu(x, bias, mask)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x, memory_format=dense_format(x))
 
 
 def _masked_bias_relu_inplace_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
@@ -256,7 +263,8 @@ def _masked_bias_relu_inplace_fake(x: torch.Tensor, bias: torch.Tensor | None, m
 
 
 def _pathway_conv2d_fake(x, weight, bias, residual, in_mask, out_mask, stride, padding, relu) -> torch.Tensor:
-    return x.new_empty(_check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding))
+    shape = _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding)
+    return x.new_empty(shape).contiguous(memory_format=dense_format(x))
 
 
 OPS: dict[str, OpDecl] = {

@@ -9,6 +9,16 @@
 
 namespace pathrt {
 
+// A 4-D tensor is treated as channels-last when it is contiguous in that format and not in NCHW
+// (tensors that are both, e.g. H = W = 1, count as NCHW). The Python fakes use the same rule.
+inline bool channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::MemoryFormat dense_format(const at::Tensor& x) {
+  return channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 inline void check_logits(const at::Tensor& logits) {
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat,
                    "pathrt::daq_threshold_pack: logits must be float32, got ", logits.scalar_type());
