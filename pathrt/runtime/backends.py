@@ -49,7 +49,7 @@ def triton_unavailable(device: torch.device) -> str | None:
         return None
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         return None
-    return (f"Triton kernels need a CUDA GPU (the model is on {device.type}); on CPU they run only under "
+    return (f"Triton kernels need a CUDA GPU (the tensors are on {device.type}); on CPU they run only under "
             "TRITON_INTERPRET=1, for tests")
 
 
@@ -85,7 +85,9 @@ def _runner(name: str, model: nn.Module, spec: PathwaySpec, threshold: float,
     kernels = NATIVE if name == "native" else triton_kernels()
     limit = CUDA_SPARSE_COST_LIMIT if device.type == "cuda" else SPARSE_COST_LIMIT
     try:
-        runner = PlanRunner(model, spec, kernels, sparse_limit=limit)
+        # channels-last pays on CPU (oneDNN, pooling); the Triton kernels index NCHW
+        runner = PlanRunner(model, spec, kernels, sparse_limit=limit,
+                            channels_last=device.type == "cpu" and name == "native")
     except PlanError as exc:
         return None, str(exc)
     return runner, f"{kernels.name} kernels on {device.type}, model lowered to {len(runner.plan.steps)} plan steps"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pathrt.runtime import ops
+from pathrt.runtime.backends import device_backends
 from pathrt.version import __version__
 
 
@@ -31,6 +32,8 @@ def environment() -> dict[str, Any]:
         "cuda_kernels_compiled": bool(build and build["cuda"]),
         "cuda_kernels_usable": bool(build and build["cuda"]) and cuda_devices > 0,
         "ops": ops.implementations(),
+        "backends": {device: device_backends(torch.device(device))
+                     for device in ("cpu", *(["cuda"] if cuda_devices else []))},
     }
 
 
@@ -57,10 +60,15 @@ def format_environment(env: dict[str, Any]) -> str:
         feats = [k for k, v in b["cpu_features"].items() if v]
         lines.append(f"  CPU features: {' '.join(feats) or 'none'}")
     lines.append("ops (torch.ops.pathrt):")
-    lines.append(f"  {'op':<16} {'CPU':<10} CUDA")
+    lines.append(f"  {'op':<20} {'CPU':<10} CUDA")
     for name, keys in env["ops"].items():
         cuda_state = keys["CUDA"]
         if cuda_state == "native" and not env["cuda_kernels_usable"]:
             cuda_state += " (compiled, no device to run it)"
-        lines.append(f"  {name:<16} {keys['CPU']:<10} {cuda_state}")
+        lines.append(f"  {name:<20} {keys['CPU']:<10} {cuda_state}")
+    lines.append("explain backends (Explainer(..., backend=...); 'auto' takes the first usable of native, "
+                 "triton on GPU, else eager):")
+    for device, backends in env["backends"].items():
+        for name, why_not in backends.items():
+            lines.append(f"  {device:<5} {name:<7} {'usable' if why_not is None else 'no: ' + why_not}")
     return "\n".join(lines)

@@ -118,7 +118,7 @@ def _check_channel_mask(op: str, mask: torch.Tensor, n: int, c: int, name: str, 
         raise ValueError(f"{op}: {name} must have shape ({n}, {c}) (one row per sample), got {tuple(mask.shape)}")
 
 
-def _check_logits(logits: torch.Tensor) -> None:
+def check_logits(logits: torch.Tensor) -> None:
     if logits.dtype != torch.float32:
         raise TypeError(f"pathrt::daq_threshold_pack: logits must be float32, got {logits.dtype}")
     if logits.dim() != 2:
@@ -126,7 +126,7 @@ def _check_logits(logits: torch.Tensor) -> None:
                          "concatenate the per-layer head logits with torch.cat(dim=1)")
 
 
-def _check_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
+def check_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
     op = "pathrt::masked_bias_relu"
     if x.dtype != torch.float32:
         raise TypeError(f"{op}: x must be float32, got {x.dtype}")
@@ -154,7 +154,7 @@ def _conv_output_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
     return x.shape[0], weight.shape[0], ho, wo
 
 
-def _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding) -> tuple:
+def check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding) -> tuple:
     op = "pathrt::pathway_conv2d"
     shape = _conv_output_shape(x, weight, stride, padding)
     if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (shape[1],)):
@@ -171,7 +171,7 @@ def _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, 
 
 def daq_threshold_pack_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference of `pathrt::daq_threshold_pack` (see the module docstring)."""
-    _check_logits(logits)
+    check_logits(logits)
     scores = torch.sigmoid(logits)
     masks = scores >= MASK_THRESHOLD
     return scores, masks, pack_masks_reference(masks), masks.sum(1)
@@ -179,7 +179,7 @@ def daq_threshold_pack_reference(logits: torch.Tensor) -> tuple[torch.Tensor, to
 
 def masked_bias_relu_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     """Reference of `pathrt::masked_bias_relu` (see the module docstring)."""
-    _check_masked_bias_relu(x, bias, mask)
+    check_masked_bias_relu(x, bias, mask)
     y = torch.relu(x if bias is None else x + bias[None, :, None, None])
     if mask.dtype == torch.bool:
         return torch.where(mask[:, :, None, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
@@ -197,7 +197,7 @@ def pathway_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.
                              out_mask: torch.Tensor | None, stride: list[int], padding: list[int],
                              relu: bool) -> torch.Tensor:
     """Reference of `pathrt::pathway_conv2d` (see the module docstring): dense conv, then masks."""
-    _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding)
+    check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding)
     if in_mask is not None:
         x = torch.where(in_mask[:, :, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
     y = torch.nn.functional.conv2d(x, weight, bias, list(stride), list(padding))
@@ -240,7 +240,7 @@ def _pairwise_iou_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _daq_threshold_pack_fake(logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    _check_logits(logits)
+    check_logits(logits)
     n, k = logits.shape
     return (logits.new_empty((n, k)), logits.new_empty((n, k), dtype=torch.bool),
             logits.new_empty((n, (k + 7) // 8), dtype=torch.uint8), logits.new_empty((n,), dtype=torch.int64))
@@ -254,16 +254,16 @@ def dense_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def _masked_bias_relu_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    _check_masked_bias_relu(x, bias, mask)
+    check_masked_bias_relu(x, bias, mask)
     return torch.empty_like(x, memory_format=dense_format(x))
 
 
 def _masked_bias_relu_inplace_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
-    _check_masked_bias_relu(x, bias, mask)
+    check_masked_bias_relu(x, bias, mask)
 
 
 def _pathway_conv2d_fake(x, weight, bias, residual, in_mask, out_mask, stride, padding, relu) -> torch.Tensor:
-    shape = _check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding)
+    shape = check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding)
     return x.new_empty(shape).contiguous(memory_format=dense_format(x))
 
 
