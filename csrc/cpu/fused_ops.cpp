@@ -154,7 +154,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto om = out_mask.has_value() ? out_mask->contiguous() : at::Tensor();
   auto out = at::empty({g.n, g.c_out, g.ho, g.wo}, xc.options(), format).zero_();
   const auto xs = xc.strides(), os = out.strides();
-  TORCH_INTERNAL_ASSERT(!rc.defined() || rc.strides() == os, "residual and output layouts differ");
+  const auto rs = rc.defined() ? rc.strides() : os;
   const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;
   const float* xp = xc.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();
@@ -195,10 +195,10 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         const float bv = bp ? bp[o] : 0.0f;
         const float* acc = ybuf.data() + a * cols_per_row;
         for (int64_t oy = 0; oy < g.ho; ++oy) {
-          const int64_t row = s * os[0] + o * os[1] + oy * os[2];  // residual shares out's strides
+          const int64_t row = s * os[0] + o * os[1] + oy * os[2];
+          const int64_t res_row = s * rs[0] + o * rs[1] + oy * rs[2];
           for (int64_t ox = 0; ox < g.wo; ++ox) {
-            const int64_t at = row + ox * os[3];
-            op[at] = bias_act(acc[oy * g.wo + ox], bv, rp ? rp[at] : 0.0f, relu);
+            op[row + ox * os[3]] = bias_act(acc[oy * g.wo + ox], bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
           }
         }
       }

@@ -113,7 +113,8 @@ def pairwise_iou_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _check_channel_mask(op: str, mask: torch.Tensor, n: int, c: int, name: str, float_allowed: bool) -> None:
     allowed = (torch.bool, torch.float32) if float_allowed else (torch.bool,)
     if mask.dtype not in allowed:
-        raise TypeError(f"{op}: {name} must be {' or '.join(map(str, allowed))}, got {mask.dtype}")
+        raise TypeError(f"{op}: {name} must be {' or '.join(str(t).removeprefix('torch.') for t in allowed)}, "
+                        f"got {mask.dtype}")
     if tuple(mask.shape) != (n, c):
         raise ValueError(f"{op}: {name} must have shape ({n}, {c}) (one row per sample), got {tuple(mask.shape)}")
 

@@ -1,0 +1,214 @@
+"""The fused deployed-path ops (daq_threshold_pack, masked_bias_relu(_), pathway_conv2d): the native
+C++ kernels against their plain-PyTorch references, layouts, skipped channels, opcheck, compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pathrt.runtime import ops
+
+CL = torch.channels_last
+
+
+def _assert_masks_match(masks: torch.Tensor, expected: torch.Tensor, scores: torch.Tensor) -> None:
+    """Equal except where the score lies within 1e-4 of the threshold (SPEC §8)."""
+    differ = masks != expected
+    assert not (differ & ((scores - 0.5).abs() > 1e-4)).any()
+
+
+def test_daq_threshold_pack_hand_example() -> None:
+    logits = torch.tensor([[0.0, -1e-3, 5.0, -7.0, 1e-3, 0.0, 0.0, 0.0, -1.0]])
+    scores, masks, packed, counts = ops.daq_threshold_pack(logits)
+    assert masks.tolist() == [[True, False, True, False, True, True, True, True, False]]
+    assert packed.tolist() == [[1 + 4 + 16 + 32 + 64 + 128, 0]]  # bits 0, 2, 4..7; byte 1 has bit 8 = 0
+    assert counts.tolist() == [6] and counts.dtype == torch.int64
+    torch.testing.assert_close(scores, torch.sigmoid(logits), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (4, 8), (5, 9), (64, 608), (2, 1152), (0, 5), (3, 0)])
+def test_daq_threshold_pack_matches_reference(shape: tuple[int, int]) -> None:
+    logits = torch.randn(shape) * 3
+    logits.view(-1)[::7] = 0.0  # exact ties: score 0.5 is kept
+    out = ops.daq_threshold_pack(logits)
+    ref = ops.daq_threshold_pack_reference(logits)
+    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=2e-7)
+    _assert_masks_match(out[1], ref[1], ref[0])
+    assert torch.equal(out[2], ops.pack_masks(out[1])) and torch.equal(out[3], out[1].sum(1))
+    assert [t.dtype for t in out] == [torch.float32, torch.bool, torch.uint8, torch.int64]
+
+
+def test_daq_threshold_pack_non_contiguous_and_errors() -> None:
+    logits = torch.randn(20, 30).T[:, ::2]
+    out, ref = ops.daq_threshold_pack(logits), ops.daq_threshold_pack_reference(logits.contiguous())
+    assert torch.equal(out[1], ref[1]) and torch.equal(out[2], ref[2])
+    for fn in (ops.daq_threshold_pack, ops.daq_threshold_pack_reference):
+        with pytest.raises(TypeError, match="float32"):
+            fn(torch.zeros(2, 3, dtype=torch.float64))
+        with pytest.raises(ValueError, match="2-D"):
+            fn(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_masked_bias_relu_matches_reference(layout: str, mask_kind: str, with_bias: bool) -> None:
+    x = torch.randn(3, 5, 4, 6)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    elif layout == "strided":
+        x = torch.randn(3, 5, 8, 6)[:, :, ::2]
+    bias = torch.randn(5) if with_bias else None
+    mask = torch.rand(3, 5) > 0.4 if mask_kind == "bool" else torch.rand(3, 5) * (torch.rand(3, 5) > 0.3)
+    ref = ops.masked_bias_relu_reference(x, bias, mask)
+    out = ops.masked_bias_relu(x, bias, mask)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    if layout != "strided":
+        y = x.clone()
+        assert ops.masked_bias_relu(y, bias, mask, inplace=True) is y
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        assert y.is_contiguous(memory_format=CL) == (layout == "channels_last")
+
+
+def test_masked_bias_relu_removed_channels_are_exact_zeros() -> None:
+    x = torch.full((2, 3, 2, 2), float("nan"))
+    mask = torch.tensor([[False, False, False], [False, False, False]])
+    assert torch.equal(ops.masked_bias_relu(x, torch.ones(3), mask), torch.zeros(2, 3, 2, 2))
+
+
+def test_masked_bias_relu_errors() -> None:
+    x = torch.randn(2, 3, 4, 4)
+    for fn in (ops.masked_bias_relu, ops.masked_bias_relu_reference):
+        with pytest.raises(ValueError, match=r"mask must have shape \(2, 3\)"):
+            fn(x, None, torch.ones(1, 3, dtype=torch.bool))
+        with pytest.raises(TypeError, match="mask must be bool or"):
+            fn(x, None, torch.ones(2, 3, dtype=torch.int64))
+        with pytest.raises(ValueError, match="bias"):
+            fn(x, torch.ones(4), torch.ones(2, 3, dtype=torch.bool))
+        with pytest.raises(ValueError, match="4-D"):
+            fn(x[0], None, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.masked_bias_relu(torch.randn(2, 3, 8, 4)[:, :, ::2], None, torch.ones(2, 3, dtype=torch.bool),
+                             inplace=True)
+
+
+CONV_CASES = [
+    # (N, C_in, H, W, C_out, k, stride, padding)
+    (1, 3, 8, 8, 4, 3, 1, 1),
+    (3, 6, 5, 4, 7, 3, 2, 1),
+    (2, 3, 17, 17, 5, 11, 4, 2),  # AlexNet's first conv, small
+    (4, 8, 7, 7, 6, 1, 2, 0),  # a ResNet downsample
+    (2, 5, 9, 9, 3, 7, 2, 3),  # a ResNet stem
+    (5, 4, 3, 3, 2, 3, 1, 1),
+]
+
+
+def _conv_inputs(case, layout: str, in_p: float, out_p: float, residual: bool, seed: int = 0):
+    n, c_in, h, w, c_out, k, s, p = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    weight, bias = torch.randn(c_out, c_in, k, k, generator=g), torch.randn(c_out, generator=g)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    res = torch.randn(n, c_out, ho, wo, generator=g) if residual else None
+    in_mask = torch.rand(n, c_in, generator=g) < in_p if in_p < 1 else None
+    out_mask = torch.rand(n, c_out, generator=g) < out_p if out_p < 1 else None
+    return x, weight, bias, res, in_mask, out_mask, [s, s], [p, p]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("in_p", "out_p", "residual", "relu"),
+                         [(1.0, 1.0, False, False), (0.5, 0.4, False, True), (0.3, 1.0, True, True),
+                          (1.0, 0.5, True, False), (0.0, 0.0, False, True)])
+def test_pathway_conv2d_matches_reference(case, layout: str, in_p: float, out_p: float, residual: bool,
+                                          relu: bool) -> None:
+    args = _conv_inputs(case, layout, in_p, out_p, residual)
+    out = ops.pathway_conv2d(*args[:6], stride=args[6], padding=args[7], relu=relu)
+    ref = ops.pathway_conv2d_reference(*args, relu)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    assert out.is_contiguous(memory_format=CL) == (layout == "channels_last" and out.shape[-2:] != (1, 1))
+
+
+def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs() -> None:
+    x, weight, bias, _, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, False)
+    poisoned = torch.where(in_mask[:, :, None, None], x, torch.tensor(float("nan")))
+    out = ops.pathway_conv2d(poisoned, weight, bias, None, in_mask, out_mask, s, p, relu=False)
+    assert not out.isnan().any()  # the NaN channels were never read
+    assert (out[~out_mask] == 0).all()  # removed outputs are exact zeros, not relu(bias)
+    torch.testing.assert_close(out, ops.pathway_conv2d_reference(x, weight, bias, None, in_mask, out_mask, s, p, False))
+
+
+def test_pathway_conv2d_mixed_residual_layout() -> None:
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[0], "channels_last", 0.5, 0.5, True)
+    out = ops.pathway_conv2d(x, weight, bias, res.contiguous(), in_mask, out_mask, s, p, relu=True)
+    torch.testing.assert_close(out, ops.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, s, p, True),
+                               rtol=1e-5, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 4), c_in=st.integers(1, 6), c_out=st.integers(1, 6), size=st.integers(1, 9),
+       k=st.sampled_from([1, 3, 5]), s=st.integers(1, 3), p=st.integers(0, 2), density=st.floats(0.0, 1.0),
+       cl=st.booleans())
+def test_pathway_conv2d_property(n, c_in, c_out, size, k, s, p, density, cl) -> None:
+    if size + 2 * p < k:
+        return
+    args = _conv_inputs((n, c_in, size, size, c_out, k, s, p), "channels_last" if cl else "nchw",
+                        density, density, True, seed=n + 7 * c_in + 31 * size)
+    ref = ops.pathway_conv2d_reference(*args, True)
+    torch.testing.assert_close(ops.pathway_conv2d(*args[:6], stride=args[6], padding=args[7], relu=True), ref,
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_pathway_conv2d_errors() -> None:
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, True)
+    for fn in (ops.pathway_conv2d, ops.pathway_conv2d_reference):
+        with pytest.raises(ValueError, match="input channels|do not match"):
+            fn(x, weight[:, :3], bias, None, None, None, s, p, True)
+        with pytest.raises(ValueError, match="residual"):
+            fn(x, weight, bias, res[:, :, :1], None, None, s, p, True)
+        with pytest.raises(TypeError, match="in_mask must be bool"):
+            fn(x, weight, bias, None, in_mask.float(), None, s, p, True)
+        with pytest.raises(ValueError, match="out_mask must have shape"):
+            fn(x, weight, bias, None, None, out_mask[:1], s, p, True)
+        with pytest.raises(ValueError, match="stride"):
+            fn(x, weight, bias, None, None, None, [0, 1], p, True)
+        with pytest.raises(ValueError, match="does not fit"):
+            fn(x[:, :, :1, :1], weight, bias, None, None, None, [1, 1], [0, 0], True)
+
+
+def test_opcheck_fused_ops() -> None:
+    logits = torch.randn(5, 21)
+    torch.library.opcheck(torch.ops.pathrt.daq_threshold_pack.default, (logits,))
+    x = torch.randn(3, 4, 5, 5)
+    mask = torch.rand(3, 4) > 0.5
+    for xx in (x, x.contiguous(memory_format=CL)):
+        torch.library.opcheck(torch.ops.pathrt.masked_bias_relu.default, (xx, torch.randn(4), mask))
+        torch.library.opcheck(torch.ops.pathrt.masked_bias_relu.default, (xx, None, mask.float()))
+        torch.library.opcheck(torch.ops.pathrt.masked_bias_relu_.default, (xx.clone(), torch.randn(4), mask))
+    for layout in ("nchw", "channels_last"):
+        args = _conv_inputs(CONV_CASES[1], layout, 0.5, 0.5, True)
+        torch.library.opcheck(torch.ops.pathrt.pathway_conv2d.default, (*args, True))
+        torch.library.opcheck(torch.ops.pathrt.pathway_conv2d.default, (args[0], args[1], None, None, None, None,
+                                                                        args[6], args[7], False))
+
+
+@pytest.mark.slow
+def test_fused_ops_under_torch_compile_fullgraph() -> None:
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, True)
+
+    def explain_tail(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores, masks, packed, counts = torch.ops.pathrt.daq_threshold_pack(logits)
+        y = torch.ops.pathrt.pathway_conv2d(x, weight, bias, res, in_mask, masks[:, :7], s, p, True)
+        z = torch.ops.pathrt.masked_bias_relu(y * 2.0, None, masks[:, 7:14])
+        w = z.clone()
+        torch.ops.pathrt.masked_bias_relu_(w, bias, masks[:, :7])
+        return scores, packed, counts, z, w
+
+    logits = torch.randn(3, 14)
+    compiled = torch.compile(explain_tail, fullgraph=True, backend="inductor")
+    for got, want in zip(compiled(logits, x), explain_tail(logits, x), strict=True):
+        torch.testing.assert_close(got, want)
