@@ -166,7 +166,7 @@ def test_pathway_conv2d_property(n, c_in, c_out, size, k, s, p, density, cl) -> 
 def test_pathway_conv2d_errors() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, True)
     for fn in (ops.pathway_conv2d, ops.pathway_conv2d_reference):
-        with pytest.raises(ValueError, match="input channels|do not match"):
+        with pytest.raises(ValueError, match=r"input channels|do not match"):
             fn(x, weight[:, :3], bias, None, None, None, s, p, True)
         with pytest.raises(ValueError, match="residual"):
             fn(x, weight, bias, res[:, :, :1], None, None, s, p, True)
@@ -198,7 +198,7 @@ def test_opcheck_fused_ops() -> None:
 
 @pytest.mark.slow
 def test_fused_ops_under_torch_compile_fullgraph() -> None:
-    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, True)
+    x, weight, bias, res, in_mask, _, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, True)
 
     def explain_tail(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         scores, masks, packed, counts = torch.ops.pathrt.daq_threshold_pack(logits)

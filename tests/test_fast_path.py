@@ -1,0 +1,182 @@
+"""The hook-free fast path: plan lowering, the native backend against the eager reference on real
+torchvision architectures and the embedded model, backend selection and its recorded reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from pathrt.errors import InputError
+from pathrt.generator import GeneratorConfig, PathwayGenerator
+from pathrt.runtime import Explainer
+from pathrt.runtime.backends import choose_backend
+from pathrt.runtime.explanation import Explanation
+from pathrt.targets import Target, build_spec, canonized_copy, create_target, load_target
+from pathrt.targets.plan import PlanError, build_plan
+from tests.conftest import assert_python_ok, randomize_batchnorms
+
+
+def varied_generator(spec, seed: int = 0, sparsity_bias: float = 0.0) -> PathwayGenerator:
+    """A random generator whose masks differ from sample to sample (about half the neurons kept)."""
+    torch.manual_seed(seed)
+    generator = PathwayGenerator(spec, GeneratorConfig.small(head_bias=0.0)).eval()
+    with torch.no_grad():
+        for head in generator.rpd.heads:
+            head[-1].weight.mul_(20.0)
+            head[-1].bias.normal_(sparsity_bias, 1.0)
+    return generator
+
+
+def assert_parity(eager: Explanation, fast: Explanation) -> None:
+    """SPEC §8: masks equal except scores within 1e-4 of 0.5; logits within 1e-4 relative."""
+    near = (eager.scores - 0.5).abs() <= 1e-4
+    assert not ((eager.masks != fast.masks) & ~near).any()
+    torch.testing.assert_close(fast.scores, eager.scores, rtol=0, atol=1e-5)
+    for name in ("logits", "pathway_logits"):
+        want, got = getattr(eager, name), getattr(fast, name)
+        assert float((got - want).abs().max() / want.abs().max().clamp_min(1e-12)) <= 1e-4, name
+    if torch.equal(eager.masks, fast.masks):
+        assert torch.equal(eager.packed, fast.packed) and torch.equal(eager.classes, fast.classes)
+
+
+def _torchvision(arch: str) -> Target:
+    target = create_target(arch, 10, (3, 64, 64))
+    randomize_batchnorms(target.model)
+    return target
+
+
+@pytest.fixture(scope="module")
+def embedded(trained_target_path: Path) -> Target:
+    return load_target(trained_target_path)
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11_bn", "resnet18", "embedded"])
+@pytest.mark.parametrize("sparse_limit", [None, 0.0, 1.0])  # default choice, always dense, always sparse
+@torch.no_grad()
+def test_native_matches_eager(arch: str, sparse_limit: float | None, request: pytest.FixtureRequest) -> None:
+    target = request.getfixturevalue("embedded") if arch == "embedded" else _torchvision(arch)
+    generator = varied_generator(target.spec)
+    eager = Explainer(target, generator)
+    native = Explainer(target, generator, backend="native")
+    if sparse_limit is not None:
+        native._runner.sparse_limit = sparse_limit
+    shape = target.spec.input_shape
+    for batch in (1, 3, 32):
+        x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+        a, b = eager.explain(x), native.explain(x)
+        assert b.backend == "native" and "native kernels on cpu" in b.backend_reason
+        assert 0.2 < float(a.sparsity.mean()) < 0.8
+        assert_parity(a, b)
+    masks = torch.rand(3, target.spec.total_channels) > 0.6
+    x = torch.randn(3, *shape)
+    assert_parity(eager.explain_with_masks(x, masks), native.explain_with_masks(x, masks))
+
+
+@torch.no_grad()
+def test_native_runs_no_hooks_and_reuses_layer_one(embedded: Target) -> None:
+    generator = varied_generator(embedded.spec)
+    native = Explainer(embedded, generator, backend="native")
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in native.model.modules()]
+    x = torch.randn(4, *embedded.spec.input_shape)
+    native.explain(x)
+    assert calls == []  # the target's modules are never called: no hook can run
+    Explainer(embedded, generator).explain(x)
+    for h in handles:
+        h.remove()
+
+    class CountConvs(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights: list[tuple[int, ...]] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is F.conv2d or func is torch.ops.pathrt.pathway_conv2d:
+                self.weights.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    runner = native._runner
+    _, features, saved = runner.plain(x)
+    masks = embedded.spec.split(torch.rand(4, embedded.spec.total_channels) > 0.5)
+    for limit in (0.0, 1.0):
+        runner.sparse_limit = limit
+        with CountConvs() as mode:
+            runner.pathway(saved, features, masks)
+        convs = [s for s in runner.plan.steps if s.op == "conv2d"]
+        # every conv after layer 1 runs once; layer 1's conv is not recomputed
+        assert len(mode.weights) == len(convs) - 1
+        assert tuple(runner.weights[convs[0].module][0].shape) not in mode.weights
+
+
+def test_plan_of_resnet_fuses_residual_epilogues_and_limits_downsample() -> None:
+    target = create_target("resnet18", 10, (3, 64, 64))
+    plan = build_plan(canonized_copy(target.model), target.spec)
+    pathway_steps = [plan.steps[i] for i in plan.pathway_steps]
+    assert len(pathway_steps) == 8
+    assert all(s.op == "conv2d" and s.attrs["relu"] and s.attrs["residual"] for s in pathway_steps)
+    downsample = [s for s in plan.steps if s.module and "downsample" in s.module]
+    assert len(downsample) == 3 and all(s.out_mask is not None and not s.attrs["relu"] for s in downsample)
+    assert "pathway layer 8" in plan.describe()
+
+
+def test_plan_refuses_unsupported_models_and_auto_falls_back() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=2),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    spec = build_spec(model, (3, 8, 8))
+    with pytest.raises(PlanError, match=r"'2'.*groups"):
+        build_plan(model, spec)
+    gelu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.GELU(), nn.Flatten(), nn.Linear(36 * 4, 2)).eval()
+    with pytest.raises(PlanError, match="'2' \\(GELU\\) is not supported"):
+        build_plan(gelu, build_spec(gelu, (3, 8, 8)))
+    choice = choose_backend("auto", model, spec, 0.5)
+    assert choice.name == "eager" and "native: conv '2'" in choice.reason
+    with pytest.raises(InputError, match="backend 'native' cannot run here: conv '2'"):
+        choose_backend("native", model, spec, 0.5)
+    with pytest.raises(InputError, match="threshold"):
+        choose_backend("native", canonized_copy(create_target("alexnet", 3, (3, 64, 64)).model),
+                       create_target("alexnet", 3, (3, 64, 64)).spec, 0.7)
+
+
+def test_backend_choice_is_recorded(embedded: Target, tmp_path: Path) -> None:
+    generator = varied_generator(embedded.spec)
+    auto = Explainer(embedded, generator, backend="auto")
+    assert auto.backend == "native" and auto.backend_reason.startswith("auto: native kernels on cpu")
+    explanation = auto.explain(torch.randn(2, *embedded.spec.input_shape))
+    assert explanation.backend == "native" and explanation.backend_reason == auto.backend_reason
+    explanation.save(tmp_path / "e")
+    assert Explanation.load(tmp_path / "e").backend_reason == auto.backend_reason
+    assert Explainer(embedded, generator).backend_reason == "requested"
+    # without the Triton interpreter, CPU tensors must never reach a Triton launch
+    with pytest.raises(InputError, match="backend 'triton' cannot run here: Triton kernels need a CUDA GPU"):
+        Explainer(embedded, generator, backend="triton")
+
+
+def test_auto_without_extension_falls_back_to_eager() -> None:
+    code = (
+        "import torch\n"
+        "from pathrt.runtime import Explainer\n"
+        "from pathrt.generator import PathwayGenerator, GeneratorConfig\n"
+        "from pathrt.targets import create_target\n"
+        "t = create_target('small_vgg', 3, (3, 32, 32))\n"
+        "e = Explainer(t, PathwayGenerator(t.spec, GeneratorConfig.small()), backend='auto')\n"
+        "assert e.backend == 'eager', e.backend\n"
+        "assert 'native: the extension pathrt._C is not loaded' in e.backend_reason, e.backend_reason\n"
+        "assert e.explain(torch.randn(2, 3, 32, 32)).backend == 'eager'\n"
+    )
+    assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})
+
+
+def test_info_lists_backends() -> None:
+    from pathrt.runtime.info import environment, format_environment
+
+    env = environment()
+    assert env["backends"]["cpu"]["native"] is None and env["backends"]["cpu"]["eager"] is None
+    assert "Triton kernels need a CUDA GPU" in env["backends"]["cpu"]["triton"]
+    json.dumps(env)
+    assert "cpu   native  usable" in format_environment(env)
