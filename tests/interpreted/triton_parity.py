@@ -1,0 +1,99 @@
+"""Triton kernels against the plain-PyTorch references, on CPU under TRITON_INTERPRET=1.
+
+Not collected by the main pytest run (the file name does not match test_*.py): the interpreter
+must be switched on before triton is imported and breaks fake-tensor tracing, so
+tests/test_triton_kernels.py runs this file in its own pytest process with the variable set.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":  # fail loudly rather than launch on a missing GPU
+    raise RuntimeError("run this file with TRITON_INTERPRET=1 (tests/test_triton_kernels.py does)")
+
+from pathrt.kernels import ops as triton_ops
+
+from pathrt.generator import GeneratorConfig, PathwayGenerator
+from pathrt.runtime import Explainer, ops
+from pathrt.targets import create_target
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 8), (4, 37), (2, 300), (0, 5)])
+def test_daq_threshold_pack(shape: tuple[int, int]) -> None:
+    logits = torch.randn(shape, generator=torch.Generator().manual_seed(shape[1])) * 3
+    logits.view(-1)[::5] = 0.0
+    got, want = triton_ops.daq_threshold_pack(logits), ops.daq_threshold_pack_reference(logits)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=2e-7)
+    near = (want[0] - 0.5).abs() <= 1e-4
+    assert not ((got[1] != want[1]) & ~near).any()
+    assert torch.equal(got[2], ops.pack_masks(got[1])) and torch.equal(got[3], got[1].sum(1))
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_masked_bias_relu(mask_kind: str, with_bias: bool, layout: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 4, 6, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    bias = torch.randn(5, generator=g) if with_bias else None
+    mask = torch.rand(3, 5, generator=g) > 0.4
+    if mask_kind == "float":
+        mask = mask * torch.rand(3, 5, generator=g)
+    want = ops.masked_bias_relu_reference(x, bias, mask)
+    torch.testing.assert_close(triton_ops.masked_bias_relu(x, bias, mask), want, rtol=0, atol=0)
+    y = x.contiguous().clone()
+    assert triton_ops.masked_bias_relu(y, bias, mask, inplace=True) is y
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("case", "in_p", "out_p", "residual", "relu"), [
+    ((2, 3, 6, 6, 4, 3, 1, 1), 0.5, 0.5, False, True),
+    ((3, 4, 5, 4, 3, 3, 2, 1), 1.0, 0.6, True, True),
+    ((1, 3, 9, 9, 2, 5, 2, 2), 0.4, 1.0, True, False),
+    ((2, 4, 4, 4, 5, 1, 2, 0), 0.0, 0.0, False, True),
+])
+def test_pathway_conv2d(case, in_p: float, out_p: float, residual: bool, relu: bool) -> None:
+    n, c_in, h, w, c_out, k, s, p = case
+    g = torch.Generator().manual_seed(n + c_in)
+    x = torch.randn(n, c_in, h, w, generator=g)
+    weight, bias = torch.randn(c_out, c_in, k, k, generator=g), torch.randn(c_out, generator=g)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    res = torch.randn(n, c_out, ho, wo, generator=g) if residual else None
+    in_mask = torch.rand(n, c_in, generator=g) < in_p if in_p < 1 else None
+    out_mask = torch.rand(n, c_out, generator=g) < out_p if out_p < 1 else None
+    if in_mask is not None:  # removed input channels hold NaN: a kernel that reads them fails
+        x = torch.where(in_mask[:, :, None, None], x, torch.tensor(float("nan")))
+    got = triton_ops.pathway_conv2d(x, weight, bias, res, in_mask, out_mask, (s, s), (p, p), relu)
+    clean = torch.nan_to_num(x, nan=0.0)
+    want = ops.pathway_conv2d_reference(clean, weight, bias, res, in_mask, out_mask, [s, s], [p, p], relu)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_triton_backend_matches_eager() -> None:
+    target = create_target("small_vgg", 4, (3, 16, 16), cfg=(4, "M", 8, 8, "M"), hidden=8)
+    torch.manual_seed(0)
+    generator = PathwayGenerator(target.spec, GeneratorConfig.small(head_bias=0.0)).eval()
+    with torch.no_grad():
+        for head in generator.rpd.heads:
+            head[-1].weight.mul_(20.0)
+    eager = Explainer(target, generator)
+    triton = Explainer(target, generator, backend="triton")
+    assert triton.backend == "triton" and "triton kernels on cpu" in triton.backend_reason
+    for limit in (0.0, 1.0):  # the dense epilogue path and the sparse conv path
+        triton._runner.sparse_limit = limit
+        x = torch.randn(3, 3, 16, 16)
+        a, b = eager.explain(x), triton.explain(x)
+        assert b.backend == "triton" and 0.1 < float(a.sparsity.mean()) < 0.9
+        near = (a.scores - 0.5).abs() <= 1e-4
+        assert not ((a.masks != b.masks) & ~near).any()
+        for name in ("logits", "pathway_logits"):
+            want, got = getattr(a, name), getattr(b, name)
+            assert float((got - want).abs().max() / want.abs().max()) <= 1e-4, name
