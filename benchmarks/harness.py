@@ -26,12 +26,15 @@ import torch
 from pathrt.benchmarks.paths import PATHS, BenchModel
 
 from pathrt.artifacts import artifact_paths, write_json
+from pathrt.data import load_digits
 from pathrt.flops import count_flops
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
 from pathrt.report import markdown_table
 from pathrt.runtime import Explainer
-from pathrt.targets import capture_features, create_target, load_target
+from pathrt.targets import capture_features, create_target, load_target, pathway_forward
 from pathrt.version import __version__
+
+DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton")
 
 
 @dataclass
@@ -103,16 +106,19 @@ def build_models(names: Sequence[str], workdir: Path, sparsity: float, dgr_max_b
     for name in names:
         if name == "embedded":
             stem_t, stem_g = workdir / "target", workdir / "generator"
+            images = None
             if artifact_paths(stem_t)[1].exists() and artifact_paths(stem_g)[1].exists():
                 target = load_target(stem_t)
                 generator, _ = load_generator(stem_g, target_fingerprint=target.fingerprint, spec=target.spec)
-                note = f"trained small VGG and generator from {workdir}"
+                images = target.preprocess(load_digits("test").images)
+                note = (f"trained small VGG and generator from {workdir}, on the digits test images (the generator's "
+                        "operating point)")
             else:
                 target = create_target("small_vgg", 10, (3, 32, 32))
                 generator = generator_with_sparsity(target.spec, sparsity)
                 note = (f"random small VGG and a generator biased to {sparsity:.0%} sparsity "
                         f"(no trained demo in {workdir}: run `make demo` for the real one); cost only")
-            models.append(BenchModel(name, Explainer(target, generator), note, max(dgr_max_batch, 64)))
+            models.append(BenchModel(name, Explainer(target, generator), note, max(dgr_max_batch, 64), images))
         else:
             target = create_target(name, 1000, (3, 64, 64))
             generator = generator_with_sparsity(target.spec, sparsity)
@@ -166,9 +172,10 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
                 if isinstance(runner, str):
                     context["skipped"].append(f"{model.name} {path} batch {batch}: {runner}")
                     continue
-                x = torch.randn(batch, *explainer.spec.input_shape, generator=torch.Generator().manual_seed(batch))
+                x = model.inputs(batch)
                 if path not in flops_at_one:
-                    counted = "eager" if path == "eager+compile" else path  # compiled kernels are not countable
+                    # compiled kernels and custom ops are not countable: those rows get eager's dense-equivalent FLOPs
+                    counted = "eager" if path in DENSE_EQUIVALENT else path
                     flops_at_one[path] = flops_at_one.get(counted) or count_flops(PATHS[counted](model, 1), x[:1])
                 times = _time(runner, x, warmup, repeats, budget)
                 ms = [1000 * t for t in times]
@@ -187,8 +194,9 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
     return rows, context
 
 
-def write_outputs(rows: list[Row], context: dict, out: Path) -> str:
-    """bench.md (table), bench.csv (one row per model/path/batch), bench.json and bench.png; returns the table."""
+def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[SweepRow] = ()) -> str:
+    """bench.md (tables), bench.csv (one row per model/path/batch), bench.json, bench.png and, with a
+    sparsity sweep, sparsity.png; returns the main table."""
     out.mkdir(parents=True, exist_ok=True)
     headers = ["model", "path", "batch", "median ms", "p20–p80 ms", "ms/image", "× plain pass", "speedup vs eager",
                "GFLOP/s", "% of matmul peak"]
@@ -205,7 +213,9 @@ def write_outputs(rows: list[Row], context: dict, out: Path) -> str:
         f"# pathrt bench\n\nDevice: {context['device']}; torch {context['torch']}; pathrt {context['pathrt']}; "
         f"measured float32 matmul {context['matmul_gflops_per_s']:.1f} GFLOP/s (% of matmul peak uses nominal "
         f"FLOPs: above 100% means fewer real FLOPs, e.g. Winograd convolutions).\n\nModels:\n{notes}\n\n"
-        f"FLOPs (FlopCounterMode, per image):\n{flops}\n\n{table}\n\nSkipped:\n{skipped}\n\n![bench](bench.png)\n",
+        f"FLOPs (FlopCounterMode, per image; the native, triton and compiled rows are credited with eager's "
+        f"dense-equivalent FLOPs, since custom ops and compiled kernels cannot be counted):\n{flops}\n\n{table}\n\n"
+        f"Skipped:\n{skipped}\n\n![bench](bench.png)\n{_sweep_section(sweep, out) if sweep else ''}",
         encoding="utf-8")
     with open(out / "bench.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*asdict(rows[0]), "device", "torch", "pathrt"])
@@ -213,7 +223,8 @@ def write_outputs(rows: list[Row], context: dict, out: Path) -> str:
         for r in rows:
             writer.writerow({**asdict(r), "device": context["device"], "torch": context["torch"],
                              "pathrt": context["pathrt"]})
-    write_json(out / "bench.json", {"context": context, "rows": [asdict(r) for r in rows]})
+    write_json(out / "bench.json", {"context": context, "rows": [asdict(r) for r in rows],
+                                    "sparsity_sweep": [asdict(r) for r in sweep]})
     _plot(rows, out / "bench.png")
     return table
 
@@ -238,3 +249,86 @@ def _plot(rows: list[Row], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@dataclass
+class SweepRow:
+    """The pathway pass of one model at one generator sparsity: eager (hooks, dense) against native
+    with dense convs only, channel-sparse convs only, and the automatic choice."""
+
+    model: str
+    sparsity: float
+    batch: int
+    plain_ms: float
+    eager_pathway_ms: float
+    native_dense_ms: float
+    native_sparse_ms: float
+    native_auto_ms: float
+
+
+def sparsity_sweep(models: Sequence[BenchModel], sparsities: Sequence[float], batch: int, *, warmup: int = 2,
+                   repeats: int = 10, budget: float = 5.0, log: Callable[[str], None] = print) -> list[SweepRow]:
+    """Pathway-pass time against sparsity (generators biased to each sparsity, same inputs)."""
+    rows = []
+    for model in models:
+        target = model.explainer.target
+        x = model.inputs(batch)
+        for sparsity in sparsities:
+            generator = generator_with_sparsity(target.spec, sparsity)
+            eager, native = Explainer(target, generator), Explainer(target, generator, backend="native")
+            runner = native._runner
+            assert runner is not None
+            with torch.no_grad():
+                _, features, saved = runner.plain(x)
+                masks = runner.kernels.daq_threshold_pack(torch.cat(generator.head_logits(features), 1))[1]
+            layers = target.spec.split(masks)
+            measured = float(1 - masks.float().mean())
+
+            def pathway(limit: float, runner=runner, saved=saved, features=features, layers=layers) -> Callable:
+                def run(_: torch.Tensor) -> torch.Tensor:
+                    runner.sparse_limit = limit
+                    return runner.pathway(saved, features, layers)
+                return run
+
+            timed = [_time(fn, x, warmup, repeats, budget) for fn in (
+                eager.model, lambda x, e=eager, m=masks, spec=target.spec: pathway_forward(e.model, spec, x, m),
+                pathway(0.0), pathway(float("inf")), pathway(native._runner.sparse_limit))]
+            ms = [1000 * statistics.median(t) for t in timed]
+            rows.append(SweepRow(model.name, round(measured, 3), batch, *ms))
+            log(f"  {model.name:<14} sparsity {measured:.2f}: pathway pass eager {ms[1]:.2f} ms, native dense "
+                f"{ms[2]:.2f}, sparse {ms[3]:.2f}, auto {ms[4]:.2f} (plain {ms[0]:.2f})")
+    return rows
+
+
+def sweep_table(rows: Sequence[SweepRow]) -> str:
+    """The sparsity sweep as a Markdown table."""
+    headers = ["model", "sparsity", "batch", "plain ms", "eager pathway ms", "native dense ms", "native sparse ms",
+               "native auto ms", "auto × plain"]
+    table = markdown_table(headers, [[r.model, f"{r.sparsity:.2f}", r.batch, f"{r.plain_ms:.2f}",
+                                      f"{r.eager_pathway_ms:.2f}", f"{r.native_dense_ms:.2f}",
+                                      f"{r.native_sparse_ms:.2f}", f"{r.native_auto_ms:.2f}",
+                                      f"{r.native_auto_ms / r.plain_ms:.2f}"] for r in rows])
+    return table
+
+
+def _sweep_section(rows: Sequence[SweepRow], out: Path) -> str:
+    """The sweep's bench.md section; plots sparsity.png."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in rows if r.model == model]
+        xs = [100 * r.sparsity for r in mine]
+        for attr, label in (("eager_pathway_ms", "eager"), ("native_dense_ms", "native dense"),
+                            ("native_sparse_ms", "native sparse"), ("native_auto_ms", "native auto")):
+            ax.plot(xs, [getattr(r, attr) / r.plain_ms for r in mine], marker="o", label=label)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("pathway pass (plain forward passes)")
+        ax.set_title(f"{model}, batch {mine[0].batch}", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "sparsity.png", dpi=110)
+    plt.close(fig)
+    return (f"\n## Pathway pass against sparsity\n\nThe pathway pass alone (after the plain pass), with generators "
+            f"biased to each sparsity. `native dense` forces dense convs with the fused epilogue, `native sparse` "
+            f"forces channel-sparse convs, `native auto` is what the backend chooses.\n\n{sweep_table(rows)}\n\n"
+            f"![sparsity](sparsity.png)\n")

@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from pathrt.baselines import critical_pathways, dgr_pathways, random_masks
+from pathrt.errors import InputError
 from pathrt.runtime import Explainer
 from pathrt.targets import capture_features, pathway_forward
 
@@ -28,6 +30,33 @@ class BenchModel:
     explainer: Explainer
     note: str
     dgr_max_batch: int
+    images: torch.Tensor | None = None  # real inputs at the model's operating point; random when None
+    _backends: dict[tuple[str, str], Explainer | str] = field(default_factory=dict, repr=False)
+
+    def inputs(self, batch: int) -> torch.Tensor:
+        """`batch` inputs: the real images (cycled) when the model has them, else seeded random ones."""
+        if self.images is None:
+            shape = self.explainer.spec.input_shape
+            return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+        return self.images[torch.arange(batch) % len(self.images)]
+
+    def backend(self, name: str, device: str = "cpu") -> Explainer | str:
+        """An Explainer on `backend` and `device` (built once), or why it cannot run here."""
+        key = (name, device)
+        if key not in self._backends:
+            if device == "cuda" and not torch.cuda.is_available():
+                self._backends[key] = "needs a CUDA GPU (none here)"
+            else:
+                target = self.explainer.target
+                if device != "cpu":
+                    target = copy.copy(target)
+                    target.model = copy.deepcopy(target.model).to(device)
+                generator = copy.deepcopy(self.explainer.generator).to(device)
+                try:
+                    self._backends[key] = Explainer(target, generator, backend=name)
+                except InputError as exc:
+                    self._backends[key] = str(exc)
+        return self._backends[key]
 
 
 PathFactory = Callable[[BenchModel, int], Runner | str]
@@ -67,6 +96,43 @@ def _compiled(model: BenchModel, batch: int) -> Runner:
         return pathway_forward(explainer.model, explainer.spec, x, out.masks), out.scores
 
     return torch.compile(explain, dynamic=False)
+
+
+def _on_device(explainer: Explainer, device: str) -> Runner:
+    if device == "cpu":
+        return explainer.explain
+
+    def run(x: torch.Tensor) -> object:  # includes the copy of the batch to the device
+        out = explainer.explain(x.to(device))
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def _fast_backend(name: str, device: str) -> PathFactory:
+    def factory(model: BenchModel, batch: int) -> Runner | str:
+        explainer = model.backend(name, device)
+        return explainer if isinstance(explainer, str) else _on_device(explainer, device)
+
+    factory.__doc__ = f"The {name} backend on {device}: hook-free plan, fused kernels, channel-sparse convs."
+    return factory
+
+
+bench_path("native")(_fast_backend("native", "cpu"))
+bench_path("native-cuda")(_fast_backend("native", "cuda"))
+bench_path("triton")(_fast_backend("triton", "cuda"))
+
+
+@bench_path("native-plain")
+def _native_plain(model: BenchModel, batch: int) -> Runner | str:
+    """The native backend's plain pass alone (hook-free plan, channels-last): the part it cannot skip."""
+    explainer = model.backend("native")
+    if isinstance(explainer, str):
+        return explainer
+    runner = explainer._runner
+    assert runner is not None
+    return lambda x: runner.plain(x)[0]
 
 
 @bench_path("random")

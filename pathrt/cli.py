@@ -84,21 +84,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from pathrt.benchmarks.harness import build_models, run_bench, write_outputs
+    from pathrt.benchmarks.harness import build_models, run_bench, sparsity_sweep, sweep_table, write_outputs
     from pathrt.benchmarks.paths import PATHS
 
     if args.quick:
         names, batches, repeats, budget = ["embedded"], [1, 8], 5, 2.0
+        sweep_models, sweep_batch, sweep = ["embedded"], 8, [0.0, 0.75]
     else:
         names, batches, repeats, budget = args.models, args.batches, args.repeats, args.budget
+        sweep_models, sweep_batch, sweep = args.sweep_models, args.sweep_batch, args.sweep
     paths = args.paths or list(PATHS)
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
         raise InputError(f"unknown bench paths {unknown}; known: {', '.join(PATHS)}")
     models = build_models(names, Path(args.workdir), args.sparsity, args.dgr_max_batch)
     rows, context = run_bench(models, batches, paths, warmup=args.warmup, repeats=repeats, budget=budget)
-    print(write_outputs(rows, context, Path(args.out)))
-    print(f"wrote {Path(args.out) / 'bench.md'}, bench.csv, bench.json and bench.png")
+    sweep_rows = []
+    if sweep:
+        by_name = {m.name.split("@")[0]: m for m in models}
+        missing = [n for n in sweep_models if n not in by_name]
+        extra = build_models(missing, Path(args.workdir), args.sparsity, args.dgr_max_batch) if missing else []
+        chosen = [by_name[n] if n in by_name else extra[missing.index(n)] for n in sweep_models]
+        print("pathway pass against sparsity:")
+        sweep_rows = sparsity_sweep(chosen, sweep, sweep_batch, warmup=args.warmup, repeats=repeats, budget=budget)
+    print(write_outputs(rows, context, Path(args.out), sweep_rows))
+    if sweep_rows:
+        print(sweep_table(sweep_rows))
+    print(f"wrote {Path(args.out) / 'bench.md'}, bench.csv, bench.json, bench.png and sparsity.png")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -179,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sparsity", type=float, default=0.6, help="sparsity of the untrained generators (cost only)")
     bench.add_argument("--dgr-max-batch", type=int, default=8, help="largest DGR batch on torchvision models")
     bench.add_argument("--workdir", default="runs/demo", help="where `make demo` cached the trained embedded model")
+    bench.add_argument("--sweep", nargs="*", type=float, default=[0.0, 0.5, 0.75, 0.9],
+                       help="generator sparsities of the pathway-pass sweep (none: skip it)")
+    bench.add_argument("--sweep-models", nargs="+", default=["vgg11", "embedded"])
+    bench.add_argument("--sweep-batch", type=int, default=64)
     bench.add_argument("--out", default="runs/bench")
     bench.set_defaults(run=_cmd_bench)
 

@@ -12,6 +12,7 @@ one and records why (`Explainer.backend_reason`, `Explanation.backend_reason`).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +46,11 @@ class Explainer:
         self.model = canonized_copy(target.model)  # the user's model stays untouched
         choice = choose_backend(backend, self.model, self.spec, generator.config.threshold)
         self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
+        self._fast_generator = self.generator
+        if self._runner is not None:  # the fast path runs the generator with its BatchNorms folded too
+            with warnings.catch_warnings():  # its forward loops over layers: fx cannot trace it, Sequentials fold
+                warnings.filterwarnings("ignore", message="torch.fx could not trace PathwayGenerator")
+                self._fast_generator = canonized_copy(generator)
 
     @classmethod
     def from_files(cls, target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
@@ -103,7 +109,7 @@ class Explainer:
         assert runner is not None
         check_images(x, self.spec)
         logits, features, saved = runner.plain(x)
-        head = torch.cat(self.generator.head_logits(features), 1)
+        head = torch.cat(self._fast_generator.head_logits(features), 1)
         scores, masks, packed, _ = runner.kernels.daq_threshold_pack(head)
         pathway_logits = runner.pathway(saved, features, self.spec.split(masks))
         return Explanation(self.spec, masks, packed, scores, logits, pathway_logits,
