@@ -66,14 +66,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_explain(args: argparse.Namespace) -> None:
     from pathrt.explain_folder import explain_to_folder
 
-    explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size)
+    explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size,
+                      backend=args.backend)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from pathrt.evaluate import evaluate, write_evaluation
     from pathrt.runtime import Explainer
 
-    explainer = Explainer.from_files(args.target, args.generator, max_batch_size=args.batch_size)
+    explainer = Explainer.from_files(args.target, args.generator, max_batch_size=args.batch_size,
+                                     backend=args.backend)
     train, test = _load_data(args)
     preprocess = explainer.target.preprocess
     rows = evaluate(explainer, preprocess(test.images), test.labels, preprocess(train.images), train.labels,
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_cmd_info)
 
+    from pathrt.runtime.backends import BACKENDS
     from pathrt.targets.models import ARCHITECTURES
 
     def data_args(cmd: argparse.ArgumentParser) -> None:
@@ -167,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
     explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain)")
     explain.add_argument("--batch-size", type=int, default=256)
+    explain.add_argument("--backend", choices=BACKENDS, default="auto",
+                         help="explain backend (default auto: native when usable; see `pathrt info`)")
     explain.set_defaults(run=_cmd_explain)
 
     evaluate = sub.add_parser("evaluate", help="SPEC §7 table: GEN-CNP against random, critical pathways, DGR")
@@ -177,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sources", type=int, default=50, help="transfer sources per class (default 50)")
     evaluate.add_argument("--no-dgr", action="store_true", help="skip DGR (30 optimization steps per image)")
     evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto",
+                          help="explain backend (default auto: native when usable; see `pathrt info`)")
     evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="time every explain path and baseline (median, 20/80 quantiles)")

@@ -20,9 +20,9 @@ from pathrt.runtime.explainer import Explainer
 
 def explain_to_folder(target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
                       out: str | os.PathLike[str], images: str | os.PathLike[str] | None = None,
-                      batch_size: int = 256) -> dict[str, Any]:
+                      batch_size: int = 256, backend: str = "auto") -> dict[str, Any]:
     """Explains `images` (a folder) or the digits test split; returns the summary written to `out`."""
-    explainer = Explainer.from_files(target_path, generator_path, max_batch_size=batch_size)
+    explainer = Explainer.from_files(target_path, generator_path, max_batch_size=batch_size, backend=backend)
     target = explainer.target
     labels = None
     if images is None:
@@ -42,7 +42,8 @@ def explain_to_folder(target_path: str | os.PathLike[str], generator_path: str |
     table = markdown_table(["image", "class", "pathway prediction", "Y", "O", "sparsity %"], rows)
     overview = markdown_table(["metric", "value"], [[k, f"{v:.2f}"] for k, v in metrics.items()
                                                     if isinstance(v, float)])
-    text = f"# pathrt explain\n\n{len(explanation)} images, backend {explanation.backend}\n\n{overview}\n\n{table}\n"
+    backend = f"backend {explanation.backend} ({explanation.backend_reason})"
+    text = f"# pathrt explain\n\n{len(explanation)} images, {backend}\n\n{overview}\n\n{table}\n"
     atomic_write(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     summary = {"images": names, "metrics": metrics}
     write_json(folder / "summary.json", summary)

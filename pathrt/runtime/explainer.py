@@ -29,9 +29,14 @@ ClassSpec = int | Sequence[int] | torch.Tensor | None
 
 
 class Explainer:
-    """Explains a target's predictions with the pathways its generator produces."""
+    """Explains a target's predictions with the pathways its generator produces.
 
-    def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "eager",
+    backend: "auto" (default: native where the extension and the model's plan allow, else eager;
+    the choice and its reason are in `backend` / `backend_reason`), "eager" (the hook-based
+    reference), "native" (C++/CUDA kernels) or "triton" (GPU). Pathway gradients always run eager.
+    """
+
+    def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "auto",
                  max_batch_size: int = 256) -> None:
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
