@@ -128,6 +128,19 @@ def build_models(names: Sequence[str], workdir: Path, sparsity: float, dgr_max_b
     return models
 
 
+def _sparse_prediction(model: BenchModel) -> dict[str, Any]:
+    """Count before measuring: the native pathway pass's predicted FLOPs per image at the sparsity the
+    generator gives on the bench inputs (each conv after layer 1 × kept(in) × kept(out))."""
+    native = model.backend("native")
+    if isinstance(native, str) or native._runner is None:
+        return {}
+    with torch.no_grad():
+        masks = native.explain(model.inputs(64)).layer_masks
+    kept = [float(m.float().mean()) for m in masks]
+    return {"kept_per_layer": kept, "pathway_native_predicted": native._runner.pathway_flops(kept),
+            "pathway_native_dense": native._runner.pathway_flops([1.0] * len(kept))}
+
+
 def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int, repeats: int,
           budget: float) -> list[float]:
     with torch.no_grad():
@@ -162,7 +175,7 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
         plain = count_flops(explainer.model, one)
         gen = count_flops(explainer.generator, capture_features(explainer.model, explainer.spec, one).features)
         context["explanation_flops"][model.name] = {"plain": plain, "generator": gen, "pathway": plain,
-                                                    "total": 2 * plain + gen}
+                                                    "total": 2 * plain + gen, **_sparse_prediction(model)}
         log(f"{model.name}: {model.note}; one explanation = {(2 * plain + gen) / 1e6:.1f} MFLOP "
             f"(plain {plain / 1e6:.1f} + generator {gen / 1e6:.1f} + pathway {plain / 1e6:.1f})")
         flops_at_one: dict[str, float] = {}
@@ -207,7 +220,8 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
     notes = "\n".join(f"- {name}: {note}" for name, note in context["notes"].items())
     flops = "\n".join(f"- {name}: one explanation = {f['total'] / 1e6:.1f} MFLOP (plain {f['plain'] / 1e6:.1f}, "
                       f"generator {f['generator'] / 1e6:.1f} = {f['generator'] / f['plain']:.1%} of plain, "
-                      f"pathway {f['pathway'] / 1e6:.1f})" for name, f in context["explanation_flops"].items())
+                      f"pathway {f['pathway'] / 1e6:.1f})" + _prediction_text(f)
+                      for name, f in context["explanation_flops"].items())
     skipped = "\n".join(f"- {s}" for s in context["skipped"]) or "- none"
     (out / "bench.md").write_text(
         f"# pathrt bench\n\nDevice: {context['device']}; torch {context['torch']}; pathrt {context['pathrt']}; "
@@ -227,6 +241,16 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
                                     "sparsity_sweep": [asdict(r) for r in sweep]})
     _plot(rows, out / "bench.png")
     return table
+
+
+def _prediction_text(f: dict[str, Any]) -> str:
+    if "pathway_native_predicted" not in f:
+        return ""
+    sparsity = 1 - sum(f["kept_per_layer"]) / len(f["kept_per_layer"])
+    return (f"; native pathway pass after layer 1: {f['pathway_native_dense'] / f['plain']:.2f} plain passes dense, "
+            f"predicted {f['pathway_native_predicted'] / f['plain']:.3f} at the measured mean layer sparsity "
+            f"{sparsity:.0%}, so native ≈ plain + {(f['generator'] + f['pathway_native_predicted']) / f['plain']:.2f} "
+            "plain passes of FLOPs")
 
 
 def _plot(rows: list[Row], path: Path) -> None:

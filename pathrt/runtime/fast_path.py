@@ -77,9 +77,31 @@ class PlanRunner:
         self.skip: set[int] = set()
         self.fold_source: dict[str, int] = {}  # linear module -> the value its folded pool reads
         self._folded: dict[tuple[str, int, int], torch.Tensor] = {}
-        self._find_pool_folds(self._shapes(spec.input_shape))
+        self.shapes = self._shapes(spec.input_shape)  # of every value, for one input of the spec's size
+        self._find_pool_folds(self.shapes)
         self.resume, self.chain = self._unmasked_chain()
         self.saved = self.plan.values_needed_after(self.resume - 1)
+
+    def pathway_flops(self, kept: list[float]) -> float:
+        """Predicted FLOPs of one image's pathway pass when layer l keeps the fraction kept[l] of its
+        channels: each conv after layer 1 costs its dense FLOPs × kept(in) × kept(out) (what the
+        channel-sparse kernel computes), linears their dense FLOPs (after pool folding)."""
+        total = 0.0
+        for i in range(self.resume, len(self.plan.steps)):
+            step = self.plan.steps[i]
+            if step.op == "conv2d":
+                weight = self.weights[step.module][0]  # type: ignore[index]
+                out = self.shapes[step.output]
+                dense = 2.0 * weight[0].numel() * math.prod(out[1:])
+                fraction = (kept[step.in_mask] if step.in_mask is not None else 1.0) * \
+                    (kept[step.out_mask] if step.out_mask is not None else 1.0)
+                total += dense * fraction
+            elif step.op == "linear" and i not in self.skip:
+                weight = self.weights[step.module][0]  # type: ignore[index]
+                source = self.fold_source.get(step.module)  # type: ignore[arg-type]
+                inputs = math.prod(self.shapes[source][1:]) if source is not None else weight.shape[1]
+                total += 2.0 * weight.shape[0] * inputs
+        return total
 
     def _unmasked_chain(self) -> tuple[int, set[int]]:
         """Where the pathway pass starts, and the plain-pass values it reuses before masking.
