@@ -151,7 +151,8 @@ def test_backend_choice_is_recorded(embedded: Target, tmp_path: Path) -> None:
     assert explanation.backend == "native" and explanation.backend_reason == auto.backend_reason
     explanation.save(tmp_path / "e")
     assert Explanation.load(tmp_path / "e").backend_reason == auto.backend_reason
-    assert Explainer(embedded, generator).backend_reason == "requested"
+    assert Explainer(embedded, generator).backend == "native"  # auto is the default
+    assert Explainer(embedded, generator, backend="eager").backend_reason == "requested"
     # without the Triton interpreter, CPU tensors must never reach a Triton launch
     with pytest.raises(InputError, match="backend 'triton' cannot run here: Triton kernels need a CUDA GPU"):
         Explainer(embedded, generator, backend="triton")

@@ -49,7 +49,9 @@ def test_cli_info() -> None:
     assert result.returncode == 0, result.stderr
     assert "pack_masks" in result.stdout and "pairwise_iou" in result.stdout and "CUDA kernels" in result.stdout
     as_json = json.loads(_cli("info", "--json").stdout)
-    assert as_json["extension"]["loaded"] and set(as_json["ops"]) == {"pack_masks", "pairwise_iou"}
+    assert as_json["extension"]["loaded"] and set(as_json["ops"]) == {
+        "pack_masks", "pairwise_iou", "daq_threshold_pack", "masked_bias_relu", "masked_bias_relu_", "pathway_conv2d"}
+    assert as_json["backends"]["cpu"]["native"] is None and "explain backends" in result.stdout
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
