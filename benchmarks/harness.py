@@ -118,11 +118,12 @@ def build_models(names: Sequence[str], workdir: Path, sparsity: float, dgr_max_b
                 generator = generator_with_sparsity(target.spec, sparsity)
                 note = (f"random small VGG and a generator biased to {sparsity:.0%} sparsity "
                         f"(no trained demo in {workdir}: run `make demo` for the real one); cost only")
-            models.append(BenchModel(name, Explainer(target, generator), note, max(dgr_max_batch, 64), images))
+            models.append(BenchModel(name, Explainer(target, generator, backend="eager"), note, max(dgr_max_batch, 64),
+                                     images))
         else:
             target = create_target(name, 1000, (3, 64, 64))
             generator = generator_with_sparsity(target.spec, sparsity)
-            models.append(BenchModel(f"{name}@64", Explainer(target, generator),
+            models.append(BenchModel(f"{name}@64", Explainer(target, generator, backend="eager"),
                                      f"random weights, generator biased to {sparsity:.0%} sparsity: cost, not quality",
                                      dgr_max_batch))
     return models
@@ -299,7 +300,8 @@ def sparsity_sweep(models: Sequence[BenchModel], sparsities: Sequence[float], ba
         x = model.inputs(batch)
         for sparsity in sparsities:
             generator = generator_with_sparsity(target.spec, sparsity)
-            eager, native = Explainer(target, generator), Explainer(target, generator, backend="native")
+            eager = Explainer(target, generator, backend="eager")
+            native = Explainer(target, generator, backend="native")
             runner = native._runner
             assert runner is not None
             with torch.no_grad():

@@ -75,3 +75,15 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert all(r["native_auto_ms"] > 0 and r["eager_pathway_ms"] > 0 for r in sweep)
     assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
     assert (tmp_path / "bench" / "sparsity.png").stat().st_size > 0
+
+
+def test_bench_models_time_the_eager_reference_as_eager(tmp_path: Path) -> None:
+    """The `eager` rows must time the hook-based reference, whatever Explainer's default backend is."""
+    from pathrt.benchmarks.harness import build_models
+
+    (model,) = build_models(["embedded"], tmp_path / "no-demo", 0.6, 8)
+    assert model.explainer.backend == "eager"
+    native = model.backend("native")
+    assert not isinstance(native, str) and native.backend == "native"
+    if not torch.cuda.is_available():
+        assert model.backend("triton", "cuda") == "needs a CUDA GPU (none here)"

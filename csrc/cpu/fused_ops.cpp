@@ -35,16 +35,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
     for (int64_t row = begin; row < end; ++row) {
       int64_t kept = 0;
       for (int64_t byte = 0; byte < nbytes; ++byte) {
-        uint8_t bits = 0;
-        const int64_t first = byte * 8, count = std::min<int64_t>(8, k - first);
-        for (int64_t j = 0; j < count; ++j) {
-          const int64_t idx = row * k + first + j;
-          const float s = sigmoid(src[idx]);
-          const bool keep = keeps(s);
-          s_out[idx] = s;
-          m_out[idx] = keep;
-          bits |= static_cast<uint8_t>(keep) << j;
-        }
+        const int64_t at = row * k + byte * 8, count = std::min<int64_t>(8, k - byte * 8);
+        const uint8_t bits = threshold_pack_byte(src + at, s_out + at, m_out + at, count);
         p_out[row * nbytes + byte] = bits;
         kept += popcount64(bits);
       }

@@ -21,16 +21,8 @@ __global__ void daq_threshold_pack_kernel(const float* __restrict__ logits, floa
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n * nbytes) return;
   const int64_t row = idx / nbytes, first = (idx % nbytes) * 8;
-  const int64_t count = k - first < 8 ? k - first : 8;
-  uint8_t bits = 0;
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t e = row * k + first + j;
-    const float s = sigmoid(logits[e]);
-    const bool keep = keeps(s);
-    scores[e] = s;
-    masks[e] = keep;
-    bits |= static_cast<uint8_t>(keep) << j;
-  }
+  const int64_t count = k - first < 8 ? k - first : 8, at = row * k + first;
+  const uint8_t bits = threshold_pack_byte(logits + at, scores + at, masks + at, count);
   packed[idx] = bits;
   if (bits) atomicAdd(counts + row, static_cast<unsigned long long>(popcount64(bits)));
 }

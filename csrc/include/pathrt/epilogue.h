@@ -18,6 +18,19 @@ PATHRT_HD float sigmoid(float logit) { return 1.0f / (1.0f + expf(-logit)); }
 
 PATHRT_HD bool keeps(float score) { return score >= kMaskThreshold; }
 
+// Scores (sigmoid), masks (kept) and the packed byte (bit j = value j) of up to 8 consecutive logits.
+PATHRT_HD uint8_t threshold_pack_byte(const float* logits, float* scores, bool* masks, int64_t count) {
+  uint8_t bits = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const float s = sigmoid(logits[j]);
+    const bool keep = keeps(s);
+    scores[j] = s;
+    masks[j] = keep;
+    bits |= static_cast<uint8_t>(keep) << j;
+  }
+  return bits;
+}
+
 // The conv epilogue: acc + bias (+ residual), then ReLU when asked.
 PATHRT_HD float bias_act(float acc, float bias, float residual, bool relu) {
   const float v = acc + bias + residual;
