@@ -34,7 +34,7 @@ from pathrt.runtime import Explainer
 from pathrt.targets import capture_features, create_target, load_target, pathway_forward
 from pathrt.version import __version__
 
-DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton")
+DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton", "onnxruntime")
 
 
 @dataclass

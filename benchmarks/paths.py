@@ -124,6 +124,13 @@ bench_path("native-cuda")(_fast_backend("native", "cuda"))
 bench_path("triton")(_fast_backend("triton", "cuda"))
 
 
+@bench_path("onnxruntime")
+def _onnxruntime(model: BenchModel, batch: int) -> Runner | str:
+    """The whole explainer exported to ONNX, run by ONNX Runtime (CPU provider here)."""
+    explainer = model.backend("onnx")
+    return explainer if isinstance(explainer, str) else explainer.explain
+
+
 @bench_path("native-plain")
 def _native_plain(model: BenchModel, batch: int) -> Runner | str:
     """The native backend's plain pass alone (hook-free plan, channels-last): the part it cannot skip."""

@@ -1,4 +1,37 @@
-"""ONNX export of generators and whole explainers (installed as `pathrt.export`).
+"""ONNX export of pathrt generators and whole explainers (installed as `pathrt.export`).
 
-Arrives with the ONNX issue; this package holds no exporter yet.
+`export_explainer` / `export_generator` write verified ONNX files (dynamic batch, opset ≥ 18,
+standard ops only, metadata with the pathway spec, threshold, fingerprints and version);
+`load_onnx` opens one in ONNX Runtime after checking it. `pathrt export` is the command line.
+Needs the `onnx` extra: `pip install pathrt[onnx]` (or `pathrt[onnx-gpu]`).
 """
+
+from pathrt.export.onnx_export import (
+    ExportError,
+    ExportReport,
+    OnnxExplainerFile,
+    explainer_model,
+    export_explainer,
+    export_generator,
+    finish_model,
+    generator_model,
+    input_error_for,
+    load_onnx,
+    verify_explainer,
+    verify_generator,
+)
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "OnnxExplainerFile",
+    "explainer_model",
+    "export_explainer",
+    "export_generator",
+    "finish_model",
+    "generator_model",
+    "input_error_for",
+    "load_onnx",
+    "verify_explainer",
+    "verify_generator",
+]

@@ -1,4 +1,4 @@
-"""The `pathrt` command line: info, train-target, train, explain, evaluate, bench, demo.
+"""The `pathrt` command line: info, train-target, train, explain, export, evaluate, bench, demo.
 
 Errors pathrt raises on purpose print one line on stderr and exit with code 2 (`--debug` shows
 the traceback instead).
@@ -68,6 +68,32 @@ def _cmd_explain(args: argparse.Namespace) -> None:
 
     explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size,
                       backend=args.backend)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from pathrt.export import export_explainer, export_generator
+    from pathrt.generator import load_generator
+    from pathrt.targets import load_target
+
+    target = load_target(args.target)
+    generator, _ = load_generator(args.generator, target_fingerprint=target.fingerprint, spec=target.spec)
+    out = Path(args.out)
+    reports = []
+    if args.what in ("explainer", "both"):
+        outputs = args.outputs or None
+        kwargs = {"outputs": outputs} if outputs else {}
+        reports.append(export_explainer(target, generator, out / "explainer.onnx", opset=args.opset,
+                                        verify=not args.no_verify, **kwargs))
+    if args.what in ("generator", "both"):
+        reports.append(export_generator(target, generator, out / "generator.onnx", opset=args.opset,
+                                        verify=not args.no_verify))
+    for r in reports:
+        check = (f"verified in ONNX Runtime ({', '.join(r.providers)}) at batches {r.verified_batches} in "
+                 f"{r.verify_seconds:.1f} s; max relative error " +
+                 ", ".join(f"{k} {v:.1e}" for k, v in r.max_rel_error.items())
+                 if r.verified_batches else "not verified (--no-verify)")
+        print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB, opset {r.opset}) in {r.export_seconds:.1f} s; {check}")
+    (out / "export.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2), encoding="utf-8")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -173,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--backend", choices=BACKENDS, default="auto",
                          help="explain backend (default auto: native when usable; see `pathrt info`)")
     explain.set_defaults(run=_cmd_explain)
+
+    export = sub.add_parser("export", help="export the explainer and/or generator to ONNX, verified in ONNX Runtime")
+    export.add_argument("--target", default="runs/target")
+    export.add_argument("--generator", default="runs/generator")
+    export.add_argument("--out", default="runs/export", help="output folder (default runs/export)")
+    export.add_argument("--what", choices=("explainer", "generator", "both"), default="both")
+    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--outputs", nargs="+", help="explainer outputs to keep (default: all); pathway_gradient "
+                        "is refused, it needs autograd")
+    export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against eager")
+    export.set_defaults(run=_cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="SPEC §7 table: GEN-CNP against random, critical pathways, DGR")
     data_args(evaluate)

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pathrt.errors import InputError
+from pathrt.errors import IncompatibleArtifactError, InputError
+from pathrt.generator import PathwayGenerator
 from pathrt.runtime import ops
 from pathrt.runtime.fast_path import NATIVE, SPARSE_COST_LIMIT, KernelSet, PlanRunner
+from pathrt.targets import Target
 from pathrt.targets.plan import PlanError
 from pathrt.targets.spec import PathwaySpec
 
-BACKENDS = ("eager", "native", "triton", "auto")
+BACKENDS = ("eager", "native", "triton", "onnx", "auto")
 FUSED_OPS = ("daq_threshold_pack", "masked_bias_relu", "masked_bias_relu_", "pathway_conv2d")
 # Per-sample sparse convs on a GPU (one thread per output value) are not measured yet (no GPU was
 # lent); until they are, use them only at very high sparsity there.
@@ -61,9 +63,41 @@ def triton_kernels() -> KernelSet:
                      triton_ops.pathway_conv2d)
 
 
+def onnx_unavailable() -> str | None:
+    """Why the onnx backend cannot run here, or None if it can."""
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    return f"{', '.join(missing)} not installed (pip install pathrt[onnx])" if missing else None
+
+
 def device_backends(device: torch.device) -> dict[str, str | None]:
     """For `pathrt info`: each backend and why it cannot run on `device` (None: it can, model permitting)."""
-    return {"eager": None, "native": native_unavailable(device), "triton": triton_unavailable(device)}
+    return {"eager": None, "native": native_unavailable(device), "triton": triton_unavailable(device),
+            "onnx": onnx_unavailable() if device.type == "cpu" else "ONNX Runtime sessions take CPU tensors here"}
+
+
+def onnx_session(target: Target, generator: PathwayGenerator, onnx_file: str | os.PathLike[str] | None) -> tuple:
+    """The onnx backend: (loaded file, reason). Exports the explainer in memory unless `onnx_file` is given,
+    which must belong to this target and generator."""
+    unavailable = onnx_unavailable()
+    if unavailable:
+        raise InputError(f"backend 'onnx' cannot run here: {unavailable}")
+    from pathrt.artifacts import tensor_fingerprint
+    from pathrt.export import explainer_model, finish_model, load_onnx
+
+    if onnx_file is None:
+        model, meta = explainer_model(target, generator)
+        loaded = load_onnx(finish_model(model, meta), target=target)
+        source = "exported in memory"
+    else:
+        loaded = load_onnx(onnx_file, target=target)
+        if loaded.metadata.get("generator_fingerprint") != tensor_fingerprint(generator.state_dict()):
+            raise IncompatibleArtifactError(f"{onnx_file} was exported with another generator; export it again")
+        source = f"from {onnx_file}"
+    needed = {"logits", "scores", "masks", "pathway_logits"}
+    missing = needed - {o.name for o in loaded.session.get_outputs()}
+    if missing:
+        raise IncompatibleArtifactError(f"the ONNX explainer lacks outputs {sorted(missing)}; export all outputs")
+    return loaded, f"ONNX Runtime ({', '.join(loaded.providers)}), explainer graph {source}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +133,8 @@ def choose_backend(requested: str, model: nn.Module, spec: PathwaySpec, threshol
         raise InputError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     if requested == "eager":
         return BackendChoice("eager", "requested", None)
+    if requested == "onnx":
+        raise InputError("backend 'onnx' is opened by Explainer itself (it needs the target and generator)")
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     if requested != "auto":

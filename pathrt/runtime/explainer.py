@@ -19,7 +19,7 @@ import torch
 
 from pathrt.errors import IncompatibleArtifactError, InputError
 from pathrt.generator import PathwayGenerator, load_generator
-from pathrt.runtime.backends import BACKENDS, choose_backend
+from pathrt.runtime.backends import BACKENDS, BackendChoice, choose_backend, onnx_session
 from pathrt.runtime.explanation import Explanation
 from pathrt.runtime.ops import pack_masks
 from pathrt.targets import Target, canonized_copy, capture_features, load_target, pathway_forward
@@ -33,11 +33,13 @@ class Explainer:
 
     backend: "auto" (default: native where the extension and the model's plan allow, else eager;
     the choice and its reason are in `backend` / `backend_reason`), "eager" (the hook-based
-    reference), "native" (C++/CUDA kernels) or "triton" (GPU). Pathway gradients always run eager.
+    reference), "native" (C++/CUDA kernels), "triton" (GPU) or "onnx" (ONNX Runtime: the explainer
+    exported in memory, or `onnx_file` from `pathrt export`). Pathway gradients always run eager,
+    and so do `explain_with_masks` calls on the onnx backend (its graph computes its own masks).
     """
 
     def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "auto",
-                 max_batch_size: int = 256) -> None:
+                 max_batch_size: int = 256, onnx_file: str | os.PathLike[str] | None = None) -> None:
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if generator.spec != target.spec:
@@ -49,7 +51,14 @@ class Explainer:
         self.generator = generator.eval()
         self.max_batch_size = max_batch_size
         self.model = canonized_copy(target.model)  # the user's model stays untouched
-        choice = choose_backend(backend, self.model, self.spec, generator.config.threshold)
+        self._onnx = None
+        if backend == "onnx":
+            self._onnx, reason = onnx_session(target, generator, onnx_file)
+            choice = BackendChoice("onnx", f"requested; {reason}", None)
+        elif onnx_file is not None:
+            raise InputError("onnx_file is only used by backend='onnx'")
+        else:
+            choice = choose_backend(backend, self.model, self.spec, generator.config.threshold)
         self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
         self._fast_generator = self.generator
         if self._runner is not None:  # the fast path runs the generator with its BatchNorms folded too
@@ -101,6 +110,9 @@ class Explainer:
             if self._runner is not None:
                 parts.append(self._explain_fast(x, self.rows_of(target, rows)))
                 continue
+            if self._onnx is not None:
+                parts.append(self._explain_onnx(x, self.rows_of(target, rows)))
+                continue
             capture = capture_features(self.model, self.spec, x)
             out = self.generator(capture.features)
             masks = torch.cat(out.masks, 1)
@@ -119,6 +131,21 @@ class Explainer:
         pathway_logits = runner.pathway(saved, features, self.spec.split(masks))
         return Explanation(self.spec, masks, packed, scores, logits, pathway_logits,
                            self.resolve_classes(target, logits), self.backend, self.backend_reason)
+
+    def _explain_onnx(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
+        """The exported explainer graph in ONNX Runtime (CPU tensors in and out)."""
+        from pathrt.export import input_error_for
+
+        check_images(x, self.spec)
+        error = input_error_for(x, self.spec)
+        if error is not None:
+            raise error
+        out = self._onnx.run(x.float())  # type: ignore[union-attr]
+        device = x.device
+        masks, logits = out["masks"].to(device), out["logits"].to(device)
+        return Explanation(self.spec, masks, pack_masks(masks), out["scores"].to(device), logits,
+                           out["pathway_logits"].to(device), self.resolve_classes(target, logits), self.backend,
+                           self.backend_reason)
 
     @torch.no_grad()
     def explain_with_masks(self, images: torch.Tensor, masks: Masks, target: ClassSpec = None,

@@ -1,0 +1,392 @@
+"""ONNX export of generators and whole explainers, verified in ONNX Runtime, and loading them back.
+
+`export_explainer` writes images → (logits, scores, masks, kept, pathway_logits, Y, O) and
+`export_generator` pathway-layer features → (scores, masks, kept): dynamic batch axis, opset ≥ 18,
+standard ONNX ops only (the fused pathrt ops export through their plain-PyTorch decompositions, see
+`graph.py`), `onnx.checker` clean, and metadata recording the pathway spec, threshold, target and
+generator fingerprints and pathrt version. Verification runs the file in ONNX Runtime on fresh
+inputs against the eager explainer and insists that different inputs give different outputs (a
+graph constant-folded by tracing fails). Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pathrt.export.graph import EXPLAINER_OUTPUTS, GENERATOR_OUTPUTS, ExplainerGraph, GeneratorGraph
+
+from pathrt.artifacts import tensor_fingerprint
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError, PathrtError
+from pathrt.generator import PathwayGenerator
+from pathrt.runtime.ops import MASK_THRESHOLD
+from pathrt.targets import PathwaySpec, Target
+from pathrt.version import __version__
+
+FORMATS = {"explainer": "pathrt-onnx-explainer", "generator": "pathrt-onnx-generator"}
+FORMAT_VERSION = 1
+MIN_OPSET = 18
+NOT_EXPORTABLE = {
+    "pathway_gradient": "pathway gradients need autograd (a backward pass), which an ONNX inference graph does not "
+                        "carry; compute them in Python with Explainer.pathway_gradient",
+    "saliency": "saliency maps are pathway gradients, which need autograd; use Explainer.pathway_gradient",
+}
+
+
+class ExportError(PathrtError, ValueError):
+    """A model or an output cannot be exported, or the exported file failed verification."""
+
+
+@dataclass
+class ExportReport:
+    """What `export_*` wrote and how verification went."""
+
+    path: str
+    kind: str
+    opset: int
+    bytes: int
+    export_seconds: float
+    verify_seconds: float = 0.0
+    verified_batches: list[int] = field(default_factory=list)
+    max_rel_error: dict[str, float] = field(default_factory=dict)
+    mask_mismatches_near_threshold: int = 0
+    providers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (checked here so export fails before the slow trace)
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({exc}); install them with "
+                          "`pip install pathrt[onnx]`") from exc
+    return onnx
+
+
+def check_requested_outputs(outputs: Sequence[str], kind: str) -> list[str]:
+    """The outputs asked for, refusing (with the reason) those that cannot be exported."""
+    known = EXPLAINER_OUTPUTS if kind == "explainer" else GENERATOR_OUTPUTS
+    for name in outputs:
+        if name in NOT_EXPORTABLE:
+            raise ExportError(f"cannot export {name!r}: {NOT_EXPORTABLE[name]}")
+        if name not in known:
+            raise ExportError(f"unknown {kind} output {name!r}; exportable: {', '.join(known)}")
+    return list(outputs)
+
+
+def _metadata(kind: str, spec: PathwaySpec, target: Target, generator: PathwayGenerator, opset: int,
+              outputs: Sequence[str]) -> dict[str, str]:
+    return {
+        "pathrt_format": FORMATS[kind],
+        "pathrt_format_version": str(FORMAT_VERSION),
+        "pathrt_version": __version__,
+        "pathway_spec": json.dumps(spec.to_dict()),
+        "threshold": str(MASK_THRESHOLD),
+        "target_fingerprint": target.fingerprint,
+        "generator_fingerprint": tensor_fingerprint(generator.state_dict()),
+        "classes": json.dumps(list(target.classes)),
+        "outputs": json.dumps(list(outputs)),
+        "opset": str(opset),
+    }
+
+
+def _trace(graph: torch.nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str],
+           output_names: list[str], opset: int) -> Any:
+    """torch.onnx (dynamo exporter) with a dynamic batch axis on every input → onnx.ModelProto."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    dynamic = tuple({0: batch} for _ in example)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # exporter chatter (deprecations, constant lifting)
+        program = torch.onnx.export(graph, example, dynamo=True, opset_version=opset, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=dynamic, verbose=False,
+                                    optimize=True, report=False)
+    return program.model_proto
+
+
+def finish_model(model: Any, meta: dict[str, str], path: Path | None = None) -> bytes:
+    """Adds metadata, checks the model, writes it atomically (when `path` is given); returns its bytes."""
+    onnx = _onnx()
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return data
+
+
+def _half_inputs(example: tuple[torch.Tensor, ...], fp16: bool) -> tuple[torch.Tensor, ...]:
+    return tuple(t.half() for t in example) if fp16 else example
+
+
+def explainer_model(target: Target, generator: PathwayGenerator, *, opset: int = MIN_OPSET,
+                    outputs: Sequence[str] = EXPLAINER_OUTPUTS) -> tuple[Any, dict[str, str]]:
+    """The whole explainer as an onnx.ModelProto (not yet saved) and its metadata."""
+    _onnx()
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old; pathrt exports opset >= {MIN_OPSET}")
+    if generator.spec != target.spec:
+        raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
+    outputs = check_requested_outputs(outputs, "explainer")
+    from pathrt.targets.plan import PlanError
+
+    try:
+        graph = ExplainerGraph(target, generator).eval()
+    except PlanError as exc:
+        raise ExportError(f"cannot export this model: {exc}") from exc
+    example = (torch.randn(2, *target.spec.input_shape),)
+    model = _trace(graph, example, ["images"], list(EXPLAINER_OUTPUTS), opset)
+    _keep_outputs(model, outputs)
+    return model, _metadata("explainer", target.spec, target, generator, opset, outputs)
+
+
+def generator_model(target: Target, generator: PathwayGenerator, *,
+                    opset: int = MIN_OPSET) -> tuple[Any, dict[str, str]]:
+    """The generator alone (features → scores, masks, kept) as an onnx.ModelProto and its metadata."""
+    _onnx()
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old; pathrt exports opset >= {MIN_OPSET}")
+    if generator.spec != target.spec:
+        raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
+    graph = GeneratorGraph(generator).eval()
+    example = tuple(torch.randn(2, lay.channels, lay.height, lay.width) for lay in target.spec.layers)
+    names = [f"features_{i + 1}" for i in range(len(example))]
+    model = _trace(graph, example, names, list(GENERATOR_OUTPUTS), opset)
+    return model, _metadata("generator", target.spec, target, generator, opset, GENERATOR_OUTPUTS)
+
+
+def _keep_outputs(model: Any, outputs: Sequence[str]) -> None:
+    """Drops graph outputs not asked for (their nodes stay; ONNX Runtime prunes what nothing reads)."""
+    keep = [o for o in model.graph.output if o.name in outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+
+
+def export_explainer(target: Target, generator: PathwayGenerator, path: str | os.PathLike[str], *,
+                     opset: int = MIN_OPSET, verify: bool = True,
+                     outputs: Sequence[str] = EXPLAINER_OUTPUTS) -> ExportReport:
+    """Writes the whole explainer to `path` (.onnx) and, by default, verifies it in ONNX Runtime."""
+    start = time.perf_counter()
+    model, meta = explainer_model(target, generator, opset=opset, outputs=outputs)
+    data = finish_model(model, meta, Path(path))
+    report = ExportReport(str(path), "explainer", opset, len(data), time.perf_counter() - start)
+    if verify:
+        verify_explainer(data, target, generator, report)
+    return report
+
+
+def export_generator(target: Target, generator: PathwayGenerator, path: str | os.PathLike[str], *,
+                     opset: int = MIN_OPSET, verify: bool = True) -> ExportReport:
+    """Writes the generator alone to `path` (.onnx) and, by default, verifies it in ONNX Runtime."""
+    start = time.perf_counter()
+    model, meta = generator_model(target, generator, opset=opset)
+    data = finish_model(model, meta, Path(path))
+    report = ExportReport(str(path), "generator", opset, len(data), time.perf_counter() - start)
+    if verify:
+        verify_generator(data, target, generator, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and running
+# ---------------------------------------------------------------------------------------------
+
+
+def providers_available() -> list[str]:
+    """ONNX Runtime execution providers to ask for: CUDA first when onnxruntime-gpu sees a GPU."""
+    import onnxruntime as ort
+
+    wanted = ["CUDAExecutionProvider"] if torch.cuda.is_available() else []
+    return [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
+
+
+@dataclass
+class OnnxExplainerFile:
+    """A loaded, checked pathrt ONNX file and its ONNX Runtime session."""
+
+    session: Any
+    kind: str
+    spec: PathwaySpec
+    metadata: dict[str, str]
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session really runs on (ONNX Runtime falls back to CPU silently)."""
+        return list(self.session.get_providers())
+
+    def run(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Runs the session on CPU tensors; returns the outputs by name as tensors."""
+        feeds = {i.name: t.detach().cpu().contiguous().numpy() for i, t in zip(self.session.get_inputs(), inputs,
+                                                                                 strict=True)}
+        names = [o.name for o in self.session.get_outputs()]
+        return {n: torch.from_numpy(v) for n, v in zip(names, self.session.run(names, feeds), strict=True)}
+
+
+def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None = None, kind: str = "explainer",
+              providers: Sequence[str] | None = None) -> OnnxExplainerFile:
+    """Loads a pathrt ONNX file (path or bytes), checks it (format, version, checker, and when `target` is
+    given its fingerprint and pathway spec) and opens an ONNX Runtime session. Clear errors otherwise."""
+    onnx = _onnx()
+    import onnxruntime as ort
+
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes):
+        p = Path(source)
+        if not p.is_file():
+            raise ArtifactError(f"{p} does not exist; export one with `pathrt export`")
+        source = p.read_bytes()
+    try:
+        model = onnx.load_from_string(source)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a valid ONNX file"
+        raise ArtifactError(f"{name} is not a valid ONNX model (corrupted or truncated?): {exc}") from exc
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("pathrt_format") != FORMATS[kind]:
+        raise ArtifactError(f"{name} is not a pathrt {kind} ONNX file (format {meta.get('pathrt_format')!r}); "
+                            f"export one with `pathrt export`")
+    if meta.get("pathrt_format_version") != str(FORMAT_VERSION):
+        raise ArtifactError(f"{name} has format version {meta.get('pathrt_format_version')}, this pathrt reads "
+                            f"{FORMAT_VERSION}; export it again")
+    try:
+        spec = PathwaySpec.from_dict(json.loads(meta["pathway_spec"]))
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"{name} has no valid pathway spec in its metadata ({exc})") from exc
+    if target is not None:
+        if meta.get("target_fingerprint") != target.fingerprint:
+            raise IncompatibleArtifactError(f"{name} was exported for other target weights (fingerprint "
+                                            f"{meta.get('target_fingerprint', '?')[:12]}…, this target "
+                                            f"{target.fingerprint[:12]}…); export it again for this target")
+        if spec != target.spec:
+            raise IncompatibleArtifactError(f"{name} was exported for another pathway spec than the target's")
+    try:
+        session = ort.InferenceSession(source, providers=list(providers or providers_available()))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"ONNX Runtime cannot load {name}: {exc}") from exc
+    return OnnxExplainerFile(session, kind, spec, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-12))
+
+
+def _compare_masks(got: torch.Tensor, want: torch.Tensor, scores: torch.Tensor, what: str) -> int:
+    differ = got != want
+    near = (scores - MASK_THRESHOLD).abs() <= 1e-4
+    if (differ & ~near).any():
+        raise ExportError(f"verification failed: the ONNX {what} gives other masks than eager for "
+                          f"{int((differ & ~near).sum())} neurons whose score is not within 1e-4 of the threshold")
+    return int(differ.sum())
+
+
+def _check_varies(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], names: Sequence[str]) -> None:
+    """Different inputs must give different outputs: a graph whose tracing folded the input away fails."""
+    for name in names:
+        if name in first and torch.equal(first[name], second[name]):
+            raise ExportError(f"verification failed: output {name!r} is the same for different inputs; the "
+                              "exported graph does not depend on its input (constant-folded by tracing?)")
+
+
+def verify_explainer(source: bytes | str | os.PathLike[str], target: Target, generator: PathwayGenerator,
+                     report: ExportReport | None = None, batches: Sequence[int] = (1, 7),
+                     seed: int = 0) -> ExportReport:
+    """Runs an exported explainer in ONNX Runtime on fresh inputs against the eager explainer (SPEC §8)."""
+    from pathrt.runtime import Explainer
+
+    start = time.perf_counter()
+    report = report or ExportReport(str(source) if not isinstance(source, bytes) else "<bytes>", "explainer",
+                                    0, 0, 0.0)
+    loaded = load_onnx(source, target=target)
+    eager = Explainer(target, generator, backend="eager")
+    g = torch.Generator().manual_seed(seed)
+    runs = []
+    for batch in batches:
+        x = torch.randn(batch, *target.spec.input_shape, generator=g)
+        out = loaded.run(x)
+        want = eager.explain(x)
+        for name, ref in (("logits", want.logits), ("pathway_logits", want.pathway_logits), ("Y", want.Y),
+                          ("O", want.O), ("scores", want.scores)):
+            if name not in out:
+                continue
+            err = _rel(out[name], ref)
+            report.max_rel_error[name] = max(report.max_rel_error.get(name, 0.0), err)
+            if err > 1e-4:
+                raise ExportError(f"verification failed: ONNX {name} differ from eager by {err:.2e} (relative) at "
+                                  f"batch {batch}; the limit is 1e-4")
+        if "masks" in out:
+            report.mask_mismatches_near_threshold += _compare_masks(out["masks"], want.masks, want.scores,
+                                                                    "explainer")
+            if "kept" in out and not torch.equal(out["kept"], out["masks"].sum(1)):
+                raise ExportError("verification failed: ONNX kept counts do not match its masks")
+        report.verified_batches.append(batch)
+        runs.append(out)
+    other = loaded.run(torch.randn(batches[-1], *target.spec.input_shape, generator=g))
+    _check_varies(runs[-1], other, ("logits", "scores", "pathway_logits"))
+    report.providers = loaded.providers
+    report.verify_seconds = time.perf_counter() - start
+    return report
+
+
+def verify_generator(source: bytes | str | os.PathLike[str], target: Target, generator: PathwayGenerator,
+                     report: ExportReport | None = None, batches: Sequence[int] = (1, 7),
+                     seed: int = 0) -> ExportReport:
+    """Runs an exported generator in ONNX Runtime on fresh features against the eager generator."""
+    from pathrt.targets import canonized_copy, capture_features
+
+    start = time.perf_counter()
+    report = report or ExportReport(str(source) if not isinstance(source, bytes) else "<bytes>", "generator",
+                                    0, 0, 0.0)
+    loaded = load_onnx(source, target=target, kind="generator")
+    model = canonized_copy(target.model)
+    g = torch.Generator().manual_seed(seed)
+    outs = []
+    for batch in batches:
+        x = torch.randn(batch, *target.spec.input_shape, generator=g)
+        with torch.no_grad():
+            features = capture_features(model, target.spec, x).features
+            want = generator.eval()(features)
+        out = loaded.run(*features)
+        scores = torch.cat(want.scores, 1)
+        err = _rel(out["scores"], scores)
+        report.max_rel_error["scores"] = max(report.max_rel_error.get("scores", 0.0), err)
+        if err > 1e-4:
+            raise ExportError(f"verification failed: ONNX generator scores differ from eager by {err:.2e}")
+        report.mask_mismatches_near_threshold += _compare_masks(out["masks"], torch.cat(want.masks, 1), scores,
+                                                                "generator")
+        report.verified_batches.append(batch)
+        outs.append((out, features))
+    other = loaded.run(*[f.flip(0) + 1.0 for f in outs[-1][1]])
+    _check_varies(outs[-1][0], other, ("scores",))
+    report.providers = loaded.providers
+    report.verify_seconds = time.perf_counter() - start
+    return report
+
+
+def input_error_for(images: torch.Tensor, spec: PathwaySpec) -> InputError | None:
+    """The error for images an exported explainer cannot take (its spatial size is fixed), or None."""
+    if tuple(images.shape[1:]) != tuple(spec.input_shape):
+        return InputError(f"the ONNX explainer takes images of shape (N, {', '.join(map(str, spec.input_shape))}), "
+                          f"got {tuple(images.shape)}")
+    return None

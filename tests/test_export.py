@@ -1,0 +1,158 @@
+"""ONNX export: whole explainers and generators of real architectures, verified in ONNX Runtime; the
+onnx backend; refusals and corrupted or mismatched files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from pathrt.errors import ArtifactError, IncompatibleArtifactError
+from pathrt.export import ExportError, export_explainer, export_generator, load_onnx
+from pathrt.generator import save_generator
+from pathrt.runtime import Explainer
+from pathrt.targets import Target, create_target, load_target, save_target
+from tests.conftest import ROOT, randomize_batchnorms
+from tests.test_fast_path import assert_parity, varied_generator
+
+
+def _target(arch: str) -> Target:
+    target = create_target(arch, 10, (3, 64, 64))
+    randomize_batchnorms(target.model)
+    return target
+
+
+@pytest.fixture(scope="module")
+def embedded(trained_target_path: Path) -> Target:
+    return load_target(trained_target_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11_bn", "resnet18", "embedded"])
+def test_explainer_export_runs_in_onnxruntime(arch: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    target = request.getfixturevalue("embedded") if arch == "embedded" else _target(arch)
+    generator = varied_generator(target.spec)
+    report = export_explainer(target, generator, tmp_path / "explainer.onnx")  # verifies at batches 1 and 7
+    assert report.verified_batches == [1, 7] and report.providers[-1] == "CPUExecutionProvider"
+    assert max(report.max_rel_error.values()) <= 1e-4
+    model = onnx.load(tmp_path / "explainer.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 18
+    domains = {node.domain for node in model.graph.node}
+    assert domains <= {"", "ai.onnx"}, domains  # stock ONNX ops only: no custom-op library needed
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["target_fingerprint"] == target.fingerprint and meta["threshold"] == "0.5"
+    assert meta["pathrt_format"] == "pathrt-onnx-explainer" and "pathway_spec" in meta
+    # one file, two batch sizes, through the onnx backend, against eager
+    eager = Explainer(target, generator, backend="eager")
+    onnx_explainer = Explainer(target, generator, backend="onnx", onnx_file=tmp_path / "explainer.onnx")
+    assert onnx_explainer.backend == "onnx" and "CPUExecutionProvider" in onnx_explainer.backend_reason
+    for batch in (1, 7):
+        x = torch.randn(batch, *target.spec.input_shape, generator=torch.Generator().manual_seed(10 + batch))
+        a, b = eager.explain(x), onnx_explainer.explain(x)
+        assert b.backend == "onnx" and len(b) == batch
+        assert_parity(a, b)
+
+
+@pytest.mark.slow
+def test_generator_export(embedded: Target, tmp_path: Path) -> None:
+    generator = varied_generator(embedded.spec)
+    report = export_generator(embedded, generator, tmp_path / "generator.onnx")
+    assert report.kind == "generator" and report.verified_batches == [1, 7]
+    loaded = load_onnx(tmp_path / "generator.onnx", target=embedded, kind="generator")
+    assert [i.name for i in loaded.session.get_inputs()] == [f"features_{i + 1}" for i in range(5)]
+    assert [o.name for o in loaded.session.get_outputs()] == ["scores", "masks", "kept"]
+
+
+@pytest.mark.slow
+def test_onnx_backend_in_memory_and_bad_files(embedded: Target, tmp_path: Path) -> None:
+    generator = varied_generator(embedded.spec)
+    explainer = Explainer(embedded, generator, backend="onnx")  # exported in memory
+    assert "exported in memory" in explainer.backend_reason
+    x = torch.randn(3, *embedded.spec.input_shape)
+    assert_parity(Explainer(embedded, generator, backend="eager").explain(x), explainer.explain(x))
+    with pytest.raises(ValueError, match=r"takes images of shape \(N, 3, 32, 32\)"):
+        explainer.explain(torch.randn(2, 3, 16, 16))
+
+    path = tmp_path / "explainer.onnx"
+    export_explainer(embedded, generator, path, verify=False)
+    data = path.read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="not a valid ONNX model"):
+        load_onnx(tmp_path / "truncated.onnx")
+    (tmp_path / "noise.onnx").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ArtifactError, match="not a valid ONNX model"):
+        Explainer(embedded, generator, backend="onnx", onnx_file=tmp_path / "noise.onnx")
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_onnx(tmp_path / "missing.onnx")
+    other = create_target("small_vgg", 10, (3, 32, 32))
+    with pytest.raises(IncompatibleArtifactError, match="other target weights"):
+        load_onnx(path, target=other)
+    with pytest.raises(IncompatibleArtifactError, match="another generator"):
+        Explainer(embedded, varied_generator(embedded.spec, seed=1), backend="onnx", onnx_file=path)
+    with pytest.raises(ArtifactError, match="not a pathrt generator ONNX file"):
+        load_onnx(path, kind="generator")
+    model = onnx.load(path)  # a valid ONNX file without pathrt metadata
+    del model.metadata_props[:]
+    onnx.save(model, tmp_path / "plain.onnx")
+    with pytest.raises(ArtifactError, match="not a pathrt explainer ONNX file"):
+        load_onnx(tmp_path / "plain.onnx")
+
+
+def test_export_refuses_what_cannot_be_exported(embedded: Target, tmp_path: Path) -> None:
+    generator = varied_generator(embedded.spec)
+    with pytest.raises(ExportError, match="pathway gradients need autograd"):
+        export_explainer(embedded, generator, tmp_path / "e.onnx", outputs=["logits", "pathway_gradient"])
+    with pytest.raises(ExportError, match="opset 17 is too old"):
+        export_explainer(embedded, generator, tmp_path / "e.onnx", opset=17)
+    assert not (tmp_path / "e.onnx").exists()  # nothing half-written
+
+
+def test_verification_catches_a_graph_that_ignores_its_input(embedded: Target, tmp_path: Path) -> None:
+    """A graph whose outputs do not depend on the images (as tracing can produce) must fail verification."""
+    from onnx import TensorProto, helper
+
+    from pathrt.export import ExportReport, finish_model, verify_explainer
+    from pathrt.export.onnx_export import _metadata
+
+    generator = varied_generator(embedded.spec)
+    explainer = Explainer(embedded, generator, backend="eager")
+    x = torch.randn(1, *embedded.spec.input_shape)
+    want = explainer.explain(x)
+    constants = {"logits": want.logits, "scores": want.scores, "masks": want.masks,
+                 "pathway_logits": want.pathway_logits}
+    nodes, outputs = [], []
+    for name, value in constants.items():  # outputs = constants (batch 1), ignoring `images`
+        tensor = onnx.numpy_helper.from_array(value.numpy(), name=f"{name}_value")
+        nodes.append(helper.make_node("Constant", [], [name], value=tensor))
+        dtype = TensorProto.BOOL if value.dtype == torch.bool else TensorProto.FLOAT
+        outputs.append(helper.make_tensor_value_info(name, dtype, list(value.shape)))
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, 32, 32])
+    graph = helper.make_graph(nodes, "folded", [images], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    data = finish_model(model, _metadata("explainer", embedded.spec, embedded, generator, 18, list(constants)))
+    with pytest.raises(ExportError, match="same for different inputs"):
+        verify_explainer(data, embedded, generator, ExportReport("<bytes>", "explainer", 18, len(data), 0.0),
+                         batches=(1,))
+
+
+@pytest.mark.slow
+def test_cli_export(embedded: Target, tmp_path: Path) -> None:
+    generator = varied_generator(embedded.spec)
+    save_target(embedded, tmp_path / "target")
+    save_generator(generator, tmp_path / "generator", target_fingerprint=embedded.fingerprint)
+    result = subprocess.run([sys.executable, "-m", "pathrt.cli", "export", "--target", str(tmp_path / "target"),
+                             "--generator", str(tmp_path / "generator"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "verified in ONNX Runtime" in result.stdout
+    assert (tmp_path / "out" / "explainer.onnx").is_file() and (tmp_path / "out" / "generator.onnx").is_file()
+    refused = subprocess.run([sys.executable, "-m", "pathrt.cli", "export", "--target", str(tmp_path / "target"),
+                              "--generator", str(tmp_path / "generator"), "--out", str(tmp_path / "o2"),
+                              "--outputs", "pathway_gradient"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert refused.returncode == 2 and "pathway gradients need autograd" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
