@@ -23,9 +23,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from pathrt.benchmarks.paths import PATHS, BenchModel
 
 from pathrt.artifacts import artifact_paths, write_json
+from pathrt.benchmarks.paths import PATHS, BenchModel
 from pathrt.data import load_digits
 from pathrt.flops import count_flops
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator

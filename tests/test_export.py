@@ -133,7 +133,7 @@ def test_verification_catches_a_graph_that_ignores_its_input(embedded: Target, t
         outputs.append(helper.make_tensor_value_info(name, dtype, list(value.shape)))
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, 32, 32])
     graph = helper.make_graph(nodes, "folded", [images], outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     data = finish_model(model, _metadata("explainer", embedded.spec, embedded, generator, 18, list(constants)))
     with pytest.raises(ExportError, match="same for different inputs"):
         verify_explainer(data, embedded, generator, ExportReport("<bytes>", "explainer", 18, len(data), 0.0),

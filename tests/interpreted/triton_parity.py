@@ -15,9 +15,8 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":  # fail loudly rather than launch on a missing GPU
     raise RuntimeError("run this file with TRITON_INTERPRET=1 (tests/test_triton_kernels.py does)")
 
-from pathrt.kernels import ops as triton_ops
-
 from pathrt.generator import GeneratorConfig, PathwayGenerator
+from pathrt.kernels import ops as triton_ops
 from pathrt.runtime import Explainer, ops
 from pathrt.targets import create_target
 
