@@ -61,3 +61,45 @@ def trained_target_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stem = tmp_path_factory.mktemp("target") / "target"
     train_target(load_digits("train"), load_digits("test"), out=stem, progress=False)
     return stem
+
+
+@pytest.fixture(scope="session")
+def embedded(trained_target_path: Path):
+    """The trained embedded target (small VGG on the digits)."""
+    from pathrt.targets import load_target
+
+    return load_target(trained_target_path)
+
+
+def torchvision_target(arch: str):
+    """A torchvision architecture at 64x64 with random weights and non-trivial BatchNorm statistics."""
+    from pathrt.targets import create_target
+
+    target = create_target(arch, 10, (3, 64, 64))
+    randomize_batchnorms(target.model)
+    return target
+
+
+def varied_generator(spec, seed: int = 0, sparsity_bias: float = 0.0):
+    """A random generator whose masks differ from sample to sample (about half the neurons kept)."""
+    from pathrt.generator import GeneratorConfig, PathwayGenerator
+
+    torch.manual_seed(seed)
+    generator = PathwayGenerator(spec, GeneratorConfig.small(head_bias=0.0)).eval()
+    with torch.no_grad():
+        for head in generator.rpd.heads:
+            head[-1].weight.mul_(20.0)
+            head[-1].bias.normal_(sparsity_bias, 1.0)
+    return generator
+
+
+def assert_parity(eager, fast) -> None:
+    """SPEC §8: masks equal except scores within 1e-4 of 0.5; logits within 1e-4 relative."""
+    near = (eager.scores - 0.5).abs() <= 1e-4
+    assert not ((eager.masks != fast.masks) & ~near).any()
+    torch.testing.assert_close(fast.scores, eager.scores, rtol=0, atol=1e-5)
+    for name in ("logits", "pathway_logits"):
+        want, got = getattr(eager, name), getattr(fast, name)
+        assert float((got - want).abs().max() / want.abs().max().clamp_min(1e-12)) <= 1e-4, name
+    if torch.equal(eager.masks, fast.masks):
+        assert torch.equal(eager.packed, fast.packed) and torch.equal(eager.classes, fast.classes)

@@ -48,21 +48,24 @@ def test_explanation_matches_its_definition(setup) -> None:
     assert count_hooks(target.model) == 0
 
 
+@pytest.mark.parametrize("backend", ["eager", "native"])
 @torch.no_grad()
-def test_chunking_and_class_selection(setup) -> None:
+def test_chunking_and_class_selection(setup, backend: str) -> None:
     target, generator = setup
     x = torch.randn(10, 3, 32, 32)
-    whole = Explainer(target, generator, max_batch_size=64).explain(x)
-    chunked = Explainer(target, generator, max_batch_size=3).explain(x)
+    whole = Explainer(target, generator, backend=backend, max_batch_size=64).explain(x)
+    chunked = Explainer(target, generator, backend=backend, max_batch_size=3).explain(x)
     for name in ("masks", "packed", "classes"):
         assert torch.equal(getattr(whole, name), getattr(chunked, name))
     torch.testing.assert_close(whole.pathway_logits, chunked.pathway_logits)
     given = torch.rand(10, target.spec.total_channels) > 0.5
-    small = Explainer(target, generator, max_batch_size=3).explain_with_masks(x, given, list(range(10)))
-    large = Explainer(target, generator, max_batch_size=64).explain_with_masks(x, given, list(range(10)))
+    small = Explainer(target, generator, backend=backend, max_batch_size=3).explain_with_masks(x, given,
+                                                                                               list(range(10)))
+    large = Explainer(target, generator, backend=backend, max_batch_size=64).explain_with_masks(x, given,
+                                                                                                list(range(10)))
     assert torch.equal(small.masks, given) and torch.equal(small.classes, large.classes)
     torch.testing.assert_close(small.pathway_logits, large.pathway_logits)
-    explainer = Explainer(target, generator, max_batch_size=4)
+    explainer = Explainer(target, generator, backend=backend, max_batch_size=4)
     assert explainer.explain(x, target=3).classes.tolist() == [3] * 10
     wanted = list(range(10))
     picked = explainer.explain(x, target=wanted)

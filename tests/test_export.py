@@ -15,26 +15,14 @@ from pathrt.errors import ArtifactError, IncompatibleArtifactError
 from pathrt.export import ExportError, export_explainer, export_generator, load_onnx
 from pathrt.generator import save_generator
 from pathrt.runtime import Explainer
-from pathrt.targets import Target, create_target, load_target, save_target
-from tests.conftest import ROOT, randomize_batchnorms
-from tests.test_fast_path import assert_parity, varied_generator
-
-
-def _target(arch: str) -> Target:
-    target = create_target(arch, 10, (3, 64, 64))
-    randomize_batchnorms(target.model)
-    return target
-
-
-@pytest.fixture(scope="module")
-def embedded(trained_target_path: Path) -> Target:
-    return load_target(trained_target_path)
+from pathrt.targets import Target, create_target, save_target
+from tests.conftest import ROOT, assert_parity, torchvision_target, varied_generator
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["alexnet", "vgg11_bn", "resnet18", "embedded"])
 def test_explainer_export_runs_in_onnxruntime(arch: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    target = request.getfixturevalue("embedded") if arch == "embedded" else _target(arch)
+    target = request.getfixturevalue("embedded") if arch == "embedded" else torchvision_target(arch)
     generator = varied_generator(target.spec)
     report = export_explainer(target, generator, tmp_path / "explainer.onnx")  # verifies at batches 1 and 7
     assert report.verified_batches == [1, 7] and report.providers[-1] == "CPUExecutionProvider"
