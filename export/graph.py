@@ -34,9 +34,9 @@ def folded_generator(generator: PathwayGenerator) -> PathwayGenerator:
 class GeneratorGraph(nn.Module):
     """Pathway-layer features (one input per layer) → scores, masks (scores >= 0.5), kept counts."""
 
-    def __init__(self, generator: PathwayGenerator) -> None:
+    def __init__(self, generator: PathwayGenerator, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.generator = folded_generator(generator)
+        self.generator = folded_generator(generator).to(dtype)
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scores = torch.sigmoid(torch.cat(self.generator.head_logits(list(features)), 1))
@@ -47,7 +47,7 @@ class GeneratorGraph(nn.Module):
 class ExplainerGraph(nn.Module):
     """Images → plain logits, scores, masks, kept counts, pathway logits, Y and O of the predicted class."""
 
-    def __init__(self, target: Target, generator: PathwayGenerator) -> None:
+    def __init__(self, target: Target, generator: PathwayGenerator, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.spec = target.spec
         self.runner = PlanRunner(canonized_copy(target.model), target.spec, REFERENCE, sparse_limit=-1.0,
@@ -55,6 +55,8 @@ class ExplainerGraph(nn.Module):
         self.generator = GeneratorGraph(generator)
         with torch.no_grad():  # computes the folded classifier weights once, so tracing sees constants
             self(torch.zeros(1, *target.spec.input_shape))
+        self.runner.to_dtype(dtype)
+        self.generator.to(dtype)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, features, saved = self.runner.plain(images)

@@ -84,6 +84,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
         kwargs = {"outputs": outputs} if outputs else {}
         reports.append(export_explainer(target, generator, out / "explainer.onnx", opset=args.opset,
                                         verify=not args.no_verify, **kwargs))
+        if args.fp16:
+            reports.append(export_explainer(target, generator, out / "explainer.fp16.onnx", opset=args.opset,
+                                            verify=not args.no_verify, fp16=True, **kwargs))
     if args.what in ("generator", "both"):
         reports.append(export_generator(target, generator, out / "generator.onnx", opset=args.opset,
                                         verify=not args.no_verify))
@@ -208,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=18)
     export.add_argument("--outputs", nargs="+", help="explainer outputs to keep (default: all); pathway_gradient "
                         "is refused, it needs autograd")
+    export.add_argument("--fp16", action="store_true", help="also write explainer.fp16.onnx (float16 weights, "
+                        "images and outputs; verified to 2e-2)")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against eager")
     export.set_defaults(run=_cmd_export)
 

@@ -144,3 +144,21 @@ def test_cli_export(embedded: Target, tmp_path: Path) -> None:
                               "--outputs", "pathway_gradient"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert refused.returncode == 2 and "pathway gradients need autograd" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_fp16_explainer_export(embedded: Target, tmp_path: Path) -> None:
+    """The float16 variant: half the weights' bytes, verified to its looser tolerance, usable as a backend."""
+    generator = varied_generator(embedded.spec)
+    full = export_explainer(embedded, generator, tmp_path / "e32.onnx", verify=False)
+    half = export_explainer(embedded, generator, tmp_path / "e16.onnx", fp16=True)
+    assert half.verified_batches == [1, 7] and max(half.max_rel_error.values()) <= 2e-2
+    assert half.bytes < 0.7 * full.bytes
+    loaded = load_onnx(tmp_path / "e16.onnx", target=embedded)
+    assert loaded.metadata["dtype"] == "float16" and loaded.session.get_inputs()[0].type == "tensor(float16)"
+    explainer = Explainer(embedded, generator, backend="onnx", onnx_file=tmp_path / "e16.onnx")
+    x = torch.randn(5, *embedded.spec.input_shape)
+    got, want = explainer.explain(x), Explainer(embedded, generator, backend="eager").explain(x)
+    assert got.logits.dtype == torch.float32 and got.masks.dtype == torch.bool
+    torch.testing.assert_close(got.logits, want.logits, rtol=2e-2, atol=2e-2 * float(want.logits.abs().max()))
+    assert not ((got.masks != want.masks) & ((want.scores - 0.5).abs() > 1e-2)).any()

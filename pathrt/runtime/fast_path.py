@@ -53,7 +53,7 @@ NATIVE = KernelSet("native", ops.daq_threshold_pack, ops.masked_bias_relu, ops.p
 
 def _reference_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
                                 inplace: bool = False) -> torch.Tensor:
-    return ops.masked_bias_relu_reference(x, bias, mask)  # out of place: traceable and exportable
+    return ops.masked_bias_relu_math(x, bias, mask)  # out of place, any float dtype: traceable and exportable
 
 
 def _reference_pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -140,6 +140,13 @@ class PlanRunner:
             chain.add(self.plan.steps[i].output)
             i += 1
         return i, chain
+
+    def to_dtype(self, dtype: torch.dtype) -> PlanRunner:
+        """Casts the runner's weights (and folded classifier weights) to `dtype`, e.g. float16 for export."""
+        self.weights = {k: (w.to(dtype), b.to(dtype) if b is not None else None) for k, (w, b) in self.weights.items()}
+        self.conv_weights = {k: w.to(dtype) for k, w in self.conv_weights.items()}
+        self._folded = {k: w.to(dtype) for k, w in self._folded.items()}
+        return self
 
     def _shapes(self, input_shape: tuple[int, int, int]) -> dict[int, tuple[int, ...]]:
         """Shape of every value for one input of the spec's size (a dry run on zeros)."""

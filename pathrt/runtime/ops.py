@@ -181,6 +181,11 @@ def daq_threshold_pack_reference(logits: torch.Tensor) -> tuple[torch.Tensor, to
 def masked_bias_relu_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     """Reference of `pathrt::masked_bias_relu` (see the module docstring)."""
     check_masked_bias_relu(x, bias, mask)
+    return masked_bias_relu_math(x, bias, mask)
+
+
+def masked_bias_relu_math(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """The reference's arithmetic without its float32 checks (any float dtype; what ONNX export traces)."""
     y = torch.relu(x if bias is None else x + bias[None, :, None, None])
     if mask.dtype == torch.bool:
         return torch.where(mask[:, :, None, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
