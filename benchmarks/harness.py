@@ -279,7 +279,8 @@ def _plot(rows: list[Row], path: Path) -> None:
 @dataclass
 class SweepRow:
     """The pathway pass of one model at one generator sparsity: eager (hooks, dense) against native
-    with dense convs only, channel-sparse convs only, and the automatic choice."""
+    with dense convs only, union-of-channels convs only, per-sample channel-sparse convs only, and
+    the automatic choice."""
 
     model: str
     sparsity: float
@@ -287,6 +288,7 @@ class SweepRow:
     plain_ms: float
     eager_pathway_ms: float
     native_dense_ms: float
+    native_union_ms: float
     native_sparse_ms: float
     native_auto_ms: float
 
@@ -310,29 +312,31 @@ def sparsity_sweep(models: Sequence[BenchModel], sparsities: Sequence[float], ba
             layers = target.spec.split(masks)
             measured = float(1 - masks.float().mean())
 
-            def pathway(limit: float, runner=runner, saved=saved, features=features, layers=layers) -> Callable:
+            def pathway(strategy: str | None, runner=runner, saved=saved, features=features,
+                        layers=layers) -> Callable:
                 def run(_: torch.Tensor) -> torch.Tensor:
-                    runner.sparse_limit = limit
+                    runner.strategy = strategy
                     return runner.pathway(saved, features, layers)
                 return run
 
             timed = [_time(fn, x, warmup, repeats, budget) for fn in (
                 eager.model, lambda x, e=eager, m=masks, spec=target.spec: pathway_forward(e.model, spec, x, m),
-                pathway(0.0), pathway(float("inf")), pathway(native._runner.sparse_limit))]
+                pathway("dense"), pathway("union"), pathway("sparse"), pathway(None))]
             ms = [1000 * statistics.median(t) for t in timed]
             rows.append(SweepRow(model.name, round(measured, 3), batch, *ms))
             log(f"  {model.name:<14} sparsity {measured:.2f}: pathway pass eager {ms[1]:.2f} ms, native dense "
-                f"{ms[2]:.2f}, sparse {ms[3]:.2f}, auto {ms[4]:.2f} (plain {ms[0]:.2f})")
+                f"{ms[2]:.2f}, union {ms[3]:.2f}, sparse {ms[4]:.2f}, auto {ms[5]:.2f} (plain {ms[0]:.2f})")
     return rows
 
 
 def sweep_table(rows: Sequence[SweepRow]) -> str:
     """The sparsity sweep as a Markdown table."""
-    headers = ["model", "sparsity", "batch", "plain ms", "eager pathway ms", "native dense ms", "native sparse ms",
-               "native auto ms", "auto × plain"]
+    headers = ["model", "sparsity", "batch", "plain ms", "eager pathway ms", "native dense ms", "native union ms",
+               "native sparse ms", "native auto ms", "auto × plain"]
     table = markdown_table(headers, [[r.model, f"{r.sparsity:.2f}", r.batch, f"{r.plain_ms:.2f}",
                                       f"{r.eager_pathway_ms:.2f}", f"{r.native_dense_ms:.2f}",
-                                      f"{r.native_sparse_ms:.2f}", f"{r.native_auto_ms:.2f}",
+                                      f"{r.native_union_ms:.2f}", f"{r.native_sparse_ms:.2f}",
+                                      f"{r.native_auto_ms:.2f}",
                                       f"{r.native_auto_ms / r.plain_ms:.2f}"] for r in rows])
     return table
 
@@ -345,7 +349,8 @@ def _sweep_section(rows: Sequence[SweepRow], out: Path) -> str:
         mine = [r for r in rows if r.model == model]
         xs = [100 * r.sparsity for r in mine]
         for attr, label in (("eager_pathway_ms", "eager"), ("native_dense_ms", "native dense"),
-                            ("native_sparse_ms", "native sparse"), ("native_auto_ms", "native auto")):
+                            ("native_union_ms", "native union"), ("native_sparse_ms", "native sparse"),
+                            ("native_auto_ms", "native auto")):
             ax.plot(xs, [getattr(r, attr) / r.plain_ms for r in mine], marker="o", label=label)
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("pathway pass (plain forward passes)")
@@ -355,6 +360,7 @@ def _sweep_section(rows: Sequence[SweepRow], out: Path) -> str:
     fig.savefig(out / "sparsity.png", dpi=110)
     plt.close(fig)
     return (f"\n## Pathway pass against sparsity\n\nThe pathway pass alone (after the plain pass), with generators "
-            f"biased to each sparsity. `native dense` forces dense convs with the fused epilogue, `native sparse` "
-            f"forces channel-sparse convs, `native auto` is what the backend chooses.\n\n{sweep_table(rows)}\n\n"
+            f"biased to each sparsity. `native dense` forces dense convs with the fused epilogue, `native union` "
+            f"convs over the batch's union of kept channels, `native sparse` per-sample channel-sparse convs, "
+            f"`native auto` is what the backend chooses per conv.\n\n{sweep_table(rows)}\n\n"
             f"![sparsity](sparsity.png)\n")

@@ -50,7 +50,7 @@ class ExplainerGraph(nn.Module):
     def __init__(self, target: Target, generator: PathwayGenerator, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.spec = target.spec
-        self.runner = PlanRunner(canonized_copy(target.model), target.spec, REFERENCE, sparse_limit=-1.0,
+        self.runner = PlanRunner(canonized_copy(target.model), target.spec, REFERENCE, strategy="dense",
                                  channels_last=False)
         self.generator = GeneratorGraph(generator)
         with torch.no_grad():  # computes the folded classifier weights once, so tracing sees constants

@@ -22,15 +22,14 @@ from tests.conftest import assert_parity, assert_python_ok, torchvision_target, 
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg11_bn", "resnet18", "embedded"])
-@pytest.mark.parametrize("sparse_limit", [None, 0.0, 1.0])  # default choice, always dense, always sparse
+@pytest.mark.parametrize("strategy", [None, "dense", "union", "sparse"])  # None: chosen per conv
 @torch.no_grad()
-def test_native_matches_eager(arch: str, sparse_limit: float | None, request: pytest.FixtureRequest) -> None:
+def test_native_matches_eager(arch: str, strategy: str | None, request: pytest.FixtureRequest) -> None:
     target = request.getfixturevalue("embedded") if arch == "embedded" else torchvision_target(arch)
     generator = varied_generator(target.spec)
     eager = Explainer(target, generator, backend="eager")
     native = Explainer(target, generator, backend="native")
-    if sparse_limit is not None:
-        native._runner.sparse_limit = sparse_limit
+    native._runner.strategy = strategy
     shape = target.spec.input_shape
     for batch in (1, 3, 32):
         x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
@@ -70,8 +69,8 @@ def test_native_runs_no_hooks_and_reuses_layer_one(embedded: Target) -> None:
     runner = native._runner
     _, features, saved = runner.plain(x)
     masks = embedded.spec.split(torch.rand(4, embedded.spec.total_channels) > 0.5)
-    for limit in (0.0, 1.0):
-        runner.sparse_limit = limit
+    for strategy in ("dense", "union", "sparse"):
+        runner.strategy = strategy
         with CountConvs() as mode:
             runner.pathway(saved, features, masks)
         convs = [s for s in runner.plan.steps if s.op == "conv2d"]

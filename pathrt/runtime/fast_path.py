@@ -2,11 +2,15 @@
 
 `PlanRunner.plain` runs the canonized target step by step (no module hooks) and keeps the
 pathway-layer outputs; `PlanRunner.pathway` runs the pathway pass from layer 1's captured output
-(F_1 · m_1, no recompute). Each conv after it either runs channel-sparse per sample
-(`pathway_conv2d`: removed output channels never computed, removed input channels never read) or
-densely with the fused `masked_bias_relu` epilogue, whichever the masks make cheaper: the sparse
-kernel costs about `mean_n(d_in · d_out)` of the dense conv (d = kept fraction), at a lower
-arithmetic efficiency, so it is chosen when that product is below `sparse_limit`.
+(F_1 · m_1, no recompute). Each conv after it runs one of three ways, whichever the masks make
+cheapest (`strategy` forces one):
+  * "sparse": channel-sparse per sample (`pathway_conv2d`: removed output channels never computed,
+    removed input channels never read); costs mean_n(d_in · d_out) of the dense conv's FLOPs (d =
+    a sample's kept fraction) at SPARSE_EFFICIENCY of its rate;
+  * "union": one batched conv over the union of the batch's kept input and output channels, then
+    the fused epilogue with each sample's mask; costs u_in · u_out (u = the union's fraction) at
+    UNION_EFFICIENCY (gathering the weights and inputs);
+  * "dense": the full conv with the fused `masked_bias_relu` epilogue.
 
 One algebraic rewrite: adaptive average pooling that enlarges the map (VGG and AlexNet pool a
 2×2 or 1×1 map at 64×64 input up to 7×7 or 6×6) followed by flatten and linear is one linear map,
@@ -31,11 +35,13 @@ from pathrt.runtime import ops
 from pathrt.targets.plan import Plan, Step, build_plan
 from pathrt.targets.spec import PathwaySpec
 
-# Sparse per-sample convs pay below this mean kept-fraction product (in · out). Measured with the
-# `pathrt bench` sparsity sweep on a 2-core CPU: per-sample gather + GEMM runs at about a quarter of
-# the batched channels-last oneDNN conv's rate, so the two break even near a product of 0.2-0.25
-# (VGG-11@64, batch 64, 51% sparsity: sparse 239 ms, dense 265 ms; embedded: 11.7 vs 10.7 ms).
-SPARSE_COST_LIMIT = 0.2
+# Rates relative to the dense batched conv, measured with the `pathrt bench` sparsity sweep on a
+# 2-core CPU: per-sample gather + GEMM runs at about a quarter of the channels-last oneDNN conv's
+# rate (VGG-11@64, batch 64, 51% sparsity: sparse 239 ms vs dense 265 ms at a FLOP ratio of 0.24;
+# embedded: 11.7 vs 10.7 ms), the union conv at nearly its full rate.
+SPARSE_EFFICIENCY = 0.25
+UNION_EFFICIENCY = 0.9
+STRATEGIES = ("dense", "union", "sparse")
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ def _reference_pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch
                                         relu)
 
 
-# The plain-PyTorch references as a kernel set: with sparse_limit < 0 (dense convs only) the runner is
+# The plain-PyTorch references as a kernel set: with strategy="dense" (no per-batch choice) the runner is
 # made of standard torch ops alone, which is what ONNX export traces.
 REFERENCE = KernelSet("reference", ops.daq_threshold_pack_reference, _reference_masked_bias_relu,
                       _reference_pathway_conv2d)
@@ -78,10 +84,12 @@ class PlanRunner:
     """Runs a target's plan: the plain pass with capture, and the channel-sparse pathway pass."""
 
     def __init__(self, model: nn.Module, spec: PathwaySpec, kernels: KernelSet = NATIVE,
-                 sparse_limit: float = SPARSE_COST_LIMIT, channels_last: bool = True) -> None:
+                 sparse_efficiency: float = SPARSE_EFFICIENCY, channels_last: bool = True,
+                 strategy: str | None = None) -> None:
         self.plan: Plan = build_plan(model, spec)
         self.kernels = kernels
-        self.sparse_limit = sparse_limit
+        self.sparse_efficiency = sparse_efficiency
+        self.strategy = strategy  # None: choose per conv from the masks; else one of STRATEGIES
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         modules = dict(model.named_modules())
         self.weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -249,23 +257,40 @@ class PlanRunner:
             return self.kernels.masked_bias_relu(y, None, mask, inplace=fresh)
         return y * mask[:, :, None, None].to(y.dtype)
 
-    def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor],
-              density: Callable[[int | None], torch.Tensor], clean: Callable[[int], None]) -> torch.Tensor:
+    def _choose(self, step: Step, stats: _MaskStats) -> str:
+        """The conv strategy for this step and these masks (see the module docstring)."""
+        if step.in_mask is None and step.out_mask is None:
+            return "dense"
+        if self.strategy is not None:
+            return self.strategy
+        if 0.0 in (stats.union_fraction(step.in_mask), stats.union_fraction(step.out_mask)):
+            return "sparse"  # nothing kept anywhere in the batch: the sparse kernel handles empty sets
+        costs = {
+            "dense": 1.0,
+            "union": stats.union_fraction(step.in_mask) * stats.union_fraction(step.out_mask) / UNION_EFFICIENCY,
+            "sparse": float((stats.density(step.in_mask) * stats.density(step.out_mask)).mean())
+            / self.sparse_efficiency,
+        }
+        return min(costs, key=costs.__getitem__)
+
+    def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor], stats: _MaskStats,
+              clean: Callable[[int], None]) -> torch.Tensor:
         weight, bias = self.weights[step.module]  # type: ignore[index]
         a = step.attrs
         in_mask = masks[step.in_mask] if step.in_mask is not None else None
         out_mask = masks[step.out_mask] if step.out_mask is not None else None
-        sparse = self.sparse_limit >= 0 and (in_mask is not None or out_mask is not None) and \
-            float((density(step.in_mask) * density(step.out_mask)).mean()) <= self.sparse_limit
-        if not sparse or in_mask is None:  # only a sparse conv skips the removed input channels itself
+        strategy = self._choose(step, stats)
+        if strategy != "sparse" or in_mask is None:  # only a sparse conv skips the removed input channels itself
             clean(step.inputs[0])
         if a.get("residual"):
             clean(step.inputs[1])
         residual = values[step.inputs[1]] if a.get("residual") else None
         x = values[step.inputs[0]]
-        if sparse:
+        if strategy == "sparse":
             return self.kernels.pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, a["stride"],
                                                a["padding"], bool(a["relu"]))
+        if strategy == "union":
+            return self._union_conv(step, x, residual, masks, stats)
         if step.pathway is not None and a["relu"]:
             y = F.conv2d(x, self.conv_weights[step.module], None, a["stride"], a["padding"])  # type: ignore[index]
             if residual is not None:
@@ -273,6 +298,39 @@ class PlanRunner:
             return self.kernels.masked_bias_relu(y, bias, masks[step.pathway], inplace=True)
         y = self._dense(step, values)
         return self._mask(step, y, masks[step.pathway], fresh=True) if step.pathway is not None else y
+
+    def _union_conv(self, step: Step, x: torch.Tensor, residual: torch.Tensor | None, masks: list[torch.Tensor],
+                    stats: _MaskStats) -> torch.Tensor:
+        """One batched conv over the union of the batch's kept channels, scattered back into place."""
+        weight, bias = self.weights[step.module]  # type: ignore[index]
+        a = step.attrs
+        keep_in, keep_out = stats.union(step.in_mask), stats.union(step.out_mask)
+        if keep_in is not None:
+            x, weight = x.index_select(1, keep_in), weight.index_select(1, keep_in)
+        if keep_out is not None:
+            weight = weight.index_select(0, keep_out)
+            bias = bias.index_select(0, keep_out) if bias is not None else None
+            residual = residual.index_select(1, keep_out) if residual is not None else None
+        y = F.conv2d(x, weight.contiguous(memory_format=self.memory_format), None, a["stride"], a["padding"])
+        if residual is not None:
+            y.add_(residual)
+        if step.pathway is not None and a["relu"]:
+            mask = masks[step.pathway]
+            y = self.kernels.masked_bias_relu(y, bias, mask if keep_out is None else mask.index_select(1, keep_out),
+                                              inplace=y.is_contiguous())
+        else:
+            if bias is not None:
+                y.add_(bias[:, None, None])
+            if a["relu"]:
+                y.relu_()
+            if step.pathway is not None:
+                mask = masks[step.pathway] if keep_out is None else masks[step.pathway].index_select(1, keep_out)
+                y = y * mask[:, :, None, None].to(y.dtype)
+        if keep_out is None:
+            return y
+        channels = self.weights[step.module][0].shape[0]  # type: ignore[index]
+        out = y.new_zeros((y.shape[0], channels, *y.shape[2:])).contiguous(memory_format=self.memory_format)
+        return out.index_copy_(1, keep_out, y)
 
     def pathway(self, saved: dict[int, torch.Tensor], features: list[torch.Tensor],
                 masks: list[torch.Tensor]) -> torch.Tensor:
@@ -286,12 +344,7 @@ class PlanRunner:
                 values[value] = self._mask(first, values[value], masks[0], fresh=False)
                 dirty.discard(value)
 
-        cache: dict[int | None, torch.Tensor] = {None: torch.ones((), device=features[0].device)}
-
-        def density(layer: int | None) -> torch.Tensor:
-            if layer not in cache:
-                cache[layer] = masks[layer].float().mean(1)  # type: ignore[index]
-            return cache[layer]
+        stats = _MaskStats(masks)
 
         keep = {self.plan.output}
         if self.plan.output in dirty:  # a model that ends in its first pathway layer's chain
@@ -301,7 +354,7 @@ class PlanRunner:
             if i in self.skip:
                 continue
             if step.op == "conv2d":
-                y = self._conv(step, values, masks, density, clean)
+                y = self._conv(step, values, masks, stats, clean)
             else:
                 for v in step.inputs:
                     clean(v)
@@ -311,3 +364,32 @@ class PlanRunner:
             values[step.output] = y
             self._forget(i, values, keep)
         return values[self.plan.output]
+
+
+class _MaskStats:
+    """Per-layer statistics of one batch's masks, computed on first use: each sample's kept fraction,
+    and the union of kept channels over the batch (None when it is every channel)."""
+
+    def __init__(self, masks: list[torch.Tensor]) -> None:
+        self.masks = masks
+        self._density: dict[int, torch.Tensor] = {}
+        self._union: dict[int, torch.Tensor | None] = {}
+
+    def density(self, layer: int | None) -> torch.Tensor:
+        if layer is None:
+            return torch.ones(())
+        if layer not in self._density:
+            self._density[layer] = self.masks[layer].float().mean(1).cpu()
+        return self._density[layer]
+
+    def union(self, layer: int | None) -> torch.Tensor | None:
+        if layer is None:
+            return None
+        if layer not in self._union:
+            kept = self.masks[layer].any(0).nonzero().squeeze(1)
+            self._union[layer] = None if len(kept) == self.masks[layer].shape[1] else kept
+        return self._union[layer]
+
+    def union_fraction(self, layer: int | None) -> float:
+        kept = self.union(layer)
+        return 1.0 if kept is None else len(kept) / self.masks[layer].shape[1]  # type: ignore[index]

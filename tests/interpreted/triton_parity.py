@@ -86,8 +86,8 @@ def test_triton_backend_matches_eager() -> None:
     eager = Explainer(target, generator)
     triton = Explainer(target, generator, backend="triton")
     assert triton.backend == "triton" and "triton kernels on cpu" in triton.backend_reason
-    for limit in (0.0, 1.0):  # the dense epilogue path and the sparse conv path
-        triton._runner.sparse_limit = limit
+    for strategy in ("dense", "union", "sparse"):
+        triton._runner.strategy = strategy
         x = torch.randn(3, 3, 16, 16)
         a, b = eager.explain(x), triton.explain(x)
         assert b.backend == "triton" and 0.1 < float(a.sparsity.mean()) < 0.9
