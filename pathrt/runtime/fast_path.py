@@ -2,14 +2,14 @@
 
 `PlanRunner.plain` runs the canonized target step by step (no module hooks) and keeps the
 pathway-layer outputs; `PlanRunner.pathway` runs the pathway pass from layer 1's captured output
-(F_1 · m_1, no recompute). Each conv after it runs one of three ways, whichever the masks make
-cheapest (`strategy` forces one):
+(F_1 · m_1, no recompute). Each conv after it runs one of three ways (`strategy` forces one):
   * "sparse": channel-sparse per sample (`pathway_conv2d`: removed output channels never computed,
-    removed input channels never read); costs mean_n(d_in · d_out) of the dense conv's FLOPs (d =
-    a sample's kept fraction) at SPARSE_EFFICIENCY of its rate;
+    removed input channels never read); it does mean_n(d_in · d_out) of the dense conv's FLOPs
+    (d = a sample's kept fraction), chosen when that is at most `sparse_limit`;
   * "union": one batched conv over the union of the batch's kept input and output channels, then
-    the fused epilogue with each sample's mask; costs u_in · u_out (u = the union's fraction) at
-    UNION_EFFICIENCY (gathering the weights and inputs);
+    the fused epilogue with each sample's mask; u_in · u_out of the FLOPs (u = the union's
+    fraction), chosen next when that is at most UNION_LIMIT (one-sided sparsity, e.g. inside
+    ResNet blocks, and batches whose samples keep similar channels);
   * "dense": the full conv with the fused `masked_bias_relu` epilogue.
 
 One algebraic rewrite: adaptive average pooling that enlarges the map (VGG and AlexNet pool a
@@ -35,12 +35,14 @@ from pathrt.runtime import ops
 from pathrt.targets.plan import Plan, Step, build_plan
 from pathrt.targets.spec import PathwaySpec
 
-# Rates relative to the dense batched conv, measured with the `pathrt bench` sparsity sweep on a
-# 2-core CPU: per-sample gather + GEMM runs at about a quarter of the channels-last oneDNN conv's
-# rate (VGG-11@64, batch 64, 51% sparsity: sparse 239 ms vs dense 265 ms at a FLOP ratio of 0.24;
-# embedded: 11.7 vs 10.7 ms), the union conv at nearly its full rate.
-SPARSE_EFFICIENCY = 0.25
-UNION_EFFICIENCY = 0.9
+# Limits on the FLOP fraction, measured with the `pathrt bench` sparsity sweep on a 2-core CPU.
+# Per-sample gather + GEMM breaks even with the batched channels-last oneDNN conv near a fraction
+# of 0.2-0.25 (VGG-11@64, batch 64, 51% sparsity: sparse 239 ms vs dense 265 ms at 0.24) and wins
+# below (trained embedded model, ~0.05: 3.1 ms vs union 7.9 ms vs dense 9.9 ms per pathway pass at
+# batch 64). The union conv pays for its gathers and scatter unless it saves a good part of the
+# FLOPs (VGG-11 at 51%: union 0.35 vs dense 0.43 plain passes at a union fraction of ~0.24).
+SPARSE_LIMIT = 0.2
+UNION_LIMIT = 0.6
 STRATEGIES = ("dense", "union", "sparse")
 
 
@@ -84,11 +86,11 @@ class PlanRunner:
     """Runs a target's plan: the plain pass with capture, and the channel-sparse pathway pass."""
 
     def __init__(self, model: nn.Module, spec: PathwaySpec, kernels: KernelSet = NATIVE,
-                 sparse_efficiency: float = SPARSE_EFFICIENCY, channels_last: bool = True,
+                 sparse_limit: float = SPARSE_LIMIT, channels_last: bool = True,
                  strategy: str | None = None) -> None:
         self.plan: Plan = build_plan(model, spec)
         self.kernels = kernels
-        self.sparse_efficiency = sparse_efficiency
+        self.sparse_limit = sparse_limit
         self.strategy = strategy  # None: choose per conv from the masks; else one of STRATEGIES
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         modules = dict(model.named_modules())
@@ -263,15 +265,10 @@ class PlanRunner:
             return "dense"
         if self.strategy is not None:
             return self.strategy
-        if 0.0 in (stats.union_fraction(step.in_mask), stats.union_fraction(step.out_mask)):
-            return "sparse"  # nothing kept anywhere in the batch: the sparse kernel handles empty sets
-        costs = {
-            "dense": 1.0,
-            "union": stats.union_fraction(step.in_mask) * stats.union_fraction(step.out_mask) / UNION_EFFICIENCY,
-            "sparse": float((stats.density(step.in_mask) * stats.density(step.out_mask)).mean())
-            / self.sparse_efficiency,
-        }
-        return min(costs, key=costs.__getitem__)
+        if float((stats.density(step.in_mask) * stats.density(step.out_mask)).mean()) <= self.sparse_limit:
+            return "sparse"  # (also when nothing is kept: the sparse kernel handles empty sets)
+        union = stats.union_fraction(step.in_mask) * stats.union_fraction(step.out_mask)
+        return "union" if union <= UNION_LIMIT else "dense"
 
     def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor], stats: _MaskStats,
               clean: Callable[[int], None]) -> torch.Tensor:
