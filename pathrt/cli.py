@@ -193,19 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
     train.set_defaults(run=_cmd_train)
 
+    def artifact_args(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--target", default="runs/target", help="target artifact stem (default runs/target)")
+        cmd.add_argument("--generator", default="runs/generator", help="generator stem (default runs/generator)")
+
+    def explainer_args(cmd: argparse.ArgumentParser) -> None:
+        artifact_args(cmd)
+        cmd.add_argument("--batch-size", type=int, default=256)
+        cmd.add_argument("--backend", choices=BACKENDS, default="auto",
+                         help="explain backend (default auto: native when usable; see `pathrt info`)")
+
     explain = sub.add_parser("explain", help="explain images (a folder, or the embedded test split)")
-    explain.add_argument("--target", default="runs/target")
-    explain.add_argument("--generator", default="runs/generator")
+    explainer_args(explain)
     explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
     explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain)")
-    explain.add_argument("--batch-size", type=int, default=256)
-    explain.add_argument("--backend", choices=BACKENDS, default="auto",
-                         help="explain backend (default auto: native when usable; see `pathrt info`)")
     explain.set_defaults(run=_cmd_explain)
 
     export = sub.add_parser("export", help="export the explainer and/or generator to ONNX, verified in ONNX Runtime")
-    export.add_argument("--target", default="runs/target")
-    export.add_argument("--generator", default="runs/generator")
+    artifact_args(export)
     export.add_argument("--out", default="runs/export", help="output folder (default runs/export)")
     export.add_argument("--what", choices=("explainer", "generator", "both"), default="both")
     export.add_argument("--opset", type=int, default=18)
@@ -218,14 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="SPEC §7 table: GEN-CNP against random, critical pathways, DGR")
     data_args(evaluate)
-    evaluate.add_argument("--target", default="runs/target")
-    evaluate.add_argument("--generator", default="runs/generator")
+    explainer_args(evaluate)
     evaluate.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     evaluate.add_argument("--sources", type=int, default=50, help="transfer sources per class (default 50)")
     evaluate.add_argument("--no-dgr", action="store_true", help="skip DGR (30 optimization steps per image)")
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--backend", choices=BACKENDS, default="auto",
-                          help="explain backend (default auto: native when usable; see `pathrt info`)")
     evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="time every explain path and baseline (median, 20/80 quantiles)")

@@ -146,3 +146,10 @@ def test_info_lists_backends() -> None:
     assert "Triton kernels need a CUDA GPU" in env["backends"]["cpu"]["triton"]
     json.dumps(env)
     assert "cpu   native  usable" in format_environment(env)
+
+
+def test_unknown_conv_strategy_is_refused(embedded: Target) -> None:
+    native = Explainer(embedded, varied_generator(embedded.spec), backend="native")
+    native._runner.strategy = "warp"
+    with pytest.raises(ValueError, match="unknown conv strategy 'warp'"):
+        native.explain(torch.randn(2, *embedded.spec.input_shape))

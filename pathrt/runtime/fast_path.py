@@ -264,6 +264,8 @@ class PlanRunner:
         if step.in_mask is None and step.out_mask is None:
             return "dense"
         if self.strategy is not None:
+            if self.strategy not in STRATEGIES:
+                raise ValueError(f"unknown conv strategy {self.strategy!r}; use None or one of {STRATEGIES}")
             return self.strategy
         if float((stats.density(step.in_mask) * stats.density(step.out_mask)).mean()) <= self.sparse_limit:
             return "sparse"  # (also when nothing is kept: the sparse kernel handles empty sets)
