@@ -10,25 +10,16 @@ only, since per-sample channel skipping is data-dependent control flow that ONNX
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
 from pathrt.generator import PathwayGenerator
-from pathrt.runtime.fast_path import REFERENCE, PlanRunner
+from pathrt.runtime.fast_path import REFERENCE, PlanRunner, folded_generator
 from pathrt.runtime.ops import MASK_THRESHOLD
 from pathrt.targets import Target, canonized_copy
 
 EXPLAINER_OUTPUTS = ("logits", "scores", "masks", "kept", "pathway_logits", "Y", "O")
 GENERATOR_OUTPUTS = ("scores", "masks", "kept")
-
-
-def folded_generator(generator: PathwayGenerator) -> PathwayGenerator:
-    """An eval-mode copy of the generator with its BatchNorms folded into the preceding convs."""
-    with warnings.catch_warnings():  # its forward loops over layers: fx cannot trace it, Sequentials fold
-        warnings.filterwarnings("ignore", message="torch.fx could not trace PathwayGenerator")
-        return canonized_copy(generator)
 
 
 class GeneratorGraph(nn.Module):

@@ -12,15 +12,15 @@ one and records why (`Explainer.backend_reason`, `Explanation.backend_reason`).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 from pathrt.errors import IncompatibleArtifactError, InputError
 from pathrt.generator import PathwayGenerator, load_generator
-from pathrt.runtime.backends import BACKENDS, BackendChoice, choose_backend, onnx_session
+from pathrt.runtime.backends import BackendChoice, choose_backend, onnx_session
 from pathrt.runtime.explanation import Explanation
+from pathrt.runtime.fast_path import folded_generator
 from pathrt.runtime.ops import pack_masks
 from pathrt.targets import Target, canonized_copy, capture_features, load_target, pathway_forward
 from pathrt.targets.pathway import Masks, check_images, normalize_masks
@@ -40,8 +40,6 @@ class Explainer:
 
     def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "auto",
                  max_batch_size: int = 256, onnx_file: str | os.PathLike[str] | None = None) -> None:
-        if backend not in BACKENDS:
-            raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if generator.spec != target.spec:
             raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
         if max_batch_size < 1:
@@ -60,11 +58,8 @@ class Explainer:
         else:
             choice = choose_backend(backend, self.model, self.spec, generator.config.threshold)
         self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
-        self._fast_generator = self.generator
-        if self._runner is not None:  # the fast path runs the generator with its BatchNorms folded too
-            with warnings.catch_warnings():  # its forward loops over layers: fx cannot trace it, Sequentials fold
-                warnings.filterwarnings("ignore", message="torch.fx could not trace PathwayGenerator")
-                self._fast_generator = canonized_copy(generator)
+        # the fast path runs the generator with its BatchNorms folded too
+        self._fast_generator = folded_generator(generator) if self._runner is not None else self.generator
 
     @classmethod
     def from_files(cls, target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
@@ -140,7 +135,7 @@ class Explainer:
         error = input_error_for(x, self.spec)
         if error is not None:
             raise error
-        out = self._onnx.run(x.float())  # type: ignore[union-attr]
+        out = self._onnx.run(x)  # type: ignore[union-attr]  (cast to the file's dtype there)
         device = x.device
         masks, logits = out["masks"].to(device), out["logits"].to(device)
         return Explanation(self.spec, masks, pack_masks(masks), out["scores"].to(device), logits,

@@ -24,6 +24,7 @@ several times faster there than in NCHW (2× for the whole embedded model's plai
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathrt.runtime import ops
+from pathrt.targets.canonize import canonized_copy
 from pathrt.targets.plan import Plan, Step, build_plan
 from pathrt.targets.spec import PathwaySpec
 
@@ -78,6 +80,14 @@ REFERENCE = KernelSet("reference", ops.daq_threshold_pack_reference, _reference_
                       _reference_pathway_conv2d)
 
 
+def folded_generator(generator: nn.Module) -> nn.Module:
+    """An eval-mode copy of a generator with its BatchNorms folded into the preceding convs (what the
+    fast backends and the exported graphs run)."""
+    with warnings.catch_warnings():  # its forward loops over layers: fx cannot trace it, Sequentials fold
+        warnings.filterwarnings("ignore", message="torch.fx could not trace PathwayGenerator")
+        return canonized_copy(generator)
+
+
 def _ends_in_relu(step: Step) -> bool:
     return step.op == "relu" or bool(step.attrs.get("relu"))
 
@@ -106,7 +116,7 @@ class PlanRunner:
         self.first = self.plan.pathway_steps[0]
         self.last_read = {v: i for i, s in enumerate(self.plan.steps) for v in s.inputs}
         self.skip: set[int] = set()
-        self.fold_source: dict[str, int] = {}  # linear module -> the value its folded pool reads
+        self.folded_pools: dict[str, Step] = {}  # linear module -> the adaptive pool folded into it
         self._folded: dict[tuple[str, int, int], torch.Tensor] = {}
         self.shapes = self._shapes(spec.input_shape)  # of every value, for one input of the spec's size
         self._find_pool_folds(self.shapes)
@@ -129,8 +139,8 @@ class PlanRunner:
                 total += dense * fraction
             elif step.op == "linear" and i not in self.skip:
                 weight = self.weights[step.module][0]  # type: ignore[index]
-                source = self.fold_source.get(step.module)  # type: ignore[arg-type]
-                inputs = math.prod(self.shapes[source][1:]) if source is not None else weight.shape[1]
+                pool = self.folded_pools.get(step.module)  # type: ignore[arg-type]
+                inputs = math.prod(self.shapes[pool.inputs[0]][1:]) if pool is not None else weight.shape[1]
                 total += 2.0 * weight.shape[0] * inputs
         return total
 
@@ -186,21 +196,20 @@ class PlanRunner:
             if steps[k].op != "linear" or i <= self.first or h * w >= math.prod(shapes[pool.output][-2:]):
                 continue
             self.skip.update((i, j))
-            self.fold_source[steps[k].module] = pool.inputs[0]  # type: ignore[index]
+            self.folded_pools[steps[k].module] = pool  # type: ignore[index]
             self.last_read[pool.inputs[0]] = k
 
     def _linear_weight(self, module: str, x: torch.Tensor) -> torch.Tensor:
         """The linear weight, or for a folded pool → flatten → linear chain W·P for x's spatial size."""
         weight = self.weights[module][0]
-        if module not in self.fold_source:
+        if module not in self.folded_pools:
             return weight
-        source = self.fold_source[module]
-        step = next(s for s in self.plan.steps if s.op == "adaptive_avg_pool2d" and s.inputs[0] == source)
         h, w = x.shape[-2:]
         key = (module, h, w)
         if key not in self._folded:
             basis = torch.eye(h * w, dtype=weight.dtype, device=weight.device).view(h * w, 1, h, w)
-            pool = F.adaptive_avg_pool2d(basis, step.attrs["output_size"]).flatten(1)  # (h*w, oh*ow)
+            output_size = self.folded_pools[module].attrs["output_size"]
+            pool = F.adaptive_avg_pool2d(basis, output_size).flatten(1)  # (h*w, oh*ow)
             channels = x.shape[1]
             folded = weight.view(weight.shape[0], channels, -1) @ pool.T  # (out, C, h*w)
             self._folded[key] = folded.reshape(weight.shape[0], channels * h * w).contiguous()
@@ -213,8 +222,8 @@ class PlanRunner:
             weight, bias = self.weights[step.module]  # type: ignore[index]
             if step.op == "conv2d":
                 y = F.conv2d(x, self.conv_weights[step.module], bias, a["stride"], a["padding"])  # type: ignore[index]
-            elif step.module in self.fold_source:
-                pooled_from = values[self.fold_source[step.module]]  # type: ignore[index]
+            elif step.module in self.folded_pools:
+                pooled_from = values[self.folded_pools[step.module].inputs[0]]  # type: ignore[index]
                 y = F.linear(pooled_from.flatten(1), self._linear_weight(step.module, pooled_from), bias)
             else:
                 y = F.linear(x, weight, bias)
