@@ -14,9 +14,9 @@
 
 #include "pathrt/epilogue.h"
 #include "pathrt/fused_checks.h"
+#include "pathrt/kernels.h"
 
 namespace pathrt {
-namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cpu(const at::Tensor& logits) {
   check_logits(logits);
@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
 }
 
 // out may alias x (the in-place variant); both contiguous in the same memory format.
-void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
                              at::Tensor& out) {
   const int64_t n = x.size(0), c = x.size(1), plane = x.size(2) * x.size(3);
   const auto m = mask.to(at::kFloat).contiguous();
@@ -98,7 +98,7 @@ void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>
 }
 
 // Indices of the kept channels of one sample (all channels without a mask).
-void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>& idx) {
+static void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>& idx) {
   idx.clear();
   for (int64_t i = 0; i < c; ++i) {
     if (mask_row == nullptr || mask_row[i]) idx.push_back(i);
@@ -107,7 +107,7 @@ void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>& idx) {
 
 // im2col restricted to the kept input channels: row (j, dy, dx), column (oy, ox). `x` points at
 // one sample; strides (channel, row, column) cover NCHW and channels-last layouts.
-void gather_columns(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& in_idx,
+static void gather_columns(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& in_idx,
                     const ConvGeometry& g, float* cols) {
   const int64_t cols_per_row = g.ho * g.wo, s_c = strides[1], s_h = strides[2], s_w = strides[3];
   for (size_t j = 0; j < in_idx.size(); ++j) {
@@ -204,8 +204,6 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   }
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(pathrt, CPU, m) {
   m.impl("daq_threshold_pack", &daq_threshold_pack_cpu);

@@ -27,6 +27,17 @@ Ops:
       per-sample channel-sparse convolution (groups 1, dilation 1) with a fused epilogue:
       y = conv(x · in_mask, weight) + bias (+ residual), relu if asked, then removed output channels
       are 0. Kernels never read removed input channels nor compute removed output channels.
+  pathrt::rfe_tail(Tensor[] maps, Tensor cls, Tensor weight, Tensor bias, Tensor norm_weight,
+                   Tensor norm_bias, Tensor position, float eps) -> Tensor
+      the generator's RFE tail for all L layers: maps (N, d_r, H_l, W_l) → (N, L+1, d) = [CLS,
+      LayerNorm(mean_hw(map_l) W^T + b) + position_l].
+  pathrt::pdn_encoder_layer(Tensor x, Tensor[] params, int heads, float eps) -> Tensor
+      one pre-LN Transformer encoder layer (GELU MLP) on (N, T, d); params in the order of
+      `generator_ops.PDN_PARAMS`.
+  pathrt::rpd_decode(Tensor z, Tensor[] params, Tensor[] heads, float eps)
+      -> (Tensor logits, Tensor scores, Tensor masks, Tensor packed, Tensor counts)
+      the PDN's final LayerNorm, the RPD GRU recursion with its per-layer heads, and the DAQ threshold
+      (as daq_threshold_pack) over the concatenated head logits (N, ΣC_l). See `generator_ops`.
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+from pathrt.runtime import generator_ops as gen
 
 NAMESPACE = "pathrt"
 MASK_THRESHOLD = 0.5  # SPEC §3: kept iff sigmoid(logit) >= 0.5; the C++ kernels use the same constant
@@ -290,6 +303,13 @@ OPS: dict[str, OpDecl] = {
                "pathway_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_mask, "
                "Tensor? out_mask, int[2] stride, int[2] padding, bool relu) -> Tensor",
                pathway_conv2d_reference, _pathway_conv2d_fake),
+        OpDecl("rfe_tail", "rfe_tail(Tensor[] maps, Tensor cls, Tensor weight, Tensor bias, Tensor norm_weight, "
+               "Tensor norm_bias, Tensor position, float eps) -> Tensor", gen.rfe_tail_reference, gen.rfe_tail_fake),
+        OpDecl("pdn_encoder_layer", "pdn_encoder_layer(Tensor x, Tensor[] params, int heads, float eps) -> Tensor",
+               gen.pdn_encoder_layer_reference, gen.pdn_encoder_layer_fake),
+        OpDecl("rpd_decode", "rpd_decode(Tensor z, Tensor[] params, Tensor[] heads, float eps) -> (Tensor logits, "
+               "Tensor scores, Tensor masks, Tensor packed, Tensor counts)", gen.rpd_decode_reference,
+               gen.rpd_decode_fake),
     )
 }
 
@@ -378,3 +398,20 @@ def pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """Channel-sparse conv per sample: reads kept input channels, computes kept output channels only."""
     return torch.ops.pathrt.pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, list(stride),
                                            list(padding), relu)
+
+
+def rfe_tail(maps: list[torch.Tensor], cls: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+             norm_weight: torch.Tensor, norm_bias: torch.Tensor, position: torch.Tensor, eps: float) -> torch.Tensor:
+    """RFE tail of all layers: maps (N, d_r, H_l, W_l) → the PDN's input [CLS, tokens] (N, L+1, d)."""
+    return torch.ops.pathrt.rfe_tail(maps, cls, weight, bias, norm_weight, norm_bias, position, eps)
+
+
+def pdn_encoder_layer(x: torch.Tensor, params: list[torch.Tensor], heads: int, eps: float) -> torch.Tensor:
+    """One pre-LN Transformer encoder layer on (N, T, d); params in `generator_ops.PDN_PARAMS` order."""
+    return torch.ops.pathrt.pdn_encoder_layer(x, params, heads, eps)
+
+
+def rpd_decode(z: torch.Tensor, params: list[torch.Tensor], heads: list[torch.Tensor],
+               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Final LN + RPD recursion + DAQ threshold: (head logits, scores, masks, packed, kept counts)."""
+    return torch.ops.pathrt.rpd_decode(z, params, heads, eps)

@@ -10,7 +10,7 @@
 #if defined(__CUDACC__)
 #define PATHRT_HD __host__ __device__ __forceinline__
 #else
-#define PATHRT_HD inline
+#define PATHRT_HD inline __attribute__((always_inline))  // inlined into the (vectorized) loops
 #endif
 
 namespace pathrt {

@@ -1,0 +1,33 @@
+// The CPU kernels of the pathrt ops as C++ functions (schemas and semantics: pathrt/runtime/ops.py).
+// They are registered with the dispatcher for torch.ops.pathrt, and the ExplainSession calls them
+// directly, so a C++ program needs no Python op registration.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace pathrt {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cpu(const at::Tensor& logits);
+
+at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask);
+
+void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask);
+
+at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                              const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_mask,
+                              const c10::optional<at::Tensor>& out_mask, at::IntArrayRef stride,
+                              at::IntArrayRef padding, bool relu);
+
+at::Tensor rfe_tail_cpu(at::TensorList maps, const at::Tensor& cls, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& norm_weight, const at::Tensor& norm_bias, const at::Tensor& position,
+                        double eps);
+
+at::Tensor pdn_encoder_layer_cpu(const at::Tensor& x, at::TensorList params, int64_t heads, double eps);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpd_decode_cpu(const at::Tensor& z,
+                                                                                      at::TensorList params,
+                                                                                      at::TensorList heads, double eps);
+
+}  // namespace pathrt
