@@ -51,7 +51,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
-    sources = [str(CSRC / "bindings.cpp"), *sorted(str(p) for p in (CSRC / "cpu").glob("*.cpp"))]
+    sources = [str(CSRC / "bindings.cpp"), *sorted(str(p) for d in ("cpu", "runtime") for p in (CSRC / d).glob("*.cpp"))]
     common = dict(
         name="pathrt._C",
         include_dirs=[str(Path.cwd() / CSRC / "include")],  # ninja builds elsewhere

@@ -1,7 +1,12 @@
-// The pybind11 module pathrt._C: host helpers. Tensor ops are registered with the dispatcher
-// (TORCH_LIBRARY_IMPL in cpu/ and cuda/) and reached through torch.ops.pathrt, never from here.
+// The pybind11 module pathrt._C: host helpers and the ExplainSession class. Tensor ops are
+// registered with the dispatcher (TORCH_LIBRARY_IMPL in cpu/ and cuda/) and reached through
+// torch.ops.pathrt, never from here.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/extension.h>
 #include <torch/version.h>
+
+#include "pathrt/session.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -55,6 +60,25 @@ py::dict build_info() {
   return info;
 }
 
+py::dict explain(const pathrt::ExplainSession& session, const at::Tensor& images) {
+  pathrt::ExplainResult r;
+  {
+    py::gil_scoped_release release;  // other Python threads run (and may call this session) meanwhile
+    r = session.explain(images);
+  }
+  py::dict out;
+  out["logits"] = r.logits;
+  out["scores"] = r.scores;
+  out["masks"] = r.masks;
+  out["packed"] = r.packed;
+  out["counts"] = r.counts;
+  out["pathway_logits"] = r.pathway_logits;
+  out["classes"] = r.classes;
+  out["Y"] = r.y;
+  out["O"] = r.o;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -63,4 +87,25 @@ PYBIND11_MODULE(_C, m) {
         "How this extension was built: torch, compiler, OpenMP, CUDA kernels and archs, and the "
         "CPU features of this machine.");
   m.def("cpu_features", &cpu_features, "CPU features of this machine (run-time check).");
+
+  py::register_exception<pathrt::BundleError>(m, "BundleError", PyExc_ValueError);
+  py::register_exception<pathrt::InputTypeError>(m, "InputTypeError", PyExc_TypeError);
+  py::class_<pathrt::ExplainSession>(m, "ExplainSession",
+                                     "The whole explain path in native code from a bundle (`pathrt bundle`). "
+                                     "explain() releases the GIL; one session may serve several threads at once.")
+      .def(py::init<const std::string&, int>(), py::arg("bundle_path"), py::arg("num_threads") = 0,
+           py::call_guard<py::gil_scoped_release>(),
+           "Loads and checks a bundle; num_threads > 0 caps the threads each explain() call uses.")
+      .def("explain", &explain, py::arg("images"),
+           "float32 (N, C, H, W) CPU images (preprocessed) -> dict of logits, scores, masks, packed, counts, "
+           "pathway_logits, classes, Y, O.")
+      .def_property_readonly("arch", [](const pathrt::ExplainSession& s) { return s.info().arch; })
+      .def_property_readonly("classes", [](const pathrt::ExplainSession& s) { return s.info().classes; })
+      .def_property_readonly("input_shape", [](const pathrt::ExplainSession& s) { return s.info().input_shape; })
+      .def_property_readonly("channels", [](const pathrt::ExplainSession& s) { return s.info().channels; })
+      .def_property_readonly("mean", [](const pathrt::ExplainSession& s) { return s.info().mean; })
+      .def_property_readonly("std", [](const pathrt::ExplainSession& s) { return s.info().std; })
+      .def_property_readonly("target_fingerprint",
+                             [](const pathrt::ExplainSession& s) { return s.info().target_fingerprint; })
+      .def_property_readonly("num_threads", [](const pathrt::ExplainSession& s) { return s.info().num_threads; });
 }

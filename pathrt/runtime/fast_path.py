@@ -199,6 +199,11 @@ class PlanRunner:
             self.folded_pools[steps[k].module] = pool  # type: ignore[index]
             self.last_read[pool.inputs[0]] = k
 
+    def folded_linear_weight(self, module: str) -> torch.Tensor:
+        """The weight of a folded pool → flatten → linear chain for inputs of the spec's size."""
+        pool_input = self.shapes[self.folded_pools[module].inputs[0]]
+        return self._linear_weight(module, torch.empty(pool_input, device="meta"))
+
     def _linear_weight(self, module: str, x: torch.Tensor) -> torch.Tensor:
         """The linear weight, or for a folded pool → flatten → linear chain W·P for x's spatial size."""
         weight = self.weights[module][0]

@@ -1,0 +1,68 @@
+// pathrt::ExplainSession: the whole explain path (SPEC §8) in native code, from a bundle written by
+// `pathrt bundle`: plain pass with capture, generator (RFE convs, rfe_tail, PDN encoder layers,
+// rpd_decode with the DAQ threshold) and the channel-sparse pathway pass, with no Python between
+// layers. `explain` is const and keeps all per-call state on the stack, so one session may be
+// called from several threads at once.
+//
+//   pathrt::ExplainSession session("model.bundle", /*num_threads=*/0);
+//   pathrt::ExplainResult r = session.explain(images);  // float32 (N, C, H, W) on the CPU
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "pathrt/json.h"
+
+namespace pathrt {
+
+// Images of the wrong dtype (TypeError in Python); other bad inputs are std::invalid_argument (ValueError).
+class InputTypeError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+struct ExplainResult {
+  at::Tensor logits;          // float32 (N, classes): the plain pass
+  at::Tensor scores;          // float32 (N, ΣC_l): sigmoid of the RPD head logits
+  at::Tensor masks;           // bool (N, ΣC_l): scores >= 0.5
+  at::Tensor packed;          // uint8 (N, ceil(ΣC_l / 8)): masks bit-packed (pathrt::pack_masks layout)
+  at::Tensor counts;          // int64 (N,): kept neurons per image
+  at::Tensor pathway_logits;  // float32 (N, classes): the pathway pass H(x; m)
+  at::Tensor classes;         // int64 (N,): the predicted class argmax(logits)
+  at::Tensor y;               // float32 (N,): softmax(logits)[class]
+  at::Tensor o;               // float32 (N,): softmax(pathway_logits)[class]
+};
+
+struct SessionInfo {
+  std::string arch;
+  std::vector<std::string> classes;
+  std::vector<int64_t> input_shape;  // C, H, W
+  std::vector<int64_t> channels;     // C_l of every pathway layer
+  std::vector<double> mean, std;     // the target's input normalization
+  std::string target_fingerprint;
+  int num_threads = 0;               // 0: the process default
+};
+
+class ExplainSession {
+ public:
+  // Loads and validates the bundle (throws BundleError); num_threads > 0 caps the threads of each call.
+  explicit ExplainSession(const std::string& bundle_path, int num_threads = 0);
+  ~ExplainSession();
+  ExplainSession(const ExplainSession&) = delete;
+  ExplainSession& operator=(const ExplainSession&) = delete;
+
+  // Explains a float32 (N, C, H, W) CPU batch of preprocessed images (any memory layout).
+  ExplainResult explain(const at::Tensor& images) const;
+  const SessionInfo& info() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pathrt

@@ -1,0 +1,583 @@
+// ExplainSession (pathrt/session.h): bundle loading and the native explain path. The executor is
+// the C++ twin of pathrt/runtime/fast_path.py (PlanRunner) and generator_ops.FusedGenerator: the
+// same steps, the same conv strategies (per-sample sparse, union, dense) and the same kernels.
+#include "pathrt/session.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "pathrt/kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pathrt {
+
+namespace {
+
+constexpr int64_t kBundleVersion = 1;
+constexpr uint64_t kMaxHeaderBytes = 64ull << 20;   // the JSON header (safetensors allows 100 MB)
+constexpr uint64_t kMaxBundleBytes = 16ull << 30;   // refuse larger files before reading them
+constexpr int64_t kMaxDim = int64_t{1} << 31;
+constexpr int64_t kMaxValues = 100000;
+
+enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add };
+
+struct Step {
+  Op op = Op::Relu;
+  std::vector<int64_t> inputs;
+  int64_t output = 0;
+  at::Tensor weight, conv_weight, bias;  // conv_weight: channels-last copy for the dense convs
+  bool relu = false, residual = false, flatten_input = false, pathway_pass = false, ceil_mode = false;
+  int64_t pathway = -1, in_mask = -1, out_mask = -1, start_dim = 1;
+  std::vector<int64_t> kernel, stride, padding, output_size;
+};
+
+std::string read_bundle(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  if (!file) throw BundleError("cannot open bundle " + path + ": no such file or no permission");
+  const std::streamoff size = file.tellg();
+  if (size < 0 || static_cast<uint64_t>(size) > kMaxBundleBytes) {
+    throw BundleError("bundle " + path + " is larger than 16 GiB or unreadable");
+  }
+  std::string data(static_cast<size_t>(size), '\0');
+  file.seekg(0);
+  if (!file.read(data.data(), size)) throw BundleError("cannot read bundle " + path);
+  return data;
+}
+
+int64_t checked_numel(const std::vector<int64_t>& shape, int64_t limit, const std::string& name) {
+  int64_t n = 1;
+  for (const int64_t d : shape) {
+    if (d != 0 && n > limit / d) throw BundleError("tensor " + name + " is larger than its bundle");
+    n *= d;
+  }
+  return n;
+}
+
+// Reads the safetensors layout: 8-byte little-endian header length, JSON header, data. Every
+// tensor must be F32 and lie, with its declared size, inside the data section.
+std::map<std::string, at::Tensor> read_tensors(const std::string& data, const Json& header, uint64_t data_start) {
+  std::map<std::string, at::Tensor> tensors;
+  const uint64_t data_len = data.size() - data_start;
+  for (const auto& [name, entry] : header.items("the safetensors header")) {
+    if (name == "__metadata__") continue;
+    if (entry.at("dtype").as_string("dtype") != "F32") {
+      throw BundleError("tensor " + name + " has dtype " + entry.at("dtype").as_string("dtype") +
+                        "; bundles hold float32 (F32) tensors only");
+    }
+    const auto shape = entry.at("shape").int_list("shape", 0, 0, kMaxDim);
+    if (shape.size() > 8) throw BundleError("tensor " + name + " has more than 8 dimensions");
+    const auto offsets = entry.at("data_offsets").int_list("data_offsets", 2, 0, static_cast<int64_t>(data_len));
+    if (offsets[0] > offsets[1]) throw BundleError("tensor " + name + " has data_offsets out of order");
+    const int64_t numel = checked_numel(shape, static_cast<int64_t>(data_len / 4) + 1, name);
+    if (numel * 4 != offsets[1] - offsets[0]) {
+      throw BundleError("tensor " + name + ": its shape needs " + std::to_string(numel * 4) + " bytes but its data "
+                        "offsets span " + std::to_string(offsets[1] - offsets[0]));
+    }
+    auto t = at::empty(shape, at::kFloat);
+    if (numel > 0) std::memcpy(t.data_ptr<float>(), data.data() + data_start + offsets[0], numel * 4);
+    tensors.emplace(name, std::move(t));
+  }
+  return tensors;
+}
+
+// Caps the OpenMP threads of the calling thread for one call (OpenMP's thread count is per
+// calling thread, so concurrent callers do not interfere), and restores it after.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int threads) {
+    at::init_num_threads();
+#ifdef _OPENMP
+    previous_ = omp_get_max_threads();
+    if (threads > 0) omp_set_num_threads(threads);
+#endif
+  }
+  ~ThreadLimit() {
+#ifdef _OPENMP
+    omp_set_num_threads(previous_);
+#endif
+  }
+
+ private:
+  int previous_ = 0;
+};
+
+at::Tensor channel_mask(const at::Tensor& y, const at::Tensor& mask) {
+  return y * mask.to(y.scalar_type()).view({mask.size(0), mask.size(1), 1, 1});
+}
+
+// Per-layer statistics of one batch's masks, computed on first use (as fast_path._MaskStats).
+class MaskStats {
+ public:
+  explicit MaskStats(const std::vector<at::Tensor>& masks) : masks_(masks) {}
+
+  at::Tensor density(int64_t layer) {
+    if (layer < 0) return at::ones({1});
+    auto it = density_.find(layer);
+    if (it == density_.end()) it = density_.emplace(layer, masks_[layer].to(at::kFloat).mean(1)).first;
+    return it->second;
+  }
+
+  // Kept channels of the union over the batch; undefined when every channel is kept.
+  at::Tensor union_index(int64_t layer) {
+    if (layer < 0) return {};
+    auto it = union_.find(layer);
+    if (it == union_.end()) {
+      auto kept = masks_[layer].any(0).nonzero().squeeze(1);
+      if (kept.size(0) == masks_[layer].size(1)) kept = at::Tensor();
+      it = union_.emplace(layer, kept).first;
+    }
+    return it->second;
+  }
+
+  double union_fraction(int64_t layer) {
+    const auto kept = union_index(layer);
+    return kept.defined() ? static_cast<double>(kept.size(0)) / static_cast<double>(masks_[layer].size(1)) : 1.0;
+  }
+
+ private:
+  const std::vector<at::Tensor>& masks_;
+  std::map<int64_t, at::Tensor> density_;
+  std::map<int64_t, at::Tensor> union_;
+};
+
+bool ends_in_relu(const Step& s) { return s.op == Op::Relu || s.relu; }
+
+}  // namespace
+
+struct ExplainSession::Impl {
+  SessionInfo info;
+  std::vector<Step> steps;
+  int64_t output = 0, num_values = 0;
+  std::set<int64_t> chain, saved;
+  bool chain_relu = false;
+  double sparse_limit = 0.2, union_limit = 0.6;
+  std::vector<int64_t> plain_last_read, pathway_last_read;  // per value: the last step that reads it
+  // generator
+  std::vector<std::vector<int64_t>> pool_sizes;
+  std::vector<int64_t> repeats;
+  std::vector<std::pair<at::Tensor, at::Tensor>> stems;
+  at::Tensor shared_weight, shared_bias, cls;
+  std::vector<at::Tensor> tail, rpd, heads;
+  std::vector<std::vector<at::Tensor>> encoder;
+  int64_t attention_heads = 1;
+  double tail_eps = 1e-5, encoder_eps = 1e-5, rpd_eps = 1e-5;
+
+  at::Tensor dense(const Step& s, const std::vector<at::Tensor>& values) const {
+    const at::Tensor& x = values[s.inputs[0]];
+    switch (s.op) {
+      case Op::Conv: {
+        auto y = at::conv2d(x, s.conv_weight, s.bias, s.stride, s.padding);
+        if (s.residual) y.add_(values[s.inputs[1]]);
+        return s.relu ? y.relu_() : y;
+      }
+      case Op::Linear: {
+        auto y = at::linear(s.flatten_input ? x.flatten(1) : x, s.weight, s.bias);
+        return s.relu ? y.relu_() : y;
+      }
+      case Op::Relu: return at::relu(x);
+      case Op::MaxPool: return at::max_pool2d(x, s.kernel, s.stride, s.padding, {1, 1}, s.ceil_mode);
+      case Op::AvgPool: return at::avg_pool2d(x, s.kernel, s.stride, s.padding, s.ceil_mode, true);
+      case Op::AdaptiveAvgPool: return at::adaptive_avg_pool2d(x, s.output_size);
+      case Op::Flatten: return at::flatten(x, s.start_dim);
+      case Op::Add: return x + values[s.inputs[1]];
+    }
+    throw BundleError("unknown plan op");
+  }
+
+  at::Tensor mask(const Step& s, const at::Tensor& y, const at::Tensor& m, bool fresh) const {
+    if (!ends_in_relu(s)) return channel_mask(y, m);
+    if (fresh && y.is_contiguous(y.suggest_memory_format())) {
+      auto out = y;
+      masked_bias_relu_inplace_cpu(out, std::nullopt, m);
+      return out;
+    }
+    return masked_bias_relu_cpu(y, std::nullopt, m);
+  }
+
+  // Runs every step: logits, pathway-layer features and the values the pathway pass reuses.
+  at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep) const {
+    std::vector<at::Tensor> values(num_values);
+    values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const Step& s = steps[i];
+      values[s.output] = dense(s, values);
+      if (s.pathway >= 0) features[s.pathway] = values[s.output];
+      for (const int64_t v : s.inputs) {
+        if (plain_last_read[v] == static_cast<int64_t>(i) && !saved.count(v) && v != output) values[v].reset();
+      }
+    }
+    for (const int64_t v : saved) keep[v] = values[v];
+    return values[output];
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator(
+      const std::vector<at::Tensor>& features) const {
+    std::vector<at::Tensor> maps;
+    for (size_t l = 0; l < features.size(); ++l) {
+      at::Tensor x = features[l];
+      const int64_t h = x.size(2), w = x.size(3), ph = pool_sizes[l][0], pw = pool_sizes[l][1];
+      if (h != ph || w != pw) {
+        x = (h % ph == 0 && w % pw == 0) ? at::avg_pool2d(x, {h / ph, w / pw}) : at::adaptive_avg_pool2d(x, {ph, pw});
+      }
+      x = at::conv2d(x, stems[l].first, stems[l].second).relu_();
+      for (int64_t r = 0; r < repeats[l]; ++r) x = at::conv2d(x, shared_weight, shared_bias, {2, 2}, {1, 1}).relu_();
+      maps.push_back(x);
+    }
+    auto z = rfe_tail_cpu(maps, cls, tail[0], tail[1], tail[2], tail[3], tail[4], tail_eps);
+    for (const auto& params : encoder) z = pdn_encoder_layer_cpu(z, params, attention_heads, encoder_eps);
+    return rpd_decode_cpu(z, rpd, heads, rpd_eps);
+  }
+
+  std::string choose(const Step& s, MaskStats& stats) const {
+    if (s.in_mask < 0 && s.out_mask < 0) return "dense";
+    const double sparse = (stats.density(s.in_mask) * stats.density(s.out_mask)).mean().item<double>();
+    if (sparse <= sparse_limit) return "sparse";
+    return stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask) <= union_limit ? "union" : "dense";
+  }
+
+  at::Tensor union_conv(const Step& s, at::Tensor x, at::Tensor residual, const std::vector<at::Tensor>& masks,
+                        MaskStats& stats) const {
+    const auto keep_in = stats.union_index(s.in_mask), keep_out = stats.union_index(s.out_mask);
+    at::Tensor weight = s.weight, bias = s.bias;
+    if (keep_in.defined()) {
+      x = x.index_select(1, keep_in);
+      weight = weight.index_select(1, keep_in);
+    }
+    if (keep_out.defined()) {
+      weight = weight.index_select(0, keep_out);
+      if (bias.defined()) bias = bias.index_select(0, keep_out);
+      if (residual.defined()) residual = residual.index_select(1, keep_out);
+    }
+    auto y = at::conv2d(x, weight.contiguous(at::MemoryFormat::ChannelsLast), {}, s.stride, s.padding);
+    if (residual.defined()) y.add_(residual);
+    if (s.pathway >= 0 && s.relu) {
+      const auto m = keep_out.defined() ? masks[s.pathway].index_select(1, keep_out) : masks[s.pathway];
+      if (y.is_contiguous(y.suggest_memory_format())) {
+        masked_bias_relu_inplace_cpu(y, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, m);
+      } else {
+        y = masked_bias_relu_cpu(y, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, m);
+      }
+    } else {
+      if (bias.defined()) y.add_(bias.view({-1, 1, 1}));
+      if (s.relu) y.relu_();
+      if (s.pathway >= 0) {
+        y = channel_mask(y, keep_out.defined() ? masks[s.pathway].index_select(1, keep_out) : masks[s.pathway]);
+      }
+    }
+    if (!keep_out.defined()) return y;
+    auto out = at::zeros({y.size(0), s.weight.size(0), y.size(2), y.size(3)},
+                         y.options().memory_format(at::MemoryFormat::ChannelsLast));
+    return out.index_copy_(1, keep_out, y);
+  }
+
+  at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks) const {
+    std::set<int64_t> dirty;
+    for (const int64_t v : chain) {
+      if (values[v].defined()) dirty.insert(v);
+    }
+    const auto clean = [&](int64_t v) {
+      if (dirty.erase(v)) {
+        values[v] = chain_relu ? masked_bias_relu_cpu(values[v], std::nullopt, masks[0]) : channel_mask(values[v], masks[0]);
+      }
+    };
+    MaskStats stats(masks);
+    clean(output);  // a model that ends inside its first pathway layer's chain
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const Step& s = steps[i];
+      if (!s.pathway_pass) continue;
+      at::Tensor y;
+      if (s.op == Op::Conv) {
+        const auto strategy = choose(s, stats);
+        const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
+        const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
+        if (strategy != "sparse" || !in_mask.defined()) clean(s.inputs[0]);
+        if (s.residual) clean(s.inputs[1]);
+        const at::Tensor residual = s.residual ? values[s.inputs[1]] : at::Tensor();
+        const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
+        if (strategy == "sparse") {
+          y = pathway_conv2d_cpu(values[s.inputs[0]], s.weight, opt(s.bias), opt(residual), opt(in_mask),
+                                 opt(out_mask), s.stride, s.padding, s.relu);
+        } else if (strategy == "union") {
+          y = union_conv(s, values[s.inputs[0]], residual, masks, stats);
+        } else if (s.pathway >= 0 && s.relu) {
+          y = at::conv2d(values[s.inputs[0]], s.conv_weight, {}, s.stride, s.padding);
+          if (residual.defined()) y.add_(residual);
+          masked_bias_relu_inplace_cpu(y, opt(s.bias), masks[s.pathway]);
+        } else {
+          y = dense(s, values);
+          if (s.pathway >= 0) y = mask(s, y, masks[s.pathway], true);
+        }
+      } else {
+        for (const int64_t v : s.inputs) clean(v);
+        y = dense(s, values);
+        if (s.pathway >= 0) y = mask(s, y, masks[s.pathway], s.op != Op::Flatten);
+      }
+      values[s.output] = y;
+      for (const int64_t v : s.inputs) {
+        if (pathway_last_read[v] == static_cast<int64_t>(i) && v != output) values[v].reset();
+      }
+    }
+    return values[output];
+  }
+
+  ExplainResult run(const at::Tensor& images) const {
+    std::vector<at::Tensor> features(info.channels.size()), values(num_values);
+    ExplainResult r;
+    r.logits = plain(images, features, values);
+    at::Tensor head;
+    std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features);
+    std::vector<at::Tensor> masks;
+    int64_t offset = 0;
+    for (const int64_t c : info.channels) {
+      masks.push_back(r.masks.narrow(1, offset, c).contiguous());
+      offset += c;
+    }
+    r.pathway_logits = pathway(values, masks).contiguous();
+    r.logits = r.logits.contiguous();
+    r.classes = r.logits.argmax(1);
+    const auto index = r.classes.unsqueeze(1);
+    r.y = at::softmax(r.logits, 1).gather(1, index).squeeze(1);
+    r.o = at::softmax(r.pathway_logits, 1).gather(1, index).squeeze(1);
+    return r;
+  }
+};
+
+namespace {
+
+const at::Tensor& tensor(const std::map<std::string, at::Tensor>& tensors, const std::string& name) {
+  const auto it = tensors.find(name);
+  if (it == tensors.end()) throw BundleError("the bundle lacks tensor " + name);
+  return it->second;
+}
+
+Op parse_op(const std::string& op) {
+  static const std::map<std::string, Op> ops = {
+      {"conv2d", Op::Conv}, {"linear", Op::Linear}, {"relu", Op::Relu}, {"max_pool2d", Op::MaxPool},
+      {"avg_pool2d", Op::AvgPool}, {"adaptive_avg_pool2d", Op::AdaptiveAvgPool}, {"flatten", Op::Flatten},
+      {"add", Op::Add}};
+  const auto it = ops.find(op);
+  if (it == ops.end()) throw BundleError("bundle plan: unknown op '" + op + "' (written by a newer pathrt?)");
+  return it->second;
+}
+
+int64_t optional_layer(const Json& entry, const char* key, int64_t layers) {
+  const Json* v = entry.find(key);
+  return (v == nullptr || v->is_null()) ? -1 : v->as_int(key, 0, layers - 1);
+}
+
+void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std::string, at::Tensor>& tensors) {
+  const int64_t layers = static_cast<int64_t>(impl.info.channels.size());
+  std::set<int64_t> defined = {0};
+  for (const auto& entry : plan.at("steps").as_array("steps")) {
+    Step s;
+    s.op = parse_op(entry.at("op").as_string("op"));
+    s.inputs = entry.at("inputs").int_list("inputs", 0, 0, kMaxValues - 1);
+    s.output = entry.at("output").as_int("output", 1, kMaxValues - 1);
+    const size_t arity = (s.op == Op::Add || (s.op == Op::Conv && entry.at("residual").as_bool("residual"))) ? 2 : 1;
+    if (s.inputs.size() != arity) throw BundleError("bundle plan: a step has the wrong number of inputs");
+    for (const int64_t v : s.inputs) {
+      if (!defined.count(v)) throw BundleError("bundle plan: a step reads value " + std::to_string(v) + " before it is made");
+    }
+    if (!defined.insert(s.output).second) throw BundleError("bundle plan: value " + std::to_string(s.output) + " is made twice");
+    s.pathway = optional_layer(entry, "pathway", layers);
+    s.in_mask = optional_layer(entry, "in_mask", layers);
+    s.out_mask = optional_layer(entry, "out_mask", layers);
+    s.pathway_pass = entry.at("pathway_pass").as_bool("pathway_pass");
+    if (s.op == Op::Conv || s.op == Op::Linear) {
+      s.weight = tensor(tensors, entry.at("weight").as_string("weight"));
+      if (const Json* b = entry.find("bias")) s.bias = tensor(tensors, b->as_string("bias"));
+      s.relu = entry.at("relu").as_bool("relu");
+      if (s.weight.dim() != (s.op == Op::Conv ? 4 : 2)) throw BundleError("bundle plan: a weight has the wrong rank");
+      if (s.bias.defined() && (s.bias.dim() != 1 || s.bias.size(0) != s.weight.size(0))) {
+        throw BundleError("bundle plan: a bias does not match its weight");
+      }
+    }
+    if (s.op == Op::Conv) {
+      s.residual = entry.at("residual").as_bool("residual");
+      s.stride = entry.at("stride").int_list("stride", 2, 1, 1 << 16);
+      s.padding = entry.at("padding").int_list("padding", 2, 0, 1 << 16);
+      s.conv_weight = s.weight.contiguous(at::MemoryFormat::ChannelsLast);
+    } else if (s.op == Op::Linear) {
+      if (const Json* f = entry.find("flatten_input")) s.flatten_input = f->as_bool("flatten_input");
+    } else if (s.op == Op::MaxPool || s.op == Op::AvgPool) {
+      s.kernel = entry.at("kernel_size").int_list("kernel_size", 2, 1, 1 << 16);
+      s.stride = entry.at("stride").int_list("stride", 2, 1, 1 << 16);
+      s.padding = entry.at("padding").int_list("padding", 2, 0, 1 << 16);
+      s.ceil_mode = entry.at("ceil_mode").as_bool("ceil_mode");
+    } else if (s.op == Op::AdaptiveAvgPool) {
+      s.output_size = entry.at("output_size").int_list("output_size", 2, 1, 1 << 16);
+    } else if (s.op == Op::Flatten) {
+      s.start_dim = entry.at("start_dim").as_int("start_dim", 1, 3);
+    }
+    impl.num_values = std::max(impl.num_values, s.output + 1);
+    impl.steps.push_back(std::move(s));
+  }
+  if (impl.steps.empty()) throw BundleError("bundle plan: no steps");
+  impl.output = plan.at("output").as_int("output", 0, kMaxValues - 1);
+  if (!defined.count(impl.output)) throw BundleError("bundle plan: the output value is never made");
+  for (const int64_t v : plan.at("chain").int_list("chain", 0, 0, kMaxValues - 1)) impl.chain.insert(v);
+  for (const int64_t v : plan.at("saved").int_list("saved", 0, 0, kMaxValues - 1)) {
+    if (!defined.count(v)) throw BundleError("bundle plan: a saved value is never made");
+    impl.saved.insert(v);
+  }
+  impl.chain_relu = plan.at("chain_relu").as_bool("chain_relu");
+  std::vector<bool> seen(layers, false);
+  for (const auto& s : impl.steps) {
+    if (s.pathway >= 0) seen[s.pathway] = true;
+  }
+  if (std::find(seen.begin(), seen.end(), false) != seen.end()) {
+    throw BundleError("bundle plan: a pathway layer has no step");
+  }
+  impl.plain_last_read.assign(impl.num_values, -1);
+  impl.pathway_last_read.assign(impl.num_values, -1);
+  for (size_t i = 0; i < impl.steps.size(); ++i) {
+    for (const int64_t v : impl.steps[i].inputs) {
+      impl.plain_last_read[v] = static_cast<int64_t>(i);
+      if (impl.steps[i].pathway_pass) impl.pathway_last_read[v] = static_cast<int64_t>(i);
+    }
+  }
+}
+
+void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<std::string, at::Tensor>& tensors) {
+  const int64_t layers = static_cast<int64_t>(impl.info.channels.size());
+  if (gen.at("layers").as_int("generator layers", 1, 1024) != layers) {
+    throw BundleError("bundle: the generator's layer count differs from the pathway spec's");
+  }
+  for (const auto& size : gen.at("pool_sizes").as_array("pool_sizes")) {
+    impl.pool_sizes.push_back(size.int_list("pool_sizes", 2, 1, 1 << 16));
+  }
+  impl.repeats = gen.at("repeats").int_list("repeats", layers, 0, 64);
+  if (static_cast<int64_t>(impl.pool_sizes.size()) != layers) throw BundleError("bundle: pool_sizes per layer");
+  for (int64_t l = 0; l < layers; ++l) {
+    impl.stems.emplace_back(tensor(tensors, "gen.stem." + std::to_string(l) + ".weight"),
+                            tensor(tensors, "gen.stem." + std::to_string(l) + ".bias"));
+  }
+  impl.shared_weight = tensor(tensors, "gen.shared.weight");
+  impl.shared_bias = tensor(tensors, "gen.shared.bias");
+  impl.cls = tensor(tensors, "gen.cls");
+  for (const char* name : {"weight", "bias", "norm_weight", "norm_bias", "position"}) {
+    impl.tail.push_back(tensor(tensors, std::string("gen.tail.") + name));
+  }
+  static const char* pdn[] = {"norm1.weight", "norm1.bias", "self_attn.in_proj_weight", "self_attn.in_proj_bias",
+                              "self_attn.out_proj.weight", "self_attn.out_proj.bias", "norm2.weight", "norm2.bias",
+                              "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"};
+  const int64_t depth = gen.at("depth").as_int("depth", 0, 64);
+  for (int64_t i = 0; i < depth; ++i) {
+    std::vector<at::Tensor> params;
+    for (const char* name : pdn) params.push_back(tensor(tensors, "gen.encoder." + std::to_string(i) + "." + name));
+    impl.encoder.push_back(std::move(params));
+  }
+  for (const char* name : {"norm.weight", "norm.bias", "weight_ih", "weight_hh", "bias_ih", "bias_hh"}) {
+    impl.rpd.push_back(tensor(tensors, std::string("gen.rpd.") + name));
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    for (const char* name : {"0.weight", "0.bias", "2.weight", "2.bias"}) {
+      impl.heads.push_back(tensor(tensors, "gen.head." + std::to_string(l) + "." + name));
+    }
+  }
+  impl.attention_heads = gen.at("heads").as_int("heads", 1, 4096);
+  impl.tail_eps = gen.at("tail_eps").as_number("tail_eps");
+  impl.encoder_eps = gen.at("encoder_eps").as_number("encoder_eps");
+  impl.rpd_eps = gen.at("rpd_eps").as_number("rpd_eps");
+}
+
+void load_info(SessionInfo& info, const Json& meta) {
+  info.arch = meta.at("arch").as_string("arch");
+  for (const auto& c : meta.at("classes").as_array("classes")) info.classes.push_back(c.as_string("classes"));
+  info.input_shape = meta.at("input_shape").int_list("input_shape", 3, 1, 1 << 16);
+  for (const auto& layer : meta.at("pathway_spec").at("layers").as_array("pathway_spec.layers")) {
+    const auto& fields = layer.as_array("a pathway_spec layer ([name, channels, height, width])");
+    if (fields.size() != 4) throw BundleError("bundle: a pathway_spec layer must be [name, channels, height, width]");
+    info.channels.push_back(fields[1].as_int("layer channels", 1, 1 << 20));
+  }
+  if (info.channels.empty()) throw BundleError("bundle: the pathway spec has no layers");
+  for (const auto& v : meta.at("mean").as_array("mean")) info.mean.push_back(v.as_number("mean"));
+  for (const auto& v : meta.at("std").as_array("std")) info.std.push_back(v.as_number("std"));
+  info.target_fingerprint = meta.at("target_fingerprint").as_string("target_fingerprint");
+  if (meta.at("threshold").as_number("threshold") != 0.5) throw BundleError("bundle: the session thresholds at 0.5");
+}
+
+}  // namespace
+
+ExplainSession::ExplainSession(const std::string& bundle_path, int num_threads) : impl_(std::make_unique<Impl>()) {
+  if (num_threads < 0) throw std::invalid_argument("num_threads must be >= 0 (0: the process default)");
+  const std::string data = read_bundle(bundle_path);
+  if (data.size() < 8) throw BundleError(bundle_path + " is too short to be a bundle (" + std::to_string(data.size()) + " bytes)");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(data[i]);
+  if (header_len > kMaxHeaderBytes || header_len > data.size() - 8) {
+    throw BundleError(bundle_path + " is not a bundle: its header length " + std::to_string(header_len) +
+                      " exceeds the file or 64 MiB");
+  }
+  try {
+    const Json header = Json::parse(std::string_view(data).substr(8, header_len));
+    const Json* metadata = header.find("__metadata__");
+    const Json* text = metadata != nullptr ? metadata->find("pathrt") : nullptr;
+    if (text == nullptr) throw BundleError("it is a safetensors file without a pathrt plan; write bundles with `pathrt bundle`");
+    const Json meta = Json::parse(text->as_string("__metadata__.pathrt"));
+    if (meta.at("format").as_string("format") != "pathrt.bundle") throw BundleError("its format is not pathrt.bundle");
+    const int64_t version = meta.at("format_version").as_int("format_version", 0, 1 << 20);
+    if (version != kBundleVersion) {
+      throw BundleError("it has bundle format_version " + std::to_string(version) + "; this pathrt reads version " +
+                        std::to_string(kBundleVersion) + ": write it again with `pathrt bundle`");
+    }
+    impl_->info.num_threads = num_threads;
+    load_info(impl_->info, meta);
+    impl_->sparse_limit = meta.at("sparse_limit").as_number("sparse_limit");
+    impl_->union_limit = meta.at("union_limit").as_number("union_limit");
+    const auto tensors = read_tensors(data, header, 8 + header_len);
+    load_plan(*impl_, meta.at("plan"), tensors);
+    load_generator(*impl_, meta.at("generator"), tensors);
+  } catch (const BundleError& e) {
+    throw BundleError("cannot load bundle " + bundle_path + ": " + e.what());
+  }
+  // A dry run on one zero image checks every weight shape against the plan before the first call.
+  try {
+    const auto& shape = impl_->info.input_shape;
+    impl_->run(at::zeros({1, shape[0], shape[1], shape[2]}));
+  } catch (const c10::Error& e) {
+    throw BundleError("bundle " + bundle_path + " is inconsistent: its tensors do not fit its plan (" +
+                      e.what_without_backtrace() + ")");
+  }
+}
+
+ExplainSession::~ExplainSession() = default;
+
+const SessionInfo& ExplainSession::info() const { return impl_->info; }
+
+ExplainResult ExplainSession::explain(const at::Tensor& images) const {
+  const auto& shape = impl_->info.input_shape;
+  if (!images.defined()) throw std::invalid_argument("images is an undefined tensor");
+  if (images.scalar_type() != at::kFloat) {
+    throw InputTypeError(std::string("images must be float32, got ") + c10::toString(images.scalar_type()) +
+                         "; convert with images.float()");
+  }
+  if (images.device().type() != at::kCPU) {
+    throw std::invalid_argument("images are on " + images.device().str() + "; this session runs on the CPU: "
+                                "move them with images.cpu()");
+  }
+  if (images.dim() != 4 || images.size(1) != shape[0] || images.size(2) != shape[1] || images.size(3) != shape[2]) {
+    std::string got;
+    for (int64_t i = 0; i < images.dim(); ++i) got += (i ? ", " : "") + std::to_string(images.size(i));
+    throw std::invalid_argument("images must have shape (N, " + std::to_string(shape[0]) + ", " +
+                                std::to_string(shape[1]) + ", " + std::to_string(shape[2]) + ") for this bundle, "
+                                "got (" + got + ")");
+  }
+  if (images.size(0) == 0) throw std::invalid_argument("images is an empty batch (N = 0)");
+  ThreadLimit limit(impl_->info.num_threads);
+  at::AutoGradMode no_grad(false);
+  return impl_->run(images);
+}
+
+}  // namespace pathrt
