@@ -96,6 +96,14 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<const std::string&, int>(), py::arg("bundle_path"), py::arg("num_threads") = 0,
            py::call_guard<py::gil_scoped_release>(),
            "Loads and checks a bundle; num_threads > 0 caps the threads each explain() call uses.")
+      .def_static("from_bytes",
+                  [](const py::bytes& data, const std::string& name, int num_threads) {
+                    pathrt::ExplainSession::Buffer buffer{std::string(data), name};
+                    py::gil_scoped_release release;
+                    return std::make_unique<pathrt::ExplainSession>(std::move(buffer), num_threads);
+                  },
+                  py::arg("data"), py::arg("name") = "<bytes>", py::arg("num_threads") = 0,
+                  "A session from a bundle's bytes (pathrt.runtime.bundle.bundle_bytes), without a file.")
       .def("explain", &explain, py::arg("images"),
            "float32 (N, C, H, W) CPU images (preprocessed) -> dict of logits, scores, masks, packed, counts, "
            "pathway_logits, classes, Y, O.")

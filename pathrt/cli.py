@@ -1,4 +1,4 @@
-"""The `pathrt` command line: info, train-target, train, explain, export, evaluate, bench, demo.
+"""The `pathrt` command line: info, train-target, train, explain, export, bundle, evaluate, bench, demo.
 
 Errors pathrt raises on purpose print one line on stderr and exit with code 2 (`--debug` shows
 the traceback instead).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,6 +98,23 @@ def _cmd_export(args: argparse.Namespace) -> None:
                  if r.verified_batches else "not verified (--no-verify)")
         print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB, opset {r.opset}) in {r.export_seconds:.1f} s; {check}")
     (out / "export.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2), encoding="utf-8")
+
+
+def _cmd_bundle(args: argparse.Namespace) -> None:
+    from pathrt.generator import load_generator
+    from pathrt.runtime.bundle import verify_bundle, write_bundle
+    from pathrt.targets import load_target
+
+    target = load_target(args.target)
+    generator, _ = load_generator(args.generator, target_fingerprint=target.fingerprint, spec=target.spec)
+    start = time.perf_counter()
+    path = write_bundle(target, generator, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
+    if not args.no_verify:
+        report = verify_bundle(path, target, generator)
+        print(f"verified: the C++ session matches eager on {report['images']} images (max relative error "
+              f"logits {report['logits']:.1e}, pathway logits {report['pathway_logits']:.1e}; "
+              f"{report['mask_mismatches']} masks differ, all within 1e-4 of the threshold)")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -220,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "images and outputs; verified to 2e-2)")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against eager")
     export.set_defaults(run=_cmd_export)
+
+    bundle = sub.add_parser("bundle", help="write the deployment bundle the C++ ExplainSession runs (verified)")
+    artifact_args(bundle)
+    bundle.add_argument("--out", default="runs/bundle/model.bundle", help="bundle file (default "
+                        "runs/bundle/model.bundle)")
+    bundle.add_argument("--no-verify", action="store_true", help="skip the session-vs-eager check")
+    bundle.set_defaults(run=_cmd_bundle)
 
     evaluate = sub.add_parser("evaluate", help="SPEC §7 table: GEN-CNP against random, critical pathways, DGR")
     data_args(evaluate)

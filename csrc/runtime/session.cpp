@@ -510,9 +510,13 @@ void load_info(SessionInfo& info, const Json& meta) {
 
 }  // namespace
 
-ExplainSession::ExplainSession(const std::string& bundle_path, int num_threads) : impl_(std::make_unique<Impl>()) {
+ExplainSession::ExplainSession(const std::string& bundle_path, int num_threads)
+    : ExplainSession(Buffer{read_bundle(bundle_path), bundle_path}, num_threads) {}
+
+ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make_unique<Impl>()) {
   if (num_threads < 0) throw std::invalid_argument("num_threads must be >= 0 (0: the process default)");
-  const std::string data = read_bundle(bundle_path);
+  const std::string& data = bundle.data;
+  const std::string& bundle_path = bundle.name;
   if (data.size() < 8) throw BundleError(bundle_path + " is too short to be a bundle (" + std::to_string(data.size()) + " bytes)");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(data[i]);

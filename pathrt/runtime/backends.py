@@ -2,8 +2,8 @@
 
 Each fast backend lists the reason it cannot run (the xformers habit): the extension or Triton
 missing, no kernels for the device, a model the plan cannot lower, a generator threshold other
-than the fused op's 0.5. `auto` takes the first usable one of native (C++/CUDA), then triton on a
-GPU, and falls back to eager, recording why.
+than the fused op's 0.5. `auto` takes the first usable one of session (the whole path in C++, on
+CPU), native (C++/CUDA), then triton on a GPU, and falls back to eager, recording why.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathrt.targets import Target
 from pathrt.targets.plan import PlanError
 from pathrt.targets.spec import PathwaySpec
 
-BACKENDS = ("eager", "native", "triton", "onnx", "auto")
+BACKENDS = ("eager", "native", "triton", "onnx", "session", "auto")
 FUSED_OPS = ("daq_threshold_pack", "masked_bias_relu", "masked_bias_relu_", "pathway_conv2d")
 # Per-sample sparse convs on a GPU (one thread per output value, against cuDNN) are not measured yet
 # (no GPU was lent); until they are, use them only at very high sparsity there.
@@ -69,10 +69,49 @@ def onnx_unavailable() -> str | None:
     return f"{', '.join(missing)} not installed (pip install pathrt[onnx])" if missing else None
 
 
+def session_unavailable(device: torch.device) -> str | None:
+    """Why the session backend (pathrt._C.ExplainSession) cannot run on `device`, or None if it can."""
+    if ops.EXTENSION is None:
+        return f"the extension pathrt._C is not loaded ({ops.EXTENSION_ERROR})"
+    if not hasattr(ops.EXTENSION, "ExplainSession"):
+        return "pathrt._C was built without ExplainSession (rebuild with `make build`)"
+    if device.type != "cpu":
+        return f"the session runs on the CPU (the model is on {device.type}); use backend='native' there"
+    return None
+
+
 def device_backends(device: torch.device) -> dict[str, str | None]:
     """For `pathrt info`: each backend and why it cannot run on `device` (None: it can, model permitting)."""
     return {"eager": None, "native": native_unavailable(device), "triton": triton_unavailable(device),
-            "onnx": onnx_unavailable() if device.type == "cpu" else "ONNX Runtime sessions take CPU tensors here"}
+            "onnx": onnx_unavailable() if device.type == "cpu" else "ONNX Runtime sessions take CPU tensors here",
+            "session": session_unavailable(device)}
+
+
+def open_session(target: Target, generator: PathwayGenerator, bundle_file: str | os.PathLike[str] | None,
+                 num_threads: int = 0) -> tuple:
+    """The session backend: (ExplainSession, reason). Bundles the target and generator in memory unless
+    `bundle_file` is given, which must belong to this target and generator. Raises BundleError for a
+    model the session cannot run and InputError where the session is unavailable."""
+    from pathrt.artifacts import tensor_fingerprint
+    from pathrt.runtime.bundle import bundle_bytes, read_bundle_meta
+
+    param = next(iter(target.model.parameters()), None)
+    unavailable = session_unavailable(param.device if param is not None else torch.device("cpu"))
+    if unavailable:
+        raise InputError(f"backend 'session' cannot run here: {unavailable}")
+    session_class = ops.EXTENSION.ExplainSession  # type: ignore[union-attr]
+    if bundle_file is None:
+        session = session_class.from_bytes(bundle_bytes(target, generator), "<in-memory bundle>", num_threads)
+        source = "bundled in memory"
+    else:
+        meta = read_bundle_meta(bundle_file)
+        if meta.get("target_fingerprint") != target.fingerprint:
+            raise IncompatibleArtifactError(f"{bundle_file} was bundled for another target; bundle this one")
+        if meta.get("generator_fingerprint") != tensor_fingerprint(generator.state_dict()):
+            raise IncompatibleArtifactError(f"{bundle_file} was bundled with another generator; bundle again")
+        session = session_class(str(bundle_file), num_threads)
+        source = f"from {bundle_file}"
+    return session, f"C++ ExplainSession on cpu, bundle {source}"
 
 
 def onnx_session(target: Target, generator: PathwayGenerator, onnx_file: str | os.PathLike[str] | None) -> tuple:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from pathrt.artifacts import atomic_write, tensor_fingerprint
 from pathrt.errors import ArtifactError
@@ -107,8 +107,8 @@ def _generator_json(fused: FusedGenerator, tensors: dict[str, torch.Tensor]) -> 
             "tail_eps": fused.eps, "encoder_eps": fused.encoder_eps, "rpd_eps": fused.rpd_eps}
 
 
-def write_bundle(target: Target, generator: PathwayGenerator, path: str | os.PathLike[str]) -> Path:
-    """Writes the bundle of `target` + `generator` to `path` (atomically); returns the path."""
+def _bundle(target: Target, generator: PathwayGenerator) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The bundle's tensors and safetensors metadata."""
     if generator.spec != target.spec:
         raise BundleError("the generator was built for another pathway spec than the target's")
     if generator.config.threshold != 0.5:
@@ -132,8 +132,20 @@ def write_bundle(target: Target, generator: PathwayGenerator, path: str | os.Pat
         "target_fingerprint": target.fingerprint, "generator_fingerprint": tensor_fingerprint(generator.state_dict()),
         "tensors_fingerprint": tensor_fingerprint(tensors), "plan": plan, "generator": gen,
     }
+    return tensors, {METADATA_KEY: json.dumps(meta)}
+
+
+def bundle_bytes(target: Target, generator: PathwayGenerator) -> bytes:
+    """The bundle of `target` + `generator` in memory (what `pathrt._C.ExplainSession.from_bytes` takes)."""
+    tensors, metadata = _bundle(target, generator)
+    return save(tensors, metadata=metadata)
+
+
+def write_bundle(target: Target, generator: PathwayGenerator, path: str | os.PathLike[str]) -> Path:
+    """Writes the bundle of `target` + `generator` to `path` (atomically); returns the path."""
+    tensors, metadata = _bundle(target, generator)
     out = Path(path)
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return out
 
 
@@ -154,3 +166,25 @@ def read_bundle_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise BundleError(f"{p} has bundle format_version {meta.get('format_version')!r}; this pathrt reads "
                           f"{BUNDLE_VERSION}: write the bundle again with `pathrt bundle`")
     return meta
+
+
+def verify_bundle(path: str | os.PathLike[str], target: Target, generator: PathwayGenerator,
+                  images: int = 8) -> dict[str, Any]:
+    """Runs the bundle in a C++ session and the eager reference on seeded random images; raises
+    BundleError unless they agree as SPEC §8 asks. Returns the largest errors seen."""
+    from pathrt.runtime.backends import open_session
+    from pathrt.runtime.explainer import Explainer
+
+    session, _ = open_session(target, generator, path)
+    x = torch.randn(images, *target.spec.input_shape, generator=torch.Generator().manual_seed(0))
+    got = session.explain(x)
+    want = Explainer(target, generator, backend="eager").explain(x)
+    near = (want.scores - 0.5).abs() <= 1e-4
+    mismatched = got["masks"] != want.masks
+    report: dict[str, Any] = {"images": images, "mask_mismatches": int(mismatched.sum())}
+    for name in ("logits", "pathway_logits"):
+        ref = getattr(want, name)
+        report[name] = float((got[name] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    if (mismatched & ~near).any() or max(report["logits"], report["pathway_logits"]) > 1e-4:
+        raise BundleError(f"the bundle {path} does not reproduce the eager explainer ({report}); please report this")
+    return report

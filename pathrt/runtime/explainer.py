@@ -18,7 +18,8 @@ import torch
 
 from pathrt.errors import IncompatibleArtifactError, InputError
 from pathrt.generator import PathwayGenerator, load_generator
-from pathrt.runtime.backends import BackendChoice, choose_backend, onnx_session
+from pathrt.runtime.backends import BackendChoice, choose_backend, onnx_session, open_session
+from pathrt.runtime.bundle import BundleError
 from pathrt.runtime.explanation import Explanation
 from pathrt.runtime.fast_path import folded_generator
 from pathrt.runtime.ops import pack_masks
@@ -31,15 +32,18 @@ ClassSpec = int | Sequence[int] | torch.Tensor | None
 class Explainer:
     """Explains a target's predictions with the pathways its generator produces.
 
-    backend: "auto" (default: native where the extension and the model's plan allow, else eager;
-    the choice and its reason are in `backend` / `backend_reason`), "eager" (the hook-based
-    reference), "native" (C++/CUDA kernels), "triton" (GPU) or "onnx" (ONNX Runtime: the explainer
-    exported in memory, or `onnx_file` from `pathrt export`). Pathway gradients always run eager,
-    and so do `explain_with_masks` calls on the onnx backend (its graph computes its own masks).
+    backend: "auto" (default: session on CPU, else native where the extension and the model's plan
+    allow, else eager; the choice and its reason are in `backend` / `backend_reason`), "eager" (the
+    hook-based reference), "native" (C++/CUDA kernels), "triton" (GPU), "onnx" (ONNX Runtime: the
+    explainer exported in memory, or `onnx_file` from `pathrt export`) or "session" (the whole path
+    in C++ through `pathrt._C.ExplainSession`: the model bundled in memory, or `bundle_file` from
+    `pathrt bundle`). Pathway gradients always run eager; `explain_with_masks` runs on the native
+    plan where it can (the onnx graph and the session compute their own masks), else eager.
     """
 
     def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "auto",
-                 max_batch_size: int = 256, onnx_file: str | os.PathLike[str] | None = None) -> None:
+                 max_batch_size: int = 256, onnx_file: str | os.PathLike[str] | None = None,
+                 bundle_file: str | os.PathLike[str] | None = None) -> None:
         if generator.spec != target.spec:
             raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
         if max_batch_size < 1:
@@ -49,17 +53,42 @@ class Explainer:
         self.generator = generator.eval()
         self.max_batch_size = max_batch_size
         self.model = canonized_copy(target.model)  # the user's model stays untouched
-        self._onnx = None
+        self._onnx = self._session = None
+        if onnx_file is not None and backend != "onnx":
+            raise InputError("onnx_file is only used by backend='onnx'")
+        if bundle_file is not None and backend != "session":
+            raise InputError("bundle_file is only used by backend='session'")
         if backend == "onnx":
             self._onnx, reason = onnx_session(target, generator, onnx_file)
             choice = BackendChoice("onnx", f"requested; {reason}", None)
-        elif onnx_file is not None:
-            raise InputError("onnx_file is only used by backend='onnx'")
         else:
-            choice = choose_backend(backend, self.model, self.spec, generator.config.threshold)
+            choice = self._open_session(target, generator, backend, bundle_file)
         self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
         # the fast path runs the generator with its BatchNorms folded too
         self._fast_generator = folded_generator(generator) if self._runner is not None else self.generator
+
+    def _open_session(self, target: Target, generator: PathwayGenerator, backend: str,
+                      bundle_file: str | os.PathLike[str] | None) -> BackendChoice:
+        """The session backend when asked for (or for auto, when it can run this model); the native plan
+        runner still serves `explain_with_masks`."""
+        fallback = "native" if backend == "session" else backend
+        why_not = ""
+        if backend in ("session", "auto"):
+            try:
+                self._session, reason = open_session(target, generator, bundle_file)
+            except (InputError, BundleError) as exc:
+                if backend == "session":
+                    raise
+                why_not = f"session: {exc}; "
+            else:
+                try:
+                    runner = choose_backend(fallback, self.model, self.spec, generator.config.threshold).runner
+                except InputError:
+                    runner = None
+                prefix = "requested" if backend == "session" else "auto"
+                return BackendChoice("session", f"{prefix}; {reason}", runner)
+        choice = choose_backend(fallback, self.model, self.spec, generator.config.threshold)
+        return BackendChoice(choice.name, choice.reason.replace("auto: ", f"auto: {why_not}", 1), choice.runner)
 
     @classmethod
     def from_files(cls, target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
@@ -102,6 +131,9 @@ class Explainer:
         parts = []
         for rows in self.batches(images):
             x = images[rows]
+            if self._session is not None:
+                parts.append(self._explain_session(x, self.rows_of(target, rows)))
+                continue
             if self._runner is not None:
                 parts.append(self._explain_fast(x, self.rows_of(target, rows)))
                 continue
@@ -125,6 +157,16 @@ class Explainer:
         scores, masks, packed, _ = runner.kernels.daq_threshold_pack(head)
         pathway_logits = runner.pathway(saved, features, self.spec.split(masks))
         return Explanation(self.spec, masks, packed, scores, logits, pathway_logits,
+                           self.resolve_classes(target, logits), self.backend, self.backend_reason)
+
+    def _explain_session(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
+        """The whole path in C++ (pathrt._C.ExplainSession); CPU float32 images."""
+        check_images(x, self.spec)
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise InputError(f"the session backend takes float32 CPU images, got {x.dtype} on {x.device}")
+        out = self._session.explain(x)  # type: ignore[union-attr]
+        logits = out["logits"]
+        return Explanation(self.spec, out["masks"], out["packed"], out["scores"], logits, out["pathway_logits"],
                            self.resolve_classes(target, logits), self.backend, self.backend_reason)
 
     def _explain_onnx(self, x: torch.Tensor, target: ClassSpec) -> Explanation:

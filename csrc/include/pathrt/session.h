@@ -49,8 +49,15 @@ struct SessionInfo {
 
 class ExplainSession {
  public:
+  // A bundle's bytes and a name for messages (the path, or what produced them).
+  struct Buffer {
+    std::string data;
+    std::string name;
+  };
+
   // Loads and validates the bundle (throws BundleError); num_threads > 0 caps the threads of each call.
   explicit ExplainSession(const std::string& bundle_path, int num_threads = 0);
+  explicit ExplainSession(Buffer bundle, int num_threads = 0);
   ~ExplainSession();
   ExplainSession(const ExplainSession&) = delete;
   ExplainSession& operator=(const ExplainSession&) = delete;
