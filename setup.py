@@ -51,7 +51,8 @@ def _extensions():
     from torch.utils import cpp_extension
 
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
-    sources = [str(CSRC / "bindings.cpp"), *sorted(str(p) for d in ("cpu", "runtime") for p in (CSRC / d).glob("*.cpp"))]
+    cpu_sources = sorted(str(p) for folder in ("cpu", "runtime") for p in (CSRC / folder).glob("*.cpp"))
+    sources = [str(CSRC / "bindings.cpp"), *cpu_sources]
     common = dict(
         name="pathrt._C",
         include_dirs=[str(Path.cwd() / CSRC / "include")],  # ninja builds elsewhere

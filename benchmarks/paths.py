@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from pathrt.baselines import critical_pathways, dgr_pathways, random_masks
-from pathrt.errors import InputError
+from pathrt.errors import PathrtError
 from pathrt.runtime import Explainer
+from pathrt.runtime.fast_path import folded_generator
+from pathrt.runtime.generator_ops import FusedGenerator
 from pathrt.targets import capture_features, pathway_forward
 
 Runner = Callable[[torch.Tensor], object]
@@ -54,7 +56,7 @@ class BenchModel:
                 generator = copy.deepcopy(self.explainer.generator).to(device)
                 try:
                     self._backends[key] = Explainer(target, generator, backend=name)
-                except InputError as exc:
+                except PathrtError as exc:
                     self._backends[key] = str(exc)
         return self._backends[key]
 
@@ -119,6 +121,7 @@ def _fast_backend(name: str, device: str) -> PathFactory:
     return factory
 
 
+bench_path("session")(_fast_backend("session", "cpu"))
 bench_path("native")(_fast_backend("native", "cpu"))
 bench_path("native-cuda")(_fast_backend("native", "cuda"))
 bench_path("triton")(_fast_backend("triton", "cuda"))
@@ -140,6 +143,30 @@ def _native_plain(model: BenchModel, batch: int) -> Runner | str:
     runner = explainer._runner
     assert runner is not None
     return lambda x: runner.plain(x)[0]
+
+
+def _generator_path(fused: bool) -> PathFactory:
+    def factory(model: BenchModel, batch: int) -> Runner | str:
+        explainer = model.backend("native")
+        if isinstance(explainer, str):
+            return explainer
+        runner = explainer._runner
+        assert runner is not None
+        features = runner.plain(model.inputs(batch))[1]  # channels-last, as the session's generator sees them
+        generator = folded_generator(explainer.generator)
+        if fused:
+            ops = FusedGenerator(generator, torch.ops.pathrt)
+            return lambda x: ops(features)
+        return lambda x: torch.sigmoid(torch.cat(generator.head_logits(features), 1))
+
+    factory.__doc__ = ("The generator alone on the plain pass's features: " +
+                       ("the fused ops the session runs (rfe_tail, pdn_encoder_layer, rpd_decode)" if fused else
+                        "the BatchNorm-folded nn modules (what the native backend runs)"))
+    return factory
+
+
+bench_path("generator-fused")(_generator_path(fused=True))
+bench_path("generator-modules")(_generator_path(fused=False))
 
 
 @bench_path("random")

@@ -50,8 +50,9 @@ def test_cuda_kernels_compile_for_arch(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cmake_build(tmp_path: Path) -> None:
-    """CMakeLists.txt builds the same module (with CUDA kernels where nvcc exists); it works."""
+def test_cmake_build(tmp_path: Path, embedded) -> None:
+    """CMakeLists.txt builds the same module (with CUDA kernels where nvcc exists), the C++ runtime
+    library pathrt_runtime and the example pathrt_explain; all of them work."""
     build = tmp_path / "build"
     env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
     configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja",
@@ -75,3 +76,28 @@ def test_cmake_build(tmp_path: Path) -> None:
         "torch.testing.assert_close(ops.pairwise_iou(p, p), ops.pairwise_iou_reference(p, p))\n"
     )
     assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})
+    _check_cpp_example(build / "pathrt_explain", embedded, tmp_path)
+
+
+def _check_cpp_example(program: Path, embedded, tmp_path: Path) -> None:
+    """The C++ example explains a PPM image with a bundle as the Python session does."""
+    from pathrt.data import load_digits
+    from pathrt.runtime.bundle import write_bundle
+    from tests.conftest import varied_generator
+
+    bundle = write_bundle(embedded, varied_generator(embedded.spec, sparsity_bias=-1.0), tmp_path / "m.bundle")
+    image = load_digits("test")[3][0]  # (3, H, W) in [0, 1]
+    pixels = (image * 255).round().to(torch.uint8)
+    pgm = tmp_path / "digit.ppm"
+    body = pixels.permute(1, 2, 0).contiguous().numpy().tobytes()  # P6: RGB triples, row by row
+    pgm.write_bytes(f"P6\n{pixels.shape[2]} {pixels.shape[1]}\n255\n".encode() + body)
+    result = subprocess.run([str(program), str(bundle), str(pgm)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    session = ops.EXTENSION.ExplainSession(str(bundle))
+    out = session.explain(embedded.preprocess((pixels.float() / 255)[None]))
+    cls, kept = int(out["classes"][0]), int(out["counts"][0])
+    assert f"class {cls} ({embedded.classes[cls]})" in result.stdout
+    assert f"kept {kept} of {out['masks'].shape[1]}" in result.stdout
+    assert f"O {float(out['O'][0]):.6f}" in result.stdout, result.stdout
+    bad = subprocess.run([str(program), str(bundle), str(tmp_path / "missing.ppm")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "cannot open" in bad.stderr

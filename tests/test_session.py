@@ -1,0 +1,194 @@
+"""The bundle and the C++ ExplainSession: parity with eager on every supported architecture,
+threads, input validation, hostile bundle files, the CLI and the Explainer backend."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pathrt.cli import main as cli_main
+from pathrt.errors import IncompatibleArtifactError, InputError
+from pathrt.generator import save_generator
+from pathrt.runtime import Explainer, ops
+from pathrt.runtime.bundle import BundleError, bundle_bytes, read_bundle_meta, write_bundle
+from pathrt.targets import save_target
+from tests.conftest import assert_parity, torchvision_target, varied_generator
+
+pytestmark = pytest.mark.skipif(ops.EXTENSION is None, reason="needs the compiled extension")
+
+
+def _session_class():
+    return ops.EXTENSION.ExplainSession  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11_bn", "resnet18"])
+@pytest.mark.parametrize("bias", [0.0, -2.5])  # about half kept, and sparse enough for the per-sample convs
+def test_session_matches_eager_on_torchvision(arch: str, bias: float) -> None:
+    target = torchvision_target(arch)
+    generator = varied_generator(target.spec, sparsity_bias=bias)
+    x = torch.randn(5, 3, 64, 64)
+    eager = Explainer(target, generator, backend="eager")
+    session = Explainer(target, generator, backend="session", max_batch_size=3)
+    assert session.backend == "session"
+    assert_parity(eager.explain(x), session.explain(x))
+    assert_parity(eager.explain(x[:1]), session.explain(x[:1]))
+
+
+@pytest.mark.parametrize("bias", [0.0, -2.0])
+def test_session_matches_eager_on_embedded(embedded, bias: float) -> None:
+    from pathrt.data import load_digits
+
+    generator = varied_generator(embedded.spec, sparsity_bias=bias)
+    images = load_digits("test")
+    x = embedded.preprocess(torch.stack([images[i][0] for i in range(32)]))
+    assert_parity(Explainer(embedded, generator, backend="eager").explain(x),
+                  Explainer(embedded, generator, backend="session").explain(x))
+
+
+@pytest.fixture(scope="module")
+def resnet_bundle(tmp_path_factory: pytest.TempPathFactory):
+    target = torchvision_target("resnet18")
+    generator = varied_generator(target.spec, sparsity_bias=-1.0)
+    path = write_bundle(target, generator, tmp_path_factory.mktemp("bundle") / "resnet18.bundle")
+    return target, generator, path
+
+
+def test_session_outputs_and_layouts(resnet_bundle) -> None:
+    _, _, path = resnet_bundle
+    session = _session_class()(str(path), num_threads=1)
+    assert session.input_shape == [3, 64, 64] and session.num_threads == 1 and session.arch == "resnet18"
+    x = torch.randn(4, 3, 64, 64)
+    out = session.explain(x)
+    assert set(out) == {"logits", "scores", "masks", "packed", "counts", "pathway_logits", "classes", "Y", "O"}
+    assert torch.equal(out["packed"], ops.pack_masks(out["masks"])) and torch.equal(out["counts"], out["masks"].sum(1))
+    assert torch.equal(out["classes"], out["logits"].argmax(1))
+    torch.testing.assert_close(out["Y"], out["logits"].softmax(1).gather(1, out["classes"][:, None]).squeeze(1))
+    torch.testing.assert_close(out["O"], out["pathway_logits"].softmax(1).gather(1, out["classes"][:, None]).squeeze(1))
+    for variant in (x.contiguous(memory_format=torch.channels_last), torch.randn(4, 3, 64, 128)[..., ::2]):
+        got, want = session.explain(variant), session.explain(variant.contiguous())
+        assert torch.equal(got["masks"], want["masks"])
+        torch.testing.assert_close(got["pathway_logits"], want["pathway_logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_four_threads_share_one_session(resnet_bundle) -> None:
+    _, _, path = resnet_bundle
+    session = _session_class()(str(path))
+    batches = [torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    serial = [session.explain(x) for x in batches]
+    results: dict[int, dict] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(worker, len(batches), 4):
+                results[i] = session.explain(batches[i])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == len(batches)
+    for i, want in enumerate(serial):
+        for key, value in want.items():
+            assert torch.equal(results[i][key], value), (i, key)
+
+
+def test_session_refuses_bad_images(resnet_bundle) -> None:
+    _, _, path = resnet_bundle
+    session = _session_class()(str(path))
+    with pytest.raises(TypeError, match="float32"):
+        session.explain(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"shape \(N, 3, 64, 64\)"):
+        session.explain(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"shape \(N, 3, 64, 64\)"):
+        session.explain(torch.zeros(3, 64, 64))
+    with pytest.raises(ValueError, match="empty batch"):
+        session.explain(torch.zeros(0, 3, 64, 64))
+    with pytest.raises(ValueError, match="num_threads"):
+        _session_class()(str(path), -1)
+
+
+def _corrupt(tmp_path: Path, data: bytes, name: str) -> str:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+def test_session_refuses_hostile_bundles(resnet_bundle, tmp_path: Path) -> None:
+    _, _, path = resnet_bundle
+    good = Path(path).read_bytes()
+    (header_len,) = struct.unpack("<Q", good[:8])
+    header = good[8:8 + header_len]
+    cases = {
+        "missing": (None, "cannot open"),
+        "empty": (b"", "too short"),
+        "huge-header": (struct.pack("<Q", 1 << 40) + good[8:], "header length"),
+        "truncated": (good[: 8 + header_len + 100], "data_offsets|bytes"),
+        "bad-json": (good[:8] + b"{" + header[1:-1] + b"," + good[8 + header_len:], "not valid JSON"),
+        "version": (None, "format_version"),
+        "offsets": (None, "data_offsets|bytes"),
+    }
+    for name, (data, message) in cases.items():
+        if name == "version":
+            text = header.replace(b'\\"format_version\\": 1', b'\\"format_version\\": 7')
+            assert text != header
+            data = struct.pack("<Q", len(text)) + text + good[8 + header_len:]
+        if name == "offsets":
+            text = header.replace(b'"data_offsets":[0,', b'"data_offsets":[4,', 1)
+            assert text != header
+            data = good[:8] + text + good[8 + header_len:]
+        file = str(tmp_path / "nope") if data is None else _corrupt(tmp_path, data, name)
+        with pytest.raises(ValueError, match=message):
+            _session_class()(file)
+    plain = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(ValueError, match="without a pathrt plan"):
+        _session_class()(str(plain))
+    with pytest.raises(BundleError, match="not a pathrt bundle"):
+        read_bundle_meta(plain)
+
+
+def test_bundle_refuses_unsupported_models() -> None:
+    target = torchvision_target("alexnet")
+    generator = varied_generator(target.spec)
+    target.model.features[1] = nn.GELU()  # the ReLU after the first conv
+    with pytest.raises(BundleError, match=r"GELU.*backend='native' or 'eager'"):
+        bundle_bytes(target, generator)
+
+
+def test_auto_prefers_session_and_bundle_file_must_match(resnet_bundle, tmp_path: Path) -> None:
+    target, generator, path = resnet_bundle
+    explainer = Explainer(target, generator)
+    assert explainer.backend == "session" and explainer.backend_reason.startswith("auto")
+    from_file = Explainer(target, generator, backend="session", bundle_file=path)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(from_file.explain(x).masks, explainer.explain(x).masks)
+    other = varied_generator(target.spec, seed=5)
+    with pytest.raises(IncompatibleArtifactError, match="another generator"):
+        Explainer(target, other, backend="session", bundle_file=path)
+    with pytest.raises(InputError, match="bundle_file is only used"):
+        Explainer(target, generator, backend="native", bundle_file=path)
+    masks = explainer.explain(x).masks  # explain_with_masks runs on the native plan
+    assert_parity(Explainer(target, generator, backend="eager").explain_with_masks(x, masks),
+                  explainer.explain_with_masks(x, masks))
+
+
+def test_cli_bundle(embedded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_target(embedded, tmp_path / "target")
+    save_generator(varied_generator(embedded.spec), tmp_path / "generator", embedded.fingerprint)
+    out = tmp_path / "model.bundle"
+    assert cli_main(["bundle", "--target", str(tmp_path / "target"), "--generator", str(tmp_path / "generator"),
+                     "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "verified: the C++ session matches eager on 8 images" in text
+    meta = read_bundle_meta(out)
+    assert meta["target_fingerprint"] == embedded.fingerprint and meta["format_version"] == 1
