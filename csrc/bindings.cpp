@@ -76,6 +76,11 @@ py::dict explain(const pathrt::ExplainSession& session, const at::Tensor& images
   out["classes"] = r.classes;
   out["Y"] = r.y;
   out["O"] = r.o;
+  py::dict timings;
+  timings["plain_ms"] = r.plain_ms;
+  timings["generator_ms"] = r.generator_ms;
+  timings["pathway_ms"] = r.pathway_ms;
+  out["timings"] = timings;
   return out;
 }
 
@@ -106,7 +111,7 @@ PYBIND11_MODULE(_C, m) {
                   "A session from a bundle's bytes (pathrt.runtime.bundle.bundle_bytes), without a file.")
       .def("explain", &explain, py::arg("images"),
            "float32 (N, C, H, W) CPU images (preprocessed) -> dict of logits, scores, masks, packed, counts, "
-           "pathway_logits, classes, Y, O.")
+           "pathway_logits, classes, Y, O, and timings (ms of the plain pass, generator and pathway pass).")
       .def_property_readonly("arch", [](const pathrt::ExplainSession& s) { return s.info().arch; })
       .def_property_readonly("classes", [](const pathrt::ExplainSession& s) { return s.info().classes; })
       .def_property_readonly("input_shape", [](const pathrt::ExplainSession& s) { return s.info().input_shape; })

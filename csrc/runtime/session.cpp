@@ -7,6 +7,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -205,14 +206,14 @@ struct ExplainSession::Impl {
     return masked_bias_relu_cpu(y, std::nullopt, m);
   }
 
-  // Runs every step: logits, pathway-layer features and the values the pathway pass reuses.
+  // Runs every step: logits, pooled pathway-layer features and the values the pathway pass reuses.
   at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep) const {
     std::vector<at::Tensor> values(num_values);
     values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 0; i < steps.size(); ++i) {
       const Step& s = steps[i];
       values[s.output] = dense(s, values);
-      if (s.pathway >= 0) features[s.pathway] = values[s.output];
+      if (s.pathway >= 0) features[s.pathway] = rfe_pool(values[s.output], static_cast<size_t>(s.pathway));
       for (const int64_t v : s.inputs) {
         if (plain_last_read[v] == static_cast<int64_t>(i) && !saved.count(v) && v != output) values[v].reset();
       }
@@ -221,18 +222,37 @@ struct ExplainSession::Impl {
     return values[output];
   }
 
+  // The RFE's input pooling of pathway layer l, done in the plain pass right after the layer is
+  // computed, while its output is still in cache (the generator's largest memory traffic).
+  at::Tensor rfe_pool(const at::Tensor& x, size_t l) const {
+    const int64_t h = x.size(2), w = x.size(3), ph = pool_sizes[l][0], pw = pool_sizes[l][1];
+    if (h == ph && w == pw) return x;
+    return (h % ph == 0 && w % pw == 0) ? at::avg_pool2d(x, {h / ph, w / pw}) : at::adaptive_avg_pool2d(x, {ph, pw});
+  }
+
+  // Pooled pathway-layer features -> (head logits, scores, masks, packed, counts).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator(
       const std::vector<at::Tensor>& features) const {
     std::vector<at::Tensor> maps;
     for (size_t l = 0; l < features.size(); ++l) {
-      at::Tensor x = features[l];
-      const int64_t h = x.size(2), w = x.size(3), ph = pool_sizes[l][0], pw = pool_sizes[l][1];
-      if (h != ph || w != pw) {
-        x = (h % ph == 0 && w % pw == 0) ? at::avg_pool2d(x, {h / ph, w / pw}) : at::adaptive_avg_pool2d(x, {ph, pw});
+      maps.push_back(at::conv2d(features[l], stems[l].first, stems[l].second).relu_());
+    }
+    // The shared 3x3/2 block: layers whose maps have the same size at the same repeat go through one
+    // conv call together (one batch of N x layers), which halves the generator's conv calls.
+    const int64_t most = *std::max_element(repeats.begin(), repeats.end());
+    for (int64_t k = 0; k < most; ++k) {
+      std::map<std::pair<int64_t, int64_t>, std::vector<size_t>> groups;
+      for (size_t l = 0; l < maps.size(); ++l) {
+        if (repeats[l] > k) groups[{maps[l].size(2), maps[l].size(3)}].push_back(l);
       }
-      x = at::conv2d(x, stems[l].first, stems[l].second).relu_();
-      for (int64_t r = 0; r < repeats[l]; ++r) x = at::conv2d(x, shared_weight, shared_bias, {2, 2}, {1, 1}).relu_();
-      maps.push_back(x);
+      for (const auto& [size, members] : groups) {
+        std::vector<at::Tensor> inputs;
+        for (const size_t l : members) inputs.push_back(maps[l]);
+        const auto y = at::conv2d(inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0), shared_weight, shared_bias,
+                                  {2, 2}, {1, 1}).relu_();
+        const int64_t n = maps[members[0]].size(0);
+        for (size_t i = 0; i < members.size(); ++i) maps[members[i]] = y.narrow(0, static_cast<int64_t>(i) * n, n);
+      }
     }
     auto z = rfe_tail_cpu(maps, cls, tail[0], tail[1], tail[2], tail[3], tail[4], tail_eps);
     for (const auto& params : encoder) z = pdn_encoder_layer_cpu(z, params, attention_heads, encoder_eps);
@@ -334,9 +354,16 @@ struct ExplainSession::Impl {
   ExplainResult run(const at::Tensor& images) const {
     std::vector<at::Tensor> features(info.channels.size()), values(num_values);
     ExplainResult r;
+    using clock = std::chrono::steady_clock;
+    const auto ms = [](clock::time_point a, clock::time_point b) {
+      return std::chrono::duration<double, std::milli>(b - a).count();
+    };
+    const auto t0 = clock::now();
     r.logits = plain(images, features, values);
+    const auto t1 = clock::now();
     at::Tensor head;
     std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features);
+    const auto t2 = clock::now();
     std::vector<at::Tensor> masks;
     int64_t offset = 0;
     for (const int64_t c : info.channels) {
@@ -344,6 +371,10 @@ struct ExplainSession::Impl {
       offset += c;
     }
     r.pathway_logits = pathway(values, masks).contiguous();
+    const auto t3 = clock::now();
+    r.plain_ms = ms(t0, t1);
+    r.generator_ms = ms(t1, t2);
+    r.pathway_ms = ms(t2, t3);
     r.logits = r.logits.contiguous();
     r.classes = r.logits.argmax(1);
     const auto index = r.classes.unsqueeze(1);

@@ -35,6 +35,9 @@ struct ExplainResult {
   at::Tensor classes;         // int64 (N,): the predicted class argmax(logits)
   at::Tensor y;               // float32 (N,): softmax(logits)[class]
   at::Tensor o;               // float32 (N,): softmax(pathway_logits)[class]
+  double plain_ms = 0.0;      // wall time of the three phases of this call
+  double generator_ms = 0.0;
+  double pathway_ms = 0.0;
 };
 
 struct SessionInfo {
