@@ -40,8 +40,9 @@ def test_pathrt_info_lists_ops_and_cuda_status() -> None:
 
 @pytest.mark.skipif(not CUDA_TOOLCHAIN, reason="needs nvcc")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_cuda_kernels_compile_for_arch(arch: str, tmp_path: Path) -> None:
-    source = ROOT / "csrc" / "cuda" / "mask_kernels.cu"
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "csrc" / "cuda").glob("*.cu")))
+def test_cuda_kernels_compile_for_arch(arch: str, name: str, tmp_path: Path) -> None:
+    source = ROOT / "csrc" / "cuda" / name
     result = subprocess.run(
         [NVCC, "-c", f"-arch={arch}", "-O3", "-std=c++17", f"-I{ROOT / 'csrc' / 'include'}", str(source),
          "-o", str(tmp_path / "k.o")], capture_output=True, text=True, timeout=300)

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "pathrt/cuda_launchers.h"
+#include "pathrt/cuda_ops.h"
 #include "pathrt/fused_checks.h"
 
 namespace pathrt {
@@ -21,6 +22,8 @@ const T* data_or_null(const at::Tensor& t) {
 at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cuda(const at::Tensor& logits) {
   check_logits(logits);
@@ -37,6 +40,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cu
                                            c10::cuda::getCurrentCUDAStream()));
   return {scores, masks, packed, counts};
 }
+
+namespace {
 
 void run_masked_bias_relu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
                           at::Tensor& out) {

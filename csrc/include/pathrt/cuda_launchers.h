@@ -31,3 +31,28 @@ cudaError_t launch_pathway_conv2d(const float* x, const float* weight, const flo
                                   bool relu, cudaStream_t stream);
 
 }  // namespace pathrt
+
+namespace pathrt {
+
+// Generator ops (generator_kernels.cu); element math from pathrt/generator_math.h.
+// Mean over the plane of a channels-last map (n, plane, c) into out[s * out_stride + c].
+cudaError_t launch_mean_pool_cl(const float* map, float* out, int64_t n, int64_t plane, int64_t c, int64_t out_stride,
+                                cudaStream_t stream);
+
+// y[r] = LayerNorm(x[r] (+ in_bias, written back to x)) * w + b (+ add[r % add_rows]); one thread per row.
+cudaError_t launch_layer_norm_rows(float* x, const float* in_bias, const float* w, const float* b, const float* add,
+                                   int64_t add_rows, float eps, int64_t rows, int64_t d, float* y, cudaStream_t stream);
+
+// Short-sequence attention over qkv (n, t, 3d) into out (n, t, d); t <= kMaxAttentionTokens.
+constexpr int64_t kMaxAttentionTokens = 64;
+cudaError_t launch_attention(const float* qkv, float* out, int64_t n, int64_t t, int64_t d, int64_t heads,
+                             cudaStream_t stream);
+
+// x[r, i] = gelu(x + bias[i]) or x + bias[i], for rows of d values.
+cudaError_t launch_bias_act(float* x, const float* bias, int64_t rows, int64_t d, bool gelu, cudaStream_t stream);
+
+// One GRU step of layer l: out[s, j] from gi (n, layers, 3d), gh (n, 3d) and h (n, d).
+cudaError_t launch_gru(const float* gi, const float* gh, const float* h, float* out, int64_t n, int64_t layers,
+                       int64_t layer, int64_t d, cudaStream_t stream);
+
+}  // namespace pathrt
