@@ -111,12 +111,14 @@ def test_plan_refuses_unsupported_models_and_auto_falls_back() -> None:
 def test_backend_choice_is_recorded(embedded: Target, tmp_path: Path) -> None:
     generator = varied_generator(embedded.spec)
     auto = Explainer(embedded, generator, backend="auto")
-    assert auto.backend == "native" and auto.backend_reason.startswith("auto: native kernels on cpu")
+    assert auto.backend == "session" and auto.backend_reason.startswith("auto: C++ ExplainSession on cpu")
     explanation = auto.explain(torch.randn(2, *embedded.spec.input_shape))
-    assert explanation.backend == "native" and explanation.backend_reason == auto.backend_reason
+    assert explanation.backend == "session" and explanation.backend_reason == auto.backend_reason
     explanation.save(tmp_path / "e")
     assert Explanation.load(tmp_path / "e").backend_reason == auto.backend_reason
-    assert Explainer(embedded, generator).backend == "native"  # auto is the default
+    assert Explainer(embedded, generator).backend == "session"  # auto is the default
+    native = Explainer(embedded, generator, backend="native")
+    assert native.backend_reason.startswith("requested; native kernels on cpu")
     assert Explainer(embedded, generator, backend="eager").backend_reason == "requested"
     # without the Triton interpreter, CPU tensors must never reach a Triton launch
     with pytest.raises(InputError, match="backend 'triton' cannot run here: Triton kernels need a CUDA GPU"):

@@ -172,7 +172,7 @@ def test_bundle_refuses_unsupported_models() -> None:
 def test_auto_prefers_session_and_bundle_file_must_match(resnet_bundle, tmp_path: Path) -> None:
     target, generator, path = resnet_bundle
     explainer = Explainer(target, generator)
-    assert explainer.backend == "session" and explainer.backend_reason.startswith("auto")
+    assert explainer.backend == "session" and explainer.backend_reason.startswith("auto: C++ ExplainSession")
     from_file = Explainer(target, generator, backend="session", bundle_file=path)
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(from_file.explain(x).masks, explainer.explain(x).masks)

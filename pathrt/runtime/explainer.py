@@ -21,7 +21,8 @@ from pathrt.generator import PathwayGenerator, load_generator
 from pathrt.runtime.backends import BackendChoice, choose_backend, onnx_session, open_session
 from pathrt.runtime.bundle import BundleError
 from pathrt.runtime.explanation import Explanation
-from pathrt.runtime.fast_path import folded_generator
+from pathrt.runtime.fast_path import NATIVE, folded_generator
+from pathrt.runtime.generator_ops import FusedGenerator
 from pathrt.runtime.ops import pack_masks
 from pathrt.targets import Target, canonized_copy, capture_features, load_target, pathway_forward
 from pathrt.targets.pathway import Masks, check_images, normalize_masks
@@ -64,8 +65,13 @@ class Explainer:
         else:
             choice = self._open_session(target, generator, backend, bundle_file)
         self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
-        # the fast path runs the generator with its BatchNorms folded too
+        # the fast path runs the generator with its BatchNorms folded too; native on CPU through the
+        # fused generator ops the session runs (their CUDA kernels have not run on a GPU yet)
         self._fast_generator = folded_generator(generator) if self._runner is not None else self.generator
+        param = next(iter(self.model.parameters()), None)
+        on_cpu = param is None or param.device.type == "cpu"
+        self._fused = (FusedGenerator(self._fast_generator, torch.ops.pathrt)
+                       if self._runner is not None and self._runner.kernels is NATIVE and on_cpu else None)
 
     def _open_session(self, target: Target, generator: PathwayGenerator, backend: str,
                       bundle_file: str | os.PathLike[str] | None) -> BackendChoice:
@@ -85,8 +91,8 @@ class Explainer:
                     runner = choose_backend(fallback, self.model, self.spec, generator.config.threshold).runner
                 except InputError:
                     runner = None
-                prefix = "requested" if backend == "session" else "auto"
-                return BackendChoice("session", f"{prefix}; {reason}", runner)
+                prefix = "requested; " if backend == "session" else "auto: "
+                return BackendChoice("session", prefix + reason, runner)
         choice = choose_backend(fallback, self.model, self.spec, generator.config.threshold)
         return BackendChoice(choice.name, choice.reason.replace("auto: ", f"auto: {why_not}", 1), choice.runner)
 
@@ -153,8 +159,11 @@ class Explainer:
         assert runner is not None
         check_images(x, self.spec)
         logits, features, saved = runner.plain(x)
-        head = torch.cat(self._fast_generator.head_logits(features), 1)
-        scores, masks, packed, _ = runner.kernels.daq_threshold_pack(head)
+        if self._fused is not None:
+            _, scores, masks, packed, _ = self._fused(features)
+        else:
+            head = torch.cat(self._fast_generator.head_logits(features), 1)
+            scores, masks, packed, _ = runner.kernels.daq_threshold_pack(head)
         pathway_logits = runner.pathway(saved, features, self.spec.split(masks))
         return Explanation(self.spec, masks, packed, scores, logits, pathway_logits,
                            self.resolve_classes(target, logits), self.backend, self.backend_reason)

@@ -16,8 +16,11 @@ if os.environ.get("TRITON_INTERPRET") != "1":  # fail loudly rather than launch 
     raise RuntimeError("run this file with TRITON_INTERPRET=1 (tests/test_triton_kernels.py does)")
 
 from pathrt.generator import GeneratorConfig, PathwayGenerator
+from pathrt.kernels import generator as triton_gen
 from pathrt.kernels import ops as triton_ops
 from pathrt.runtime import Explainer, ops
+from pathrt.runtime import generator_ops as gen
+from pathrt.runtime.fast_path import folded_generator
 from pathrt.targets import create_target
 
 CL = torch.channels_last
@@ -96,3 +99,52 @@ def test_triton_backend_matches_eager() -> None:
         for name in ("logits", "pathway_logits"):
             want, got = getattr(a, name), getattr(b, name)
             assert float((got - want).abs().max() / want.abs().max()) <= 1e-4, name
+
+
+def _random_params(shapes: list[tuple[int, ...]], seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) / (s[-1] ** 0.5 if len(s) == 2 else 4.0) for s in shapes]
+
+
+@pytest.mark.parametrize(("n", "sizes", "d_r", "d"), [(1, [(1, 1)], 4, 8), (3, [(2, 2), (3, 5)], 8, 16)])
+def test_rfe_tail(n: int, sizes: list, d_r: int, d: int) -> None:
+    maps = [torch.randn(n, d_r, h, w) for h, w in sizes]
+    args = _random_params([(d,), (d, d_r), (d,), (d,), (d,), (len(sizes), d)], seed=n)
+    torch.testing.assert_close(triton_gen.rfe_tail(maps, *args, 1e-5), gen.rfe_tail_reference(maps, *args, 1e-5),
+                               rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(("n", "t", "d", "heads"), [(1, 1, 8, 1), (2, 6, 16, 4), (3, 9, 24, 3)])
+def test_pdn_encoder_layer(n: int, t: int, d: int, heads: int) -> None:
+    ff = 2 * d
+    params = _random_params([(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (ff, d), (ff,), (d, ff),
+                             (d,)], seed=t)
+    x = torch.randn(n, t, d)
+    torch.testing.assert_close(triton_gen.pdn_encoder_layer(x, params, heads, 1e-5),
+                               gen.pdn_encoder_layer_reference(x, params, heads, 1e-5), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(("n", "d", "channels"), [(1, 8, [3]), (4, 16, [5, 9, 12])])
+def test_rpd_decode(n: int, d: int, channels: list[int]) -> None:
+    params = _random_params([(d,), (d,), (3 * d, d), (3 * d, d), (3 * d,), (3 * d,)], seed=d)
+    heads = []
+    for i, c in enumerate(channels):
+        heads += _random_params([(d, d), (d,), (c, d), (c,)], seed=100 + i)
+    z = torch.randn(n, len(channels) + 1, d)
+    got, want = triton_gen.rpd_decode(z, params, heads, 1e-5), gen.rpd_decode_reference(z, params, heads, 1e-5)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=5e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
+    near = (want[1] - 0.5).abs() <= 1e-4
+    assert not ((got[2] != want[2]) & ~near).any()
+    assert torch.equal(got[3], ops.pack_masks(got[2])) and torch.equal(got[4], got[2].sum(1))
+
+
+def test_fused_generator_on_triton() -> None:
+    target = create_target("small_vgg", 4, (3, 16, 16), cfg=(4, "M", 8, 8, "M"), hidden=8)
+    torch.manual_seed(0)
+    generator = PathwayGenerator(target.spec, GeneratorConfig.small(head_bias=0.0)).eval()
+    features = target.capture(torch.randn(3, 3, 16, 16)).features
+    with torch.no_grad():
+        want = torch.cat(generator.head_logits(features), 1)
+        got = gen.FusedGenerator(folded_generator(generator), triton_gen)(features)
+    torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
