@@ -50,8 +50,10 @@ def test_cli_info() -> None:
     assert "pack_masks" in result.stdout and "pairwise_iou" in result.stdout and "CUDA kernels" in result.stdout
     as_json = json.loads(_cli("info", "--json").stdout)
     assert as_json["extension"]["loaded"] and set(as_json["ops"]) == {
-        "pack_masks", "pairwise_iou", "daq_threshold_pack", "masked_bias_relu", "masked_bias_relu_", "pathway_conv2d"}
-    assert as_json["backends"]["cpu"]["native"] is None and "explain backends" in result.stdout
+        "pack_masks", "pairwise_iou", "daq_threshold_pack", "masked_bias_relu", "masked_bias_relu_", "pathway_conv2d",
+        "rfe_tail", "pdn_encoder_layer", "rpd_decode"}
+    assert as_json["backends"]["cpu"]["native"] is None and as_json["backends"]["cpu"]["session"] is None
+    assert "explain backends" in result.stdout and "session" in result.stdout
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:

@@ -66,8 +66,8 @@ def format_environment(env: dict[str, Any]) -> str:
         if cuda_state == "native" and not env["cuda_kernels_usable"]:
             cuda_state += " (compiled, no device to run it)"
         lines.append(f"  {name:<20} {keys['CPU']:<10} {cuda_state}")
-    lines.append("explain backends (Explainer(..., backend=...); 'auto' takes the first usable of native, "
-                 "triton on GPU, else eager):")
+    lines.append("explain backends (Explainer(..., backend=...); 'auto' takes the first usable of session "
+                 "(CPU), native, triton on GPU, else eager):")
     for device, backends in env["backends"].items():
         for name, why_not in backends.items():
             lines.append(f"  {device:<5} {name:<7} {'usable' if why_not is None else 'no: ' + why_not}")
