@@ -17,7 +17,7 @@ import torch
 from pathrt.baselines import critical_pathways, dgr_pathways, random_masks
 from pathrt.errors import PathrtError
 from pathrt.runtime import Explainer
-from pathrt.runtime.fast_path import folded_generator
+from pathrt.runtime.fast_path import PlanRunner, folded_generator
 from pathrt.runtime.generator_ops import FusedGenerator
 from pathrt.targets import capture_features, pathway_forward
 
@@ -134,24 +134,30 @@ def _onnxruntime(model: BenchModel, batch: int) -> Runner | str:
     return explainer if isinstance(explainer, str) else explainer.explain
 
 
-@bench_path("native-plain")
-def _native_plain(model: BenchModel, batch: int) -> Runner | str:
-    """The native backend's plain pass alone (hook-free plan, channels-last): the part it cannot skip."""
+def _native_runner(model: BenchModel) -> tuple[Explainer, PlanRunner] | str:
+    """The native backend's explainer and plan runner, or why it cannot run here."""
     explainer = model.backend("native")
     if isinstance(explainer, str):
         return explainer
-    runner = explainer._runner
-    assert runner is not None
-    return lambda x: runner.plain(x)[0]
+    assert explainer._runner is not None
+    return explainer, explainer._runner
+
+
+@bench_path("native-plain")
+def _native_plain(model: BenchModel, batch: int) -> Runner | str:
+    """The native backend's plain pass alone (hook-free plan, channels-last): the part it cannot skip."""
+    native = _native_runner(model)
+    if isinstance(native, str):
+        return native
+    return lambda x: native[1].plain(x)[0]
 
 
 def _generator_path(fused: bool) -> PathFactory:
     def factory(model: BenchModel, batch: int) -> Runner | str:
-        explainer = model.backend("native")
-        if isinstance(explainer, str):
-            return explainer
-        runner = explainer._runner
-        assert runner is not None
+        native = _native_runner(model)
+        if isinstance(native, str):
+            return native
+        explainer, runner = native
         features = runner.plain(model.inputs(batch))[1]  # channels-last, as the session's generator sees them
         generator = folded_generator(explainer.generator)
         if fused:
