@@ -166,7 +166,7 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
     """Measures every (model, path, batch); returns the rows and the run's context."""
     peak = matmul_flops_per_second()
     context = {"device": device_name(), "torch": torch.__version__, "pathrt": __version__,
-               "matmul_gflops_per_s": peak / 1e9, "notes": {}, "explanation_flops": {}, "skipped": []}
+               "matmul_gflops_per_s": peak / 1e9, "notes": {}, "explanation_flops": {}, "skipped": [], "phases": {}}
     log(f"device: {context['device']}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     rows: list[Row] = []
     for model in models:
@@ -193,6 +193,10 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
                     flops_at_one[path] = flops_at_one.get(counted) or count_flops(PATHS[counted](model, 1), x[:1])
                 times = _time(runner, x, warmup, repeats, budget)
                 ms = [1000 * t for t in times]
+                recorded = getattr(runner, "phases", None)  # a path's own per-call phase timings (ms)
+                if recorded:
+                    context["phases"][f"{model.name}|{path}|{batch}"] = {
+                        k: statistics.median(p[k] for p in recorded[warmup:] or recorded) for k in recorded[0]}
                 rows.append(Row(model.name, path, batch, statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8),
                                 len(ms), flops_at_one[path] * batch))
                 log(f"  {model.name:<14} {path:<18} batch {batch:>3}: {rows[-1].median_ms:9.2f} ms "
@@ -230,7 +234,8 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
         f"FLOPs: above 100% means fewer real FLOPs, e.g. Winograd convolutions).\n\nModels:\n{notes}\n\n"
         f"FLOPs (FlopCounterMode, per image; the native, triton and compiled rows are credited with eager's "
         f"dense-equivalent FLOPs, since custom ops and compiled kernels cannot be counted):\n{flops}\n\n{table}\n\n"
-        f"Skipped:\n{skipped}\n\n![bench](bench.png)\n{_sweep_section(sweep, out) if sweep else ''}",
+        f"{_phases_section(rows, context)}Skipped:\n{skipped}\n\n![bench](bench.png)\n"
+        f"{_sweep_section(sweep, out) if sweep else ''}",
         encoding="utf-8")
     with open(out / "bench.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*asdict(rows[0]), "device", "torch", "pathrt"])
@@ -242,6 +247,23 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
                                     "sparsity_sweep": [asdict(r) for r in sweep]})
     _plot(rows, out / "bench.png")
     return table
+
+
+def _phases_section(rows: list[Row], context: dict) -> str:
+    """The phase timings some paths record (the session's plain pass, generator, pathway pass), in ms
+    and in plain passes of the same batch, measured during the timed runs."""
+    if not context.get("phases"):
+        return ""
+    plain = {(r.model, r.batch): r.median_ms for r in rows if r.path == "plain"}
+    lines = []
+    for key, phases in context["phases"].items():
+        model, path, batch = key.split("|")
+        unit = plain.get((model, int(batch)))
+        lines.append([model, path, batch] + [f"{v:.2f}" + (f" ({v / unit:.2f}×)" if unit else "")
+                                             for v in phases.values()])
+    names = [k.removesuffix("_ms") for k in next(iter(context["phases"].values()))]
+    return ("Phases (median ms per call and × plain pass of the batch, timed inside the path):\n\n" +
+            markdown_table(["model", "path", "batch", *names], lines) + "\n\n")
 
 
 def _prediction_text(f: dict[str, Any]) -> str:

@@ -123,6 +123,25 @@ def _fast_backend(name: str, device: str) -> PathFactory:
 
 bench_path("session")(_fast_backend("session", "cpu"))
 bench_path("native")(_fast_backend("native", "cpu"))
+
+
+@bench_path("session-raw")
+def _session_raw(model: BenchModel, batch: int) -> Runner | str:
+    """`pathrt._C.ExplainSession.explain` alone (a dict of tensors, no Explanation); its `phases` are the
+    session's own timings of each call: plain pass (with the RFE input pooling), generator, pathway pass."""
+    explainer = model.backend("session")
+    if isinstance(explainer, str):
+        return explainer
+    session = explainer._session
+    phases: list[dict[str, float]] = []
+
+    def run(x: torch.Tensor) -> object:
+        out = session.explain(x)
+        phases.append(out["timings"])
+        return out
+
+    run.phases = phases  # type: ignore[attr-defined]  (read by the harness)
+    return run
 bench_path("native-cuda")(_fast_backend("native", "cuda"))
 bench_path("triton")(_fast_backend("triton", "cuda"))
 

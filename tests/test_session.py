@@ -3,6 +3,7 @@ threads, input validation, hostile bundle files, the CLI and the Explainer backe
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 from pathlib import Path
@@ -196,3 +197,42 @@ def test_cli_bundle(embedded, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert f"wrote {out}" in text and "verified: the C++ session matches eager on 8 images" in text
     meta = read_bundle_meta(out)
     assert meta["target_fingerprint"] == embedded.fingerprint and meta["format_version"] == 1
+
+
+def test_mutated_bundles_load_or_fail_cleanly(tmp_path: Path) -> None:
+    """Seeded random corruptions of a small bundle (bytes flipped in the header and data, digits
+    changed, truncations): each either loads, and then explains, or raises ValueError/TypeError;
+    none crashes the process or reads outside the buffer (run under ASan by issue 8's sanitizer job)."""
+    import random
+
+    from pathrt.generator import GeneratorConfig, PathwayGenerator
+    from pathrt.targets import create_target
+
+    target = create_target("small_vgg", 4, (3, 16, 16), cfg=(4, "M", 8, 8, "M"), hidden=8)
+    good = bundle_bytes(target, PathwayGenerator(target.spec, GeneratorConfig.small()).eval())
+    (header_len,) = struct.unpack("<Q", good[:8])
+    rng = random.Random(0)
+    outcomes = {"loaded": 0, "refused": 0}
+    x = torch.randn(2, 3, 16, 16)
+    for trial in range(400):
+        data = bytearray(good)
+        kind = trial % 4
+        if kind == 0:  # flip bytes of the header (JSON and the plan inside it)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(8, 8 + header_len)] = rng.randrange(256)
+        elif kind == 1:  # change a digit of the header: shapes, offsets, attributes, value ids
+            digits = [i for i in range(8, 8 + header_len) if chr(data[i]).isdigit()]
+            data[rng.choice(digits)] = ord(str(rng.randrange(10)))
+        elif kind == 2:  # truncate anywhere
+            data = data[: rng.randrange(len(data))]
+        else:  # corrupt the length prefix
+            data[rng.randrange(8)] = rng.randrange(256)
+        try:
+            session = _session_class().from_bytes(bytes(data), f"mutant {trial}")
+        except (ValueError, TypeError):
+            outcomes["refused"] += 1
+            continue
+        with contextlib.suppress(ValueError, TypeError, RuntimeError):  # a mutant may load with other weights
+            session.explain(x)
+        outcomes["loaded"] += 1
+    assert outcomes["refused"] > 200 and outcomes["loaded"] > 20, outcomes
