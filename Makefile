@@ -9,7 +9,7 @@ DEPS := $(VENV)/.pathrt-installed
 EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint build info bench clean
+.PHONY: demo test test-fast lint build info bench sanitize clean
 
 demo: build
 	$(PY) -m pathrt.cli demo
@@ -31,6 +31,17 @@ bench: build
 	$(PY) -m pathrt.cli bench
 
 build: $(DEPS)
+
+# The extension rebuilt with AddressSanitizer + UndefinedBehaviorSanitizer (CPU kernels, session,
+# bundle reader) and the op and session tests run against it; any report fails the run.
+SANITIZE_TESTS ?= tests/test_ops.py tests/test_fused_ops.py tests/test_generator_ops.py tests/test_session.py
+sanitize: $(DEPS)
+	rm -rf build/sanitize
+	PATHRT_SANITIZE=1 PATHRT_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/sanitize --build-temp build/sanitize/tmp
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	PATHRT_EXTENSION_FILE="$$(ls build/sanitize/pathrt/_C*.so)" \
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/sanitized/check_sanitizers.py $(SANITIZE_TESTS)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

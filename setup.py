@@ -5,6 +5,7 @@ Environment switches:
                          is a CUDA build; no GPU is needed to compile them).
   TORCH_CUDA_ARCH_LIST   CUDA archs to compile for (default "8.0;9.0").
   CUDA_HOME              CUDA toolkit root (default: the folder above the nvcc on PATH).
+  PATHRT_SANITIZE=1      build with AddressSanitizer and UndefinedBehaviorSanitizer (`make sanitize`).
 """
 
 from __future__ import annotations
@@ -51,12 +52,17 @@ def _extensions():
     from torch.utils import cpp_extension
 
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    link = ["-fopenmp"]
+    if os.environ.get("PATHRT_SANITIZE", "0") not in ("", "0"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+        cxx = ["-O1", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", *sanitize]
+        link += sanitize
     cpu_sources = sorted(str(p) for folder in ("cpu", "runtime") for p in (CSRC / folder).glob("*.cpp"))
     sources = [str(CSRC / "bindings.cpp"), *cpu_sources]
     common = dict(
         name="pathrt._C",
         include_dirs=[str(Path.cwd() / CSRC / "include")],  # ninja builds elsewhere
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link,
     )
     if not with_cuda:
         return [cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]

@@ -102,3 +102,13 @@ def _check_cpp_example(program: Path, embedded, tmp_path: Path) -> None:
     assert f"O {float(out['O'][0]):.6f}" in result.stdout, result.stdout
     bad = subprocess.run([str(program), str(bundle), str(tmp_path / "missing.ppm")], capture_output=True, text=True)
     assert bad.returncode == 1 and "cannot open" in bad.stderr
+
+
+@pytest.mark.slow
+def test_make_sanitize_reports_nothing() -> None:
+    """`make sanitize`: the extension with ASan + UBSan, the op and session tests against it, no report."""
+    result = subprocess.run(["make", "sanitize"], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "ERROR: AddressSanitizer" not in output and "runtime error:" not in output, output[-5000:]
+    assert " passed" in output and " failed" not in output, output[-2000:]

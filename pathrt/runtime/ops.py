@@ -43,7 +43,9 @@ Ops:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -326,6 +328,14 @@ for _decl in OPS.values():
 def _load_extension() -> tuple[ModuleType | None, str | None]:
     if os.environ.get("PATHRT_NO_EXTENSION", "") not in ("", "0"):
         return None, "disabled by PATHRT_NO_EXTENSION"
+    if os.environ.get("PATHRT_EXTENSION_FILE"):  # another build of _C, e.g. the sanitized one (`make sanitize`)
+        spec = importlib.util.spec_from_file_location("pathrt._C", os.environ["PATHRT_EXTENSION_FILE"])
+        if spec is None or spec.loader is None:
+            return None, f"PATHRT_EXTENSION_FILE={os.environ['PATHRT_EXTENSION_FILE']} is not a loadable module"
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pathrt._C"] = module
+        spec.loader.exec_module(module)
+        return module, None
     try:
         return importlib.import_module("pathrt._C"), None
     except ImportError as exc:
