@@ -32,6 +32,7 @@ constexpr int64_t kMaxDim = int64_t{1} << 31;
 constexpr int64_t kMaxValues = 100000;
 
 enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add };
+enum class Strategy { Dense, Union, Sparse };  // the pathway-pass conv strategies of fast_path.py
 
 struct Step {
   Op op = Op::Relu;
@@ -259,11 +260,12 @@ struct ExplainSession::Impl {
     return rpd_decode_cpu(z, rpd, heads, rpd_eps);
   }
 
-  std::string choose(const Step& s, MaskStats& stats) const {
-    if (s.in_mask < 0 && s.out_mask < 0) return "dense";
+  Strategy choose(const Step& s, MaskStats& stats) const {
+    if (s.in_mask < 0 && s.out_mask < 0) return Strategy::Dense;
     const double sparse = (stats.density(s.in_mask) * stats.density(s.out_mask)).mean().item<double>();
-    if (sparse <= sparse_limit) return "sparse";
-    return stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask) <= union_limit ? "union" : "dense";
+    if (sparse <= sparse_limit) return Strategy::Sparse;
+    const double kept = stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask);
+    return kept <= union_limit ? Strategy::Union : Strategy::Dense;
   }
 
   at::Tensor union_conv(const Step& s, at::Tensor x, at::Tensor residual, const std::vector<at::Tensor>& masks,
@@ -321,14 +323,14 @@ struct ExplainSession::Impl {
         const auto strategy = choose(s, stats);
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
-        if (strategy != "sparse" || !in_mask.defined()) clean(s.inputs[0]);
+        if (strategy != Strategy::Sparse || !in_mask.defined()) clean(s.inputs[0]);
         if (s.residual) clean(s.inputs[1]);
         const at::Tensor residual = s.residual ? values[s.inputs[1]] : at::Tensor();
         const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-        if (strategy == "sparse") {
+        if (strategy == Strategy::Sparse) {
           y = pathway_conv2d_cpu(values[s.inputs[0]], s.weight, opt(s.bias), opt(residual), opt(in_mask),
                                  opt(out_mask), s.stride, s.padding, s.relu);
-        } else if (strategy == "union") {
+        } else if (strategy == Strategy::Union) {
           y = union_conv(s, values[s.inputs[0]], residual, masks, stats);
         } else if (s.pathway >= 0 && s.relu) {
           y = at::conv2d(values[s.inputs[0]], s.conv_weight, {}, s.stride, s.padding);

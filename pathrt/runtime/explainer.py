@@ -66,12 +66,14 @@ class Explainer:
             choice = self._open_session(target, generator, backend, bundle_file)
         self.backend, self.backend_reason, self._runner = choice.name, choice.reason, choice.runner
         # the fast path runs the generator with its BatchNorms folded too; native on CPU through the
-        # fused generator ops the session runs (their CUDA kernels have not run on a GPU yet)
-        self._fast_generator = folded_generator(generator) if self._runner is not None else self.generator
+        # fused generator ops the session runs (their CUDA kernels have not run on a GPU yet). A session
+        # runs its own generator: its plan runner only serves explain_with_masks.
+        fast = self._runner is not None and self._session is None
+        self._fast_generator = folded_generator(generator) if fast else self.generator
         param = next(iter(self.model.parameters()), None)
         on_cpu = param is None or param.device.type == "cpu"
         self._fused = (FusedGenerator(self._fast_generator, torch.ops.pathrt)
-                       if self._runner is not None and self._runner.kernels is NATIVE and on_cpu else None)
+                       if fast and self._runner.kernels is NATIVE and on_cpu else None)  # type: ignore[union-attr]
 
     def _open_session(self, target: Target, generator: PathwayGenerator, backend: str,
                       bundle_file: str | os.PathLike[str] | None) -> BackendChoice:

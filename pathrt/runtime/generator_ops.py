@@ -57,7 +57,7 @@ def check_rfe_tail(maps: Sequence[torch.Tensor], cls: torch.Tensor, weight: torc
             _fail(op, f"maps[{i}] must be float32, got {m.dtype}", TypeError)
         if m.dim() != 4 or m.shape[0] != n or m.shape[1] != d_r or m.shape[2] * m.shape[3] == 0:
             _fail(op, f"maps[{i}] must be (N={n}, d_r={d_r}, H>0, W>0) like maps[0], got {tuple(m.shape)}")
-    _check_float(op, "cls", cls, (d,)) if cls.dim() == 1 else _check_float(op, "cls", cls.reshape(-1), (d,))
+    _check_float(op, "cls", cls.reshape(-1), (d,))  # (d,) or the module's (1, 1, d)
     for name, t in (("bias", bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         _check_float(op, name, t, (d,))
     _check_float(op, "position", position, (len(maps), d))
