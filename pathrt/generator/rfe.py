@@ -23,7 +23,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequentia
                          nn.ReLU(inplace=True))
 
 
-def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Adaptive average pooling; as a plain strided average pool when the size divides evenly (the
     same windows, and several times faster on CPU)."""
     (h, w), (ph, pw) = x.shape[-2:], size
@@ -61,7 +61,7 @@ class RFE(nn.Module):
         tokens = []
         for index, x in enumerate(features):
             if tuple(x.shape[-2:]) != self.pool_sizes[index]:
-                x = _pool(x, self.pool_sizes[index])
+                x = pool_to(x, self.pool_sizes[index])
             x = self.stems[index](x)
             for _ in range(self.repeats[index]):
                 x = self.shared(x)

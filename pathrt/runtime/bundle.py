@@ -28,6 +28,7 @@ from pathrt.errors import ArtifactError
 from pathrt.generator import PathwayGenerator
 from pathrt.runtime.fast_path import NATIVE, SPARSE_LIMIT, UNION_LIMIT, PlanRunner, folded_generator
 from pathrt.runtime.generator_ops import HEAD_PARAMS, PDN_PARAMS, RPD_PARAMS, FusedGenerator
+from pathrt.runtime.ops import MASK_THRESHOLD
 from pathrt.targets import Target, canonized_copy
 from pathrt.targets.plan import PlanError
 from pathrt.version import __version__
@@ -111,8 +112,9 @@ def _bundle(target: Target, generator: PathwayGenerator) -> tuple[dict[str, torc
     """The bundle's tensors and safetensors metadata."""
     if generator.spec != target.spec:
         raise BundleError("the generator was built for another pathway spec than the target's")
-    if generator.config.threshold != 0.5:
-        raise BundleError(f"the session thresholds at 0.5; this generator uses {generator.config.threshold}")
+    if generator.config.threshold != MASK_THRESHOLD:
+        raise BundleError(f"the session thresholds at {MASK_THRESHOLD}; this generator uses "
+                          f"{generator.config.threshold}")
     try:
         runner = PlanRunner(canonized_copy(target.model), target.spec, NATIVE)
     except PlanError as exc:
@@ -128,7 +130,7 @@ def _bundle(target: Target, generator: PathwayGenerator) -> tuple[dict[str, torc
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "pathrt_version": __version__,
         "arch": target.arch, "classes": list(target.classes), "mean": list(target.mean), "std": list(target.std),
         "input_shape": list(target.spec.input_shape), "pathway_spec": target.spec.to_dict(),
-        "threshold": 0.5, "sparse_limit": SPARSE_LIMIT, "union_limit": UNION_LIMIT,
+        "threshold": MASK_THRESHOLD, "sparse_limit": SPARSE_LIMIT, "union_limit": UNION_LIMIT,
         "target_fingerprint": target.fingerprint, "generator_fingerprint": tensor_fingerprint(generator.state_dict()),
         "tensors_fingerprint": tensor_fingerprint(tensors), "plan": plan, "generator": gen,
     }
@@ -179,7 +181,7 @@ def verify_bundle(path: str | os.PathLike[str], target: Target, generator: Pathw
     x = torch.randn(images, *target.spec.input_shape, generator=torch.Generator().manual_seed(0))
     got = session.explain(x)
     want = Explainer(target, generator, backend="eager").explain(x)
-    near = (want.scores - 0.5).abs() <= 1e-4
+    near = (want.scores - MASK_THRESHOLD).abs() <= 1e-4
     mismatched = got["masks"] != want.masks
     report: dict[str, Any] = {"images": images, "mask_mismatches": int(mismatched.sum())}
     for name in ("logits", "pathway_logits"):

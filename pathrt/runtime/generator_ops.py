@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pathrt.generator.rfe import pool_to
+
 PDN_PARAMS = ("norm1.weight", "norm1.bias", "self_attn.in_proj_weight", "self_attn.in_proj_bias",
               "self_attn.out_proj.weight", "self_attn.out_proj.bias", "norm2.weight", "norm2.bias",
               "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
@@ -178,30 +180,25 @@ class FusedGenerator:
         self.repeats = list(rfe.repeats)
         self.stems = [_conv_params(stem[0]) for stem in rfe.stems]
         self.shared = _conv_params(rfe.shared[0])
-        self.tail = [rfe.project.weight, rfe.project.bias, rfe.norm.weight, rfe.norm.bias, rfe.position]
-        self.cls = pdn.cls.reshape(-1)
+        self.tail = _detached([rfe.project.weight, rfe.project.bias, rfe.norm.weight, rfe.norm.bias, rfe.position])
+        self.cls = pdn.cls.detach().reshape(-1)
         layers = pdn.encoder.layers
-        self.encoder = [[layer.get_parameter(p) for p in PDN_PARAMS] for layer in layers]
+        self.encoder = [_detached([layer.get_parameter(p) for p in PDN_PARAMS]) for layer in layers]
         self.heads = layers[0].self_attn.num_heads
         self.eps = float(rfe.norm.eps)
         self.encoder_eps = float(layers[0].norm1.eps)
         norm = pdn.encoder.norm
         cell = rpd.cell
-        self.rpd = [norm.weight, norm.bias, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        self.rpd = _detached([norm.weight, norm.bias, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh])
         self.rpd_eps = float(norm.eps)
-        self.head_params = [h.get_parameter(p) for h in rpd.heads for p in HEAD_PARAMS]
-        for params in (self.tail, self.rpd, self.head_params, *self.encoder):
-            params[:] = [p.detach() for p in params]
-        self.cls = self.cls.detach()
+        self.head_params = _detached([h.get_parameter(p) for h in rpd.heads for p in HEAD_PARAMS])
 
     def maps(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The RFE convolutions: each layer's map pooled, stem 1×1 conv + ReLU, shared 3×3/2 convs."""
-        from pathrt.generator.rfe import _pool
-
         out = []
         for index, x in enumerate(features):
             if tuple(x.shape[-2:]) != self.pool_sizes[index]:
-                x = _pool(x, self.pool_sizes[index])
+                x = pool_to(x, self.pool_sizes[index])
             weight, bias = self.stems[index]
             x = F.conv2d(x, weight, bias).relu_()
             for _ in range(self.repeats[index]):
@@ -215,6 +212,10 @@ class FusedGenerator:
         for params in self.encoder:
             x = self.ops.pdn_encoder_layer(x, params, self.heads, self.encoder_eps)
         return self.ops.rpd_decode(x, self.rpd, self.head_params, self.rpd_eps)
+
+
+def _detached(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.detach() for p in params]
 
 
 def _conv_params(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
