@@ -22,16 +22,18 @@ from typing import Any
 
 import torch
 
-from pathrt.artifacts import tensor_fingerprint
+from pathrt.artifacts import parse_json, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError, PathrtError
 from pathrt.export.graph import EXPLAINER_OUTPUTS, GENERATOR_OUTPUTS, ExplainerGraph, GeneratorGraph
 from pathrt.generator import PathwayGenerator
 from pathrt.runtime.ops import MASK_THRESHOLD
+from pathrt.schemas import validate
 from pathrt.targets import PathwaySpec, Target
 from pathrt.version import __version__
 
 FORMATS = {"explainer": "pathrt-onnx-explainer", "generator": "pathrt-onnx-generator"}
 FORMAT_VERSION = 1
+MAX_ONNX_BYTES = 2 << 30
 MIN_OPSET = 18
 NOT_EXPORTABLE = {
     "pathway_gradient": "pathway gradients need autograd (a backward pass), which an ONNX inference graph does not "
@@ -257,6 +259,8 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         p = Path(source)
         if not p.is_file():
             raise ArtifactError(f"{p} does not exist; export one with `pathrt export`")
+        if p.stat().st_size > MAX_ONNX_BYTES:
+            raise ArtifactError(f"{p} is {p.stat().st_size} bytes, beyond the 2 GiB an ONNX protobuf can hold")
         source = p.read_bytes()
     try:
         model = onnx.load_from_string(source)
@@ -264,6 +268,7 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
     except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a valid ONNX file"
         raise ArtifactError(f"{name} is not a valid ONNX model (corrupted or truncated?): {exc}") from exc
     meta = {p.key: p.value for p in model.metadata_props}
+    validate(meta, "pathrt.onnx", name)
     if meta.get("pathrt_format") != FORMATS[kind]:
         raise ArtifactError(f"{name} is not a pathrt {kind} ONNX file (format {meta.get('pathrt_format')!r}); "
                             f"export one with `pathrt export`")
@@ -271,7 +276,9 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         raise ArtifactError(f"{name} has format version {meta.get('pathrt_format_version')}, this pathrt reads "
                             f"{FORMAT_VERSION}; export it again")
     try:
-        spec = PathwaySpec.from_dict(json.loads(meta["pathway_spec"]))
+        spec_data = parse_json(meta["pathway_spec"], f"{name}'s pathway spec")
+        validate(spec_data, "pathway_spec", name)
+        spec = PathwaySpec.from_dict(spec_data)
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"{name} has no valid pathway spec in its metadata ({exc})") from exc
     if target is not None:

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pathrt.errors import ArtifactError, IncompatibleArtifactError
+from pathrt.schemas import validate
 from pathrt.version import __version__
 
 FORMAT_VERSION = 1
@@ -63,10 +64,7 @@ def read_json(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
         raise ArtifactError(f"{p} does not exist; expected the JSON sidecar of a pathrt {kind} artifact")
     if p.stat().st_size > MAX_SIDECAR_BYTES:
         raise ArtifactError(f"{p} is {p.stat().st_size} bytes, too large for a sidecar")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{p} is not valid JSON ({exc}); the file is corrupted") from exc
+    data = parse_json(p.read_bytes(), str(p))
     if not isinstance(data, dict) or data.get("format") != kind:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ArtifactError(f"{p} is not a pathrt {kind} sidecar (format {found!r})")
@@ -74,7 +72,21 @@ def read_json(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{p} has format_version {version!r}; this pathrt reads version "
                             f"{FORMAT_VERSION}: re-create the artifact with this version")
+    validate(data, kind, str(p))
     return data
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes | str, where: str) -> Any:
+    """Strict JSON (UTF-8, no NaN/Infinity, nesting bounded by Python's parser); ArtifactError otherwise."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{where} is not valid JSON ({str(exc)[:200]}); the file is corrupted") from exc
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:
@@ -94,6 +106,26 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{p} is not a readable safetensors file ({exc}); the file is corrupted") from exc
 
 
+def check_state(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
+                what: str, exact_dtypes: bool = True) -> None:
+    """Raises IncompatibleArtifactError unless `state` has exactly the names and shapes (and, with
+    `exact_dtypes`, the dtypes) of `expected` (e.g. a model's state dict built on the meta device)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+
+    def fits(t: torch.Tensor, want: torch.Tensor) -> bool:
+        same_kind = t.is_floating_point() == want.is_floating_point()
+        return t.shape == want.shape and same_kind and (not exact_dtypes or t.dtype == want.dtype)
+
+    wrong = [f"{k}: file {tuple(state[k].shape)} {state[k].dtype} vs {tuple(v.shape)} {v.dtype}"
+             for k, v in expected.items() if k in state and not fits(state[k], v)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"wrong shapes or dtypes {wrong[:5]}" if wrong else ""]
+        raise IncompatibleArtifactError(f"the tensors in {source} do not fit {what}: "
+                                        + "; ".join(p for p in parts if p))
+
+
 def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of the tensors (order-independent)."""
     digest = hashlib.sha256()
@@ -104,24 +136,44 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _pending(sidecar: Path) -> Path:
+    return sidecar.with_name(sidecar.name + ".pending")
+
+
 def save_artifact(path: str | os.PathLike[str], kind: str, tensors: Mapping[str, torch.Tensor],
                   meta: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Writes the artifact `<stem>` of format `kind`: tensors first, then the sidecar (`meta` plus
-    format, version and the tensors' fingerprint). Returns (weights path, sidecar path)."""
+    """Writes the artifact `<stem>` of format `kind`; returns (weights path, sidecar path).
+
+    The pair is replaced as one: the new sidecar (`meta` plus format, version and the tensors'
+    fingerprint) is first written whole to `<stem>.json.pending`, then the weights replace the old
+    ones, then the pending sidecar is renamed over the old. A process killed anywhere in between
+    leaves either the old pair or new weights with their pending sidecar, which `load_artifact`
+    accepts; never weights without a sidecar that describes them.
+    """
     weights, sidecar = artifact_paths(path)
-    save_tensors(weights, tensors)
-    write_json(sidecar, {**meta, "format": kind, "format_version": FORMAT_VERSION, "pathrt_version": __version__,
+    pending = _pending(sidecar)
+    write_json(pending, {**meta, "format": kind, "format_version": FORMAT_VERSION, "pathrt_version": __version__,
                          "fingerprint": tensor_fingerprint(tensors), "weights_file": weights.name})
+    save_tensors(weights, tensors)
+    os.replace(pending, sidecar)
     return weights, sidecar
 
 
 def load_artifact(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Reads the artifact `<stem>` of format `kind`: (sidecar, tensors), refusing a tensor file whose
-    fingerprint differs from the one its sidecar recorded (the two files of different saves)."""
+    fingerprint differs from the one its sidecar recorded (the two files of different saves). The
+    sidecar of a save interrupted after its weights were replaced is `<stem>.json.pending`."""
     weights, sidecar = artifact_paths(path)
-    meta = read_json(sidecar, kind)
+    pending = _pending(sidecar)
+    # a first save killed before its final rename leaves only the pending sidecar
+    meta = read_json(pending if pending.is_file() and not sidecar.is_file() else sidecar, kind)
     tensors = load_tensors(weights)
-    actual, recorded = tensor_fingerprint(tensors), str(meta.get("fingerprint"))
+    actual = tensor_fingerprint(tensors)
+    if meta.get("fingerprint") != actual and pending.is_file():
+        candidate = read_json(pending, kind)
+        if candidate.get("fingerprint") == actual:
+            return candidate, tensors
+    recorded = str(meta.get("fingerprint"))
     if actual != recorded:
         raise IncompatibleArtifactError(f"{weights} does not match its sidecar {sidecar.name} (weights fingerprint "
                                         f"{actual[:12]}…, sidecar says {recorded[:12]}…): the two files come from "

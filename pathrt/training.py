@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from pathrt.artifacts import artifact_paths, atomic_write
+from pathrt.artifacts import artifact_paths, atomic_write, check_state, parse_json
 from pathrt.data import TensorImageDataset
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
 from pathrt.progress import progress_bar
+from pathrt.schemas import validate
 from pathrt.targets import Target, canonized_copy, capture_features, pathway_forward
 
 
@@ -69,6 +70,9 @@ class GeneratorTrainingConfig:
         return self.lambda_sp * min(1.0, step / ramp)
 
 
+TRAINING_STATE_FORMAT = "pathrt.training_state"
+
+
 def _state_path(stem: Path) -> Path:
     return artifact_paths(stem)[0].with_suffix(".train.safetensors")
 
@@ -97,11 +101,41 @@ def _save_state(path: Path, generator: PathwayGenerator, optimizer: torch.optim.
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads(fh.metadata()["pathrt"])
+            raw = (fh.metadata() or {}).get("pathrt", "")
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118  (safe_open API)
-    except Exception as exc:
+    except Exception as exc:  # safetensors raises several types for corrupted files
         raise ArtifactError(f"{path} is not a readable training state ({exc}); start without --resume") from exc
+    meta = parse_json(raw, str(path))
+    validate(meta, TRAINING_STATE_FORMAT, str(path))
     return tensors, meta
+
+
+def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any], generator: PathwayGenerator,
+             optimizer: torch.optim.Optimizer) -> None:
+    """Loads generator weights, optimizer moments and the RNG state of a training state file, each
+    checked against what this run built (ArtifactError for anything that does not fit)."""
+    weights = {k[len("generator."):]: v for k, v in tensors.items() if k.startswith("generator.")}
+    check_state(generator.state_dict(), weights, str(path), "the generator of this run")
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    params = list(generator.parameters())
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            if not index.isdigit() or int(index) >= len(params) or name not in ("step", "exp_avg", "exp_avg_sq"):
+                raise ArtifactError(f"{path} holds an unknown optimizer tensor {key!r}")
+            if name != "step" and value.shape != params[int(index)].shape:
+                raise ArtifactError(f"{path}: optimizer tensor {key!r} has shape {tuple(value.shape)}, its "
+                                    f"parameter {tuple(params[int(index)].shape)}")
+            opt_state.setdefault(int(index), {})[name] = value
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise ArtifactError(f"{path} holds no valid RNG state")
+    generator.load_state_dict(weights)
+    try:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ArtifactError(f"{path} holds an optimizer state that does not fit this run ({exc})") from exc
+    torch.set_rng_state(rng)
 
 
 @torch.no_grad()
@@ -157,15 +191,11 @@ def train_generator(
         if {k: saved[k] for k in meta} != json.loads(json.dumps(meta)):
             raise IncompatibleArtifactError(f"{_state_path(stem)} belongs to another run (config, generator config "
                                             "or target differ); resume with the same settings or start afresh")
-        generator.load_state_dict({k[len("generator."):]: v for k, v in tensors.items() if k.startswith("generator.")})
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                opt_state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
+        _restore(_state_path(stem), tensors, saved, generator, optimizer)
         start_step, history = int(saved["step"]), list(saved["history"])
-        torch.set_rng_state(tensors["rng.torch"])
+        if start_step > config.steps:
+            raise IncompatibleArtifactError(f"{_state_path(stem)} is at step {start_step}, beyond --steps "
+                                            f"{config.steps}")
     # built after a resume's optimizer state (which holds initial_lr): its first lr is that of start_step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor, last_epoch=start_step - 1)
 

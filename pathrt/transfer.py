@@ -54,9 +54,17 @@ class ClassPathways:
                       str(meta["target_fingerprint"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{path} holds no valid class pathways ({exc})") from exc
-        if out.masks.dtype != torch.bool or out.masks.shape != out.frequency.shape or \
-                out.masks.shape[1] != spec.total_channels:
-            raise ArtifactError(f"{path} holds masks of shape {tuple(out.masks.shape)}, which does not fit its spec")
+        c, k = (out.masks.shape[0] if out.masks.dim() == 2 else -1), spec.total_channels
+        shapes = (tuple(out.masks.shape), tuple(out.frequency.shape), tuple(out.sources.shape))
+        dtypes = (out.masks.dtype, out.frequency.dtype, out.sources.dtype)
+        if shapes != ((c, k), (c, k), (c,)) or dtypes != (torch.bool, torch.float32, torch.int64):
+            raise ArtifactError(f"{path} holds masks {tuple(out.masks.shape)} {out.masks.dtype}, frequencies "
+                                f"{tuple(out.frequency.shape)} {out.frequency.dtype} and sources "
+                                f"{tuple(out.sources.shape)} {out.sources.dtype}; expected (C, {k}) bool, (C, {k}) "
+                                "float32 and (C,) int64")
+        if c == 0 or not torch.equal(out.masks, out.frequency >= out.threshold) or bool((out.sources < 0).any()):
+            raise ArtifactError(f"{path} holds class pathways that disagree with their own frequencies, threshold "
+                                "or source counts; the file is corrupted")
         return out
 
 

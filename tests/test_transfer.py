@@ -34,12 +34,12 @@ def test_build_class_pathways_hand_example() -> None:
 def test_class_pathways_save_load(tmp_path: Path) -> None:
     logits = [[1.0, 0, 0], [0, 1.0, 0]]
     e = _explanation([[1, 1, 0, 0], [0, 0, 1, 1]], [0, 1], logits)
-    pathways = build_class_pathways(e, torch.tensor([0, 1]), 2, "fp")
+    pathways = build_class_pathways(e, torch.tensor([0, 1]), 2, "a" * 64)
     pathways.save(tmp_path / "cp")
-    loaded = ClassPathways.load(tmp_path / "cp", target_fingerprint="fp")
+    loaded = ClassPathways.load(tmp_path / "cp", target_fingerprint="a" * 64)
     assert torch.equal(loaded.masks, pathways.masks) and loaded.spec == pathways.spec
     with pytest.raises(IncompatibleArtifactError, match="another target"):
-        ClassPathways.load(tmp_path / "cp", target_fingerprint="other")
+        ClassPathways.load(tmp_path / "cp", target_fingerprint="b" * 64)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from pathrt.artifacts import artifact_paths, load_artifact, save_artifact
+from pathrt.artifacts import artifact_paths, check_state, load_artifact, save_artifact
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.generator.daq import DAQ, hard_mask
 from pathrt.generator.pdn import PDN
@@ -142,9 +142,12 @@ def load_generator(path: str | os.PathLike[str], *, target_fingerprint: str | No
     if spec is not None and saved_spec != spec:
         raise IncompatibleArtifactError(f"the generator {weights_path.name} expects another pathway spec "
                                         "than this target's")
-    generator = PathwayGenerator(saved_spec, config)
     try:
-        generator.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{weights_path} does not fit its own config ({exc})") from exc
+        with torch.device("meta"):  # checked against the file before anything is allocated
+            probe = PathwayGenerator(saved_spec, config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"the sidecar of {weights_path} describes no buildable generator ({exc})") from exc
+    check_state(probe.state_dict(), state, str(weights_path), "the generator its sidecar describes")
+    generator = PathwayGenerator(saved_spec, config)
+    generator.load_state_dict(state, strict=True)
     return generator.eval(), meta

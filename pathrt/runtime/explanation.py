@@ -15,6 +15,7 @@ import torch
 
 from pathrt.artifacts import load_artifact, save_artifact
 from pathrt.errors import ArtifactError, InputError
+from pathrt.runtime.ops import pack_masks
 from pathrt.targets.spec import PathwaySpec
 
 EXPLANATION_FORMAT = "pathrt.explanation"
@@ -49,6 +50,15 @@ class Explanation:
                 raise InputError(f"Explanation.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
         if self.masks.dtype != torch.bool or self.packed.dtype != torch.uint8:
             raise InputError("Explanation.masks must be bool and Explanation.packed uint8")
+        if self.logits.dim() != 2 or self.logits.shape != self.pathway_logits.shape or len(self.logits) != n:
+            raise InputError(f"Explanation.logits {tuple(self.logits.shape)} and pathway_logits "
+                             f"{tuple(self.pathway_logits.shape)} must both be (N={n}, num_classes)")
+        if not all(t.is_floating_point() for t in (self.scores, self.logits, self.pathway_logits)):
+            raise InputError("Explanation.scores, logits and pathway_logits must be floating point")
+        if self.classes.dtype != torch.int64 or self.classes.dim() != 1:
+            raise InputError(f"Explanation.classes must be a 1-d int64 tensor, got {self.classes.dtype}")
+        if n and (int(self.classes.min()) < 0 or int(self.classes.max()) >= self.logits.shape[1]):
+            raise InputError(f"Explanation.classes must lie in [0, {self.logits.shape[1]})")
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -109,7 +119,11 @@ class Explanation:
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
         meta, tensors = load_artifact(path, EXPLANATION_FORMAT)
         try:
-            return cls(PathwaySpec.from_dict(meta["pathway_spec"]), *(tensors[n] for n in _TENSORS),
-                       str(meta["backend"]), str(meta.get("backend_reason", "")))
+            out = cls(PathwaySpec.from_dict(meta["pathway_spec"]), *(tensors[n] for n in _TENSORS),
+                      str(meta["backend"]), str(meta.get("backend_reason", "")))
         except (KeyError, InputError) as exc:
             raise ArtifactError(f"{path} is not a valid explanation ({exc})") from exc
+        if len(out) != meta["count"] or not torch.equal(out.packed, pack_masks(out.masks)):
+            raise ArtifactError(f"{path} is not a valid explanation (its count or packed masks disagree with "
+                                "its masks)")
+        return out

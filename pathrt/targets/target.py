@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathrt.artifacts import artifact_paths, load_artifact, load_tensors, save_artifact, tensor_fingerprint
+from pathrt.artifacts import artifact_paths, check_state, load_artifact, load_tensors, save_artifact, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.targets.models import build_model
 from pathrt.targets.pathway import Capture, Masks, capture_features, pathway_forward
@@ -104,19 +104,10 @@ def save_target(target: Target, path: str | os.PathLike[str]) -> tuple[Path, Pat
     })
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                 f"wrong shapes {wrong[:5]}" if wrong else ""]
-        raise IncompatibleArtifactError(f"the weights in {source} do not fit architecture {arch!r}: "
-                                        + "; ".join(p for p in parts if p)
-                                        + ". Check the architecture name and the number of classes.")
-    model.load_state_dict(state, strict=True)
+def _check_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str,
+                   exact_dtypes: bool = True) -> None:
+    check_state(model.state_dict(), state, str(source), f"architecture {arch!r} (check the architecture name and "
+                "the number of classes)", exact_dtypes)
 
 
 def load_target(path: str | os.PathLike[str], *, arch: str | None = None, fingerprint: str | None = None) -> Target:
@@ -140,12 +131,28 @@ def load_target(path: str | os.PathLike[str], *, arch: str | None = None, finger
     if fingerprint is not None and meta["fingerprint"] != fingerprint:
         raise IncompatibleArtifactError(f"{weights_path} has weights fingerprint {meta['fingerprint'][:12]}…, but "
                                         f"{fingerprint[:12]}… was expected: this is another model")
-    target = create_target(saved_arch, classes, spec.input_shape, mean=mean, std=std,
-                           pathway_modules=spec.names if spec.rule == "user" else None, **arch_kwargs)
-    _load_state(target.model, state, weights_path, saved_arch)
-    if target.spec != spec:
+    if len(mean) != spec.input_shape[0] or len(std) != spec.input_shape[0]:
+        raise ArtifactError(f"the sidecar of {weights_path} has {len(mean)} means and {len(std)} stds for "
+                            f"{spec.input_shape[0]} input channels")
+
+    def build() -> Target:
+        try:
+            return create_target(saved_arch, classes, spec.input_shape, mean=mean, std=std,
+                                 pathway_modules=spec.names if spec.rule == "user" else None, **arch_kwargs)
+        except (InputError, TypeError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"the sidecar of {weights_path} describes no buildable {saved_arch!r} "
+                                f"({str(exc)[:300]})") from exc
+
+    # the architecture is first built on the meta device (no memory) and checked against the file's
+    # tensors and spec, so a sidecar cannot make pathrt allocate more than the weights file holds
+    with torch.device("meta"):
+        probe = build()
+    _check_weights(probe.model, state, weights_path, saved_arch)
+    if probe.spec != spec:
         raise IncompatibleArtifactError(f"the pathway spec rebuilt for {saved_arch!r} differs from the one "
                                         f"recorded with {weights_path}; it was saved by another pathrt version")
+    target = build()
+    target.model.load_state_dict(state, strict=True)
     target.info = dict(meta.get("info", {}))
     return target
 
@@ -181,5 +188,6 @@ def import_weights(
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ArtifactError(f"{source} does not hold a state dict (name -> tensor)")
     target = create_target(arch, classes, input_shape, mean=mean, std=std, **arch_kwargs)
-    _load_state(target.model, state, source, arch)
+    _check_weights(target.model, state, source, arch, exact_dtypes=False)
+    target.model.load_state_dict(state, strict=True)
     return target
