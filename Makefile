@@ -9,7 +9,7 @@ DEPS := $(VENV)/.pathrt-installed
 EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint build info bench sanitize clean
+.PHONY: demo test test-fast lint build info bench sanitize fuzz clean
 
 demo: build
 	$(PY) -m pathrt.cli demo
@@ -42,6 +42,27 @@ sanitize: $(DEPS)
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	PATHRT_EXTENSION_FILE="$$(ls build/sanitize/pathrt/_C*.so)" \
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/sanitized/check_sanitizers.py $(SANITIZE_TESTS)
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of every loader: FUZZ_SECONDS per harness. With clang
+# installed, the extension is rebuilt with coverage counters into build/fuzz so the C++ bundle reader
+# is fuzzed with native coverage; without clang, the harnesses run on the installed extension with
+# Python coverage only (said in the output). Runs and findings are recorded in runs/fuzz/.
+FUZZ_SECONDS ?= 300
+FUZZ_HARNESSES ?= artifact bundle onnx
+CLANG_RT_FUZZER = $(shell clang -print-file-name=libclang_rt.fuzzer_no_main-x86_64.a 2>/dev/null)
+fuzz: $(DEPS)
+	@if command -v clang++ >/dev/null && [ -f "$(CLANG_RT_FUZZER)" ]; then \
+	  rm -rf build/fuzz && \
+	  CC=clang CXX=clang++ LDSHARED="clang++ -shared" PATHRT_FUZZ=1 PATHRT_CUDA=0 \
+	    $(PY) setup.py -q build_ext --build-lib build/fuzz --build-temp build/fuzz/tmp && \
+	  clang++ -shared -fPIC -o build/fuzz/libfuzzer_no_main.so -Wl,--whole-archive "$(CLANG_RT_FUZZER)" \
+	    -Wl,--no-whole-archive -lpthread && \
+	  $(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --harness $(FUZZ_HARNESSES) \
+	    --extension "$$(ls build/fuzz/pathrt/_C*.so)"; \
+	else \
+	  echo "clang/libFuzzer not found (apt-get install clang): fuzzing with Python coverage only"; \
+	  $(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --harness $(FUZZ_HARNESSES); \
+	fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -6,6 +6,7 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST   CUDA archs to compile for (default "8.0;9.0").
   CUDA_HOME              CUDA toolkit root (default: the folder above the nvcc on PATH).
   PATHRT_SANITIZE=1      build with AddressSanitizer and UndefinedBehaviorSanitizer (`make sanitize`).
+  PATHRT_FUZZ=1          build with libFuzzer coverage instrumentation (clang, `make fuzz`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _extensions():
         sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
         cxx = ["-O1", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", *sanitize]
         link += sanitize
+    if os.environ.get("PATHRT_FUZZ", "0") not in ("", "0"):
+        # clang's coverage counters for libFuzzer (atheris supplies the runtime at load time)
+        cov = "-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp"
+        cxx = ["-O1", "-g", "-fopenmp", "-Wno-unknown-pragmas", cov]
+        link += [cov]
     cpu_sources = sorted(str(p) for folder in ("cpu", "runtime") for p in (CSRC / folder).glob("*.cpp"))
     sources = [str(CSRC / "bindings.cpp"), *cpu_sources]
     common = dict(

@@ -8,6 +8,7 @@ a pair from two different saves is detected on load. Nothing here unpickles anyt
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pathrt.errors import ArtifactError, IncompatibleArtifactError
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, StorageError
 from pathrt.schemas import validate
 from pathrt.version import __version__
 
@@ -47,8 +48,24 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except Exception as exc:
+        if _out_of_space(exc):
+            raise StorageError(f"no space left to write {target} ({exc}); free disk space (or raise the quota) and "
+                               f"run again: {target} and every earlier output are unchanged") from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """True for a write refused for lack of space; safetensors reports it as text ("os error 28")."""
+    if isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS:
+        return True
+    text = str(exc)
+    return any(f"os error {code})" in text for code in _SPACE_ERRNOS)
 
 
 def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The `pathrt` command line: info, train-target, train, explain, export, bundle, evaluate, bench, demo.
 
-Errors pathrt raises on purpose print one line on stderr and exit with code 2 (`--debug` shows
-the traceback instead).
+Errors print one line on stderr, never a traceback (`--debug` shows it), and exit with a code that
+says what went wrong: 2 usage, 3 unreadable/corrupted/wrong-version artifact, 4 artifact of another
+model or spec, 5 bad input, 6 output not writable (disk full, permissions), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pathrt.errors import InputError, PathrtError
+from pathrt.errors import InputError, PathrtError, exit_code
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -286,11 +287,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except PathrtError as exc:
+    except (PathrtError, OSError, KeyboardInterrupt) as exc:
         if args.debug:
             raise
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"pathrt {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
+            return 130
+        code = exit_code(exc) if isinstance(exc, PathrtError) else 6
         print(f"pathrt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return code
     return 0
 
 

@@ -1,8 +1,10 @@
 """The pathrt error hierarchy.
 
 Every error raised on purpose by the public API derives from `PathrtError` and from `ValueError`
-(bad values, artifacts, inputs) so that callers can catch either. Messages say what was wrong and
-how to fix it.
+(bad values, artifacts, inputs) so that callers can catch either; `StorageError` (no space left
+to write an output) derives from `OSError` instead, since nothing the caller passed was wrong.
+Messages say what was wrong and how to fix it. The CLI turns each into one line on stderr and the
+exit code of `EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -34,3 +36,21 @@ class SpecError(PathrtError, ValueError):
 
 class CanonizationError(PathrtError, ValueError):
     """BatchNorm folding cannot be applied (training mode, unsupported layer)."""
+
+
+class StorageError(PathrtError, OSError):
+    """An output could not be written (disk full, quota, file size limit); earlier outputs are intact."""
+
+
+# `pathrt` exit codes, most specific class first (2 is argparse's usage error, 1 an unexpected crash)
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (IncompatibleArtifactError, 4),
+    (ArtifactError, 3),
+    (StorageError, 6),
+    (PathrtError, 5),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    """The `pathrt` exit code of a PathrtError (5 for bad inputs and any other PathrtError)."""
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))

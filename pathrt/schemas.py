@@ -79,7 +79,9 @@ def _artifact(required: list[str], properties: dict[str, Any]) -> dict[str, Any]
 SCHEMAS: dict[str, dict[str, Any]] = {
     "pathrt.target": _artifact(["arch", "classes", "mean", "std", "pathway_spec"], {
         "arch": _name,
-        "arch_kwargs": {"type": "object", "maxProperties": 64},
+        "arch_kwargs": {"type": "object", "maxProperties": 64, "additionalProperties": {"anyOf": [
+            {"type": ["number", "boolean", "null"]}, _name,
+            {"type": "array", "maxItems": 256, "items": {"anyOf": [{"type": ["number", "boolean"]}, _name]}}]}},
         "classes": {"type": "array", "items": _name, "minItems": 1, "maxItems": MAX_CLASSES},
         "mean": {"type": "array", "items": _number, "minItems": 1, "maxItems": MAX_IMAGE_CHANNELS},
         "std": {"type": "array", "items": {**_number, "exclusiveMinimum": 0}, "minItems": 1,

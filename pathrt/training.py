@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -98,6 +99,12 @@ def _save_state(path: Path, generator: PathwayGenerator, optimizer: torch.optim.
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def load_training_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Reads a `--resume` training state: (tensors, schema-checked metadata); ArtifactError if unreadable.
+    The tensors are checked against a run's generator and optimizer when it resumes from them."""
+    return _load_state(Path(path))
+
+
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -120,9 +127,10 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
     params = list(generator.parameters())
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            if not index.isdigit() or int(index) >= len(params) or name not in ("step", "exp_avg", "exp_avg_sq"):
-                raise ArtifactError(f"{path} holds an unknown optimizer tensor {key!r}")
+            match = re.fullmatch(r"optimizer\.(\d{1,6})\.(step|exp_avg|exp_avg_sq)", key)
+            if match is None or int(match[1]) >= len(params):
+                raise ArtifactError(f"{path} holds an unknown optimizer tensor {key[:80]!r}")
+            index, name = match[1], match[2]
             if name != "step" and value.shape != params[int(index)].shape:
                 raise ArtifactError(f"{path}: optimizer tensor {key!r} has shape {tuple(value.shape)}, its "
                                     f"parameter {tuple(params[int(index)].shape)}")
@@ -130,12 +138,13 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
     rng = tensors.get("rng.torch")
     if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
         raise ArtifactError(f"{path} holds no valid RNG state")
-    generator.load_state_dict(weights)
     try:
+        generator.load_state_dict(weights)
         optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} holds an optimizer state that does not fit this run ({exc})") from exc
-    torch.set_rng_state(rng)
+        torch.set_rng_state(rng)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # e.g. "Invalid mt19937 state" (found by fuzzing)
+        raise ArtifactError(f"{path} holds an optimizer or RNG state that does not fit this run ({exc}); start "
+                            "without --resume") from exc
 
 
 @torch.no_grad()

@@ -58,7 +58,7 @@ def test_cli_info() -> None:
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     result = _cli("train-target", "--image-folder", str(tmp_path / "missing"))
-    assert result.returncode == 2
+    assert result.returncode == 5  # a bad input (pathrt.errors.EXIT_CODES)
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -30,6 +30,10 @@ constexpr uint64_t kMaxHeaderBytes = 64ull << 20;   // the JSON header (safetens
 constexpr uint64_t kMaxBundleBytes = 16ull << 30;   // refuse larger files before reading them
 constexpr int64_t kMaxDim = int64_t{1} << 31;
 constexpr int64_t kMaxValues = 100000;
+// What a legitimate bundle holds (as pathrt.schemas bounds Python artifacts): the dry run and every
+// call allocate from these, so a hostile plan cannot ask for an enormous image or feature map.
+constexpr int64_t kMaxImageChannels = 16;
+constexpr int64_t kMaxSide = 1024;
 
 enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add };
 enum class Strategy { Dense, Union, Sparse };  // the pathway-pass conv strategies of fast_path.py
@@ -440,6 +444,9 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       s.residual = entry.at("residual").as_bool("residual");
       s.stride = entry.at("stride").int_list("stride", 2, 1, 1 << 16);
       s.padding = entry.at("padding").int_list("padding", 2, 0, 1 << 16);
+      if (s.padding[0] >= s.weight.size(2) || s.padding[1] >= s.weight.size(3)) {
+        throw BundleError("bundle plan: a conv pads by its kernel size or more");
+      }
       s.conv_weight = s.weight.contiguous(at::MemoryFormat::ChannelsLast);
     } else if (s.op == Op::Linear) {
       if (const Json* f = entry.find("flatten_input")) s.flatten_input = f->as_bool("flatten_input");
@@ -449,7 +456,7 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       s.padding = entry.at("padding").int_list("padding", 2, 0, 1 << 16);
       s.ceil_mode = entry.at("ceil_mode").as_bool("ceil_mode");
     } else if (s.op == Op::AdaptiveAvgPool) {
-      s.output_size = entry.at("output_size").int_list("output_size", 2, 1, 1 << 16);
+      s.output_size = entry.at("output_size").int_list("output_size", 2, 1, kMaxSide);
     } else if (s.op == Op::Flatten) {
       s.start_dim = entry.at("start_dim").as_int("start_dim", 1, 3);
     }
@@ -523,12 +530,16 @@ void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<
   impl.tail_eps = gen.at("tail_eps").as_number("tail_eps");
   impl.encoder_eps = gen.at("encoder_eps").as_number("encoder_eps");
   impl.rpd_eps = gen.at("rpd_eps").as_number("rpd_eps");
+  for (const double eps : {impl.tail_eps, impl.encoder_eps, impl.rpd_eps}) {
+    if (!(eps > 0 && eps < 1)) throw BundleError("bundle generator: a LayerNorm eps outside (0, 1)");
+  }
 }
 
 void load_info(SessionInfo& info, const Json& meta) {
   info.arch = meta.at("arch").as_string("arch");
   for (const auto& c : meta.at("classes").as_array("classes")) info.classes.push_back(c.as_string("classes"));
-  info.input_shape = meta.at("input_shape").int_list("input_shape", 3, 1, 1 << 16);
+  info.input_shape = meta.at("input_shape").int_list("input_shape", 3, 1, kMaxSide);
+  if (info.input_shape[0] > kMaxImageChannels) throw BundleError("bundle: more than 16 input channels");
   for (const auto& layer : meta.at("pathway_spec").at("layers").as_array("pathway_spec.layers")) {
     const auto& fields = layer.as_array("a pathway_spec layer ([name, channels, height, width])");
     if (fields.size() != 4) throw BundleError("bundle: a pathway_spec layer must be [name, channels, height, width]");
@@ -537,6 +548,11 @@ void load_info(SessionInfo& info, const Json& meta) {
   if (info.channels.empty()) throw BundleError("bundle: the pathway spec has no layers");
   for (const auto& v : meta.at("mean").as_array("mean")) info.mean.push_back(v.as_number("mean"));
   for (const auto& v : meta.at("std").as_array("std")) info.std.push_back(v.as_number("std"));
+  const size_t in_channels = static_cast<size_t>(info.input_shape[0]);
+  if (info.mean.size() != in_channels || info.std.size() != in_channels ||
+      std::any_of(info.std.begin(), info.std.end(), [](double v) { return !(v > 0); })) {
+    throw BundleError("bundle: mean and std need one value per input channel, std > 0");
+  }
   info.target_fingerprint = meta.at("target_fingerprint").as_string("target_fingerprint");
   if (meta.at("threshold").as_number("threshold") != 0.5) throw BundleError("bundle: the session thresholds at 0.5");
 }
@@ -573,6 +589,9 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     load_info(impl_->info, meta);
     impl_->sparse_limit = meta.at("sparse_limit").as_number("sparse_limit");
     impl_->union_limit = meta.at("union_limit").as_number("union_limit");
+    if (!(impl_->sparse_limit >= 0 && impl_->sparse_limit <= 1 && impl_->union_limit >= 0 && impl_->union_limit <= 1)) {
+      throw BundleError("its sparse_limit and union_limit must lie in [0, 1]");
+    }
     const auto tensors = read_tensors(data, header, 8 + header_len);
     load_plan(*impl_, meta.at("plan"), tensors);
     load_generator(*impl_, meta.at("generator"), tensors);
