@@ -125,7 +125,7 @@ def test_input_errors() -> None:
     model, spec = _target("small_vgg", 32)
     with pytest.raises(InputError, match="empty batch"):
         capture_features(model, spec, torch.randn(0, 3, 32, 32))
-    with pytest.raises(InputError, match=r"\(N, 3, H, W\)"):
+    with pytest.raises(InputError, match=r"\(N, 3, 32, 32\)"):
         capture_features(model, spec, torch.randn(2, 1, 32, 32))
     with pytest.raises(InputError, match="per-layer masks"):
         pathway_forward(model, spec, torch.randn(2, 3, 32, 32), [torch.ones(2, 32)])

@@ -73,13 +73,23 @@ def _check_all_ran(spec: PathwaySpec, calls: list[int]) -> None:
 
 
 def check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
-    """Raises InputError unless `x` is a non-empty (N, C, H, W) batch with the spec's channel count."""
+    """Raises InputError unless `x` is a non-empty (N, C, H, W) floating-point batch of the spec's
+    input shape with finite values (a NaN or Inf would silently give a meaningless pathway)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != spec.input_shape[0]:
-        raise InputError(f"images must be (N, {spec.input_shape[0]}, H, W), got shape {tuple(x.shape)}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(spec.input_shape):
+        raise InputError(f"images must be (N, {', '.join(map(str, spec.input_shape))}), got shape {tuple(x.shape)}; "
+                         "resize them to the target's input size")
     if x.shape[0] == 0:
         raise InputError("images is an empty batch (N = 0)")
+    if not x.is_floating_point():
+        raise InputError(f"images are {x.dtype}; pathrt explains floating-point images normalized with "
+                         "target.preprocess (e.g. target.preprocess(uint8_images.float() / 255))")
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()
+        raise InputError(f"{len(bad)} of {len(x)} images contain NaN or Inf values (first: image {int(bad[0])}); "
+                         "drop or repair them before explaining")
 
 
 def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor, check_inplace: bool = True) -> Capture:
