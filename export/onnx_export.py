@@ -243,7 +243,12 @@ class OnnxExplainerFile:
         feeds = {i.name: t.detach().cpu().to(dtype).contiguous().numpy()
                  for i, t in zip(self.session.get_inputs(), inputs, strict=True)}
         names = [o.name for o in self.session.get_outputs()]
-        out = {n: torch.from_numpy(v) for n, v in zip(names, self.session.run(names, feeds), strict=True)}
+        try:
+            values = self.session.run(names, feeds)
+        except Exception as exc:  # onnxruntime's own types (Fail, InvalidArgument, ...): inputs were checked
+            raise ArtifactError(f"ONNX Runtime failed running the pathrt {self.kind} file ({str(exc)[:300]}); the "
+                                "file is corrupted or was not written by `pathrt export`: export it again") from exc
+        out = {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
         return {n: t.float() if t.is_floating_point() else t for n, t in out.items()}
 
 
@@ -289,6 +294,7 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         if spec != target.spec:
             raise IncompatibleArtifactError(f"{name} was exported for another pathway spec than the target's")
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: a broken file is reported by the exception below
     if meta.get("dtype") == "float16":
         # ONNX Runtime 1.31's full (layout) optimizations crash the process on float16 convs on CPU;
         # (found by the fp16 export test); the extended level runs them correctly

@@ -56,7 +56,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     target = load_target(args.target)
     train, val = _load_data(args)
     config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                     lambda_sp=args.lambda_sp, seed=args.seed)
+                                     lambda_sp=args.lambda_sp, seed=args.seed, val_every=args.val_every,
+                                     checkpoint_every=args.checkpoint_every)
     generator_config = GeneratorConfig.small() if args.small else GeneratorConfig()
     _, history = train_generator(target, train, val, generator_config, config, out=args.out, resume=args.resume,
                                  progress=not args.no_progress)
@@ -69,7 +70,7 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     from pathrt.explain_folder import explain_to_folder
 
     explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size,
-                      backend=args.backend)
+                      backend=args.backend, progress=not args.no_progress)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lambda-sp", type=float, default=1.0, help="weight of the l2 sparsity term")
     train.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
                        help="the small-target generator (d=128, 2 layers, d_r=32; default) or the full one")
+    train.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (default 100); "
+                       "a checkpoint is never torn, whenever the process dies")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
     train.set_defaults(run=_cmd_train)
 
@@ -225,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="explain images (a folder, or the embedded test split)")
     explainer_args(explain)
     explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
-    explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain)")
+    explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain); an "
+                         "interrupted run into the same folder resumes where it stopped")
+    explain.add_argument("--no-progress", action="store_true")
     explain.set_defaults(run=_cmd_explain)
 
     export = sub.add_parser("export", help="export the explainer and/or generator to ONNX, verified in ONNX Runtime")

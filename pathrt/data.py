@@ -106,7 +106,7 @@ def _read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path} is not a readable image ({exc}); remove or replace it") from exc
     array = np.asarray(rgb, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
@@ -166,11 +166,9 @@ class ImageFolderDataset(Dataset):
         return TensorImageDataset(images, labels, self.classes, self.root.name)
 
 
-def load_image_files(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> tuple[torch.Tensor, list[Path]]:
-    """Every image under `root` (recursively, sorted), resized to `size`: (N, 3, H, W) in [0, 1] and the paths.
-
-    For unlabeled folders (`pathrt explain --images`); non-image files are an error, hidden files ignored.
-    """
+def list_image_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under `root` (recursively, sorted; hidden files ignored); DatasetError for a
+    missing or empty folder or one holding non-image files."""
     base = Path(root)
     if not base.is_dir():
         raise DatasetError(f"image folder {base} does not exist or is not a folder")
@@ -181,8 +179,19 @@ def load_image_files(root: str | os.PathLike[str], size: int | tuple[int, int] =
                            f"image files end in {', '.join(IMAGE_EXTENSIONS)}")
     if not files:
         raise DatasetError(f"{base} holds no images")
+    return files
+
+
+def read_images(paths: Sequence[Path], size: int | tuple[int, int] = 32) -> torch.Tensor:
+    """The images at `paths` resized to `size`: (N, 3, H, W) in [0, 1]."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
-    return torch.stack([_read_image(p, hw) for p in files]), files  # type: ignore[arg-type]
+    return torch.stack([_read_image(p, hw) for p in paths])  # type: ignore[arg-type]
+
+
+def load_image_files(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> tuple[torch.Tensor, list[Path]]:
+    """Every image under `root` (see `list_image_files`), resized to `size`: (N, 3, H, W) in [0, 1] and the paths."""
+    files = list_image_files(root)
+    return read_images(files, size), files
 
 
 def load_image_folder(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> ImageFolderDataset:

@@ -55,7 +55,8 @@ class GeneratorTrainingConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.tau <= 0 or self.lambda_sp < 0:
+        if min(self.steps, self.batch_size, self.val_every, self.checkpoint_every) < 1 or self.lr <= 0 \
+                or self.tau <= 0 or self.lambda_sp < 0:
             raise InputError(f"invalid training config {self}")
         if self.sparsity_loss not in ("l1", "l2"):
             raise InputError(f"sparsity_loss must be 'l1' or 'l2', got {self.sparsity_loss!r}")

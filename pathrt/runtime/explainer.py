@@ -12,7 +12,8 @@ one and records why (`Explainer.backend_reason`, `Explanation.backend_reason`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -54,6 +55,9 @@ class Explainer:
         self.generator = generator.eval()
         self.max_batch_size = max_batch_size
         self.model = canonized_copy(target.model)  # the user's model stays untouched
+        # the eager paths install forward hooks on the shared model: one call at a time may use them
+        # (the session, native and onnx paths keep all per-call state local and run concurrently)
+        self._hooks_lock = threading.Lock()
         self._onnx = self._session = None
         if onnx_file is not None and backend != "onnx":
             raise InputError("onnx_file is only used by backend='onnx'")
@@ -124,7 +128,21 @@ class Explainer:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"images must be a (N, C, H, W) tensor, got {shape}")
+        if len(images) == 0:
+            raise InputError("images is an empty batch (N = 0)")
         return [slice(s, s + self.max_batch_size) for s in range(0, len(images), self.max_batch_size)]
+
+    def chunks(self, images: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(rows, images[rows]) per chunk, each checked (`check_images`: shape, finite values) and cast
+        to the model's floating dtype (float64/float16 images give the float32 result)."""
+        param = next(iter(self.model.parameters()), None)
+        device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+        for rows in self.batches(images):
+            x = images[rows]
+            if x.device != device:
+                raise InputError(f"images are on {x.device}, the model on {device}; move them with .to('{device}')")
+            check_images(x, self.spec)
+            yield rows, x.to(dtype)
 
     @staticmethod
     def rows_of(target: ClassSpec, rows: slice) -> ClassSpec:
@@ -137,8 +155,7 @@ class Explainer:
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction)."""
         parts = []
-        for rows in self.batches(images):
-            x = images[rows]
+        for rows, x in self.chunks(images):
             if self._session is not None:
                 parts.append(self._explain_session(x, self.rows_of(target, rows)))
                 continue
@@ -148,11 +165,12 @@ class Explainer:
             if self._onnx is not None:
                 parts.append(self._explain_onnx(x, self.rows_of(target, rows)))
                 continue
-            capture = capture_features(self.model, self.spec, x)
-            out = self.generator(capture.features)
-            masks = torch.cat(out.masks, 1)
-            parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), self.rows_of(target, rows),
-                                      self.backend))
+            with self._hooks_lock:
+                capture = capture_features(self.model, self.spec, x)
+                out = self.generator(capture.features)
+                masks = torch.cat(out.masks, 1)
+                parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1),
+                                          self.rows_of(target, rows), self.backend))
         return Explanation.concat(parts)
 
     def _explain_fast(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
@@ -201,18 +219,17 @@ class Explainer:
         """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks."""
         flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool().expand(len(images), -1)
         parts = []
-        for rows in self.batches(images):
+        for rows, x in self.chunks(images):
             chunk = flat[rows].contiguous()
-            x = images[rows]
             if self._runner is not None:
-                check_images(x, self.spec)
                 logits, features, saved = self._runner.plain(x)
                 pathway_logits = self._runner.pathway(saved, features, self.spec.split(chunk))
                 parts.append(Explanation(self.spec, chunk, pack_masks(chunk), chunk.float(), logits, pathway_logits,
                                          self.resolve_classes(self.rows_of(target, rows), logits), label,
                                          f"pathway pass on {self.backend}"))
                 continue
-            parts.append(self._finish(x, self.model(x), chunk, chunk.float(), self.rows_of(target, rows), label))
+            with self._hooks_lock:
+                parts.append(self._finish(x, self.model(x), chunk, chunk.float(), self.rows_of(target, rows), label))
         return Explanation.concat(parts)
 
     def _finish(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
@@ -226,9 +243,9 @@ class Explainer:
         if len(explanation) != len(images):
             raise InputError(f"{len(images)} images but an explanation of {len(explanation)}")
         grads = []
-        for rows in self.batches(images):
-            with torch.enable_grad():
-                x = images[rows].detach().clone().requires_grad_(True)
+        for rows, x in self.chunks(images):
+            with torch.enable_grad(), self._hooks_lock:
+                x = x.detach().clone().requires_grad_(True)
                 logits = pathway_forward(self.model, self.spec, x, explanation.masks[rows])
                 chosen = logits.gather(1, explanation.classes[rows, None]).sum()
                 (grad,) = torch.autograd.grad(chosen, x)
