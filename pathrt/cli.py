@@ -138,6 +138,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from pathrt.benchmarks.harness import build_models, run_bench, sparsity_sweep, sweep_table, write_outputs
     from pathrt.benchmarks.paths import PATHS
 
+    if args.memory:
+        from pathrt.benchmarks.memory import memory_bench
+
+        print(memory_bench(args.memory_models, ["session", "native", "eager"], args.memory_images, 64,
+                           Path(args.workdir), Path(args.out)))
+        print(f"wrote {Path(args.out) / 'memory.md'} and memory.json")
+        return
+
     if args.quick:
         names, batches, repeats, budget = ["embedded"], [1, 8], 5, 2.0
         sweep_models, sweep_batch, sweep = ["embedded"], 8, [0.0, 0.75]
@@ -278,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep-models", nargs="+", default=["vgg11", "embedded"])
     bench.add_argument("--sweep-batch", type=int, default=64)
     bench.add_argument("--out", default="runs/bench")
+    bench.add_argument("--memory", action="store_true", help="instead: peak memory of explaining --memory-images "
+                       "images in chunks of 64 against one chunk (each in a fresh process)")
+    bench.add_argument("--memory-images", type=int, default=4096)
+    bench.add_argument("--memory-models", nargs="+", default=["embedded", "vgg11"])
     bench.set_defaults(run=_cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")

@@ -90,7 +90,8 @@ def explain_to_folder(target_path: str | os.PathLike[str], generator_path: str |
                 after_chunk(i)
         bar.update(rows.stop - rows.start)
     bar.close()
-    explanation = Explanation.concat([Explanation.load(parts / f"part-{i:06d}") for i in range(len(bounds))])
+    explanation = Explanation.assemble((Explanation.load(parts / f"part-{i:06d}") for i in range(len(bounds))),
+                                       len(names))
     summary = _write_outputs(folder, explanation, names, labels, target.classes)
     shutil.rmtree(parts)
     return summary

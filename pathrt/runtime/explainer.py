@@ -153,25 +153,29 @@ class Explainer:
 
     @torch.no_grad()
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
-        """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction)."""
-        parts = []
-        for rows, x in self.chunks(images):
-            if self._session is not None:
-                parts.append(self._explain_session(x, self.rows_of(target, rows)))
-                continue
-            if self._runner is not None:
-                parts.append(self._explain_fast(x, self.rows_of(target, rows)))
-                continue
-            if self._onnx is not None:
-                parts.append(self._explain_onnx(x, self.rows_of(target, rows)))
-                continue
-            with self._hooks_lock:
-                capture = capture_features(self.model, self.spec, x)
-                out = self.generator(capture.features)
-                masks = torch.cat(out.masks, 1)
-                parts.append(self._finish(x, capture.logits, masks, torch.cat(out.scores, 1),
-                                          self.rows_of(target, rows), self.backend))
-        return Explanation.concat(parts)
+        """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction).
+        Runs in chunks of max_batch_size; memory beyond one chunk's is the result itself."""
+        return Explanation.assemble(self.explain_iter(images, target), len(images))
+
+    def explain_iter(self, images: torch.Tensor, target: ClassSpec = None) -> Iterator[Explanation]:
+        """`explain` one chunk of max_batch_size images at a time, for results too large to hold (save
+        or reduce each chunk as it comes): memory stays that of one chunk whatever N is."""
+        with torch.no_grad():
+            for rows, x in self.chunks(images):
+                yield self._explain_chunk(x, self.rows_of(target, rows))
+
+    def _explain_chunk(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
+        if self._session is not None:
+            return self._explain_session(x, target)
+        if self._runner is not None:
+            return self._explain_fast(x, target)
+        if self._onnx is not None:
+            return self._explain_onnx(x, target)
+        with self._hooks_lock:
+            capture = capture_features(self.model, self.spec, x)
+            out = self.generator(capture.features)
+            masks = torch.cat(out.masks, 1)
+            return self._finish(x, capture.logits, masks, torch.cat(out.scores, 1), target, self.backend)
 
     def _explain_fast(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
         """SPEC §8 without hooks: plan pass with capture, generator + fused DAQ, sparse pathway pass."""
@@ -218,19 +222,18 @@ class Explainer:
                            label: str = "given") -> Explanation:
         """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks."""
         flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool().expand(len(images), -1)
-        parts = []
-        for rows, x in self.chunks(images):
-            chunk = flat[rows].contiguous()
-            if self._runner is not None:
-                logits, features, saved = self._runner.plain(x)
-                pathway_logits = self._runner.pathway(saved, features, self.spec.split(chunk))
-                parts.append(Explanation(self.spec, chunk, pack_masks(chunk), chunk.float(), logits, pathway_logits,
-                                         self.resolve_classes(self.rows_of(target, rows), logits), label,
-                                         f"pathway pass on {self.backend}"))
-                continue
-            with self._hooks_lock:
-                parts.append(self._finish(x, self.model(x), chunk, chunk.float(), self.rows_of(target, rows), label))
-        return Explanation.concat(parts)
+
+        def chunk_of(rows: slice, x: torch.Tensor) -> Explanation:
+            chunk, classes = flat[rows].contiguous(), self.rows_of(target, rows)
+            if self._runner is None:
+                with self._hooks_lock:
+                    return self._finish(x, self.model(x), chunk, chunk.float(), classes, label)
+            logits, features, saved = self._runner.plain(x)
+            pathway_logits = self._runner.pathway(saved, features, self.spec.split(chunk))
+            return Explanation(self.spec, chunk, pack_masks(chunk), chunk.float(), logits, pathway_logits,
+                               self.resolve_classes(classes, logits), label, f"pathway pass on {self.backend}")
+
+        return Explanation.assemble((chunk_of(rows, x) for rows, x in self.chunks(images)), len(images))
 
     def _finish(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
                 target: ClassSpec, backend: str) -> Explanation:

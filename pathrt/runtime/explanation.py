@@ -7,7 +7,7 @@ per-sample sparsity are derived from them (SPEC §5). Saved as `<stem>.safetenso
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,11 +103,27 @@ class Explanation:
         """Joins explanations of consecutive chunks (same spec and backend)."""
         if not parts:
             raise InputError("nothing to concatenate")
-        first = parts[0]
-        if any(p.spec != first.spec for p in parts):
-            raise InputError("cannot concatenate explanations of different pathway specs")
-        return Explanation(first.spec, *(torch.cat([getattr(p, n) for p in parts]) for n in _TENSORS), first.backend,
-                           first.backend_reason)
+        return Explanation.assemble(parts, sum(len(p) for p in parts))
+
+    @staticmethod
+    def assemble(parts: Iterable[Explanation], total: int) -> Explanation:
+        """Joins the explanations of consecutive chunks (`total` rows in all) as they are produced, into
+        tensors allocated once: peak memory is the result plus one chunk (`concat` holds both copies)."""
+        out: dict[str, torch.Tensor] = {}
+        first: Explanation | None = None
+        start = 0
+        for part in parts:
+            if first is None:
+                first = part
+                out = {n: getattr(part, n).new_empty((total, *getattr(part, n).shape[1:])) for n in _TENSORS}
+            elif part.spec != first.spec:
+                raise InputError("cannot join explanations of different pathway specs")
+            for name in _TENSORS:
+                out[name][start:start + len(part)] = getattr(part, name)
+            start += len(part)
+        if first is None or start != total:
+            raise InputError(f"the chunks hold {start} explanations, {total} were expected")
+        return Explanation(first.spec, *(out[n] for n in _TENSORS), first.backend, first.backend_reason)
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Writes `<stem>.safetensors` + `<stem>.json` atomically."""
