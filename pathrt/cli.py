@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pathrt.errors import InputError, PathrtError, exit_code
+from pathrt.heap import limit_heap_growth
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pathrt` command."""
     args = build_parser().parse_args(argv)
+    limit_heap_growth()
     try:
         args.run(args)
     except (PathrtError, OSError, KeyboardInterrupt) as exc:
