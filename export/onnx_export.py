@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pathrt.artifacts import parse_json, tensor_fingerprint
-from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError, PathrtError
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, PathrtError
 from pathrt.export.graph import EXPLAINER_OUTPUTS, GENERATOR_OUTPUTS, ExplainerGraph, GeneratorGraph
 from pathrt.generator import PathwayGenerator
 from pathrt.runtime.ops import MASK_THRESHOLD
@@ -273,13 +273,13 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
     except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a valid ONNX file"
         raise ArtifactError(f"{name} is not a valid ONNX model (corrupted or truncated?): {exc}") from exc
     meta = {p.key: p.value for p in model.metadata_props}
-    validate(meta, "pathrt.onnx", name)
     if meta.get("pathrt_format") != FORMATS[kind]:
         raise ArtifactError(f"{name} is not a pathrt {kind} ONNX file (format {meta.get('pathrt_format')!r}); "
                             f"export one with `pathrt export`")
     if meta.get("pathrt_format_version") != str(FORMAT_VERSION):
         raise ArtifactError(f"{name} has format version {meta.get('pathrt_format_version')}, this pathrt reads "
                             f"{FORMAT_VERSION}; export it again")
+    validate(meta, "pathrt.onnx", name)
     try:
         spec_data = parse_json(meta["pathway_spec"], f"{name}'s pathway spec")
         validate(spec_data, "pathway_spec", name)
@@ -416,11 +416,3 @@ def verify_generator(source: bytes | str | os.PathLike[str], target: Target, gen
                                                                 "generator", band)
         report.verified_batches.append(batch)
     return _finish_report(report, loaded, start)
-
-
-def input_error_for(images: torch.Tensor, spec: PathwaySpec) -> InputError | None:
-    """The error for images an exported explainer cannot take (its spatial size is fixed), or None."""
-    if tuple(images.shape[1:]) != tuple(spec.input_shape):
-        return InputError(f"the ONNX explainer takes images of shape (N, {', '.join(map(str, spec.input_shape))}), "
-                          f"got {tuple(images.shape)}")
-    return None

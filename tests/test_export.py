@@ -63,7 +63,7 @@ def test_onnx_backend_in_memory_and_bad_files(embedded: Target, tmp_path: Path) 
     assert "exported in memory" in explainer.backend_reason
     x = torch.randn(3, *embedded.spec.input_shape)
     assert_parity(Explainer(embedded, generator, backend="eager").explain(x), explainer.explain(x))
-    with pytest.raises(ValueError, match=r"takes images of shape \(N, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"images must be \(N, 3, 32, 32\)"):
         explainer.explain(torch.randn(2, 3, 16, 16))
 
     path = tmp_path / "explainer.onnx"

@@ -181,7 +181,6 @@ class Explainer:
         """SPEC §8 without hooks: plan pass with capture, generator + fused DAQ, sparse pathway pass."""
         runner = self._runner
         assert runner is not None
-        check_images(x, self.spec)
         logits, features, saved = runner.plain(x)
         if self._fused is not None:
             _, scores, masks, packed, _ = self._fused(features)
@@ -193,23 +192,15 @@ class Explainer:
                            self.resolve_classes(target, logits), self.backend, self.backend_reason)
 
     def _explain_session(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
-        """The whole path in C++ (pathrt._C.ExplainSession); CPU float32 images."""
-        check_images(x, self.spec)
-        if x.device.type != "cpu" or x.dtype != torch.float32:
-            raise InputError(f"the session backend takes float32 CPU images, got {x.dtype} on {x.device}")
+        """The whole path in C++ (pathrt._C.ExplainSession); `chunks` checked the images (CPU, float32)."""
         out = self._session.explain(x)  # type: ignore[union-attr]
         logits = out["logits"]
         return Explanation(self.spec, out["masks"], out["packed"], out["scores"], logits, out["pathway_logits"],
                            self.resolve_classes(target, logits), self.backend, self.backend_reason)
 
     def _explain_onnx(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
-        """The exported explainer graph in ONNX Runtime (CPU tensors in and out)."""
-        from pathrt.export import input_error_for
-
-        check_images(x, self.spec)
-        error = input_error_for(x, self.spec)
-        if error is not None:
-            raise error
+        """The exported explainer graph in ONNX Runtime (CPU tensors in and out; `chunks` checked the
+        images, including the spatial size the file was exported for)."""
         out = self._onnx.run(x)  # type: ignore[union-attr]  (cast to the file's dtype there)
         device = x.device
         masks, logits = out["masks"].to(device), out["logits"].to(device)
