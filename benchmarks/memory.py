@@ -46,18 +46,14 @@ def _child(model: str, backend: str, images: int, chunk: int, workdir: str, stre
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib("VmRSS")
     if stream:  # explain_iter: each chunk's result is dropped (a caller would save it) before the next
-        result_bytes = sum(_result_bytes(part) for part in explainer.explain_iter(x))
+        result_bytes = sum(part.nbytes for part in explainer.explain_iter(x))
     else:
-        result_bytes = _result_bytes(explainer.explain(x))
+        result_bytes = explainer.explain(x).nbytes
     peak = _status_kib("VmHWM")
     return {"model": bench.name, "backend": explainer.backend, "images": images, "chunk": chunk,
             "rss_before_mb": before / 1024, "peak_mb": peak / 1024, "working_set_mb": (peak - before) / 1024,
             "result_mb": result_bytes / 2**20, "input_mb": x.nbytes / 2**20, "streamed": stream}
 
-
-def _result_bytes(explanation: Any) -> int:
-    return sum(getattr(explanation, n).nbytes for n in ("masks", "packed", "scores", "logits", "pathway_logits",
-                                                        "classes"))
 
 
 def measure(model: str, backend: str, images: int, chunk: int, workdir: Path, stream: bool = False) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +53,9 @@ def _finished_parts(parts: Path, manifest: dict[str, Any], chunks: int) -> set[i
 
 def explain_to_folder(target_path: str | os.PathLike[str], generator_path: str | os.PathLike[str],
                       out: str | os.PathLike[str], images: str | os.PathLike[str] | None = None,
-                      batch_size: int = 256, backend: str = "auto", progress: bool = True,
-                      after_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
+                      batch_size: int = 256, backend: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Explains `images` (a folder) or the digits test split chunk by chunk, resuming an interrupted
-    run in `out`; returns the summary written to `out`. `after_chunk(i)` runs after chunk i is saved."""
+    run in `out`; returns the summary written to `out`."""
     explainer = Explainer.from_files(target_path, generator_path, max_batch_size=batch_size, backend=backend)
     target = explainer.target
     labels = None
@@ -86,8 +84,6 @@ def explain_to_folder(target_path: str | os.PathLike[str], generator_path: str |
     for i, rows in enumerate(bounds):
         if i not in done:
             explainer.explain(target.preprocess(read(rows))).save(parts / f"part-{i:06d}")
-            if after_chunk is not None:
-                after_chunk(i)
         bar.update(rows.stop - rows.start)
     bar.close()
     explanation = Explanation.assemble((Explanation.load(parts / f"part-{i:06d}") for i in range(len(bounds))),

@@ -89,6 +89,11 @@ class Explanation:
         return 1.0 - self.masks.float().mean(1)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors (masks, packed, scores, logits, pathway logits, classes)."""
+        return sum(getattr(self, name).nbytes for name in _TENSORS)
+
+    @property
     def kept(self) -> torch.Tensor:
         """Per-sample number of kept neurons (int64)."""
         return self.masks.sum(1)
