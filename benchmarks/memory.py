@@ -45,10 +45,8 @@ def _child(model: str, backend: str, images: int, chunk: int, workdir: str, stre
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap memory back to the OS, so the call's own use shows
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib("VmRSS")
-    if stream:  # explain_iter: each chunk's result is dropped (a caller would save it) before the next
-        result_bytes = sum(part.nbytes for part in explainer.explain_iter(x))
-    else:
-        result_bytes = explainer.explain(x).nbytes
+    # explain_iter: each chunk's result is dropped (a caller would save it) before the next
+    result_bytes = sum(p.nbytes for p in explainer.explain_iter(x)) if stream else explainer.explain(x).nbytes
     peak = _status_kib("VmHWM")
     return {"model": bench.name, "backend": explainer.backend, "images": images, "chunk": chunk,
             "rss_before_mb": before / 1024, "peak_mb": peak / 1024, "working_set_mb": (peak - before) / 1024,
