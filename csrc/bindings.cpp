@@ -92,6 +92,18 @@ PYBIND11_MODULE(_C, m) {
         "How this extension was built: torch, compiler, OpenMP, CUDA kernels and archs, and the "
         "CPU features of this machine.");
   m.def("cpu_features", &cpu_features, "CPU features of this machine (run-time check).");
+  m.def(
+      "bundle_format",
+      [] {
+        const auto f = pathrt::bundle_format();
+        py::dict out;
+        out["version"] = f.version;
+        out["ops"] = f.ops;
+        out["strategies"] = f.strategies;
+        out["measures"] = f.measures;
+        return out;
+      },
+      "The plan contract the C++ bundle reader implements: format version, plan ops, conv strategies, measures.");
 
   py::register_exception<pathrt::BundleError>(m, "BundleError", PyExc_ValueError);
   py::register_exception<pathrt::InputTypeError>(m, "InputTypeError", PyExc_TypeError);

@@ -1,11 +1,27 @@
-"""pathrt: explain image classifiers with neural pathways (GEN-CNP), fast and deployable."""
+"""pathrt: explain image classifiers with neural pathways (GEN-CNP), fast and deployable.
+
+The public API is importable from here (`from pathrt import Explainer, Target, ...`), as users of
+torchvision or captum expect; the submodules hold the rest (layers: docs/architecture.md).
+"""
 
 from __future__ import annotations
 
 import torch  # noqa: F401  (torch must be imported before the compiled extension)
 
-from pathrt import errors
-from pathrt.runtime import ops  # noqa: F401  (declares torch.ops.pathrt.*)
+import pathrt.export  # noqa: F401  (registers the onnx backend; onnx itself is imported only when used)
+from pathrt import errors, metrics
+from pathrt.data import load_digits
+from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator, save_generator
+from pathrt.runtime import Explainer, Explanation, pack_masks, pairwise_iou, saliency_map, unpack_masks
+from pathrt.targets import PathwaySpec, Target, build_spec, create_target, load_target, save_target
+from pathrt.targets.training import TargetTrainingConfig, train_target
+from pathrt.training import GeneratorTrainingConfig, train_generator
+from pathrt.transfer import build_class_pathways, evaluate_transfer
 from pathrt.version import __version__
 
-__all__ = ["__version__", "errors"]
+__all__ = [
+    "Explainer", "Explanation", "GeneratorConfig", "GeneratorTrainingConfig", "PathwayGenerator", "PathwaySpec",
+    "Target", "TargetTrainingConfig", "__version__", "build_class_pathways", "build_spec", "create_target", "errors",
+    "evaluate_transfer", "load_digits", "load_generator", "load_target", "metrics", "pack_masks", "pairwise_iou",
+    "saliency_map", "save_generator", "save_target", "train_generator", "train_target", "unpack_masks",
+]

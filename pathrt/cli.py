@@ -105,7 +105,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_bundle(args: argparse.Namespace) -> None:
     from pathrt.generator import load_generator
-    from pathrt.runtime.bundle import verify_bundle, write_bundle
+    from pathrt.runtime.backends.session import verify_bundle
+    from pathrt.runtime.bundle import write_bundle
     from pathrt.targets import load_target
 
     target = load_target(args.target)
@@ -115,9 +116,7 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
     if not args.no_verify:
         report = verify_bundle(path, target, generator)
-        print(f"verified: the C++ session matches eager on {report['images']} images (max relative error "
-              f"logits {report['logits']:.1e}, pathway logits {report['pathway_logits']:.1e}; "
-              f"{report['mask_mismatches']} masks differ, all within 1e-4 of the threshold)")
+        print(f"verified: the C++ session matches eager ({report.describe()})")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

@@ -22,6 +22,10 @@ class IncompatibleArtifactError(ArtifactError):
     """An artifact is valid but belongs to something else (another architecture, weights or spec)."""
 
 
+class BundleError(ArtifactError):
+    """A bundle cannot be written for this model, or a file is not a readable pathrt bundle."""
+
+
 class InputError(PathrtError, ValueError):
     """Images, masks or arguments handed to pathrt have a wrong shape, dtype or value."""
 

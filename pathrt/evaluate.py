@@ -65,7 +65,7 @@ HEADERS = ["method", "setting", "sparsity % mean ± std", "fidelity %", "mIC", "
 def source_indices(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, j: int) -> torch.Tensor:
     """Indices of the first `j` correctly classified images of every class (the transfer sources)."""
     with torch.no_grad():
-        predicted = torch.cat([explainer.model(images[rows]).argmax(1) for rows in explainer.batches(images)])
+        predicted = explainer.predict(images)
     picked = [torch.nonzero((labels == c) & (predicted == c)).flatten()[:j] for c in torch.unique(labels)]
     return torch.cat(picked).sort().values
 

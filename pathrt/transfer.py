@@ -105,7 +105,7 @@ def evaluate_transfer(explainer: Explainer, images: torch.Tensor, pathways: Clas
     if pathways.spec != explainer.spec:
         raise IncompatibleArtifactError("the class pathways were built for another pathway spec")
     with torch.no_grad():
-        classes = torch.cat([explainer.model(images[rows]).argmax(1) for rows in explainer.batches(images)])
+        classes = explainer.predict(images)
     available = pathways.sources > 0
     keep = available[classes]
     if not keep.any():

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pathrt.runtime import ops
+from pathrt import opspec
+from pathrt.kernels import native as extension
 from pathrt.runtime.info import environment, format_environment
 from tests.conftest import ROOT, assert_python_ok
 
@@ -20,7 +21,7 @@ CUDA_TOOLCHAIN = NVCC is not None and torch.version.cuda is not None
 
 
 def test_build_info_describes_the_extension() -> None:
-    info = ops.build_info()
+    info = extension.build_info()
     assert info is not None
     assert info["torch"] == torch.__version__.split("+")[0]
     assert info["openmp"] is not None and info["openmp_max_threads"] >= 1
@@ -32,7 +33,7 @@ def test_build_info_describes_the_extension() -> None:
 
 def test_pathrt_info_lists_ops_and_cuda_status() -> None:
     text = format_environment(environment())
-    for name in ops.OPS:
+    for name in opspec.OPS:
         assert name in text
     if CUDA_TOOLCHAIN:
         assert "CUDA kernels: compiled for sm_80, sm_90" in text
@@ -69,12 +70,14 @@ def test_cmake_build(tmp_path: Path, embedded) -> None:
         f"spec = importlib.util.spec_from_file_location('_C', {str(module)!r})\n"
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
         f"assert mod.build_info()['cuda'] == {CUDA_TOOLCHAIN}\n"
+        "from pathrt import opspec\n"
+        "from pathrt.kernels import native as extension\n"
         "from pathrt.runtime import ops\n"  # PATHRT_NO_EXTENSION: only the CMake module's kernels
-        "assert ops.implementations()['pack_masks']['CPU'] == 'native', ops.implementations()\n"
+        "assert extension.implementations()['pack_masks']['CPU'] == 'native', extension.implementations()\n"
         "m = torch.rand(9, 70) > 0.5\n"
-        "assert torch.equal(ops.pack_masks(m), ops.pack_masks_reference(m))\n"
+        "assert torch.equal(ops.pack_masks(m), opspec.pack_masks_reference(m))\n"
         "p = ops.pack_masks(m)\n"
-        "torch.testing.assert_close(ops.pairwise_iou(p, p), ops.pairwise_iou_reference(p, p))\n"
+        "torch.testing.assert_close(ops.pairwise_iou(p, p), opspec.pairwise_iou_reference(p, p))\n"
     )
     assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})
     _check_cpp_example(build / "pathrt_explain", embedded, tmp_path)
@@ -94,7 +97,7 @@ def _check_cpp_example(program: Path, embedded, tmp_path: Path) -> None:
     pgm.write_bytes(f"P6\n{pixels.shape[2]} {pixels.shape[1]}\n255\n".encode() + body)
     result = subprocess.run([str(program), str(bundle), str(pgm)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    session = ops.EXTENSION.ExplainSession(str(bundle))
+    session = extension.EXTENSION.ExplainSession(str(bundle))
     out = session.explain(embedded.preprocess((pixels.float() / 255)[None]))
     cls, kept = int(out["classes"][0]), int(out["counts"][0])
     assert f"class {cls} ({embedded.classes[cls]})" in result.stdout

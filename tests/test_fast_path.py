@@ -13,8 +13,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from pathrt.errors import InputError
+from pathrt.generator import GeneratorConfig, PathwayGenerator
 from pathrt.runtime import Explainer
-from pathrt.runtime.backends import choose_backend
+from pathrt.runtime.backends import BackendContext, select
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets import Target, build_spec, canonized_copy, create_target
 from pathrt.targets.plan import PlanError, build_plan
@@ -29,7 +30,7 @@ def test_native_matches_eager(arch: str, strategy: str | None, request: pytest.F
     generator = varied_generator(target.spec)
     eager = Explainer(target, generator, backend="eager")
     native = Explainer(target, generator, backend="native")
-    native._runner.strategy = strategy
+    native.engine.runner.strategy = strategy
     shape = target.spec.input_shape
     for batch in (1, 3, 32):
         x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
@@ -66,7 +67,7 @@ def test_native_runs_no_hooks_and_reuses_layer_one(embedded: Target) -> None:
                 self.weights.append(tuple(args[1].shape))
             return func(*args, **(kwargs or {}))
 
-    runner = native._runner
+    runner = native.engine.runner
     _, features, saved = runner.plain(x)
     masks = embedded.spec.split(torch.rand(4, embedded.spec.total_channels) > 0.5)
     for strategy in ("dense", "union", "sparse"):
@@ -99,13 +100,15 @@ def test_plan_refuses_unsupported_models_and_auto_falls_back() -> None:
     gelu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.GELU(), nn.Flatten(), nn.Linear(36 * 4, 2)).eval()
     with pytest.raises(PlanError, match="'2' \\(GELU\\) is not supported"):
         build_plan(gelu, build_spec(gelu, (3, 8, 8)))
-    choice = choose_backend("auto", model, spec, 0.5)
-    assert choice.name == "eager" and "native: conv '2'" in choice.reason
+    target = Target(model, "custom", spec, ("a", "b", "c"), (0.0,) * 3, (1.0,) * 3)
+    context = BackendContext(target, PathwayGenerator(spec, GeneratorConfig.small()))
+    backend, reason = select("auto", context)
+    assert backend.name == "eager" and "not native: conv '2'" in reason and "not session: " in reason
     with pytest.raises(InputError, match="backend 'native' cannot run here: conv '2'"):
-        choose_backend("native", model, spec, 0.5)
+        select("native", context)
+    alexnet = create_target("alexnet", 3, (3, 64, 64))
     with pytest.raises(InputError, match="threshold"):
-        choose_backend("native", canonized_copy(create_target("alexnet", 3, (3, 64, 64)).model),
-                       create_target("alexnet", 3, (3, 64, 64)).spec, 0.7)
+        select("native", BackendContext(alexnet, PathwayGenerator(alexnet.spec, GeneratorConfig.small(threshold=0.7))))
 
 
 def test_backend_choice_is_recorded(embedded: Target, tmp_path: Path) -> None:
@@ -119,7 +122,7 @@ def test_backend_choice_is_recorded(embedded: Target, tmp_path: Path) -> None:
     assert Explainer(embedded, generator).backend == "session"  # auto is the default
     native = Explainer(embedded, generator, backend="native")
     assert native.backend_reason.startswith("requested; native kernels on cpu")
-    assert Explainer(embedded, generator, backend="eager").backend_reason == "requested"
+    assert Explainer(embedded, generator, backend="eager").backend_reason == "requested; module hooks on cpu"
     # without the Triton interpreter, CPU tensors must never reach a Triton launch
     with pytest.raises(InputError, match="backend 'triton' cannot run here: Triton kernels need a CUDA GPU"):
         Explainer(embedded, generator, backend="triton")
@@ -134,7 +137,7 @@ def test_auto_without_extension_falls_back_to_eager() -> None:
         "t = create_target('small_vgg', 3, (3, 32, 32))\n"
         "e = Explainer(t, PathwayGenerator(t.spec, GeneratorConfig.small()), backend='auto')\n"
         "assert e.backend == 'eager', e.backend\n"
-        "assert 'native: the extension pathrt._C is not loaded' in e.backend_reason, e.backend_reason\n"
+        "assert 'not native: the extension pathrt._C is not loaded' in e.backend_reason, e.backend_reason\n"
         "assert e.explain(torch.randn(2, 3, 32, 32)).backend == 'eager'\n"
     )
     assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})
@@ -152,6 +155,6 @@ def test_info_lists_backends() -> None:
 
 def test_unknown_conv_strategy_is_refused(embedded: Target) -> None:
     native = Explainer(embedded, varied_generator(embedded.spec), backend="native")
-    native._runner.strategy = "warp"
+    native.engine.runner.strategy = "warp"
     with pytest.raises(ValueError, match="unknown conv strategy 'warp'"):
         native.explain(torch.randn(2, *embedded.spec.input_shape))

@@ -8,15 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pathrt import opspec
 from pathrt.runtime import ops
 
 CL = torch.channels_last
 
 
 def _assert_masks_match(masks: torch.Tensor, expected: torch.Tensor, scores: torch.Tensor) -> None:
-    """Equal except where the score lies within 1e-4 of the threshold (SPEC §8)."""
-    differ = masks != expected
-    assert not (differ & ((scores - 0.5).abs() > 1e-4)).any()
+    """Equal except where the score lies within the SPEC §8 band of the threshold."""
+    report = opspec.parity.compare({"masks": masks}, {"masks": expected, "scores": scores}, ())
+    assert report.ok, report.describe()
 
 
 def test_daq_threshold_pack_hand_example() -> None:
@@ -33,7 +34,7 @@ def test_daq_threshold_pack_matches_reference(shape: tuple[int, int]) -> None:
     logits = torch.randn(shape) * 3
     logits.view(-1)[::7] = 0.0  # exact ties: score 0.5 is kept
     out = ops.daq_threshold_pack(logits)
-    ref = ops.daq_threshold_pack_reference(logits)
+    ref = opspec.daq_threshold_pack_reference(logits)
     torch.testing.assert_close(out[0], ref[0], rtol=0, atol=2e-7)
     _assert_masks_match(out[1], ref[1], ref[0])
     assert torch.equal(out[2], ops.pack_masks(out[1])) and torch.equal(out[3], out[1].sum(1))
@@ -42,9 +43,9 @@ def test_daq_threshold_pack_matches_reference(shape: tuple[int, int]) -> None:
 
 def test_daq_threshold_pack_non_contiguous_and_errors() -> None:
     logits = torch.randn(20, 30).T[:, ::2]
-    out, ref = ops.daq_threshold_pack(logits), ops.daq_threshold_pack_reference(logits.contiguous())
+    out, ref = ops.daq_threshold_pack(logits), opspec.daq_threshold_pack_reference(logits.contiguous())
     assert torch.equal(out[1], ref[1]) and torch.equal(out[2], ref[2])
-    for fn in (ops.daq_threshold_pack, ops.daq_threshold_pack_reference):
+    for fn in (ops.daq_threshold_pack, opspec.daq_threshold_pack_reference):
         with pytest.raises(TypeError, match="float32"):
             fn(torch.zeros(2, 3, dtype=torch.float64))
         with pytest.raises(ValueError, match="2-D"):
@@ -62,7 +63,7 @@ def test_masked_bias_relu_matches_reference(layout: str, mask_kind: str, with_bi
         x = torch.randn(3, 5, 8, 6)[:, :, ::2]
     bias = torch.randn(5) if with_bias else None
     mask = torch.rand(3, 5) > 0.4 if mask_kind == "bool" else torch.rand(3, 5) * (torch.rand(3, 5) > 0.3)
-    ref = ops.masked_bias_relu_reference(x, bias, mask)
+    ref = opspec.masked_bias_relu_reference(x, bias, mask)
     out = ops.masked_bias_relu(x, bias, mask)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     if layout != "strided":
@@ -80,7 +81,7 @@ def test_masked_bias_relu_removed_channels_are_exact_zeros() -> None:
 
 def test_masked_bias_relu_errors() -> None:
     x = torch.randn(2, 3, 4, 4)
-    for fn in (ops.masked_bias_relu, ops.masked_bias_relu_reference):
+    for fn in (ops.masked_bias_relu, opspec.masked_bias_relu_reference):
         with pytest.raises(ValueError, match=r"mask must have shape \(2, 3\)"):
             fn(x, None, torch.ones(1, 3, dtype=torch.bool))
         with pytest.raises(TypeError, match="mask must be bool or"):
@@ -128,7 +129,7 @@ def test_pathway_conv2d_matches_reference(case, layout: str, in_p: float, out_p:
                                           relu: bool) -> None:
     args = _conv_inputs(case, layout, in_p, out_p, residual)
     out = ops.pathway_conv2d(*args[:6], stride=args[6], padding=args[7], relu=relu)
-    ref = ops.pathway_conv2d_reference(*args, relu)
+    ref = opspec.pathway_conv2d_reference(*args, relu)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
     assert out.is_contiguous(memory_format=CL) == (layout == "channels_last" and out.shape[-2:] != (1, 1))
 
@@ -139,13 +140,15 @@ def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(
     out = ops.pathway_conv2d(poisoned, weight, bias, None, in_mask, out_mask, s, p, relu=False)
     assert not out.isnan().any()  # the NaN channels were never read
     assert (out[~out_mask] == 0).all()  # removed outputs are exact zeros, not relu(bias)
-    torch.testing.assert_close(out, ops.pathway_conv2d_reference(x, weight, bias, None, in_mask, out_mask, s, p, False))
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, None, in_mask, out_mask, s, p, False)
+    torch.testing.assert_close(out, ref)
 
 
 def test_pathway_conv2d_mixed_residual_layout() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[0], "channels_last", 0.5, 0.5, True)
     out = ops.pathway_conv2d(x, weight, bias, res.contiguous(), in_mask, out_mask, s, p, relu=True)
-    torch.testing.assert_close(out, ops.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, s, p, True),
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, s, p, True)
+    torch.testing.assert_close(out, ref,
                                rtol=1e-5, atol=1e-4)
 
 
@@ -158,14 +161,14 @@ def test_pathway_conv2d_property(n, c_in, c_out, size, k, s, p, density, cl) -> 
         return
     args = _conv_inputs((n, c_in, size, size, c_out, k, s, p), "channels_last" if cl else "nchw",
                         density, density, True, seed=n + 7 * c_in + 31 * size)
-    ref = ops.pathway_conv2d_reference(*args, True)
+    ref = opspec.pathway_conv2d_reference(*args, True)
     torch.testing.assert_close(ops.pathway_conv2d(*args[:6], stride=args[6], padding=args[7], relu=True), ref,
                                rtol=1e-5, atol=1e-4)
 
 
 def test_pathway_conv2d_errors() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[1], "nchw", 0.5, 0.5, True)
-    for fn in (ops.pathway_conv2d, ops.pathway_conv2d_reference):
+    for fn in (ops.pathway_conv2d, opspec.pathway_conv2d_reference):
         with pytest.raises(ValueError, match=r"input channels|do not match"):
             fn(x, weight[:, :3], bias, None, None, None, s, p, True)
         with pytest.raises(ValueError, match="residual"):

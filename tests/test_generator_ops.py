@@ -10,15 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pathrt.runtime import generator_ops as gen
+from pathrt import opspec
 from pathrt.runtime import ops
-from pathrt.runtime.fast_path import folded_generator
+from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
 from tests.conftest import torchvision_target, varied_generator
 
 REFERENCE_OPS = type("ReferenceOps", (), {
-    "rfe_tail": staticmethod(gen.rfe_tail_reference),
-    "pdn_encoder_layer": staticmethod(gen.pdn_encoder_layer_reference),
-    "rpd_decode": staticmethod(gen.rpd_decode_reference),
+    "rfe_tail": staticmethod(opspec.rfe_tail_reference),
+    "pdn_encoder_layer": staticmethod(opspec.pdn_encoder_layer_reference),
+    "rpd_decode": staticmethod(opspec.rpd_decode_reference),
 })
 
 
@@ -31,7 +31,7 @@ def _encoder_layer(d: int, heads: int, ff: int) -> nn.TransformerEncoderLayer:
 
 
 def _layer_params(layer: nn.TransformerEncoderLayer) -> list[torch.Tensor]:
-    return [layer.get_parameter(p).detach() for p in gen.PDN_PARAMS]
+    return [layer.get_parameter(p).detach() for p in opspec.PDN_PARAMS]
 
 
 def _rpd_inputs(n: int, layers: int, d: int, channels: list[int]) -> tuple:
@@ -50,7 +50,7 @@ def test_pdn_encoder_layer_reference_is_the_torch_layer(d: int, heads: int, t: i
     x = torch.randn(n, t, d)
     with torch.no_grad():
         want = layer(x)
-    got = gen.pdn_encoder_layer_reference(x, _layer_params(layer), heads, layer.norm1.eps)
+    got = opspec.pdn_encoder_layer_reference(x, _layer_params(layer), heads, layer.norm1.eps)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -60,10 +60,10 @@ def test_pdn_encoder_layer_kernel_matches_reference(d: int, heads: int, t: int, 
     x = torch.randn(n, t, d)
     params = _layer_params(layer)
     got = ops.pdn_encoder_layer(x, params, heads, 1e-5)
-    torch.testing.assert_close(got, gen.pdn_encoder_layer_reference(x, params, heads, 1e-5), rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(got, opspec.pdn_encoder_layer_reference(x, params, heads, 1e-5), rtol=1e-5, atol=2e-5)
     strided = torch.randn(n, d, t).transpose(1, 2)  # non-contiguous input
     torch.testing.assert_close(ops.pdn_encoder_layer(strided, params, heads, 1e-5),
-                               gen.pdn_encoder_layer_reference(strided, params, heads, 1e-5), rtol=1e-5, atol=2e-5)
+                               opspec.pdn_encoder_layer_reference(strided, params, heads, 1e-5), rtol=1e-5, atol=2e-5)
 
 
 @settings(max_examples=15, deadline=None)
@@ -75,7 +75,7 @@ def test_pdn_encoder_layer_property(n: int, t: int, heads: int, dh: int, scale: 
     layer = _encoder_layer(d, heads, 2 * d)
     x = torch.randn(n, t, d) * scale  # large scales drive softmax and GELU to their tails
     params = _layer_params(layer)
-    want = gen.pdn_encoder_layer_reference(x, params, heads, 1e-5)
+    want = opspec.pdn_encoder_layer_reference(x, params, heads, 1e-5)
     torch.testing.assert_close(ops.pdn_encoder_layer(x, params, heads, 1e-5), want, rtol=1e-4,
                                atol=1e-4 * float(want.abs().max()))
 
@@ -89,7 +89,7 @@ def test_rfe_tail_kernel_matches_reference(n: int, d_r: int, d: int, sizes: list
         maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
     args = (torch.randn(d), torch.randn(d, d_r), torch.randn(d), 1 + 0.1 * torch.randn(d), torch.randn(d),
             torch.randn(len(sizes), d))
-    want = gen.rfe_tail_reference(maps, *args, 1e-5)
+    want = opspec.rfe_tail_reference(maps, *args, 1e-5)
     assert want.shape == (n, len(sizes) + 1, d)
     torch.testing.assert_close(ops.rfe_tail(maps, *args, 1e-5), want, rtol=1e-5, atol=2e-5)
 
@@ -97,7 +97,7 @@ def test_rfe_tail_kernel_matches_reference(n: int, d_r: int, d: int, sizes: list
 @pytest.mark.parametrize(("n", "d", "channels"), [(1, 8, [3]), (3, 16, [5, 9, 1]), (64, 128, [32, 64, 64, 128, 128])])
 def test_rpd_decode_kernel_matches_reference(n: int, d: int, channels: list[int]) -> None:
     z, params, heads = _rpd_inputs(n, len(channels), d, channels)
-    got, want = ops.rpd_decode(z, params, heads, 1e-5), gen.rpd_decode_reference(z, params, heads, 1e-5)
+    got, want = ops.rpd_decode(z, params, heads, 1e-5), opspec.rpd_decode_reference(z, params, heads, 1e-5)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=5e-5)  # head logits
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)  # scores
     near = (want[1] - 0.5).abs() <= 1e-4
@@ -113,8 +113,8 @@ def test_rpd_decode_reference_is_the_generator_modules() -> None:
     with torch.no_grad():
         normed = generator.pdn.encoder.norm(z)
         want = torch.cat(generator.rpd(normed[:, 0], normed[:, 1:]), 1)
-    fused = gen.FusedGenerator(folded_generator(generator), REFERENCE_OPS)
-    got = gen.rpd_decode_reference(z, fused.rpd, fused.head_params, fused.rpd_eps)
+    fused = FusedGenerator(folded_generator(generator), REFERENCE_OPS)
+    got = opspec.rpd_decode_reference(z, fused.rpd, fused.head_params, fused.rpd_eps)
     torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], torch.sigmoid(want), rtol=0, atol=1e-6)
 
@@ -129,7 +129,7 @@ def test_fused_generator_matches_the_generator(arch: str) -> None:
         want = torch.cat(generator.head_logits(features), 1)
         folded = folded_generator(generator)
         for namespace in (REFERENCE_OPS, torch.ops.pathrt):
-            logits, scores, masks, packed, counts = gen.FusedGenerator(folded, namespace)(features)
+            logits, scores, masks, packed, counts = FusedGenerator(folded, namespace)(features)
             torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(scores, torch.sigmoid(want), rtol=0, atol=1e-5)
             near = (torch.sigmoid(want) - 0.5).abs() <= 1e-4
@@ -140,10 +140,10 @@ def test_fused_generator_matches_the_generator(arch: str) -> None:
 def test_fused_generator_needs_folded_batchnorms() -> None:
     generator = varied_generator(torchvision_target("alexnet").spec)
     with pytest.raises(ValueError, match="folded"):
-        gen.FusedGenerator(generator, torch.ops.pathrt)
+        FusedGenerator(generator, torch.ops.pathrt)
 
 
-@pytest.mark.parametrize("fn", [ops.pdn_encoder_layer, gen.pdn_encoder_layer_reference])
+@pytest.mark.parametrize("fn", [ops.pdn_encoder_layer, opspec.pdn_encoder_layer_reference])
 def test_pdn_encoder_layer_errors(fn) -> None:
     params = _layer_params(_encoder_layer(16, 2, 32))
     with pytest.raises(TypeError, match="float32"):
@@ -156,7 +156,8 @@ def test_pdn_encoder_layer_errors(fn) -> None:
         fn(torch.zeros(2, 3, 16), params[:5], 2, 1e-5)
 
 
-@pytest.mark.parametrize("fns", [(ops.rfe_tail, ops.rpd_decode), (gen.rfe_tail_reference, gen.rpd_decode_reference)])
+@pytest.mark.parametrize("fns", [(ops.rfe_tail, ops.rpd_decode),
+                                 (opspec.rfe_tail_reference, opspec.rpd_decode_reference)])
 def test_rfe_tail_and_rpd_decode_errors(fns) -> None:
     rfe_tail, rpd_decode = fns
     args = (torch.randn(8), torch.randn(8, 4), torch.randn(8), torch.randn(8), torch.randn(8), torch.randn(2, 8))

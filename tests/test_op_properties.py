@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathrt.runtime import generator_ops as gen
+from pathrt import opspec
 from pathrt.runtime import ops
 
 OTHER_DTYPES = [torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.uint8]
@@ -41,14 +41,14 @@ def test_daq_threshold_pack_property(n: int, k: int, scale: float, layout: str, 
                                      seed: int) -> None:
     logits = _layout(torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * scale, layout)
     if dtype != torch.float32:
-        _refused_alike(ops.daq_threshold_pack, ops.daq_threshold_pack_reference, logits.to(dtype))
+        _refused_alike(ops.daq_threshold_pack, opspec.daq_threshold_pack_reference, logits.to(dtype))
         return
     scores, masks, packed, counts = ops.daq_threshold_pack(logits)
-    r_scores, r_masks, _, _ = ops.daq_threshold_pack_reference(logits)
+    r_scores, r_masks, _, _ = opspec.daq_threshold_pack_reference(logits)
     torch.testing.assert_close(scores, r_scores, rtol=1e-6, atol=1e-7)
-    near = (r_scores - ops.MASK_THRESHOLD).abs() < 1e-6
+    near = (r_scores - opspec.MASK_THRESHOLD).abs() < 1e-6
     assert bool(((masks == r_masks) | near).all())
-    assert torch.equal(masks, scores >= ops.MASK_THRESHOLD)  # the op's own masks follow its own scores
+    assert torch.equal(masks, scores >= opspec.MASK_THRESHOLD)  # the op's own masks follow its own scores
     assert torch.equal(packed, ops.pack_masks(masks)) and torch.equal(counts, masks.sum(1))
 
 
@@ -64,9 +64,9 @@ def test_masked_bias_relu_property(n, c, h, w, with_bias, float_mask, density, l
     keep = torch.rand(n, c, generator=g) < density
     mask = keep.float() * torch.rand(n, c, generator=g) * 2 if float_mask else keep
     if dtype != torch.float32:
-        _refused_alike(ops.masked_bias_relu, ops.masked_bias_relu_reference, x.to(dtype), bias, mask)
+        _refused_alike(ops.masked_bias_relu, opspec.masked_bias_relu_reference, x.to(dtype), bias, mask)
         return
-    want = ops.masked_bias_relu_reference(x, bias, mask)
+    want = opspec.masked_bias_relu_reference(x, bias, mask)
     if inplace:
         got = x.clone(memory_format=torch.preserve_format) if layout != "strided" else x.contiguous()
         torch.ops.pathrt.masked_bias_relu_(got, bias, mask)
@@ -91,10 +91,10 @@ def _rfe_args(n: int, layers: int, d_r: int, d: int, sizes: list[int], layout: s
 def test_rfe_tail_property(n, layers, d_r, d, sizes, layout, dtype, seed) -> None:
     maps, *rest = _rfe_args(n, layers, d_r, d, sizes, layout, torch.Generator().manual_seed(seed))
     if dtype != torch.float32:
-        _refused_alike(ops.rfe_tail, gen.rfe_tail_reference, [m.to(dtype) for m in maps], *rest, 1e-5)
+        _refused_alike(ops.rfe_tail, opspec.rfe_tail_reference, [m.to(dtype) for m in maps], *rest, 1e-5)
         return
     got = ops.rfe_tail(maps, *rest, 1e-5)
-    torch.testing.assert_close(got, gen.rfe_tail_reference(maps, *rest, 1e-5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, opspec.rfe_tail_reference(maps, *rest, 1e-5), rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=25, deadline=None)
@@ -114,12 +114,12 @@ def test_rpd_decode_property(n, channels, d, scale, strided, dtype, seed) -> Non
         heads += [torch.randn(d, d, generator=g) / d**0.5, 0.1 * torch.randn(d, generator=g),
                   torch.randn(c, d, generator=g), torch.randn(c, generator=g)]
     if dtype != torch.float32:
-        _refused_alike(ops.rpd_decode, gen.rpd_decode_reference, z.to(dtype), params, heads, 1e-5)
+        _refused_alike(ops.rpd_decode, opspec.rpd_decode_reference, z.to(dtype), params, heads, 1e-5)
         return
     got = ops.rpd_decode(z, params, heads, 1e-5)
-    want = gen.rpd_decode_reference(z, params, heads, 1e-5)
+    want = opspec.rpd_decode_reference(z, params, heads, 1e-5)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)  # head logits
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)  # scores
-    near = (want[1] - ops.MASK_THRESHOLD).abs() < 1e-4
+    near = (want[1] - opspec.MASK_THRESHOLD).abs() < 1e-4
     assert bool(((got[2] == want[2]) | near).all())
     assert torch.equal(got[3], ops.pack_masks(got[2])) and torch.equal(got[4], got[2].sum(1))

@@ -7,14 +7,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pathrt import opspec
+from pathrt.kernels import native as extension
 from pathrt.runtime import ops
 from tests.conftest import assert_python_ok
 
 
 def test_native_kernels_are_registered_on_cpu() -> None:
-    assert ops.EXTENSION is not None, ops.EXTENSION_ERROR
-    assert ops.implementations() == {
-        name: {"CPU": "native", "CUDA": "native" if ops.build_info()["cuda"] else "reference"} for name in ops.OPS
+    assert extension.EXTENSION is not None, extension.EXTENSION_ERROR
+    assert extension.implementations() == {
+        name: {"CPU": "native", "CUDA": "native" if extension.build_info()["cuda"] else "reference"}
+        for name in opspec.OPS
     }
 
 
@@ -23,7 +26,7 @@ def test_pack_masks_hand_example() -> None:
     # sample 0: bits 0, 8, 9 -> byte0 = 1, byte1 = 0b11; sample 1: bits 1, 2, 7 -> 2 + 4 + 128
     expected = torch.tensor([[1, 3], [134, 0]], dtype=torch.uint8)
     assert torch.equal(ops.pack_masks(masks), expected)
-    assert torch.equal(ops.pack_masks_reference(masks), expected)
+    assert torch.equal(opspec.pack_masks_reference(masks), expected)
 
 
 def test_pack_masks_uint8_nonzero_means_kept() -> None:
@@ -36,7 +39,7 @@ def test_pack_masks_matches_reference_and_roundtrips(shape: tuple[int, int]) -> 
     masks = torch.rand(shape) > 0.5
     packed = ops.pack_masks(masks)
     assert packed.shape == (shape[0], (shape[1] + 7) // 8) and packed.dtype == torch.uint8
-    assert torch.equal(packed, ops.pack_masks_reference(masks))
+    assert torch.equal(packed, opspec.pack_masks_reference(masks))
     assert torch.equal(ops.unpack_masks(packed, shape[1]), masks)
 
 
@@ -44,7 +47,7 @@ def test_pack_masks_non_contiguous_input() -> None:
     base = torch.rand(40, 30) > 0.3
     view = base.T[:, ::2]  # (30, 20), strided
     assert not view.is_contiguous()
-    assert torch.equal(ops.pack_masks(view), ops.pack_masks_reference(view.contiguous()))
+    assert torch.equal(ops.pack_masks(view), opspec.pack_masks_reference(view.contiguous()))
 
 
 def test_pairwise_iou_hand_example() -> None:
@@ -52,7 +55,7 @@ def test_pairwise_iou_hand_example() -> None:
     b = ops.pack_masks(torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool))
     expected = torch.tensor([[1 / 3, 0.0, 1.0], [0.0, 1.0, 0.0]])
     torch.testing.assert_close(ops.pairwise_iou(a, b), expected, rtol=0, atol=0)
-    torch.testing.assert_close(ops.pairwise_iou_reference(a, b), expected, rtol=0, atol=0)
+    torch.testing.assert_close(opspec.pairwise_iou_reference(a, b), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("n", "m", "k"), [(1, 1, 1), (5, 3, 9), (16, 16, 64), (7, 11, 608), (3, 2, 15104), (0, 4, 10)])
@@ -61,7 +64,7 @@ def test_pairwise_iou_matches_reference(n: int, m: int, k: int) -> None:
     b = ops.pack_masks(torch.rand(m, k) > 0.4)
     out = ops.pairwise_iou(a, b)
     assert out.shape == (n, m) and out.dtype == torch.float32
-    torch.testing.assert_close(out, ops.pairwise_iou_reference(a, b), rtol=1e-6, atol=0)
+    torch.testing.assert_close(out, opspec.pairwise_iou_reference(a, b), rtol=1e-6, atol=0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -71,15 +74,15 @@ def test_ops_property_against_reference(n: int, m: int, k: int, p: float) -> Non
     a_masks = torch.rand(n, k, generator=g) < p
     b_masks = torch.rand(m, k, generator=g) < p
     a, b = ops.pack_masks(a_masks), ops.pack_masks(b_masks)
-    assert torch.equal(a, ops.pack_masks_reference(a_masks))
+    assert torch.equal(a, opspec.pack_masks_reference(a_masks))
     iou = ops.pairwise_iou(a, b)
-    torch.testing.assert_close(iou, ops.pairwise_iou_reference(a, b), rtol=1e-6, atol=0)
+    torch.testing.assert_close(iou, opspec.pairwise_iou_reference(a, b), rtol=1e-6, atol=0)
     inter = (a_masks[:, None] & b_masks[None]).sum(-1).float()
     union = (a_masks[:, None] | b_masks[None]).sum(-1).float()
     torch.testing.assert_close(iou, torch.where(union == 0, 1.0, inter / union.clamp_min(1)), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("fn", [ops.pack_masks, ops.pack_masks_reference])
+@pytest.mark.parametrize("fn", [ops.pack_masks, opspec.pack_masks_reference])
 def test_pack_masks_errors(fn) -> None:
     with pytest.raises(TypeError, match="bool or uint8"):
         fn(torch.zeros(2, 3))
@@ -87,7 +90,7 @@ def test_pack_masks_errors(fn) -> None:
         fn(torch.zeros(2, 3, 4, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("fn", [ops.pairwise_iou, ops.pairwise_iou_reference])
+@pytest.mark.parametrize("fn", [ops.pairwise_iou, opspec.pairwise_iou_reference])
 def test_pairwise_iou_errors(fn) -> None:
     with pytest.raises(TypeError, match="uint8"):
         fn(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3, dtype=torch.uint8))
@@ -120,9 +123,11 @@ def test_ops_under_torch_compile_fullgraph() -> None:
 def test_reference_fallback_without_extension() -> None:
     code = (
         "import warnings, torch\n"
+        "from pathrt import opspec\n"
+        "from pathrt.kernels import native as extension\n"
         "from pathrt.runtime import ops\n"
-        "assert ops.EXTENSION is None\n"
-        "assert all(v == {'CPU': 'reference', 'CUDA': 'reference'} for v in ops.implementations().values())\n"
+        "assert extension.EXTENSION is None\n"
+        "assert all(v == {'CPU': 'reference', 'CUDA': 'reference'} for v in extension.implementations().values())\n"
         "m = torch.tensor([[1, 0, 1], [0, 0, 0]], dtype=torch.bool)\n"
         "p = ops.pack_masks(m)\n"
         "assert p.tolist() == [[5], [0]], p\n"

@@ -18,6 +18,8 @@ import torch
 
 from pathrt.errors import InputError
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator, save_generator
+from pathrt.kernels import native as extension
+from pathrt.opspec import parity
 from pathrt.runtime import Explainer
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets import capture_features, create_target, pathway_forward, save_target
@@ -61,10 +63,8 @@ def _same(a: Explanation, b: Explanation) -> bool:
 
 
 def _close(a: Explanation, b: Explanation) -> bool:
-    """Same pathways (masks may differ only within 1e-4 of the threshold) and logits within 1e-4."""
-    near = (a.scores - 0.5).abs() < 1e-4
-    return bool(((a.masks == b.masks) | near).all()) and torch.allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5) \
-        and torch.allclose(a.pathway_logits, b.pathway_logits, rtol=1e-4, atol=1e-5)
+    """SPEC §8 (`pathrt.opspec.parity`): b gives a's pathways and logits."""
+    return parity.compare(b, a).ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +162,9 @@ def test_eight_threads_share_one_explainer(explainers, backend: str) -> None:
 
 
 def test_eight_threads_share_one_session(models) -> None:
-    from pathrt.runtime import ops
     from pathrt.runtime.bundle import bundle_bytes
 
-    session = ops.EXTENSION.ExplainSession.from_bytes(bundle_bytes(*models), "<test>", 1)
+    session = extension.EXTENSION.ExplainSession.from_bytes(bundle_bytes(*models), "<test>", 1)
     inputs = [torch.randn(3 + t, 3, 32, 32, generator=torch.Generator().manual_seed(10 + t)) for t in range(8)]
     serial = [session.explain(x) for x in inputs]
     for t, runs in enumerate(_hammer(session.explain, inputs)):

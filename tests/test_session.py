@@ -13,18 +13,19 @@ import torch
 from torch import nn
 
 from pathrt.cli import main as cli_main
-from pathrt.errors import IncompatibleArtifactError, InputError
+from pathrt.errors import BundleError, IncompatibleArtifactError, InputError
 from pathrt.generator import save_generator
+from pathrt.kernels import native as extension
 from pathrt.runtime import Explainer, ops
-from pathrt.runtime.bundle import BundleError, bundle_bytes, read_bundle_meta, write_bundle
+from pathrt.runtime.bundle import bundle_bytes, read_bundle_meta, write_bundle
 from pathrt.targets import save_target
 from tests.conftest import assert_parity, torchvision_target, varied_generator
 
-pytestmark = pytest.mark.skipif(ops.EXTENSION is None, reason="needs the compiled extension")
+pytestmark = pytest.mark.skipif(extension.EXTENSION is None, reason="needs the compiled extension")
 
 
 def _session_class():
-    return ops.EXTENSION.ExplainSession  # type: ignore[union-attr]
+    return extension.EXTENSION.ExplainSession  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg11_bn", "resnet18"])

@@ -1,9 +1,10 @@
 // The bundle header's JSON reader (see pathrt/json.h).
 #include "pathrt/json.h"
 
+#include <charconv>
 #include <cmath>
-#include <cstdlib>
 #include <string>
+#include <system_error>
 
 namespace pathrt {
 
@@ -116,19 +117,38 @@ class JsonParser {
     return v;
   }
 
+  // RFC 8259 numbers only: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? (no '+1', '01', '.5', '1.'),
+  // converted by std::from_chars, which ignores the C locale (a comma-decimal host reads "0.5" too).
   double parse_number() {
     const size_t start = pos_;
+    auto digit = [&] { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; };
+    auto digits = [&] {
+      if (!digit()) return false;
+      while (digit()) ++pos_;
+      return true;
+    };
     if (pos_ < text_.size() && text_[pos_] == '-') ++pos_;
-    while (pos_ < text_.size() && ((text_[pos_] >= '0' && text_[pos_] <= '9') || text_[pos_] == '.' ||
-                                   text_[pos_] == 'e' || text_[pos_] == 'E' || text_[pos_] == '+' ||
-                                   text_[pos_] == '-')) {
+    if (pos_ < text_.size() && text_[pos_] == '0') {
       ++pos_;
+      if (digit()) fail("malformed number: a leading zero");
+    } else if (!digits()) {
+      fail(pos_ == start ? "expected a value" : "malformed number: no digits after '-'");
     }
-    const std::string digits(text_.substr(start, pos_ - start));
-    if (digits.empty() || digits == "-" || digits.size() > 64) fail("expected a value");
-    char* end = nullptr;
-    const double value = std::strtod(digits.c_str(), &end);
-    if (end != digits.c_str() + digits.size() || !std::isfinite(value)) fail("malformed number '" + digits + "'");
+    if (pos_ < text_.size() && text_[pos_] == '.') {
+      ++pos_;
+      if (!digits()) fail("malformed number: no digits after the decimal point");
+    }
+    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
+      ++pos_;
+      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
+      if (!digits()) fail("malformed number: no digits in the exponent");
+    }
+    if (pos_ - start > 64) fail("malformed number: longer than 64 characters");
+    double value = 0.0;
+    const auto [end, error] = std::from_chars(text_.data() + start, text_.data() + pos_, value);
+    if (error != std::errc() || end != text_.data() + pos_ || !std::isfinite(value)) {
+      fail("malformed number '" + std::string(text_.substr(start, pos_ - start)) + "'");
+    }
     return value;
   }
 

@@ -25,7 +25,7 @@ namespace pathrt {
 
 namespace {
 
-constexpr int64_t kBundleVersion = 1;
+constexpr int64_t kBundleVersion = 2;  // x-version of pathrt/bundle.schema.json
 constexpr uint64_t kMaxHeaderBytes = 64ull << 20;   // the JSON header (safetensors allows 100 MB)
 constexpr uint64_t kMaxBundleBytes = 16ull << 30;   // refuse larger files before reading them
 constexpr int64_t kMaxDim = int64_t{1} << 31;
@@ -36,7 +36,33 @@ constexpr int64_t kMaxImageChannels = 16;
 constexpr int64_t kMaxSide = 1024;
 
 enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add };
-enum class Strategy { Dense, Union, Sparse };  // the pathway-pass conv strategies of fast_path.py
+// The plan ops, conv strategies and strategy measures of the plan contract (pathrt/bundle.schema.json;
+// tests/test_plan_contract.py holds these tables to it).
+const std::map<std::string, Op>& plan_ops() {
+  static const std::map<std::string, Op> ops = {
+      {"conv2d", Op::Conv}, {"linear", Op::Linear}, {"relu", Op::Relu}, {"max_pool2d", Op::MaxPool},
+      {"avg_pool2d", Op::AvgPool}, {"adaptive_avg_pool2d", Op::AdaptiveAvgPool}, {"flatten", Op::Flatten},
+      {"add", Op::Add}};
+  return ops;
+}
+enum class Strategy { Dense, Union, Sparse };
+const std::map<std::string, Strategy>& strategies() {
+  static const std::map<std::string, Strategy> names = {
+      {"dense", Strategy::Dense}, {"union", Strategy::Union}, {"sparse", Strategy::Sparse}};
+  return names;
+}
+enum class Measure { MeanKeptProduct, UnionKeptProduct };
+const std::map<std::string, Measure>& measures() {
+  static const std::map<std::string, Measure> names = {
+      {"mean_kept_product", Measure::MeanKeptProduct}, {"union_kept_product", Measure::UnionKeptProduct}};
+  return names;
+}
+// One rule of the bundle's conv-strategy policy: run `strategy` when `measure` <= `limit`.
+struct StrategyRule {
+  Strategy strategy;
+  Measure measure;
+  double limit;
+};
 
 struct Step {
   Op op = Op::Relu;
@@ -167,7 +193,7 @@ struct ExplainSession::Impl {
   int64_t output = 0, num_values = 0;
   std::set<int64_t> chain, saved;
   bool chain_relu = false;
-  double sparse_limit = 0.2, union_limit = 0.6;
+  std::vector<StrategyRule> policy;  // in order; none applies: dense
   std::vector<int64_t> plain_last_read, pathway_last_read;  // per value: the last step that reads it
   // generator
   std::vector<std::vector<int64_t>> pool_sizes;
@@ -264,12 +290,16 @@ struct ExplainSession::Impl {
     return rpd_decode_cpu(z, rpd, heads, rpd_eps);
   }
 
+  // The bundle's policy: the first rule whose measure is at most its limit, else dense (as PlanRunner._choose).
   Strategy choose(const Step& s, MaskStats& stats) const {
     if (s.in_mask < 0 && s.out_mask < 0) return Strategy::Dense;
-    const double sparse = (stats.density(s.in_mask) * stats.density(s.out_mask)).mean().item<double>();
-    if (sparse <= sparse_limit) return Strategy::Sparse;
-    const double kept = stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask);
-    return kept <= union_limit ? Strategy::Union : Strategy::Dense;
+    for (const auto& rule : policy) {
+      const double value = rule.measure == Measure::MeanKeptProduct
+                               ? (stats.density(s.in_mask) * stats.density(s.out_mask)).mean().item<double>()
+                               : stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask);
+      if (value <= rule.limit) return rule.strategy;
+    }
+    return Strategy::Dense;
   }
 
   at::Tensor union_conv(const Step& s, at::Tensor x, at::Tensor residual, const std::vector<at::Tensor>& masks,
@@ -398,14 +428,37 @@ const at::Tensor& tensor(const std::map<std::string, at::Tensor>& tensors, const
   return it->second;
 }
 
-Op parse_op(const std::string& op) {
-  static const std::map<std::string, Op> ops = {
-      {"conv2d", Op::Conv}, {"linear", Op::Linear}, {"relu", Op::Relu}, {"max_pool2d", Op::MaxPool},
-      {"avg_pool2d", Op::AvgPool}, {"adaptive_avg_pool2d", Op::AdaptiveAvgPool}, {"flatten", Op::Flatten},
-      {"add", Op::Add}};
-  const auto it = ops.find(op);
-  if (it == ops.end()) throw BundleError("bundle plan: unknown op '" + op + "' (written by a newer pathrt?)");
+template <typename T>
+T parse_name(const std::map<std::string, T>& names, const std::string& name, const char* what) {
+  const auto it = names.find(name);
+  if (it == names.end()) throw BundleError(std::string("bundle plan: unknown ") + what + " '" + name + "' (written by a newer pathrt?)");
   return it->second;
+}
+
+Op parse_op(const std::string& op) { return parse_name(plan_ops(), op, "op"); }
+
+std::vector<StrategyRule> parse_policy(const Json& rules) {
+  std::vector<StrategyRule> policy;
+  const auto& list = rules.as_array("conv_strategies");
+  if (list.size() > 8) throw BundleError("bundle: more than 8 conv_strategies");
+  for (const auto& rule : list) {
+    const double limit = rule.at("limit").as_number("conv_strategies limit");
+    if (!(limit >= 0 && limit <= 1)) throw BundleError("bundle: a conv_strategies limit outside [0, 1]");
+    policy.push_back({parse_name(strategies(), rule.at("name").as_string("conv_strategies name"), "conv strategy"),
+                      parse_name(measures(), rule.at("measure").as_string("conv_strategies measure"), "measure"),
+                      limit});
+  }
+  return policy;
+}
+
+// The tensors named by a list of the bundle's generator.tensors (exactly `size` of them).
+std::vector<at::Tensor> named(const std::map<std::string, at::Tensor>& tensors, const Json& names, size_t size,
+                              const char* what) {
+  const auto& list = names.as_array(what);
+  if (list.size() != size) throw BundleError(std::string("bundle generator: ") + what + " must name " + std::to_string(size) + " tensors");
+  std::vector<at::Tensor> out;
+  for (const auto& name : list) out.push_back(tensor(tensors, name.as_string(what)));
+  return out;
 }
 
 int64_t optional_layer(const Json& entry, const char* key, int64_t layers) {
@@ -499,32 +552,29 @@ void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<
   }
   impl.repeats = gen.at("repeats").int_list("repeats", layers, 0, 64);
   if (static_cast<int64_t>(impl.pool_sizes.size()) != layers) throw BundleError("bundle: pool_sizes per layer");
-  for (int64_t l = 0; l < layers; ++l) {
-    impl.stems.emplace_back(tensor(tensors, "gen.stem." + std::to_string(l) + ".weight"),
-                            tensor(tensors, "gen.stem." + std::to_string(l) + ".bias"));
+  // every tensor by the name the writer recorded (names are declared in bundle.schema.json, not here)
+  const Json& names = gen.at("tensors");
+  const auto& stems = names.at("stem").as_array("stem");
+  const auto& head_names = names.at("head").as_array("head");
+  if (static_cast<int64_t>(stems.size()) != layers || static_cast<int64_t>(head_names.size()) != layers) {
+    throw BundleError("bundle generator: stem and head tensors must be named for every layer");
   }
-  impl.shared_weight = tensor(tensors, "gen.shared.weight");
-  impl.shared_bias = tensor(tensors, "gen.shared.bias");
-  impl.cls = tensor(tensors, "gen.cls");
-  for (const char* name : {"weight", "bias", "norm_weight", "norm_bias", "position"}) {
-    impl.tail.push_back(tensor(tensors, std::string("gen.tail.") + name));
+  for (const auto& stem : stems) {
+    const auto pair = named(tensors, stem, 2, "stem");
+    impl.stems.emplace_back(pair[0], pair[1]);
   }
-  static const char* pdn[] = {"norm1.weight", "norm1.bias", "self_attn.in_proj_weight", "self_attn.in_proj_bias",
-                              "self_attn.out_proj.weight", "self_attn.out_proj.bias", "norm2.weight", "norm2.bias",
-                              "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"};
+  const auto shared = named(tensors, names.at("shared"), 2, "shared");
+  impl.shared_weight = shared[0];
+  impl.shared_bias = shared[1];
+  impl.cls = tensor(tensors, names.at("cls").as_string("cls"));
+  impl.tail = named(tensors, names.at("tail"), 5, "tail");
   const int64_t depth = gen.at("depth").as_int("depth", 0, 64);
-  for (int64_t i = 0; i < depth; ++i) {
-    std::vector<at::Tensor> params;
-    for (const char* name : pdn) params.push_back(tensor(tensors, "gen.encoder." + std::to_string(i) + "." + name));
-    impl.encoder.push_back(std::move(params));
-  }
-  for (const char* name : {"norm.weight", "norm.bias", "weight_ih", "weight_hh", "bias_ih", "bias_hh"}) {
-    impl.rpd.push_back(tensor(tensors, std::string("gen.rpd.") + name));
-  }
-  for (int64_t l = 0; l < layers; ++l) {
-    for (const char* name : {"0.weight", "0.bias", "2.weight", "2.bias"}) {
-      impl.heads.push_back(tensor(tensors, "gen.head." + std::to_string(l) + "." + name));
-    }
+  const auto& encoder = names.at("encoder").as_array("encoder");
+  if (static_cast<int64_t>(encoder.size()) != depth) throw BundleError("bundle generator: encoder tensors per layer");
+  for (const auto& layer : encoder) impl.encoder.push_back(named(tensors, layer, 12, "encoder"));
+  impl.rpd = named(tensors, names.at("rpd"), 6, "rpd");
+  for (const auto& head : head_names) {
+    for (auto& t : named(tensors, head, 4, "head")) impl.heads.push_back(std::move(t));
   }
   impl.attention_heads = gen.at("heads").as_int("heads", 1, 4096);
   impl.tail_eps = gen.at("tail_eps").as_number("tail_eps");
@@ -587,11 +637,7 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     }
     impl_->info.num_threads = num_threads;
     load_info(impl_->info, meta);
-    impl_->sparse_limit = meta.at("sparse_limit").as_number("sparse_limit");
-    impl_->union_limit = meta.at("union_limit").as_number("union_limit");
-    if (!(impl_->sparse_limit >= 0 && impl_->sparse_limit <= 1 && impl_->union_limit >= 0 && impl_->union_limit <= 1)) {
-      throw BundleError("its sparse_limit and union_limit must lie in [0, 1]");
-    }
+    impl_->policy = parse_policy(meta.at("conv_strategies"));
     const auto tensors = read_tensors(data, header, 8 + header_len);
     load_plan(*impl_, meta.at("plan"), tensors);
     load_generator(*impl_, meta.at("generator"), tensors);
@@ -611,6 +657,15 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
 ExplainSession::~ExplainSession() = default;
 
 const SessionInfo& ExplainSession::info() const { return impl_->info; }
+
+BundleFormat bundle_format() {
+  BundleFormat format;
+  format.version = kBundleVersion;
+  for (const auto& [name, op] : plan_ops()) format.ops.push_back(name);
+  for (const auto& [name, strategy] : strategies()) format.strategies.push_back(name);
+  for (const auto& [name, measure] : measures()) format.measures.push_back(name);
+  return format;
+}
 
 ExplainResult ExplainSession::explain(const at::Tensor& images) const {
   const auto& shape = impl_->info.input_shape;

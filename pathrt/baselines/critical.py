@@ -19,10 +19,12 @@ from pathrt.targets import capture_features
 def channel_contributions(explainer: Explainer, images: torch.Tensor, target: ClassSpec = None) -> torch.Tensor:
     """(N, K) contributions Σ_{h,w} |a · ∂z_c/∂a|, layers concatenated in spec order."""
     parts = []
-    for rows in explainer.batches(images):
-        with torch.enable_grad():
-            x = images[rows].detach().clone().requires_grad_(True)  # the frozen model needs a graph root
-            capture = capture_features(explainer.model, explainer.spec, x)
+    for rows, chunk in explainer.chunks(images):
+        # autograd even under no_grad or inference_mode (the clone is a normal tensor, a graph root); the
+        # hooks go on the explainer's shared model, so hold it
+        with torch.inference_mode(False), torch.enable_grad(), explainer.using_model() as model:
+            x = chunk.detach().clone().requires_grad_(True)
+            capture = capture_features(model, explainer.spec, x, check=False)
             classes = explainer.resolve_classes(Explainer.rows_of(target, rows), capture.logits.detach())
             chosen = capture.logits.gather(1, classes[:, None]).sum()
             grads = torch.autograd.grad(chosen, capture.features)

@@ -7,9 +7,11 @@
   * the JSON plan in the safetensors metadata (key "pathrt"): format and version, the pathway
     spec, threshold, fingerprints, preprocessing, the plan steps (conv2d, linear, relu, max/avg
     pool, adaptive avg pool, flatten, add; each with its pathway layer and masks) and the
-    generator's shape (layers, pooling, repeats, heads, epsilons).
-The file is written atomically. Models the plan cannot lower fail here with `BundleError`, naming
-the module and pointing to the torch backends.
+    generator's shape (layers, pooling, repeats, heads, epsilons) and the names of its tensors, and
+    the conv-strategy policy the session follows.
+Its format is declared once, in `pathrt/bundle.schema.json` (`pathrt.bundle_format`): every bundle
+is validated against it before it is written. The file is written atomically. Models the plan
+cannot lower fail here with `BundleError`, naming the module and pointing to the torch backends.
 """
 
 from __future__ import annotations
@@ -23,23 +25,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
+from pathrt import bundle_format
 from pathrt.artifacts import atomic_write, tensor_fingerprint
-from pathrt.errors import ArtifactError
+from pathrt.errors import BundleError
 from pathrt.generator import PathwayGenerator
-from pathrt.runtime.fast_path import NATIVE, SPARSE_LIMIT, UNION_LIMIT, PlanRunner, folded_generator
-from pathrt.runtime.generator_ops import HEAD_PARAMS, PDN_PARAMS, RPD_PARAMS, FusedGenerator
-from pathrt.runtime.ops import MASK_THRESHOLD
+from pathrt.opspec import HEAD_PARAMS, MASK_THRESHOLD, PDN_PARAMS, RPD_PARAMS
+from pathrt.runtime.fast_path import NATIVE, PlanRunner
+from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
 from pathrt.targets import Target, canonized_copy
 from pathrt.targets.plan import PlanError
 from pathrt.version import __version__
 
-BUNDLE_FORMAT = "pathrt.bundle"
-BUNDLE_VERSION = 1
 METADATA_KEY = "pathrt"
-
-
-class BundleError(ArtifactError):
-    """A bundle cannot be written for this model, or a file is not a readable pathrt bundle."""
+__all__ = ["BundleError", "bundle_bytes", "read_bundle_meta", "write_bundle"]
 
 
 def _pair(value: Any) -> list[int]:
@@ -62,10 +60,10 @@ def _plan_json(runner: PlanRunner, tensors: dict[str, torch.Tensor]) -> dict[str
                 weight = runner.folded_linear_weight(step.module)
                 entry["inputs"] = [runner.folded_pools[step.module].inputs[0]]
                 entry["flatten_input"] = True
-            entry["weight"] = f"target.{step.module}.weight"
+            entry["weight"] = bundle_format.tensor_name("target", module=step.module, name="weight")
             tensors[entry["weight"]] = weight
             if bias is not None:
-                entry["bias"] = f"target.{step.module}.bias"
+                entry["bias"] = bundle_format.tensor_name("target", module=step.module, name="bias")
                 tensors[entry["bias"]] = bias
             entry["relu"] = bool(a.get("relu"))
         if step.op == "conv2d":
@@ -90,33 +88,42 @@ def _plan_json(runner: PlanRunner, tensors: dict[str, torch.Tensor]) -> dict[str
 
 
 def _generator_json(fused: FusedGenerator, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    for layer, (weight, bias) in enumerate(fused.stems):
-        tensors[f"gen.stem.{layer}.weight"], tensors[f"gen.stem.{layer}.bias"] = weight, bias
-    tensors["gen.shared.weight"], tensors["gen.shared.bias"] = fused.shared
-    tensors["gen.cls"] = fused.cls
-    for name, t in zip(("weight", "bias", "norm_weight", "norm_bias", "position"), fused.tail, strict=True):
-        tensors[f"gen.tail.{name}"] = t
-    for index, params in enumerate(fused.encoder):
-        for name, t in zip(PDN_PARAMS, params, strict=True):
-            tensors[f"gen.encoder.{index}.{name}"] = t
-    for name, t in zip(RPD_PARAMS, fused.rpd, strict=True):
-        tensors[f"gen.rpd.{name}"] = t
-    for i, t in enumerate(fused.head_params):
-        tensors[f"gen.head.{i // 4}.{HEAD_PARAMS[i % 4]}"] = t
+    """The generator's shape and the names of its tensors (filling `tensors`), named as the contract says."""
+    names = bundle_format.tensor_name
+
+    def put(name: str, t: torch.Tensor) -> str:
+        tensors[name] = t
+        return name
+
+    layers = range(len(fused.stems))
+    recorded = {
+        "stem": [[put(names("stem", i=j, layer=layer), t) for j, t in enumerate(params)]
+                 for layer, params in zip(layers, fused.stems, strict=True)],
+        "shared": [put(names("shared", i=j), t) for j, t in enumerate(fused.shared)],
+        "cls": put(names("cls"), fused.cls),
+        "tail": [put(names("tail", i=j), t) for j, t in enumerate(fused.tail)],
+        "encoder": [[put(names("encoder", index=index, name=n), t) for n, t in zip(PDN_PARAMS, params, strict=True)]
+                    for index, params in enumerate(fused.encoder)],
+        "rpd": [put(names("rpd", name=n), t) for n, t in zip(RPD_PARAMS, fused.rpd, strict=True)],
+        "head": [[put(names("head", layer=layer, name=n), fused.head_params[4 * layer + k])
+                  for k, n in enumerate(HEAD_PARAMS)] for layer in layers],
+    }
     return {"layers": len(fused.stems), "pool_sizes": [list(p) for p in fused.pool_sizes],
             "repeats": list(fused.repeats), "depth": len(fused.encoder), "heads": fused.heads,
-            "tail_eps": fused.eps, "encoder_eps": fused.encoder_eps, "rpd_eps": fused.rpd_eps}
+            "tail_eps": fused.eps, "encoder_eps": fused.encoder_eps, "rpd_eps": fused.rpd_eps, "tensors": recorded}
 
 
-def _bundle(target: Target, generator: PathwayGenerator) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The bundle's tensors and safetensors metadata."""
+def _bundle(target: Target, generator: PathwayGenerator,
+            runner: PlanRunner | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The bundle's tensors and safetensors metadata (`runner`: the target's native plan runner, when
+    the caller lowered it already)."""
     if generator.spec != target.spec:
         raise BundleError("the generator was built for another pathway spec than the target's")
     if generator.config.threshold != MASK_THRESHOLD:
         raise BundleError(f"the session thresholds at {MASK_THRESHOLD}; this generator uses "
                           f"{generator.config.threshold}")
     try:
-        runner = PlanRunner(canonized_copy(target.model), target.spec, NATIVE)
+        runner = runner or PlanRunner(canonized_copy(target.model), target.spec, NATIVE)
     except PlanError as exc:
         raise BundleError(f"cannot bundle this model: {exc}. The session runs plans of Conv2d, Linear, ReLU, "
                           "pools, Flatten and torchvision residual blocks; use Explainer(..., backend='native' or "
@@ -127,25 +134,28 @@ def _bundle(target: Target, generator: PathwayGenerator) -> tuple[dict[str, torc
         gen = _generator_json(FusedGenerator(folded_generator(generator), torch.ops.pathrt), tensors)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
     meta = {
-        "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "pathrt_version": __version__,
+        "format": bundle_format.FORMAT, "format_version": bundle_format.VERSION, "pathrt_version": __version__,
         "arch": target.arch, "classes": list(target.classes), "mean": list(target.mean), "std": list(target.std),
         "input_shape": list(target.spec.input_shape), "pathway_spec": target.spec.to_dict(),
-        "threshold": MASK_THRESHOLD, "sparse_limit": SPARSE_LIMIT, "union_limit": UNION_LIMIT,
+        "threshold": MASK_THRESHOLD,
+        "conv_strategies": [rule.to_json() for rule in bundle_format.conv_strategies("cpu")],
         "target_fingerprint": target.fingerprint, "generator_fingerprint": tensor_fingerprint(generator.state_dict()),
         "tensors_fingerprint": tensor_fingerprint(tensors), "plan": plan, "generator": gen,
     }
+    bundle_format.validate(meta)
     return tensors, {METADATA_KEY: json.dumps(meta)}
 
 
-def bundle_bytes(target: Target, generator: PathwayGenerator) -> bytes:
-    """The bundle of `target` + `generator` in memory (what `pathrt._C.ExplainSession.from_bytes` takes)."""
-    tensors, metadata = _bundle(target, generator)
+def bundle_bytes(target: Target, generator: PathwayGenerator, runner: PlanRunner | None = None) -> bytes:
+    """The bundle of `target` + `generator` in memory (what `pathrt._C.ExplainSession.from_bytes` takes);
+    `runner`: the target's native plan runner, when the caller lowered it already."""
+    tensors, metadata = _bundle(target, generator, runner)
     return save(tensors, metadata=metadata)
 
 
 def write_bundle(target: Target, generator: PathwayGenerator, path: str | os.PathLike[str]) -> Path:
     """Writes the bundle of `target` + `generator` to `path` (atomically); returns the path."""
-    tensors, metadata = _bundle(target, generator)
+    tensors, metadata = _bundle(target, generator, None)
     out = Path(path)
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return out
@@ -162,31 +172,9 @@ def read_bundle_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads(raw) if raw is not None else None
     except Exception as exc:  # safetensors raises several types for corrupted headers
         raise BundleError(f"{p} is not a readable pathrt bundle ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != bundle_format.FORMAT:
         raise BundleError(f"{p} is a safetensors file but not a pathrt bundle (no '{METADATA_KEY}' plan)")
-    if meta.get("format_version") != BUNDLE_VERSION:
+    if meta.get("format_version") != bundle_format.VERSION:
         raise BundleError(f"{p} has bundle format_version {meta.get('format_version')!r}; this pathrt reads "
-                          f"{BUNDLE_VERSION}: write the bundle again with `pathrt bundle`")
+                          f"{bundle_format.VERSION}: write the bundle again with `pathrt bundle`")
     return meta
-
-
-def verify_bundle(path: str | os.PathLike[str], target: Target, generator: PathwayGenerator,
-                  images: int = 8) -> dict[str, Any]:
-    """Runs the bundle in a C++ session and the eager reference on seeded random images; raises
-    BundleError unless they agree as SPEC §8 asks. Returns the largest errors seen."""
-    from pathrt.runtime.backends import open_session
-    from pathrt.runtime.explainer import Explainer
-
-    session, _ = open_session(target, generator, path)
-    x = torch.randn(images, *target.spec.input_shape, generator=torch.Generator().manual_seed(0))
-    got = session.explain(x)
-    want = Explainer(target, generator, backend="eager").explain(x)
-    near = (want.scores - MASK_THRESHOLD).abs() <= 1e-4
-    mismatched = got["masks"] != want.masks
-    report: dict[str, Any] = {"images": images, "mask_mismatches": int(mismatched.sum())}
-    for name in ("logits", "pathway_logits"):
-        ref = getattr(want, name)
-        report[name] = float((got[name] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-    if (mismatched & ~near).any() or max(report["logits"], report["pathway_logits"]) > 1e-4:
-        raise BundleError(f"the bundle {path} does not reproduce the eager explainer ({report}); please report this")
-    return report

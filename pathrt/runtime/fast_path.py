@@ -5,12 +5,15 @@ pathway-layer outputs; `PlanRunner.pathway` runs the pathway pass from layer 1's
 (F_1 · m_1, no recompute). Each conv after it runs one of three ways (`strategy` forces one):
   * "sparse": channel-sparse per sample (`pathway_conv2d`: removed output channels never computed,
     removed input channels never read); it does mean_n(d_in · d_out) of the dense conv's FLOPs
-    (d = a sample's kept fraction), chosen when that is at most `sparse_limit`;
+    (d = a sample's kept fraction);
   * "union": one batched conv over the union of the batch's kept input and output channels, then
     the fused epilogue with each sample's mask; u_in · u_out of the FLOPs (u = the union's
-    fraction), chosen next when that is at most UNION_LIMIT (one-sided sparsity, e.g. inside
-    ResNet blocks, and batches whose samples keep similar channels);
+    fraction): one-sided sparsity, e.g. inside ResNet blocks, and batches whose samples keep
+    similar channels;
   * "dense": the full conv with the fused `masked_bias_relu` epilogue.
+Which one runs is the policy of the plan contract (`pathrt.bundle_format.conv_strategies`: the first
+strategy whose measure is at most its limit, measured break-evens in `bundle.schema.json`), which
+the C++ session follows too, from its bundle.
 
 One algebraic rewrite: adaptive average pooling that enlarges the map (VGG and AlexNet pool a
 2×2 or 1×1 map at 64×64 input up to 7×7 or 6×6) followed by flatten and linear is one linear map,
@@ -24,7 +27,6 @@ several times faster there than in NCHW (2× for the whole embedded model's plai
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,20 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pathrt import opspec
+from pathrt.bundle_format import FALLBACK_STRATEGY, STRATEGIES, StrategyRule, conv_strategies
 from pathrt.runtime import ops
-from pathrt.targets.canonize import canonized_copy
 from pathrt.targets.plan import Plan, Step, build_plan
 from pathrt.targets.spec import PathwaySpec
-
-# Limits on the FLOP fraction, measured with the `pathrt bench` sparsity sweep on a 2-core CPU.
-# Per-sample gather + GEMM breaks even with the batched channels-last oneDNN conv near a fraction
-# of 0.2-0.25 (VGG-11@64, batch 64, 51% sparsity: sparse 239 ms vs dense 265 ms at 0.24) and wins
-# below (trained embedded model, ~0.05: 3.1 ms vs union 7.9 ms vs dense 9.9 ms per pathway pass at
-# batch 64). The union conv pays for its gathers and scatter unless it saves a good part of the
-# FLOPs (VGG-11 at 51%: union 0.35 vs dense 0.43 plain passes at a union fraction of ~0.24).
-SPARSE_LIMIT = 0.2
-UNION_LIMIT = 0.6
-STRATEGIES = ("dense", "union", "sparse")
 
 
 @dataclass(frozen=True)
@@ -63,29 +56,21 @@ NATIVE = KernelSet("native", ops.daq_threshold_pack, ops.masked_bias_relu, ops.p
 
 def _reference_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
                                 inplace: bool = False) -> torch.Tensor:
-    return ops.masked_bias_relu_math(x, bias, mask)  # out of place, any float dtype: traceable and exportable
+    return opspec.masked_bias_relu_math(x, bias, mask)  # out of place, any float dtype: traceable and exportable
 
 
 def _reference_pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                               residual: torch.Tensor | None = None, in_mask: torch.Tensor | None = None,
                               out_mask: torch.Tensor | None = None, stride: tuple[int, int] = (1, 1),
                               padding: tuple[int, int] = (0, 0), relu: bool = False) -> torch.Tensor:
-    return ops.pathway_conv2d_reference(x, weight, bias, residual, in_mask, out_mask, list(stride), list(padding),
+    return opspec.pathway_conv2d_reference(x, weight, bias, residual, in_mask, out_mask, list(stride), list(padding),
                                         relu)
 
 
 # The plain-PyTorch references as a kernel set: with strategy="dense" (no per-batch choice) the runner is
 # made of standard torch ops alone, which is what ONNX export traces.
-REFERENCE = KernelSet("reference", ops.daq_threshold_pack_reference, _reference_masked_bias_relu,
+REFERENCE = KernelSet("reference", opspec.daq_threshold_pack_reference, _reference_masked_bias_relu,
                       _reference_pathway_conv2d)
-
-
-def folded_generator(generator: nn.Module) -> nn.Module:
-    """An eval-mode copy of a generator with its BatchNorms folded into the preceding convs (what the
-    fast backends and the exported graphs run)."""
-    with warnings.catch_warnings():  # its forward loops over layers: fx cannot trace it, Sequentials fold
-        warnings.filterwarnings("ignore", message="torch.fx could not trace PathwayGenerator")
-        return canonized_copy(generator)
 
 
 def _ends_in_relu(step: Step) -> bool:
@@ -96,12 +81,14 @@ class PlanRunner:
     """Runs a target's plan: the plain pass with capture, and the channel-sparse pathway pass."""
 
     def __init__(self, model: nn.Module, spec: PathwaySpec, kernels: KernelSet = NATIVE,
-                 sparse_limit: float = SPARSE_LIMIT, channels_last: bool = True,
-                 strategy: str | None = None) -> None:
-        self.plan: Plan = build_plan(model, spec)
+                 policy: tuple[StrategyRule, ...] | None = None, channels_last: bool = True,
+                 strategy: str | None = None, plan: Plan | None = None) -> None:
+        """`policy`: the conv-strategy rules (default: the contract's for the model's device);
+        `strategy`: force one of STRATEGIES for every masked conv (None: choose per batch);
+        `plan`: the model's plan when the caller lowered it already."""
+        self.plan: Plan = plan if plan is not None else build_plan(model, spec)
         self.kernels = kernels
-        self.sparse_limit = sparse_limit
-        self.strategy = strategy  # None: choose per conv from the masks; else one of STRATEGIES
+        self.strategy = strategy
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         modules = dict(model.named_modules())
         self.weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -113,6 +100,8 @@ class PlanRunner:
                 self.weights[step.module] = (m.weight.detach().contiguous(), bias)
                 if step.op == "conv2d":
                     self.conv_weights[step.module] = m.weight.detach().contiguous(memory_format=self.memory_format)
+        device = next(iter(self.weights.values()))[0].device if self.weights else torch.device("cpu")
+        self.policy = policy if policy is not None else conv_strategies(device.type)
         self.first = self.plan.pathway_steps[0]
         self.last_read = {v: i for i, s in enumerate(self.plan.steps) for v in s.inputs}
         self.skip: set[int] = set()
@@ -274,17 +263,18 @@ class PlanRunner:
         return y * mask[:, :, None, None].to(y.dtype)
 
     def _choose(self, step: Step, stats: _MaskStats) -> str:
-        """The conv strategy for this step and these masks (see the module docstring)."""
+        """The conv strategy for this step and these masks: the policy's first rule whose measure is
+        at most its limit (see the module docstring), else the fallback."""
         if step.in_mask is None and step.out_mask is None:
-            return "dense"
+            return FALLBACK_STRATEGY
         if self.strategy is not None:
             if self.strategy not in STRATEGIES:
                 raise ValueError(f"unknown conv strategy {self.strategy!r}; use None or one of {STRATEGIES}")
             return self.strategy
-        if float((stats.density(step.in_mask) * stats.density(step.out_mask)).mean()) <= self.sparse_limit:
-            return "sparse"  # (also when nothing is kept: the sparse kernel handles empty sets)
-        union = stats.union_fraction(step.in_mask) * stats.union_fraction(step.out_mask)
-        return "union" if union <= UNION_LIMIT else "dense"
+        for rule in self.policy:
+            if stats.measure(rule.measure, step) <= rule.limit:
+                return rule.name  # (sparse also when nothing is kept: the sparse kernel handles empty sets)
+        return FALLBACK_STRATEGY
 
     def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor], stats: _MaskStats,
               clean: Callable[[int], None]) -> torch.Tensor:
@@ -402,6 +392,14 @@ class _MaskStats:
             kept = self.masks[layer].any(0).nonzero().squeeze(1)
             self._union[layer] = None if len(kept) == self.masks[layer].shape[1] else kept
         return self._union[layer]
+
+    def measure(self, name: str, step: Step) -> float:
+        """A measure of the strategy policy (`bundle.schema.json`) for one conv step."""
+        if name == "mean_kept_product":
+            return float((self.density(step.in_mask) * self.density(step.out_mask)).mean())
+        if name == "union_kept_product":
+            return self.union_fraction(step.in_mask) * self.union_fraction(step.out_mask)
+        raise ValueError(f"unknown strategy measure {name!r} (the plan contract names {name!r}: update pathrt)")
 
     def union_fraction(self, layer: int | None) -> float:
         kept = self.union(layer)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pathrt.runtime import ops
+from pathrt.kernels import native as extension
 from pathrt.runtime.backends import device_backends
 from pathrt.version import __version__
 
@@ -21,17 +21,17 @@ def _version(package: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """A JSON-ready description of the installation (`pathrt info --json`)."""
-    build = ops.build_info()
+    build = extension.build_info()
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return {
         "pathrt": __version__,
         "versions": {name: _version(name) for name in ("torch", "torchvision", "triton", "onnx", "onnxruntime")},
         "torch_cuda_build": torch.version.cuda,
         "cuda_devices": cuda_devices,
-        "extension": {"loaded": ops.EXTENSION is not None, "error": ops.EXTENSION_ERROR, "build": build},
+        "extension": {"loaded": extension.EXTENSION is not None, "error": extension.EXTENSION_ERROR, "build": build},
         "cuda_kernels_compiled": bool(build and build["cuda"]),
         "cuda_kernels_usable": bool(build and build["cuda"]) and cuda_devices > 0,
-        "ops": ops.implementations(),
+        "ops": extension.implementations(),
         "backends": {device: device_backends(torch.device(device))
                      for device in ("cpu", *(["cuda"] if cuda_devices else []))},
     }

@@ -92,26 +92,31 @@ def check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
                          "drop or repair them before explaining")
 
 
-def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor, check_inplace: bool = True) -> Capture:
+def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor, check_inplace: bool = True,
+                     check: bool = True) -> Capture:
     """Runs the plain forward of `model` on `x` and returns its logits and pathway-layer outputs.
 
     Raises SpecError if a later in-place op modified a captured output (name another module).
     `check_inplace=False` skips that check, for code traced by torch.compile (whose graphs do not
-    keep tensor version counters faithfully); check the spec once in eager mode first.
+    keep tensor version counters faithfully); check the spec once in eager mode first. Tensors made
+    under torch.inference_mode() keep no version counter: the check is skipped for them (the eager
+    backend checks its spec once, outside inference mode). `check=False` skips `check_images`, for
+    callers that checked the batch already.
     """
-    check_images(x, spec)
+    if check:
+        check_images(x, spec)
     features: list[torch.Tensor | None] = [None] * len(spec.layers)
-    versions = [0] * len(spec.layers)
+    versions: list[int | None] = [None] * len(spec.layers)
 
     def keep(index: int, output: torch.Tensor) -> None:
         features[index] = output
-        versions[index] = output._version
+        versions[index] = None if output.is_inference() else output._version
 
     with _layer_hooks(model, spec, keep) as calls:
         logits = model(x)
     _check_all_ran(spec, calls)
     changed = [spec.names[i] for i, f in enumerate(features)
-               if check_inplace and f is not None and f._version != versions[i]]
+               if check_inplace and f is not None and versions[i] is not None and f._version != versions[i]]
     if changed:
         raise SpecError(f"the outputs of {changed} were modified in place later in the forward pass, so "
                         "they cannot be captured as pathway features; name modules whose outputs are not "
@@ -144,12 +149,15 @@ def pathway_forward(
     spec: PathwaySpec,
     x: torch.Tensor,
     masks: Masks,
+    check: bool = True,
 ) -> torch.Tensor:
     """Logits of the pathway model H(x; P): each pathway layer's output times its channel mask.
 
     With all-ones masks this is exactly the plain forward (multiplying by 1.0 is exact).
+    `check=False` skips `check_images`, for callers that checked the batch already.
     """
-    check_images(x, spec)
+    if check:
+        check_images(x, spec)
     per_layer = normalize_masks(masks, spec, x.shape[0])
 
     def apply(index: int, output: torch.Tensor) -> torch.Tensor:

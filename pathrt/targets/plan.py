@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from pathrt.bundle_format import PLAN_OPS
 from pathrt.errors import SpecError
 from pathrt.targets.spec import PathwaySpec
 
@@ -52,6 +53,10 @@ class Step:
     pathway: int | None = None
     in_mask: int | None = None
     out_mask: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in PLAN_OPS:  # the plan contract (bundle.schema.json) declares the ops
+            raise AssertionError(f"plan op {self.op!r} is not declared in the plan contract {PLAN_OPS}")
 
 
 @dataclass(frozen=True)

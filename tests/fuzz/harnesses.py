@@ -135,9 +135,9 @@ def _load_artifact(data: bytes) -> None:
 
 
 def _load_bundle(data: bytes) -> None:
-    from pathrt.runtime import ops
+    from pathrt.kernels import native as extension
 
-    session = ops.EXTENSION.ExplainSession.from_bytes(data, "<fuzz>", 1)
+    session = extension.EXTENSION.ExplainSession.from_bytes(data, "<fuzz>", 1)
     shape = session.input_shape
     session.explain(torch.zeros(1, *shape))
 

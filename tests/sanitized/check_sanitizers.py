@@ -6,17 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pathrt.runtime import ops
+from pathrt.kernels import native as extension
 
 
 def test_the_sanitized_extension_is_loaded() -> None:
-    assert ops.EXTENSION is not None
-    assert Path(ops.EXTENSION.__file__).resolve() == Path(os.environ["PATHRT_EXTENSION_FILE"]).resolve()
-    assert "build/sanitize" in ops.EXTENSION.__file__
-    assert all(kernel == "native" for kernel in (impl["CPU"] for impl in ops.implementations().values()))
+    assert extension.EXTENSION is not None
+    assert Path(extension.EXTENSION.__file__).resolve() == Path(os.environ["PATHRT_EXTENSION_FILE"]).resolve()
+    assert "build/sanitize" in extension.EXTENSION.__file__
+    assert all(kernel == "native" for kernel in (impl["CPU"] for impl in extension.implementations().values()))
 
 
 def test_address_sanitizer_is_active() -> None:
     maps = Path("/proc/self/maps").read_text()
     assert "libasan" in maps and "libubsan" in maps
-    assert b"__asan_report" in Path(ops.EXTENSION.__file__).read_bytes()  # the module is instrumented
+    assert b"__asan_report" in Path(extension.EXTENSION.__file__).read_bytes()  # the module is instrumented

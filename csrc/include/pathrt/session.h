@@ -50,6 +50,14 @@ struct SessionInfo {
   int num_threads = 0;               // 0: the process default
 };
 
+// The plan contract this reader implements (pathrt/bundle.schema.json): its format version, the plan
+// ops, the conv strategies and the measures of the strategy policy; tests compare it with the file.
+struct BundleFormat {
+  int64_t version = 0;
+  std::vector<std::string> ops, strategies, measures;
+};
+BundleFormat bundle_format();
+
 class ExplainSession {
  public:
   // A bundle's bytes and a name for messages (the path, or what produced them).

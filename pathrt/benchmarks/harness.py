@@ -133,13 +133,14 @@ def _sparse_prediction(model: BenchModel) -> dict[str, Any]:
     """Count before measuring: the native pathway pass's predicted FLOPs per image at the sparsity the
     generator gives on the bench inputs (each conv after layer 1 × kept(in) × kept(out))."""
     native = model.backend("native")
-    if isinstance(native, str) or native._runner is None:
+    if isinstance(native, str):
         return {}
+    runner = native.engine.runner  # type: ignore[attr-defined]  (the native backend's PlanRunner)
     with torch.no_grad():
         masks = native.explain(model.inputs(64)).layer_masks
     kept = [float(m.float().mean()) for m in masks]
-    return {"kept_per_layer": kept, "pathway_native_predicted": native._runner.pathway_flops(kept),
-            "pathway_native_dense": native._runner.pathway_flops([1.0] * len(kept))}
+    return {"kept_per_layer": kept, "pathway_native_predicted": runner.pathway_flops(kept),
+            "pathway_native_dense": runner.pathway_flops([1.0] * len(kept))}
 
 
 def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int, repeats: int,
@@ -326,8 +327,7 @@ def sparsity_sweep(models: Sequence[BenchModel], sparsities: Sequence[float], ba
             generator = generator_with_sparsity(target.spec, sparsity)
             eager = Explainer(target, generator, backend="eager")
             native = Explainer(target, generator, backend="native")
-            runner = native._runner
-            assert runner is not None
+            runner = native.engine.runner  # type: ignore[attr-defined]  (the native backend's PlanRunner)
             with torch.no_grad():
                 _, features, saved = runner.plain(x)
                 masks = runner.kernels.daq_threshold_pack(torch.cat(generator.head_logits(features), 1))[1]

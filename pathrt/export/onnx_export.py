@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from pathrt.artifacts import parse_json, tensor_fingerprint
+from pathrt.artifacts import atomic_write, parse_json, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, PathrtError
 from pathrt.export.graph import EXPLAINER_OUTPUTS, GENERATOR_OUTPUTS, ExplainerGraph, GeneratorGraph
 from pathrt.generator import PathwayGenerator
-from pathrt.runtime.ops import MASK_THRESHOLD
+from pathrt.opspec import MASK_THRESHOLD, parity
+from pathrt.runtime import Explainer
 from pathrt.schemas import validate
 from pathrt.targets import PathwaySpec, Target
 from pathrt.version import __version__
@@ -129,13 +130,7 @@ def finish_model(model: Any, meta: dict[str, str], path: Path | None = None) -> 
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return data
 
 
@@ -311,22 +306,22 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
 # ---------------------------------------------------------------------------------------------
 
 
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-12))
-
-
 # (relative error of logits and scores, band around the threshold where masks may differ) per file dtype:
-# SPEC §8 for float32; float16 carries ~3 decimal digits, so its file is held to 2e-2 and 1e-2.
-TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (2e-2, 1e-2)}
+# SPEC §8 (pathrt.opspec.parity) for float32; float16 carries ~3 decimal digits, so its file is held to
+# 2e-2 and 1e-2.
+TOLERANCES = {"float32": (parity.LOGITS_RTOL, parity.MASK_BAND), "float16": (2e-2, 1e-2)}
 
 
-def _compare_masks(got: torch.Tensor, want: torch.Tensor, scores: torch.Tensor, what: str, band: float) -> int:
-    differ = got != want
-    near = (scores - MASK_THRESHOLD).abs() <= band
-    if (differ & ~near).any():
-        raise ExportError(f"verification failed: the ONNX {what} gives other masks than eager for "
-                          f"{int((differ & ~near).sum())} neurons whose score is not within {band:g} of the threshold")
-    return int(differ.sum())
+def _check_parity(got: dict[str, torch.Tensor], want: Any, names: Sequence[str], what: str, batch: int,
+                  limit: float, band: float, report: ExportReport) -> None:
+    """SPEC §8 against the eager reference (`pathrt.opspec.parity`), recorded in `report`; ExportError if broken."""
+    result = parity.compare(got, want, [n for n in names if n in got], band=band, rtol=limit)
+    for name, err in result.rel_errors.items():
+        report.max_rel_error[name] = max(report.max_rel_error.get(name, 0.0), err)
+    report.mask_mismatches_near_threshold += result.masks_within_band
+    if not result.ok:
+        raise ExportError(f"verification failed: the ONNX {what} differs from eager at batch {batch}: "
+                          f"{'; '.join(result.problems())}")
 
 
 def _check_varies(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], names: Sequence[str]) -> None:
@@ -352,8 +347,6 @@ def verify_explainer(source: bytes | str | os.PathLike[str], target: Target, gen
                      report: ExportReport | None = None, batches: Sequence[int] = (1, 7),
                      seed: int = 0) -> ExportReport:
     """Runs an exported explainer in ONNX Runtime on fresh inputs against the eager explainer (SPEC §8)."""
-    from pathrt.runtime import Explainer
-
     start = time.perf_counter()
     report = _report_for(source, "explainer", report)
     loaded = load_onnx(source, target=target)
@@ -366,20 +359,10 @@ def verify_explainer(source: bytes | str | os.PathLike[str], target: Target, gen
         x = torch.randn(batch, *target.spec.input_shape, generator=g)
         out = loaded.run(x)
         want = eager.explain(x)
-        for name, ref in (("logits", want.logits), ("pathway_logits", want.pathway_logits), ("Y", want.Y),
-                          ("O", want.O), ("scores", want.scores)):
-            if name not in out:
-                continue
-            err = _rel(out[name], ref)
-            report.max_rel_error[name] = max(report.max_rel_error.get(name, 0.0), err)
-            if err > limit:
-                raise ExportError(f"verification failed: ONNX {name} differ from eager by {err:.2e} (relative) at "
-                                  f"batch {batch}; the limit is {limit:g}")
-        if "masks" in out:
-            report.mask_mismatches_near_threshold += _compare_masks(out["masks"], want.masks, want.scores,
-                                                                    "explainer", band)
-            if "kept" in out and not torch.equal(out["kept"], out["masks"].sum(1)):
-                raise ExportError("verification failed: ONNX kept counts do not match its masks")
+        _check_parity(out, want, ("logits", "pathway_logits", "Y", "O", "scores"), "explainer", batch, limit, band,
+                      report)
+        if "masks" in out and "kept" in out and not torch.equal(out["kept"], out["masks"].sum(1)):
+            raise ExportError("verification failed: ONNX kept counts do not match its masks")
         report.verified_batches.append(batch)
     return _finish_report(report, loaded, start)
 
@@ -406,13 +389,7 @@ def verify_generator(source: bytes | str | os.PathLike[str], target: Target, gen
             features = capture_features(model, target.spec, x).features
             want = generator.eval()(features)
         out = loaded.run(*features)
-        scores = torch.cat(want.scores, 1)
-        err = _rel(out["scores"], scores)
-        report.max_rel_error["scores"] = max(report.max_rel_error.get("scores", 0.0), err)
-        if err > limit:
-            raise ExportError(f"verification failed: ONNX generator scores differ from eager by {err:.2e}; the "
-                              f"limit is {limit:g}")
-        report.mask_mismatches_near_threshold += _compare_masks(out["masks"], torch.cat(want.masks, 1), scores,
-                                                                "generator", band)
+        reference = {"scores": torch.cat(want.scores, 1), "masks": torch.cat(want.masks, 1)}
+        _check_parity(out, reference, ("scores",), "generator", batch, limit, band, report)
         report.verified_batches.append(batch)
     return _finish_report(report, loaded, start)

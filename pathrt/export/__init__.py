@@ -3,9 +3,11 @@
 `export_explainer` / `export_generator` write verified ONNX files (dynamic batch, opset ≥ 18,
 standard ops only, metadata with the pathway spec, threshold, fingerprints and version);
 `load_onnx` opens one in ONNX Runtime after checking it. `pathrt export` is the command line.
-Needs the `onnx` extra: `pip install pathrt[onnx]` (or `pathrt[onnx-gpu]`).
+Needs the `onnx` extra: `pip install pathrt[onnx]` (or `pathrt[onnx-gpu]`). Importing this
+package registers the `onnx` explain backend (`pathrt.export.backend`) with the runtime.
 """
 
+from pathrt.export.backend import OnnxBackend
 from pathrt.export.onnx_export import (
     ExportError,
     ExportReport,
@@ -19,10 +21,14 @@ from pathrt.export.onnx_export import (
     verify_explainer,
     verify_generator,
 )
+from pathrt.runtime.backends import register_backend
+
+register_backend(OnnxBackend)
 
 __all__ = [
     "ExportError",
     "ExportReport",
+    "OnnxBackend",
     "OnnxExplainerFile",
     "explainer_model",
     "export_explainer",

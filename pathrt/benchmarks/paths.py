@@ -17,8 +17,10 @@ import torch
 from pathrt.baselines import critical_pathways, dgr_pathways, random_masks
 from pathrt.errors import PathrtError
 from pathrt.runtime import Explainer
-from pathrt.runtime.fast_path import PlanRunner, folded_generator
-from pathrt.runtime.generator_ops import FusedGenerator
+from pathrt.runtime.backends.plan_backend import PlanBackend
+from pathrt.runtime.backends.session import SessionBackend
+from pathrt.runtime.fast_path import PlanRunner
+from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
 from pathrt.targets import capture_features, pathway_forward
 
 Runner = Callable[[torch.Tensor], object]
@@ -119,7 +121,9 @@ def _session_raw(model: BenchModel, batch: int) -> Runner | str:
     explainer = model.backend("session")
     if isinstance(explainer, str):
         return explainer
-    session = explainer._session
+    engine = explainer.engine
+    assert isinstance(engine, SessionBackend)
+    session = engine.session
     phases: list[dict[str, float]] = []
 
     def run(x: torch.Tensor) -> object:
@@ -145,8 +149,9 @@ def _native_runner(model: BenchModel) -> tuple[Explainer, PlanRunner] | str:
     explainer = model.backend("native")
     if isinstance(explainer, str):
         return explainer
-    assert explainer._runner is not None
-    return explainer, explainer._runner
+    engine = explainer.engine
+    assert isinstance(engine, PlanBackend)
+    return explainer, engine.runner
 
 
 @bench_path("native-plain")

@@ -1,6 +1,6 @@
 """Triton kernels of the fused deployed-path ops, as `pathrt::triton_*` custom ops.
 
-Same semantics and checks as the C++/CUDA ops of `pathrt.runtime.ops` (whose references are the
+Same semantics and checks as the C++/CUDA ops (references in `pathrt.opspec`, which are the
 specification); the math mirrors csrc/include/pathrt/epilogue.h: sigmoid = 1 / (1 + e^-a), kept iff
 score >= 0.5, epilogue relu(acc + bias + residual) then channel mask. Tensors are made contiguous
 (NCHW) first. Launching needs a CUDA device, or `TRITON_INTERPRET=1` for CPU tensors.
@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from pathrt.runtime.ops import MASK_THRESHOLD, check_logits, check_masked_bias_relu, check_pathway_conv2d
+from pathrt.opspec import MASK_THRESHOLD, check_logits, check_masked_bias_relu, check_pathway_conv2d
 
 _BLOCK = 128
 

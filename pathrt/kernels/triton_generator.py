@@ -1,12 +1,12 @@
 """Triton kernels of the fused generator ops, as `pathrt::triton_rfe_tail`,
 `pathrt::triton_pdn_encoder_layer` and `pathrt::triton_rpd_decode`.
 
-Same semantics and checks as the C++/CUDA ops (references: `pathrt.runtime.generator_ops`): GEMMs
+Same semantics and checks as the C++/CUDA ops (references: `pathrt.opspec.generator`): GEMMs
 through torch (cuBLAS on a GPU), everything between them in the kernels below — the global mean
 pool, LayerNorm rows (+ input bias, + position), the short-sequence attention (one program per
 sample and head, the whole T×T score tile in registers), bias + GELU and the GRU step; the DAQ
 threshold is the Triton `daq_threshold_pack`. Launching needs a CUDA device, or
-`TRITON_INTERPRET=1` for CPU tensors. `FusedGenerator(generator, pathrt.kernels.generator)` runs a
+`TRITON_INTERPRET=1` for CPU tensors. `FusedGenerator(generator, pathrt.kernels.triton_generator)` runs a
 generator through them.
 """
 
@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from pathrt.kernels.ops import daq_threshold_pack
-from pathrt.runtime.generator_ops import check_pdn_encoder_layer, check_rfe_tail, check_rpd_decode
+from pathrt.kernels.triton_fused import daq_threshold_pack
+from pathrt.opspec import check_pdn_encoder_layer, check_rfe_tail, check_rpd_decode
 
 
 @triton.jit

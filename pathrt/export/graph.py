@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from pathrt.generator import PathwayGenerator
-from pathrt.runtime.fast_path import REFERENCE, PlanRunner, folded_generator
-from pathrt.runtime.ops import MASK_THRESHOLD
+from pathrt.opspec import MASK_THRESHOLD
+from pathrt.runtime.fast_path import REFERENCE, PlanRunner
+from pathrt.runtime.fused_generator import folded_generator
 from pathrt.targets import Target, canonized_copy
 
 EXPLAINER_OUTPUTS = ("logits", "scores", "masks", "kept", "pathway_logits", "Y", "O")

@@ -1,4 +1,4 @@
-"""Plain-PyTorch references, checks and fakes of the fused generator ops (schemas in `ops.py`).
+"""Plain-PyTorch references, checks and fakes of the fused generator ops (schemas in `library`).
 
 The generator (SPEC §3) after its convolutions is three fused steps, each one op:
   rfe_tail           the RFE tail of every layer at once: global average pool of each layer's
@@ -10,9 +10,8 @@ The generator (SPEC §3) after its convolutions is three fused steps, each one o
                      (GRUCell, head Linear-GELU-Linear per layer) and the DAQ threshold:
                      head logits, scores, masks, packed masks and kept counts.
 
-`FusedGenerator` runs a (BatchNorm-folded) `PathwayGenerator` through these ops; the references
-below are the specification the C++/CUDA/Triton kernels are tested against, and are themselves
-tested against the generator's nn modules.
+The references are the specification the C++/CUDA/Triton kernels are tested against, and are
+themselves tested against the generator's nn modules (through `pathrt.runtime.FusedGenerator`).
 """
 
 from __future__ import annotations
@@ -22,9 +21,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pathrt.generator.rfe import pool_to
+from pathrt.opspec.fused import daq_threshold_pack_reference
 
 PDN_PARAMS = ("norm1.weight", "norm1.bias", "self_attn.in_proj_weight", "self_attn.in_proj_bias",
               "self_attn.out_proj.weight", "self_attn.out_proj.bias", "norm2.weight", "norm2.bias",
@@ -134,8 +132,6 @@ def check_rpd_decode(z: torch.Tensor, params: Sequence[torch.Tensor], heads: Seq
 
 def rpd_decode_reference(z: torch.Tensor, params: Sequence[torch.Tensor], heads: Sequence[torch.Tensor],
                          eps: float) -> tuple[torch.Tensor, ...]:
-    from pathrt.runtime.ops import daq_threshold_pack_reference
-
     layers = len(check_rpd_decode(z, params, heads))
     norm_w, norm_b, w_ih, w_hh, b_ih, b_hh = params
     z = F.layer_norm(z, (z.shape[2],), norm_w, norm_b, eps)
@@ -164,63 +160,3 @@ def rpd_decode_fake(z, params, heads, eps) -> tuple[torch.Tensor, ...]:
     n = z.shape[0]
     return (z.new_empty((n, k)), z.new_empty((n, k)), z.new_empty((n, k), dtype=torch.bool),
             z.new_empty((n, (k + 7) // 8), dtype=torch.uint8), z.new_empty((n,), dtype=torch.int64))
-
-
-class FusedGenerator:
-    """A BatchNorm-folded `PathwayGenerator` run as convs + the three fused ops (eval only).
-
-    `ops` is the namespace holding rfe_tail / pdn_encoder_layer / rpd_decode: torch.ops.pathrt
-    (native kernels) or the Triton twins. The session's C++ generator runs the same steps.
-    """
-
-    def __init__(self, generator: nn.Module, ops) -> None:
-        rfe, pdn, rpd = generator.rfe, generator.pdn, generator.rpd
-        self.ops = ops
-        self.pool_sizes = list(rfe.pool_sizes)
-        self.repeats = list(rfe.repeats)
-        self.stems = [_conv_params(stem[0]) for stem in rfe.stems]
-        self.shared = _conv_params(rfe.shared[0])
-        self.tail = _detached([rfe.project.weight, rfe.project.bias, rfe.norm.weight, rfe.norm.bias, rfe.position])
-        self.cls = pdn.cls.detach().reshape(-1)
-        layers = pdn.encoder.layers
-        self.encoder = [_detached([layer.get_parameter(p) for p in PDN_PARAMS]) for layer in layers]
-        self.heads = layers[0].self_attn.num_heads
-        self.eps = float(rfe.norm.eps)
-        self.encoder_eps = float(layers[0].norm1.eps)
-        norm = pdn.encoder.norm
-        cell = rpd.cell
-        self.rpd = _detached([norm.weight, norm.bias, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh])
-        self.rpd_eps = float(norm.eps)
-        self.head_params = _detached([h.get_parameter(p) for h in rpd.heads for p in HEAD_PARAMS])
-
-    def maps(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The RFE convolutions: each layer's map pooled, stem 1×1 conv + ReLU, shared 3×3/2 convs."""
-        out = []
-        for index, x in enumerate(features):
-            if tuple(x.shape[-2:]) != self.pool_sizes[index]:
-                x = pool_to(x, self.pool_sizes[index])
-            weight, bias = self.stems[index]
-            x = F.conv2d(x, weight, bias).relu_()
-            for _ in range(self.repeats[index]):
-                x = F.conv2d(x, self.shared[0], self.shared[1], 2, 1).relu_()
-            out.append(x)
-        return out
-
-    def __call__(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Features → (head logits, scores, masks, packed masks, kept counts), all (N, ΣC) but counts (N,)."""
-        x = self.ops.rfe_tail(self.maps(features), self.cls, *self.tail, self.eps)
-        for params in self.encoder:
-            x = self.ops.pdn_encoder_layer(x, params, self.heads, self.encoder_eps)
-        return self.ops.rpd_decode(x, self.rpd, self.head_params, self.rpd_eps)
-
-
-def _detached(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.detach() for p in params]
-
-
-def _conv_params(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of a BatchNorm-folded conv (folding gives every conv a bias)."""
-    if conv.bias is None:
-        raise ValueError("FusedGenerator needs a BatchNorm-folded generator (pathrt.runtime.fast_path."
-                         "folded_generator): its RFE convs have no bias")
-    return conv.weight.detach(), conv.bias.detach()

@@ -1,0 +1,72 @@
+"""What the native and triton backends share: the hook-free plan pass (`PlanRunner`), the
+BatchNorm-folded generator run through fused generator ops, and the fused DAQ threshold.
+Each subclass names its kernels; the runner comes from the context (one lowering per Explainer)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from pathrt.opspec import MASK_THRESHOLD
+from pathrt.runtime.backends.base import CONCURRENT, MASKS, Backend, BackendContext, ChunkResult, Unavailable
+from pathrt.runtime.fast_path import KernelSet, PlanRunner
+from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
+from pathrt.targets.plan import PlanError
+
+
+class PlanBackend(Backend):
+    """A backend that runs the lowered plan with a kernel set (native: C++/CUDA, triton: Triton)."""
+
+    capabilities = frozenset({MASKS, CONCURRENT})
+
+    def __init__(self, context: BackendContext, runner: PlanRunner, generator_ops: ModuleType | None,
+                 reason: str) -> None:
+        super().__init__(context.device, reason)
+        self.spec = context.spec
+        self.runner = runner
+        self.generator = folded_generator(context.generator)
+        self.fused = FusedGenerator(self.generator, generator_ops) if generator_ops is not None else None
+
+    @classmethod
+    def kernels(cls, device: torch.device) -> tuple[KernelSet, ModuleType | None]:
+        """The fused-op kernel set and the namespace of generator ops (None: the generator's modules)."""
+        raise NotImplementedError
+
+    @classmethod
+    def prepare(cls, context: BackendContext) -> Backend | Unavailable:
+        unavailable = cls.unavailable_on(context.device)
+        if unavailable:
+            return Unavailable(cls.name, (unavailable,))
+        threshold = context.generator.config.threshold
+        if threshold != MASK_THRESHOLD:
+            return Unavailable(cls.name, (f"the generator's threshold is {threshold}; the fused kernels apply "
+                                          f"{MASK_THRESHOLD}",))
+        kernels, generator_ops = cls.kernels(context.device)
+        try:
+            # channels-last pays on CPU (oneDNN, pooling); the Triton kernels index NCHW
+            runner = context.plan_runner(kernels, cls.channels_last(context.device))
+        except PlanError as exc:
+            return Unavailable(cls.name, (str(exc),))
+        return cls(context, runner, generator_ops, f"{kernels.name} kernels on {context.device.type}, model lowered "
+                                                   f"to {len(runner.plan.steps)} plan steps")
+
+    @classmethod
+    def channels_last(cls, device: torch.device) -> bool:
+        """Whether the runner keeps activations channels-last (the kernels must index that layout)."""
+        return False
+
+    def explain(self, x: torch.Tensor) -> ChunkResult:
+        """SPEC §8 without hooks: plan pass with capture, generator + fused DAQ, sparse pathway pass."""
+        logits, features, saved = self.runner.plain(x)
+        if self.fused is not None:
+            _, scores, masks, packed, _ = self.fused(features)
+        else:
+            head = torch.cat(self.generator.head_logits(features), 1)
+            scores, masks, packed, _ = self.runner.kernels.daq_threshold_pack(head)
+        pathway_logits = self.runner.pathway(saved, features, self.spec.split(masks))
+        return ChunkResult(masks, packed, scores, logits, pathway_logits)
+
+    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features, saved = self.runner.plain(x)
+        return logits, self.runner.pathway(saved, features, self.spec.split(masks))
