@@ -16,6 +16,7 @@ demo: build
 
 test: build
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: build
@@ -23,6 +24,7 @@ test-fast: build
 
 lint: $(DEPS)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 info: build
 	$(PY) -m pathrt.cli info

@@ -116,7 +116,7 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
     if not args.no_verify:
         report = verify_bundle(path, target, generator)
-        print(f"verified: the C++ session matches eager ({report.describe()})")
+        print(f"verified: the C++ session matches eager on {report.describe()}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

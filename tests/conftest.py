@@ -52,6 +52,33 @@ def assert_python_ok(code: str, env: dict[str, str] | None = None) -> None:
     assert result.stdout.strip().splitlines()[-1] == "ok", result.stdout
 
 
+def run_in_threads(calls: list, rounds: int = 3, timeout: float = 600) -> list[list]:
+    """Runs each of `calls` `rounds` times in its own thread, all started together; returns each call's
+    results (and fails on any exception or a thread still running after `timeout` seconds)."""
+    import threading
+
+    results: list[list] = [[] for _ in calls]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                results[t].append(calls[t]())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
+    return results
+
+
 @pytest.fixture(scope="session")
 def trained_target_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default target trained with the default config once per session (~30 s)."""

@@ -9,7 +9,6 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from pathrt.runtime import Explainer
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets import capture_features, create_target, pathway_forward, save_target
 from pathrt.training import load_training_state
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_in_threads
 
 BACKENDS = ("eager", "native", "session", "onnx")
 
@@ -131,25 +130,7 @@ def test_odd_layouts_and_dtypes_give_the_right_result(explainers, backend: str, 
 
 def _hammer(call, inputs: list[torch.Tensor], rounds: int = 3) -> list[list]:
     """Runs call(inputs[t]) `rounds` times in each of len(inputs) threads started together."""
-    results: list[list] = [[] for _ in inputs]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(inputs))
-
-    def work(t: int) -> None:
-        try:
-            barrier.wait()
-            for _ in range(rounds):
-                results[t].append(call(inputs[t]))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(len(inputs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    return results
+    return run_in_threads([lambda x=x: call(x) for x in inputs], rounds)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from pathrt import bundle_format
 from pathrt.cli import main as cli_main
 from pathrt.errors import BundleError, IncompatibleArtifactError, InputError
 from pathrt.generator import save_generator
@@ -144,7 +145,7 @@ def test_session_refuses_hostile_bundles(resnet_bundle, tmp_path: Path) -> None:
     }
     for name, (data, message) in cases.items():
         if name == "version":
-            text = header.replace(b'\\"format_version\\": 1', b'\\"format_version\\": 7')
+            text = header.replace(b'\\"format_version\\": 2', b'\\"format_version\\": 7')
             assert text != header
             data = struct.pack("<Q", len(text)) + text + good[8 + header_len:]
         if name == "offsets":
@@ -197,7 +198,7 @@ def test_cli_bundle(embedded, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert f"wrote {out}" in text and "verified: the C++ session matches eager on 8 images" in text
     meta = read_bundle_meta(out)
-    assert meta["target_fingerprint"] == embedded.fingerprint and meta["format_version"] == 1
+    assert meta["target_fingerprint"] == embedded.fingerprint and meta["format_version"] == bundle_format.VERSION
 
 
 def test_mutated_bundles_load_or_fail_cleanly(tmp_path: Path) -> None:

@@ -461,9 +461,10 @@ std::vector<at::Tensor> named(const std::map<std::string, at::Tensor>& tensors, 
   return out;
 }
 
+// A required key whose value is a pathway layer or null (-1).
 int64_t optional_layer(const Json& entry, const char* key, int64_t layers) {
-  const Json* v = entry.find(key);
-  return (v == nullptr || v->is_null()) ? -1 : v->as_int(key, 0, layers - 1);
+  const Json& v = entry.at(key);
+  return v.is_null() ? -1 : v.as_int(key, 0, layers - 1);
 }
 
 void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std::string, at::Tensor>& tensors) {

@@ -36,10 +36,7 @@ class OnnxBackend(Backend):
         return None
 
     @classmethod
-    def prepare(cls, context: BackendContext) -> Backend | Unavailable:
-        unavailable = cls.unavailable_on(context.device)
-        if unavailable:
-            return Unavailable(cls.name, (unavailable,))
+    def build(cls, context: BackendContext) -> Backend | Unavailable:
         target, generator, onnx_file = context.target, context.generator, context.options.onnx_file
         if onnx_file is None:
             loaded = load_onnx(finish_model(*explainer_model(target, generator)), target=target)

@@ -1,7 +1,8 @@
 """The backend protocol: what one explain backend is, and the context it is prepared from.
 
 A backend is one class in its own module of this package. `prepare(context)` returns a ready
-backend, or an `Unavailable` saying why it cannot run this model here (the xformers habit: every
+backend (`build`, once `unavailable_on` the device passed), or an `Unavailable` saying why it
+cannot run this model here (the xformers habit: every
 backend passed over has a reason). A ready backend explains one checked chunk of images
 (`explain`), and, when it has the "masks" capability, runs the pathway pass for masks chosen
 elsewhere (`explain_with_masks`). Backends without the "concurrent" capability share the model's
@@ -134,9 +135,18 @@ class Backend(ABC):
         return None
 
     @classmethod
-    @abstractmethod
     def prepare(cls, context: BackendContext) -> Backend | Unavailable:
         """This backend ready to run the context's model, or why it cannot."""
+        unavailable = cls.unavailable_on(context.device)
+        if unavailable:
+            return Unavailable(cls.name, (unavailable,))
+        return cls.build(context)
+
+    @classmethod
+    @abstractmethod
+    def build(cls, context: BackendContext) -> Backend | Unavailable:
+        """`prepare` once `unavailable_on` passed: the backend for this model, or why not (a model it cannot
+        run); raises only for a bad user argument (e.g. a file of another model)."""
 
     @abstractmethod
     def explain(self, x: torch.Tensor) -> ChunkResult:

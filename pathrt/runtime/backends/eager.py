@@ -20,7 +20,7 @@ class EagerBackend(Backend):
         self.model, self.spec, self.generator = context.model, context.spec, context.generator
 
     @classmethod
-    def prepare(cls, context: BackendContext) -> Backend | Unavailable:
+    def build(cls, context: BackendContext) -> Backend | Unavailable:
         """Always ready. Checks once, on one zero image outside inference mode (whose tensors keep no
         version counters), that no in-place op overwrites a captured pathway-layer output."""
         param = next(iter(context.model.parameters()), None)

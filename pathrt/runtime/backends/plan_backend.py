@@ -4,9 +4,11 @@ Each subclass names its kernels; the runner comes from the context (one lowering
 
 from __future__ import annotations
 
+from functools import cached_property
 from types import ModuleType
 
 import torch
+from torch import nn
 
 from pathrt.opspec import MASK_THRESHOLD
 from pathrt.runtime.backends.base import CONCURRENT, MASKS, Backend, BackendContext, ChunkResult, Unavailable
@@ -25,8 +27,18 @@ class PlanBackend(Backend):
         super().__init__(context.device, reason)
         self.spec = context.spec
         self.runner = runner
-        self.generator = folded_generator(context.generator)
-        self.fused = FusedGenerator(self.generator, generator_ops) if generator_ops is not None else None
+        self._source_generator = context.generator
+        self._generator_ops = generator_ops
+
+    @cached_property
+    def generator(self) -> nn.Module:
+        """The BatchNorm-folded generator (folded on first use: a session's mask runner never needs it)."""
+        return folded_generator(self._source_generator)
+
+    @cached_property
+    def fused(self) -> FusedGenerator | None:
+        """The folded generator run through the fused generator ops, where the kernels provide them."""
+        return FusedGenerator(self.generator, self._generator_ops) if self._generator_ops is not None else None
 
     @classmethod
     def kernels(cls, device: torch.device) -> tuple[KernelSet, ModuleType | None]:
@@ -34,10 +46,7 @@ class PlanBackend(Backend):
         raise NotImplementedError
 
     @classmethod
-    def prepare(cls, context: BackendContext) -> Backend | Unavailable:
-        unavailable = cls.unavailable_on(context.device)
-        if unavailable:
-            return Unavailable(cls.name, (unavailable,))
+    def build(cls, context: BackendContext) -> Backend | Unavailable:
         threshold = context.generator.config.threshold
         if threshold != MASK_THRESHOLD:
             return Unavailable(cls.name, (f"the generator's threshold is {threshold}; the fused kernels apply "

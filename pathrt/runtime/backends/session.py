@@ -45,10 +45,7 @@ class SessionBackend(Backend):
         return None
 
     @classmethod
-    def prepare(cls, context: BackendContext) -> Backend | Unavailable:
-        unavailable = cls.unavailable_on(context.device)
-        if unavailable:
-            return Unavailable(cls.name, (unavailable,))
+    def build(cls, context: BackendContext) -> Backend | Unavailable:
         native = NativeBackend.prepare(context)
         masks_runner = native if isinstance(native, NativeBackend) else None
         options = context.options
