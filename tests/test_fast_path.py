@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from pathrt.errors import InputError
 from pathrt.generator import GeneratorConfig, PathwayGenerator
 from pathrt.runtime import Explainer
-from pathrt.runtime.backends import BackendContext, select
+from pathrt.runtime.backends import MASKS, BackendContext, select
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets import Target, build_spec, canonized_copy, create_target
 from pathrt.targets.plan import PlanError, build_plan
@@ -158,3 +158,29 @@ def test_unknown_conv_strategy_is_refused(embedded: Target) -> None:
     native.engine.runner.strategy = "warp"
     with pytest.raises(ValueError, match="unknown conv strategy 'warp'"):
         native.explain(torch.randn(2, *embedded.spec.input_shape))
+
+
+def test_one_lowering_and_one_canonization_per_explainer(embedded: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto on CPU prepares the session (which bundles the plan) and its native mask runner: the model is
+    canonized once and lowered once for both."""
+    import pathrt.runtime.backends.base as base
+    import pathrt.runtime.bundle as bundle
+    import pathrt.runtime.fast_path as fast_path
+
+    calls = {"lower": 0, "canonize": 0}
+
+    def counting(name: str, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(base, "build_plan", counting("lower", base.build_plan))
+    monkeypatch.setattr(fast_path, "build_plan", counting("lower", fast_path.build_plan))
+    monkeypatch.setattr(base, "canonized_copy", counting("canonize", base.canonized_copy))
+    monkeypatch.setattr(bundle, "canonized_copy", counting("canonize", bundle.canonized_copy))
+    explainer = Explainer(embedded, varied_generator(embedded.spec))
+    assert explainer.backend == "session" and MASKS in explainer.engine.capabilities
+    explainer.explain_with_masks(torch.randn(2, *embedded.spec.input_shape),
+                                 torch.ones(2, embedded.spec.total_channels, dtype=torch.bool))
+    assert calls == {"lower": 1, "canonize": 1}

@@ -13,8 +13,9 @@ checked once, here (`chunks`); the backends trust them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from pathrt.targets import Target, load_target, pathway_forward
 from pathrt.targets.pathway import Masks, check_images, normalize_masks
 
 ClassSpec = int | Sequence[int] | torch.Tensor | None
+_T = TypeVar("_T")
 
 
 class Explainer:
@@ -160,7 +162,7 @@ class Explainer:
         return Explanation(self.spec, out.masks, out.packed, out.scores, out.logits, out.pathway_logits,
                            self.resolve_classes(target, out.logits), self.backend, self.backend_reason)
 
-    def _run(self, backend: Backend, call):
+    def _run(self, backend: Backend, call: Callable[[], _T]) -> _T:
         """`call()`, holding the hooks lock unless `backend` keeps its state local."""
         if CONCURRENT in backend.capabilities:
             return call()
