@@ -120,6 +120,14 @@ def varied_generator(spec, seed: int = 0, sparsity_bias: float = 0.0):
     return generator
 
 
+def assert_masks_match(masks: torch.Tensor, expected: torch.Tensor, scores: torch.Tensor) -> None:
+    """Equal except where the reference score lies within the SPEC §8 band of the threshold."""
+    from pathrt.opspec import parity
+
+    report = parity.compare({"masks": masks}, {"masks": expected, "scores": scores}, ())
+    assert report.ok, report.describe()
+
+
 def assert_parity(eager, fast) -> None:
     """SPEC §8 (`pathrt.opspec.parity`), plus scores within 1e-5 and equal packing and classes."""
     from pathrt.opspec import parity

@@ -10,14 +10,9 @@ from hypothesis import strategies as st
 
 from pathrt import opspec
 from pathrt.runtime import ops
+from tests.conftest import assert_masks_match
 
 CL = torch.channels_last
-
-
-def _assert_masks_match(masks: torch.Tensor, expected: torch.Tensor, scores: torch.Tensor) -> None:
-    """Equal except where the score lies within the SPEC §8 band of the threshold."""
-    report = opspec.parity.compare({"masks": masks}, {"masks": expected, "scores": scores}, ())
-    assert report.ok, report.describe()
 
 
 def test_daq_threshold_pack_hand_example() -> None:
@@ -36,7 +31,7 @@ def test_daq_threshold_pack_matches_reference(shape: tuple[int, int]) -> None:
     out = ops.daq_threshold_pack(logits)
     ref = opspec.daq_threshold_pack_reference(logits)
     torch.testing.assert_close(out[0], ref[0], rtol=0, atol=2e-7)
-    _assert_masks_match(out[1], ref[1], ref[0])
+    assert_masks_match(out[1], ref[1], ref[0])
     assert torch.equal(out[2], ops.pack_masks(out[1])) and torch.equal(out[3], out[1].sum(1))
     assert [t.dtype for t in out] == [torch.float32, torch.bool, torch.uint8, torch.int64]
 

@@ -13,7 +13,7 @@ from torch import nn
 from pathrt import opspec
 from pathrt.runtime import ops
 from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
-from tests.conftest import torchvision_target, varied_generator
+from tests.conftest import assert_masks_match, torchvision_target, varied_generator
 
 REFERENCE_OPS = type("ReferenceOps", (), {
     "rfe_tail": staticmethod(opspec.rfe_tail_reference),
@@ -100,8 +100,7 @@ def test_rpd_decode_kernel_matches_reference(n: int, d: int, channels: list[int]
     got, want = ops.rpd_decode(z, params, heads, 1e-5), opspec.rpd_decode_reference(z, params, heads, 1e-5)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=5e-5)  # head logits
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)  # scores
-    near = (want[1] - 0.5).abs() <= 1e-4
-    assert not ((got[2] != want[2]) & ~near).any()
+    assert_masks_match(got[2], want[2], want[1])
     assert torch.equal(got[3], ops.pack_masks(got[2])) and torch.equal(got[4], got[2].sum(1))
     assert [t.dtype for t in got] == [torch.float32, torch.float32, torch.bool, torch.uint8, torch.int64]
 
@@ -132,8 +131,7 @@ def test_fused_generator_matches_the_generator(arch: str) -> None:
             logits, scores, masks, packed, counts = FusedGenerator(folded, namespace)(features)
             torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(scores, torch.sigmoid(want), rtol=0, atol=1e-5)
-            near = (torch.sigmoid(want) - 0.5).abs() <= 1e-4
-            assert not ((masks != (torch.sigmoid(want) >= 0.5)) & ~near).any()
+            assert_masks_match(masks, torch.sigmoid(want) >= 0.5, torch.sigmoid(want))
             assert torch.equal(counts, masks.sum(1)) and torch.equal(packed, ops.pack_masks(masks))
 
 

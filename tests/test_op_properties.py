@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pathrt import opspec
 from pathrt.runtime import ops
+from tests.conftest import assert_masks_match
 
 OTHER_DTYPES = [torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.uint8]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
@@ -120,6 +121,5 @@ def test_rpd_decode_property(n, channels, d, scale, strided, dtype, seed) -> Non
     want = opspec.rpd_decode_reference(z, params, heads, 1e-5)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)  # head logits
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)  # scores
-    near = (want[1] - opspec.MASK_THRESHOLD).abs() < 1e-4
-    assert bool(((got[2] == want[2]) | near).all())
+    assert_masks_match(got[2], want[2], want[1])
     assert torch.equal(got[3], ops.pack_masks(got[2])) and torch.equal(got[4], got[2].sum(1))

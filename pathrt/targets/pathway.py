@@ -110,13 +110,13 @@ def capture_features(model: nn.Module, spec: PathwaySpec, x: torch.Tensor, check
 
     def keep(index: int, output: torch.Tensor) -> None:
         features[index] = output
-        versions[index] = None if output.is_inference() else output._version
+        versions[index] = output._version if check_inplace and not output.is_inference() else None
 
     with _layer_hooks(model, spec, keep) as calls:
         logits = model(x)
     _check_all_ran(spec, calls)
     changed = [spec.names[i] for i, f in enumerate(features)
-               if check_inplace and f is not None and versions[i] is not None and f._version != versions[i]]
+               if f is not None and versions[i] is not None and f._version != versions[i]]
     if changed:
         raise SpecError(f"the outputs of {changed} were modified in place later in the forward pass, so "
                         "they cannot be captured as pathway features; name modules whose outputs are not "

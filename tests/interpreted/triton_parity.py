@@ -22,6 +22,7 @@ from pathrt.kernels import triton_generator as triton_gen
 from pathrt.runtime import Explainer, ops
 from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
 from pathrt.targets import create_target
+from tests.conftest import assert_masks_match
 
 CL = torch.channels_last
 
@@ -32,8 +33,7 @@ def test_daq_threshold_pack(shape: tuple[int, int]) -> None:
     logits.view(-1)[::5] = 0.0
     got, want = triton_ops.daq_threshold_pack(logits), opspec.daq_threshold_pack_reference(logits)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=2e-7)
-    near = (want[0] - 0.5).abs() <= 1e-4
-    assert not ((got[1] != want[1]) & ~near).any()
+    assert_masks_match(got[1], want[1], want[0])
     assert torch.equal(got[2], ops.pack_masks(got[1])) and torch.equal(got[3], got[1].sum(1))
 
 
@@ -132,8 +132,7 @@ def test_rpd_decode(n: int, d: int, channels: list[int]) -> None:
     got, want = triton_gen.rpd_decode(z, params, heads, 1e-5), opspec.rpd_decode_reference(z, params, heads, 1e-5)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=5e-5)
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
-    near = (want[1] - 0.5).abs() <= 1e-4
-    assert not ((got[2] != want[2]) & ~near).any()
+    assert_masks_match(got[2], want[2], want[1])
     assert torch.equal(got[3], ops.pack_masks(got[2])) and torch.equal(got[4], got[2].sum(1))
 
 
