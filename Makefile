@@ -62,7 +62,7 @@ fuzz: $(DEPS)
 	  $(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --harness $(FUZZ_HARNESSES) \
 	    --extension "$$(ls build/fuzz/pathrt/_C*.so)"; \
 	else \
-	  echo "clang/libFuzzer not found (apt-get install clang): fuzzing with Python coverage only"; \
+	  echo "clang/libFuzzer not found (apt-get install clang libomp-dev): fuzzing with Python coverage only"; \
 	  $(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --harness $(FUZZ_HARNESSES); \
 	fi
 
