@@ -119,8 +119,7 @@ class Explainer:
     def chunks(self, images: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """(rows, images[rows]) per chunk, each checked (`check_images`: shape, finite values) and cast
         to the model's floating dtype (float64/float16 images give the float32 result)."""
-        param = next(iter(self.model.parameters()), None)
-        device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+        device, dtype = self._context.device, self._context.dtype
         for rows in self.batches(images):
             x = images[rows]
             if x.device != device:

@@ -75,6 +75,7 @@ class BackendContext:
     generator: PathwayGenerator
     options: BackendOptions = field(default_factory=BackendOptions)
     hooks_lock: threading.Lock = field(default_factory=threading.Lock)
+    _runners: dict[tuple[str, bool], PlanRunner] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def model(self) -> nn.Module:
@@ -86,9 +87,18 @@ class BackendContext:
         return self.target.spec
 
     @cached_property
+    def _param(self) -> torch.Tensor | None:
+        return next(iter(self.model.parameters()), None)
+
+    @property
     def device(self) -> torch.device:
-        param = next(iter(self.model.parameters()), None)
-        return param.device if param is not None else torch.device("cpu")
+        """Where the model's parameters live (CPU for a model without any)."""
+        return self._param.device if self._param is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating dtype, which images are cast to (float32 for a model without parameters)."""
+        return self._param.dtype if self._param is not None else torch.float32
 
     @cached_property
     def _plan(self) -> Plan | PlanError:
@@ -103,10 +113,6 @@ class BackendContext:
         if isinstance(self._plan, PlanError):
             raise self._plan
         return self._plan
-
-    @cached_property
-    def _runners(self) -> dict[tuple[str, bool], PlanRunner]:
-        return {}
 
     def plan_runner(self, kernels: KernelSet, channels_last: bool) -> PlanRunner:
         """A plan runner over `plan` with these kernels and layout (built once per combination; the

@@ -23,11 +23,9 @@ class EagerBackend(Backend):
     def build(cls, context: BackendContext) -> Backend | Unavailable:
         """Always ready. Checks once, on one zero image outside inference mode (whose tensors keep no
         version counters), that no in-place op overwrites a captured pathway-layer output."""
-        param = next(iter(context.model.parameters()), None)
-        dtype = param.dtype if param is not None else torch.float32
         with torch.inference_mode(False), torch.no_grad(), context.hooks_lock:
             capture_features(context.model, context.spec,
-                             torch.zeros(1, *context.spec.input_shape, dtype=dtype, device=context.device))
+                             torch.zeros(1, *context.spec.input_shape, dtype=context.dtype, device=context.device))
         return cls(context)
 
     def explain(self, x: torch.Tensor) -> ChunkResult:
