@@ -74,6 +74,8 @@ $(PY):
 # when the extension's sources change (for quicker incremental C++ builds while developing:
 # `.venv/bin/python setup.py build_ext --inplace`).
 $(DEPS): pyproject.toml $(EXT_SOURCES) | $(PY)
+	@[ -f /usr/include/openssl/evp.h ] || { echo "installing libssl-dev (OpenSSL's SHA-256 for bundle digests)"; \
+	  apt-get update -qq && apt-get install -y -qq libssl-dev; }
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install "setuptools>=64" wheel "pybind11>=2.12" ninja
 	$(PIP) install --no-build-isolation -e ".[dev,onnx]"

@@ -69,6 +69,7 @@ def _extensions():
         name="pathrt._C",
         include_dirs=[str(Path.cwd() / CSRC / "include")],  # ninja builds elsewhere
         extra_link_args=link,
+        libraries=["crypto"],  # OpenSSL's SHA-256 for the bundle digest (libssl-dev)
     )
     if not with_cuda:
         return [cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]

@@ -6,6 +6,8 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include <cstring>
+
 #include "pathrt/session.h"
 
 #ifdef _OPENMP
@@ -84,6 +86,14 @@ py::dict explain(const pathrt::ExplainSession& session, const at::Tensor& images
   return out;
 }
 
+// Sets a Python error of class `type`; a message quoting bytes of a corrupt file may not be UTF-8,
+// so undecodable bytes are replaced (PyErr_SetString would raise UnicodeDecodeError instead).
+void raise(PyObject* type, const char* message) {
+  PyObject* text = PyUnicode_DecodeUTF8(message, static_cast<Py_ssize_t>(std::strlen(message)), "replace");
+  PyErr_SetObject(type, text);
+  Py_XDECREF(text);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -105,8 +115,24 @@ PYBIND11_MODULE(_C, m) {
       },
       "The plan contract the C++ bundle reader implements: format version, plan ops, conv strategies, measures.");
 
-  py::register_exception<pathrt::BundleError>(m, "BundleError", PyExc_ValueError);
-  py::register_exception<pathrt::InputTypeError>(m, "InputTypeError", PyExc_TypeError);
+  // The runtime's C++ errors raise pathrt.errors' classes, so Python callers catch one hierarchy;
+  // the classes are looked up once here and kept for the life of the process.
+  static PyObject* bundle_error = nullptr;
+  static PyObject* input_error = nullptr;
+  const auto errors = py::module_::import("pathrt.errors");
+  bundle_error = py::object(errors.attr("BundleError")).release().ptr();
+  input_error = py::object(errors.attr("InputError")).release().ptr();
+  m.attr("BundleError") = py::handle(bundle_error);
+  m.attr("InputError") = py::handle(input_error);
+  py::register_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const pathrt::BundleError& e) {
+      raise(bundle_error, e.what());
+    } catch (const pathrt::InputError& e) {
+      raise(input_error, e.what());
+    }
+  });
   py::class_<pathrt::ExplainSession>(m, "ExplainSession",
                                      "The whole explain path in native code from a bundle (`pathrt bundle`). "
                                      "explain() releases the GIL; one session may serve several threads at once.")

@@ -101,9 +101,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }),
     "pathrt.training_state": {
         "type": "object",
-        "required": ["config", "generator_config", "target_fingerprint", "step", "history", "param_groups"],
+        "required": ["config", "generator_config", "target_fingerprint", "step", "history", "param_groups",
+                     "fingerprint"],
         "properties": {
             "config": {"type": "object"}, "generator_config": GENERATOR_CONFIG, "target_fingerprint": _sha256,
+            "fingerprint": _sha256,
             "step": _range(0, 1 << 40), "history": {"type": "array", "items": {"type": "object"}},
             "param_groups": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
                 "type": "object", "required": ["params"],
@@ -113,9 +115,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "pathway_spec": PATHWAY_SPEC,
     "pathrt.onnx": {
         "type": "object",
-        "required": ["pathrt_format", "pathrt_format_version", "pathway_spec"],
+        "required": ["pathrt_format", "pathrt_format_version", "pathway_spec", "tensors_digest"],
         "properties": {"pathrt_format": _name, "pathrt_format_version": _name, "pathway_spec": _text,
-                       "target_fingerprint": _sha256, "generator_fingerprint": _sha256, "dtype": _name},
+                       "target_fingerprint": _sha256, "generator_fingerprint": _sha256, "dtype": _name,
+                       "tensors_digest": _sha256},
     },
 }
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from pathrt.artifacts import artifact_paths, atomic_write, check_state, parse_json
+from pathrt.artifacts import artifact_paths, atomic_write, check_state, parse_json, tensor_fingerprint
 from pathrt.data import TensorImageDataset
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
@@ -96,7 +96,8 @@ def _save_state(path: Path, generator: PathwayGenerator, optimizer: torch.optim.
         for key, value in state.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {"pathrt": json.dumps({**meta, "param_groups": opt["param_groups"]})}
+    metadata = {"pathrt": json.dumps({**meta, "param_groups": opt["param_groups"],
+                                      "fingerprint": tensor_fingerprint(tensors)})}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -115,6 +116,10 @@ def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise ArtifactError(f"{path} is not a readable training state ({exc}); start without --resume") from exc
     meta = parse_json(raw, str(path))
     validate(meta, TRAINING_STATE_FORMAT, str(path))
+    actual = tensor_fingerprint(tensors)
+    if actual != meta["fingerprint"]:
+        raise ArtifactError(f"{path} was modified after it was written (its tensors' digest is {actual[:12]}…, the "
+                            f"file records {meta['fingerprint'][:12]}…); start without --resume")
     return tensors, meta
 
 

@@ -162,3 +162,47 @@ def test_fp16_explainer_export(embedded: Target, tmp_path: Path) -> None:
     assert got.logits.dtype == torch.float32 and got.masks.dtype == torch.bool
     torch.testing.assert_close(got.logits, want.logits, rtol=2e-2, atol=2e-2 * float(want.logits.abs().max()))
     assert not ((got.masks != want.masks) & ((want.scores - 0.5).abs() > 1e-2)).any()
+
+
+def test_modified_onnx_files_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue-21 gap: one flipped bit in the weights used to load and explain wrongly. The digest in
+    the metadata covers every initializer and Constant value; data kept outside the file is refused."""
+    import random
+
+    from tests.fuzz.harnesses import tiny_models
+
+    target, generator = tiny_models()
+    path = tmp_path / "explainer.onnx"
+    export_explainer(target, generator, path)  # verified: the untouched file loads and matches eager
+    data = path.read_bytes()
+    model = onnx.load_from_string(data)
+    rng = random.Random(21)
+    weights = [t for t in model.graph.initializer if len(t.raw_data) >= 16]
+    assert weights
+    for t in rng.sample(weights, min(4, len(weights))):
+        at = data.index(t.raw_data) + rng.randrange(len(t.raw_data))
+        flipped = bytearray(data)
+        flipped[at] ^= 1 << rng.randrange(8)
+        (tmp_path / "flipped.onnx").write_bytes(flipped)
+        with pytest.raises(ArtifactError, match="modified after export"):
+            load_onnx(tmp_path / "flipped.onnx", target=target)
+        with pytest.raises(ArtifactError, match="modified after export"):
+            Explainer(target, generator, backend="onnx", onnx_file=tmp_path / "flipped.onnx")
+    zeroed = onnx.load_from_string(data)  # a weight replaced by zeros, re-serialized as valid protobuf
+    zeroed.graph.initializer[0].raw_data = bytes(len(zeroed.graph.initializer[0].raw_data))
+    added = onnx.load_from_string(data)  # a tensor added as a Constant node's value
+    added.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["extra"], value=onnx.numpy_helper.from_array(
+        torch.ones(3).numpy(), "extra")))
+    for edited in (zeroed, added):
+        with pytest.raises(ArtifactError, match="modified after export"):
+            load_onnx(edited.SerializeToString())
+    external = onnx.load_from_string(data)  # a weight read from a file beside it (the checker accepts that)
+    t = external.graph.initializer[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(t.raw_data)
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+    with pytest.raises(ArtifactError, match="outside the file"):
+        load_onnx(external.SerializeToString())

@@ -40,3 +40,38 @@ def test_fuzz_short_budget(tmp_path: Path) -> None:
     assert sorted(r["harness"] for r in records) == sorted(HARNESSES)
     for record in records:
         assert record["executions"] > 0 and record["findings"] == [] and record["edges"] > 0, record
+
+
+def _recorded_digest(harness: str, data: bytes) -> str:
+    """The tensor digest a seed records (sidecar / safetensors metadata / ONNX metadata)."""
+    import struct
+
+    if harness == "onnx":
+        import onnx
+
+        return next(p.value for p in onnx.load_from_string(data).metadata_props if p.key == "tensors_digest")
+    if harness == "bundle":
+        (n,) = struct.unpack("<Q", data[:8])
+        return json.loads(json.loads(data[8:8 + n])["__metadata__"]["pathrt"])["tensors_fingerprint"]
+    (length,) = struct.unpack("<I", data[1:5])
+    if data[0] == 4:  # training state: the digest is in the safetensors metadata
+        weights = data[5 + length:]
+        (n,) = struct.unpack("<Q", weights[:8])
+        return json.loads(json.loads(weights[8:8 + n])["__metadata__"]["pathrt"])["fingerprint"]
+    return json.loads(data[5:5 + length])["fingerprint"]
+
+
+@pytest.mark.parametrize("harness", sorted(HARNESSES))
+def test_resigned_inputs_get_past_the_digest(harness: str) -> None:
+    """A seed whose recorded digest was changed is refused by every loader's digest check, and
+    `resign` makes it load again: the fuzzer exercises the digest checks and what lies behind them."""
+    from pathrt.errors import PathrtError
+    from tests.fuzz.harnesses import resign
+
+    for data in seeds(harness):
+        digest = _recorded_digest(harness, data).encode()
+        assert data.count(digest) == 1
+        broken = data.replace(digest, b"0" * 64)
+        with pytest.raises(PathrtError, match=r"modified|fingerprint|digest"):
+            HARNESSES[harness](broken)
+        HARNESSES[harness](resign(harness, broken))

@@ -126,7 +126,7 @@ def test_cxx_reader_refuses_every_missing_required_key(toy) -> None:
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
-        with pytest.raises(ValueError, match="cannot load bundle"):
+        with pytest.raises(BundleError, match="cannot load bundle"):
             _open(_join(header, json.dumps(edited), body))
         with pytest.raises(BundleError):
             bundle_format.validate(edited)
@@ -147,7 +147,7 @@ def test_json_numbers_follow_rfc8259(toy, text: str, accepted: bool) -> None:
     if accepted:
         _open(edited).explain(torch.zeros(1, 3, 16, 16))
     else:
-        with pytest.raises(ValueError, match="not valid JSON"):
+        with pytest.raises(BundleError, match="not valid JSON"):
             _open(edited)
 
 

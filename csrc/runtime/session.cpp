@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 
+#include "pathrt/digest.h"
 #include "pathrt/kernels.h"
 
 #ifdef _OPENMP
@@ -614,7 +615,7 @@ ExplainSession::ExplainSession(const std::string& bundle_path, int num_threads)
     : ExplainSession(Buffer{read_bundle(bundle_path), bundle_path}, num_threads) {}
 
 ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make_unique<Impl>()) {
-  if (num_threads < 0) throw std::invalid_argument("num_threads must be >= 0 (0: the process default)");
+  if (num_threads < 0) throw InputError("num_threads must be >= 0 (0: the process default)");
   const std::string& data = bundle.data;
   const std::string& bundle_path = bundle.name;
   if (data.size() < 8) throw BundleError(bundle_path + " is too short to be a bundle (" + std::to_string(data.size()) + " bytes)");
@@ -640,6 +641,12 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     load_info(impl_->info, meta);
     impl_->policy = parse_policy(meta.at("conv_strategies"));
     const auto tensors = read_tensors(data, header, 8 + header_len);
+    const std::string recorded = meta.at("tensors_fingerprint").as_string("tensors_fingerprint");
+    const std::string actual = tensors_fingerprint(tensors);
+    if (actual != recorded) {
+      throw BundleError("its tensors were modified after it was written (digest " + actual.substr(0, 12) +
+                        "…, the bundle records " + recorded.substr(0, 12) + "…); write it again with `pathrt bundle`");
+    }
     load_plan(*impl_, meta.at("plan"), tensors);
     load_generator(*impl_, meta.at("generator"), tensors);
   } catch (const BundleError& e) {
@@ -668,28 +675,52 @@ BundleFormat bundle_format() {
   return format;
 }
 
-ExplainResult ExplainSession::explain(const at::Tensor& images) const {
-  const auto& shape = impl_->info.input_shape;
-  if (!images.defined()) throw std::invalid_argument("images is an undefined tensor");
-  if (images.scalar_type() != at::kFloat) {
-    throw InputTypeError(std::string("images must be float32, got ") + c10::toString(images.scalar_type()) +
-                         "; convert with images.float()");
-  }
+namespace {
+
+// torch's name of a dtype, as the Python API's messages print it ("torch.uint8").
+std::string dtype_name(at::ScalarType type) {
+  static const std::map<at::ScalarType, const char*> names = {
+      {at::kByte, "uint8"}, {at::kChar, "int8"}, {at::kShort, "int16"}, {at::kInt, "int32"},
+      {at::kLong, "int64"}, {at::kBool, "bool"}, {at::kFloat, "float32"}, {at::kDouble, "float64"},
+      {at::kHalf, "float16"}, {at::kBFloat16, "bfloat16"}};
+  const auto it = names.find(type);
+  return "torch." + (it != names.end() ? std::string(it->second) : std::string(c10::toString(type)));
+}
+
+// The checks of the Python API (Explainer.batches, Explainer.chunks, pathway.check_images), in its
+// order and with its messages, so both APIs refuse a bad batch alike.
+void check_images(const at::Tensor& images, const std::vector<int64_t>& shape) {
+  if (!images.defined()) throw InputError("images is an undefined tensor");
+  if (images.dim() != 4) throw InputError("images must be a (N, C, H, W) tensor, got " + shape_repr(images.sizes()));
+  if (images.size(0) == 0) throw InputError("images is an empty batch (N = 0)");
   if (images.device().type() != at::kCPU) {
-    throw std::invalid_argument("images are on " + images.device().str() + "; this session runs on the CPU: "
-                                "move them with images.cpu()");
+    throw InputError("images are on " + images.device().str() + ", the model on cpu; move them with .to('cpu')");
   }
-  if (images.dim() != 4 || images.size(1) != shape[0] || images.size(2) != shape[1] || images.size(3) != shape[2]) {
-    std::string got;
-    for (int64_t i = 0; i < images.dim(); ++i) got += (i ? ", " : "") + std::to_string(images.size(i));
-    throw std::invalid_argument("images must have shape (N, " + std::to_string(shape[0]) + ", " +
-                                std::to_string(shape[1]) + ", " + std::to_string(shape[2]) + ") for this bundle, "
-                                "got (" + got + ")");
+  if (images.size(1) != shape[0] || images.size(2) != shape[1] || images.size(3) != shape[2]) {
+    throw InputError("images must be (N, " + std::to_string(shape[0]) + ", " + std::to_string(shape[1]) + ", " +
+                     std::to_string(shape[2]) + "), got shape " + shape_repr(images.sizes()) +
+                     "; resize them to the target's input size");
   }
-  if (images.size(0) == 0) throw std::invalid_argument("images is an empty batch (N = 0)");
+  if (!at::isFloatingType(images.scalar_type())) {
+    throw InputError("images are " + dtype_name(images.scalar_type()) + "; pathrt explains floating-point images "
+                     "normalized with target.preprocess (e.g. target.preprocess(uint8_images.float() / 255))");
+  }
+  const auto finite = at::isfinite(images).flatten(1).all(1);
+  if (!finite.all().item<bool>()) {
+    const auto bad = at::nonzero(finite.logical_not()).flatten();
+    throw InputError(std::to_string(bad.size(0)) + " of " + std::to_string(images.size(0)) + " images contain NaN or "
+                     "Inf values (first: image " + std::to_string(bad[0].item<int64_t>()) + "); drop or repair them "
+                     "before explaining");
+  }
+}
+
+}  // namespace
+
+ExplainResult ExplainSession::explain(const at::Tensor& images) const {
+  check_images(images, impl_->info.input_shape);
   ThreadLimit limit(impl_->info.num_threads);
   at::AutoGradMode no_grad(false);
-  return impl_->run(images);
+  return impl_->run(images.scalar_type() == at::kFloat ? images : images.to(at::kFloat));
 }
 
 }  // namespace pathrt

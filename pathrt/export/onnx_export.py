@@ -4,7 +4,8 @@
 `export_generator` pathway-layer features → (scores, masks, kept): dynamic batch axis, opset ≥ 18,
 standard ONNX ops only (the fused pathrt ops export through their plain-PyTorch decompositions, see
 `graph.py`), `onnx.checker` clean, and metadata recording the pathway spec, threshold, target and
-generator fingerprints and pathrt version. Verification runs the file in ONNX Runtime on fresh
+generator fingerprints, pathrt version and the digest of the graph's tensors (checked by
+`load_onnx`: a modified file is an ArtifactError). Verification runs the file in ONNX Runtime on fresh
 inputs against the eager explainer and insists that different inputs give different outputs (a
 graph constant-folded by tracing fails). Files are written to a temporary name and renamed.
 """
@@ -25,6 +26,7 @@ import torch
 from pathrt.artifacts import atomic_write, parse_json, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, PathrtError
 from pathrt.export.graph import EXPLAINER_OUTPUTS, GENERATOR_OUTPUTS, ExplainerGraph, GeneratorGraph
+from pathrt.export.integrity import DIGEST_KEY, check_digest, tensors_digest
 from pathrt.generator import PathwayGenerator
 from pathrt.opspec import MASK_THRESHOLD, parity
 from pathrt.runtime import Explainer
@@ -33,7 +35,7 @@ from pathrt.targets import PathwaySpec, Target
 from pathrt.version import __version__
 
 FORMATS = {"explainer": "pathrt-onnx-explainer", "generator": "pathrt-onnx-generator"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the metadata records the tensors' digest (pathrt.export.integrity)
 MAX_ONNX_BYTES = 2 << 30
 MIN_OPSET = 18
 NOT_EXPORTABLE = {
@@ -121,10 +123,11 @@ def _trace(graph: torch.nn.Module, example: tuple[torch.Tensor, ...], input_name
 
 
 def finish_model(model: Any, meta: dict[str, str], path: Path | None = None) -> bytes:
-    """Adds metadata, checks the model, writes it atomically (when `path` is given); returns its bytes."""
+    """Adds metadata (with the digest of the model's tensors), checks the model, writes it atomically
+    (when `path` is given); returns its bytes."""
     onnx = _onnx()
     del model.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in {**meta, DIGEST_KEY: tensors_digest(model)}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model, full_check=True)
@@ -249,8 +252,9 @@ class OnnxExplainerFile:
 
 def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None = None, kind: str = "explainer",
               providers: Sequence[str] | None = None) -> OnnxExplainerFile:
-    """Loads a pathrt ONNX file (path or bytes), checks it (format, version, checker, and when `target` is
-    given its fingerprint and pathway spec) and opens an ONNX Runtime session. Clear errors otherwise."""
+    """Loads a pathrt ONNX file (path or bytes), checks it (format, version, checker, the digest of its
+    tensors, and when `target` is given its fingerprint and pathway spec) and opens an ONNX Runtime session.
+    Clear errors otherwise."""
     onnx = _onnx()
     import onnxruntime as ort
 
@@ -275,6 +279,7 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         raise ArtifactError(f"{name} has format version {meta.get('pathrt_format_version')}, this pathrt reads "
                             f"{FORMAT_VERSION}; export it again")
     validate(meta, "pathrt.onnx", name)
+    check_digest(model, meta, name)
     try:
         spec_data = parse_json(meta["pathway_spec"], f"{name}'s pathway spec")
         validate(spec_data, "pathway_spec", name)

@@ -10,13 +10,9 @@
 #include <string_view>
 #include <vector>
 
-namespace pathrt {
+#include "pathrt/errors.h"
 
-// A bundle file that is unreadable, corrupted, of another format or version, or inconsistent.
-class BundleError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace pathrt {
 
 class Json {
  public:

@@ -5,7 +5,7 @@
 // called from several threads at once.
 //
 //   pathrt::ExplainSession session("model.bundle", /*num_threads=*/0);
-//   pathrt::ExplainResult r = session.explain(images);  // float32 (N, C, H, W) on the CPU
+//   pathrt::ExplainResult r = session.explain(images);  // float (N, C, H, W) on the CPU
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,15 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "pathrt/errors.h"
 #include "pathrt/json.h"
 
 namespace pathrt {
-
-// Images of the wrong dtype (TypeError in Python); other bad inputs are std::invalid_argument (ValueError).
-class InputTypeError : public std::invalid_argument {
- public:
-  using std::invalid_argument::invalid_argument;
-};
 
 struct ExplainResult {
   at::Tensor logits;          // float32 (N, classes): the plain pass
@@ -66,14 +61,17 @@ class ExplainSession {
     std::string name;
   };
 
-  // Loads and validates the bundle (throws BundleError); num_threads > 0 caps the threads of each call.
+  // Loads and validates the bundle (throws BundleError, also when its tensors no longer match the
+  // digest the writer recorded); num_threads > 0 caps the threads of each call.
   explicit ExplainSession(const std::string& bundle_path, int num_threads = 0);
   explicit ExplainSession(Buffer bundle, int num_threads = 0);
   ~ExplainSession();
   ExplainSession(const ExplainSession&) = delete;
   ExplainSession& operator=(const ExplainSession&) = delete;
 
-  // Explains a float32 (N, C, H, W) CPU batch of preprocessed images (any memory layout).
+  // Explains a floating-point (N, C, H, W) CPU batch of preprocessed images (any memory layout;
+  // float64/float16 are cast to float32). Throws InputError, with the Python API's messages, for a
+  // wrong shape, an empty batch, integer images, another device or NaN/Inf values.
   ExplainResult explain(const at::Tensor& images) const;
   const SessionInfo& info() const;
 
