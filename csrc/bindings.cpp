@@ -62,7 +62,12 @@ py::dict build_info() {
   return info;
 }
 
-py::dict explain(const pathrt::ExplainSession& session, const at::Tensor& images) {
+py::dict explain(const pathrt::ExplainSession& session, const py::object& given) {
+  if (!THPVariable_Check(given.ptr())) {  // as the Python API's check, not pybind11's signature error
+    throw pathrt::InputError("images must be a (N, C, H, W) tensor, got " +
+                             py::str(py::type::of(given).attr("__name__")).cast<std::string>());
+  }
+  const at::Tensor images = given.cast<at::Tensor>();
   pathrt::ExplainResult r;
   {
     py::gil_scoped_release release;  // other Python threads run (and may call this session) meanwhile
@@ -148,7 +153,8 @@ PYBIND11_MODULE(_C, m) {
                   py::arg("data"), py::arg("name") = "<bytes>", py::arg("num_threads") = 0,
                   "A session from a bundle's bytes (pathrt.runtime.bundle.bundle_bytes), without a file.")
       .def("explain", &explain, py::arg("images"),
-           "float32 (N, C, H, W) CPU images (preprocessed) -> dict of logits, scores, masks, packed, counts, "
+           "floating-point (N, C, H, W) CPU images (preprocessed; checked as the Python API checks them, "
+           "raising pathrt.errors.InputError) -> dict of logits, scores, masks, packed, counts, "
            "pathway_logits, classes, Y, O, and timings (ms of the plain pass, generator and pathway pass).")
       .def_property_readonly("arch", [](const pathrt::ExplainSession& s) { return s.info().arch; })
       .def_property_readonly("classes", [](const pathrt::ExplainSession& s) { return s.info().classes; })

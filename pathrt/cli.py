@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pathrt.errors import InputError, PathrtError, exit_code
 from pathrt.heap import limit_heap_growth
@@ -25,13 +26,24 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(env, indent=2) if args.json else format_environment(env))
 
 
+def _flags(names: Sequence[str]) -> str:
+    """Argument names as the command line spells them, with their verb ("--size is", "--a, --b are")."""
+    return ", ".join("--" + n.replace("_", "-") for n in names) + (" is" if len(names) == 1 else " are")
+
+
 def _load_data(args: argparse.Namespace):
     """(train, test) from --image-folder (stratified split), --cifar10, or the embedded digits."""
     from pathrt import data
 
+    folder_only = [n for n in ("size", "test_fraction") if getattr(args, n) is not None]
+    if folder_only and not args.image_folder:
+        raise InputError(f"{_flags(folder_only)} only used with --image-folder (CIFAR-10 and the digits come at "
+                         "their own size and split); drop them")
     if args.image_folder:
-        full = data.load_image_folder(args.image_folder, args.size).materialize()
-        train_idx, test_idx = data.stratified_split(full.labels.numpy(), args.test_fraction, args.seed)
+        size = 32 if args.size is None else args.size
+        test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
+        full = data.load_image_folder(args.image_folder, size).materialize()
+        train_idx, test_idx = data.stratified_split(full.labels.numpy(), test_fraction, args.seed)
         return full.subset(train_idx, f"{full.name}-train"), full.subset(test_idx, f"{full.name}-test")
     if args.cifar10:
         return data.load_cifar10(args.cifar10, "train"), data.load_cifar10(args.cifar10, "test")
@@ -79,6 +91,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from pathrt.generator import load_generator
     from pathrt.targets import load_target
 
+    explainer_only = [n for n in ("outputs", "fp16") if getattr(args, n)]
+    if explainer_only and args.what == "generator":
+        raise InputError(f"{_flags(explainer_only)} only used for the explainer file; use --what explainer or both")
     target = load_target(args.target)
     generator, _ = load_generator(args.generator, target_fingerprint=target.fingerprint, spec=target.spec)
     out = Path(args.out)
@@ -134,38 +149,66 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'evaluation.md'}, evaluation.json and evaluation.png")
 
 
+# `pathrt bench` settings: the full run's, and what --quick changes (explicit flags override both)
+BENCH_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"models": ["embedded", "vgg11", "resnet18"], "batches": [1, 8, 64], "repeats": 10, "budget": 5.0,
+             "sweep": [0.0, 0.5, 0.75, 0.9], "sweep_models": ["vgg11", "embedded"], "sweep_batch": 64},
+    "quick": {"models": ["embedded"], "batches": [1, 8], "repeats": 5, "budget": 2.0, "sweep": [0.0, 0.75],
+              "sweep_models": ["embedded"], "sweep_batch": 8},
+}
+BENCH_TIMING = {"paths": None, "warmup": 2, "sparsity": 0.6, "dgr_max_batch": 8}  # both presets
+BENCH_MEMORY = {"memory_images": 4096, "memory_models": ["embedded", "vgg11"]}  # --memory only
+
+
+def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The bench's settings: for --memory its own; else the preset (--quick or full) and the timing
+    defaults, each overridden by an explicit flag. Flags the chosen mode would ignore are refused
+    (InputError), never silently dropped."""
+    def given(name: str) -> bool:
+        return getattr(args, name) is not None and getattr(args, name) is not False
+
+    timing = ("quick", *BENCH_PRESETS["full"], *BENCH_TIMING)
+    mode, other = (BENCH_MEMORY, timing) if args.memory else ({**BENCH_PRESETS["quick" if args.quick else "full"],
+                                                               **BENCH_TIMING}, tuple(BENCH_MEMORY))
+    ignored = [n for n in other if given(n)]
+    if ignored and args.memory:
+        raise InputError(f"--memory measures memory only: {_flags(ignored)} not used there; drop them (it takes "
+                         "--memory-models, --memory-images, --workdir and --out)")
+    if ignored:
+        raise InputError(f"{_flags(ignored)} only used with --memory")
+    return {name: getattr(args, name) if given(name) else value for name, value in mode.items()}
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from pathrt.benchmarks.harness import build_models, run_bench, sparsity_sweep, sweep_table, write_outputs
     from pathrt.benchmarks.paths import PATHS
 
+    settings = bench_settings(args)
     if args.memory:
         from pathrt.benchmarks.memory import memory_bench
 
-        print(memory_bench(args.memory_models, ["session", "native", "eager"], args.memory_images, 64,
+        print(memory_bench(settings["memory_models"], ["session", "native", "eager"], settings["memory_images"], 64,
                            Path(args.workdir), Path(args.out)))
         print(f"wrote {Path(args.out) / 'memory.md'} and memory.json")
         return
 
-    if args.quick:
-        names, batches, repeats, budget = ["embedded"], [1, 8], 5, 2.0
-        sweep_models, sweep_batch, sweep = ["embedded"], 8, [0.0, 0.75]
-    else:
-        names, batches, repeats, budget = args.models, args.batches, args.repeats, args.budget
-        sweep_models, sweep_batch, sweep = args.sweep_models, args.sweep_batch, args.sweep
-    paths = args.paths or list(PATHS)
+    repeats, budget, sweep = settings["repeats"], settings["budget"], settings["sweep"]
+    warmup, sparsity, dgr_max_batch = settings["warmup"], settings["sparsity"], settings["dgr_max_batch"]
+    paths = settings["paths"] or list(PATHS)
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
         raise InputError(f"unknown bench paths {unknown}; known: {', '.join(PATHS)}")
-    models = build_models(names, Path(args.workdir), args.sparsity, args.dgr_max_batch)
-    rows, context = run_bench(models, batches, paths, warmup=args.warmup, repeats=repeats, budget=budget)
+    models = build_models(settings["models"], Path(args.workdir), sparsity, dgr_max_batch)
+    rows, context = run_bench(models, settings["batches"], paths, warmup=warmup, repeats=repeats, budget=budget)
     sweep_rows = []
     if sweep:
         by_name = {m.name.split("@")[0]: m for m in models}
-        missing = [n for n in sweep_models if n not in by_name]
-        extra = build_models(missing, Path(args.workdir), args.sparsity, args.dgr_max_batch) if missing else []
-        chosen = [by_name[n] if n in by_name else extra[missing.index(n)] for n in sweep_models]
+        missing = [n for n in settings["sweep_models"] if n not in by_name]
+        extra = build_models(missing, Path(args.workdir), sparsity, dgr_max_batch) if missing else []
+        chosen = [by_name[n] if n in by_name else extra[missing.index(n)] for n in settings["sweep_models"]]
         print("pathway pass against sparsity:")
-        sweep_rows = sparsity_sweep(chosen, sweep, sweep_batch, warmup=args.warmup, repeats=repeats, budget=budget)
+        sweep_rows = sparsity_sweep(chosen, sweep, settings["sweep_batch"], warmup=warmup, repeats=repeats,
+                                    budget=budget)
     print(write_outputs(rows, context, Path(args.out), sweep_rows))
     if sweep_rows:
         print(sweep_table(sweep_rows))
@@ -194,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         source = cmd.add_mutually_exclusive_group()
         source.add_argument("--image-folder", metavar="DIR", help="train on DIR/<class>/<image> (20%% held out)")
         source.add_argument("--cifar10", metavar="DIR", help="train on CIFAR-10 (python format) in DIR")
-        cmd.add_argument("--size", type=int, default=32, help="image size for --image-folder (default 32)")
-        cmd.add_argument("--test-fraction", type=float, default=0.2)
+        cmd.add_argument("--size", type=int, help="image size for --image-folder (default 32)")
+        cmd.add_argument("--test-fraction", type=float, help="held-out part of --image-folder (default 0.2)")
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--no-progress", action="store_true")
 
@@ -270,26 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="time every explain path and baseline (median, 20/80 quantiles)")
-    bench.add_argument("--quick", action="store_true", help="embedded model, batches 1 and 8, few repeats (~1-2 min)")
-    bench.add_argument("--models", nargs="+", default=["embedded", "vgg11", "resnet18"],
-                       help="embedded and/or torchvision architectures (run at 64x64)")
-    bench.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
+    full, quick = BENCH_PRESETS["full"], BENCH_PRESETS["quick"]
+
+    def preset(name: str) -> str:
+        def show(value: Any) -> str:
+            return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        return f"(default {show(full[name])}; --quick: {show(quick[name])})"
+
+    bench.add_argument("--quick", action="store_true", help="embedded model, batches 1 and 8, few repeats (~1-2 min); "
+                       "explicit flags below override its settings")
+    bench.add_argument("--models", nargs="+", help=f"embedded and/or torchvision architectures (run at 64x64) "
+                       f"{preset('models')}")
+    bench.add_argument("--batches", nargs="+", type=int, help=preset("batches"))
     bench.add_argument("--paths", nargs="+", help="subset of the registered paths (default: all)")
-    bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--repeats", type=int, default=10)
-    bench.add_argument("--budget", type=float, default=5.0, help="seconds of repeats per row beyond the first 3")
-    bench.add_argument("--sparsity", type=float, default=0.6, help="sparsity of the untrained generators (cost only)")
-    bench.add_argument("--dgr-max-batch", type=int, default=8, help="largest DGR batch on torchvision models")
+    bench.add_argument("--warmup", type=int, help=f"untimed calls per row (default {BENCH_TIMING['warmup']})")
+    bench.add_argument("--repeats", type=int, help=f"timed calls per row at least {preset('repeats')}")
+    bench.add_argument("--budget", type=float, help=f"seconds of repeats per row beyond the first 3 {preset('budget')}")
+    bench.add_argument("--sparsity", type=float, help="sparsity of the untrained generators (cost only; default "
+                       f"{BENCH_TIMING['sparsity']})")
+    bench.add_argument("--dgr-max-batch", type=int, help="largest DGR batch on torchvision models (default "
+                       f"{BENCH_TIMING['dgr_max_batch']})")
     bench.add_argument("--workdir", default="runs/demo", help="where `make demo` cached the trained embedded model")
-    bench.add_argument("--sweep", nargs="*", type=float, default=[0.0, 0.5, 0.75, 0.9],
-                       help="generator sparsities of the pathway-pass sweep (none: skip it)")
-    bench.add_argument("--sweep-models", nargs="+", default=["vgg11", "embedded"])
-    bench.add_argument("--sweep-batch", type=int, default=64)
+    bench.add_argument("--sweep", nargs="*", type=float, help="generator sparsities of the pathway-pass sweep "
+                       f"(--sweep alone: skip it) {preset('sweep')}")
+    bench.add_argument("--sweep-models", nargs="+", help=preset("sweep_models"))
+    bench.add_argument("--sweep-batch", type=int, help=preset("sweep_batch"))
     bench.add_argument("--out", default="runs/bench")
     bench.add_argument("--memory", action="store_true", help="instead: peak memory of explaining --memory-images "
                        "images in chunks of 64 against one chunk (each in a fresh process)")
-    bench.add_argument("--memory-images", type=int, default=4096)
-    bench.add_argument("--memory-models", nargs="+", default=["embedded", "vgg11"])
+    bench.add_argument("--memory-images", type=int, help=f"(default {BENCH_MEMORY['memory_images']})")
+    bench.add_argument("--memory-models", nargs="+", help=f"(default {' '.join(BENCH_MEMORY['memory_models'])})")
     bench.set_defaults(run=_cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")

@@ -104,7 +104,12 @@ def _check_cpp_example(program: Path, embedded, tmp_path: Path) -> None:
     assert f"kept {kept} of {out['masks'].shape[1]}" in result.stdout
     assert f"O {float(out['O'][0]):.6f}" in result.stdout, result.stdout
     bad = subprocess.run([str(program), str(bundle), str(tmp_path / "missing.ppm")], capture_output=True, text=True)
-    assert bad.returncode == 1 and "cannot open" in bad.stderr
+    assert bad.returncode == 5 and "cannot open" in bad.stderr  # the CLI's exit codes: 5 bad input
+    data = bytearray(bundle.read_bytes())
+    data[-5] ^= 0x10  # one bit of the last weight
+    (tmp_path / "flipped.bundle").write_bytes(data)
+    bad = subprocess.run([str(program), str(tmp_path / "flipped.bundle"), str(pgm)], capture_output=True, text=True)
+    assert bad.returncode == 3 and "modified after it was written" in bad.stderr, bad.stderr
 
 
 @pytest.mark.slow

@@ -87,3 +87,34 @@ def test_bench_models_time_the_eager_reference_as_eager(tmp_path: Path) -> None:
     assert not isinstance(native, str) and native.backend == "native"
     if not torch.cuda.is_available():
         assert model.backend("triton", "cuda") == "needs a CUDA GPU (none here)"
+
+
+def test_bench_flags_override_quick_and_ignored_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--quick` is a preset that explicit flags override (the issue-21 gap: it ignored them); a flag
+    the chosen mode would ignore is a clear error (exit 5), as is a data or export flag out of place."""
+    from pathrt.cli import bench_settings, build_parser, main
+
+    def settings(*argv: str) -> dict:
+        return bench_settings(build_parser().parse_args(["bench", *argv]))
+
+    quick = settings("--quick")
+    assert quick["models"] == ["embedded"] and quick["batches"] == [1, 8] and quick["repeats"] == 5
+    given = settings("--quick", "--models", "vgg11", "--batches", "2", "--repeats", "3", "--budget", "0.5",
+                     "--sweep", "--warmup", "0")
+    assert given["models"] == ["vgg11"] and given["batches"] == [2] and given["repeats"] == 3
+    assert given["budget"] == 0.5 and given["sweep"] == [] and given["warmup"] == 0
+    assert given["sweep_models"] == ["embedded"] and given["sweep_batch"] == 8  # the rest from the preset
+    full = settings("--sweep", "0.3", "--sweep-batch", "4")
+    assert full["models"] == ["embedded", "vgg11", "resnet18"] and full["sweep"] == [0.3] and full["sweep_batch"] == 4
+    assert settings("--memory", "--memory-images", "64") == {"memory_images": 64,
+                                                             "memory_models": ["embedded", "vgg11"]}
+    refused = {
+        ("bench", "--memory", "--quick", "--batches", "4"): "--memory measures memory only: --quick, --batches are "
+                                                            "not used there",
+        ("bench", "--memory-models", "vgg11"): "--memory-models is only used with --memory",
+        ("train-target", "--size", "64"): "--size is only used with --image-folder",
+        ("export", "--what", "generator", "--fp16"): "--fp16 is only used for the explainer file",
+    }
+    for argv, message in refused.items():
+        assert main(list(argv)) == 5, argv
+        assert message in capsys.readouterr().err

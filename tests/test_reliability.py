@@ -104,6 +104,18 @@ def test_bad_images_are_refused(explainers, backend: str, case: str) -> None:
         explainers[backend].explain(make())
 
 
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_raw_cxx_session_refuses_bad_images_as_the_python_api(explainers, case: str) -> None:
+    """The C++ API (`pathrt._C.ExplainSession.explain`, what the C++ program calls) applies the Python
+    API's checks itself: the same class (pathrt.errors.InputError) and the very same message."""
+    make, message = REFUSED[case]
+    with pytest.raises(InputError, match=message) as python_api:
+        explainers["session"].explain(make())
+    with pytest.raises(InputError, match=message) as cxx_api:
+        explainers["session"].engine.session.explain(make())
+    assert str(cxx_api.value) == str(python_api.value)
+
+
 ACCEPTED = {
     "float64": lambda x: x.double(),
     "float16 (cast to float32)": lambda x: x.half(),

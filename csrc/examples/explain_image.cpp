@@ -2,6 +2,8 @@
 //   pathrt_explain BUNDLE IMAGE.pgm|IMAGE.ppm
 // The image is binary 8-bit netpbm (P5 gray, P6 RGB) of the bundle's input size; it is scaled to
 // [0, 1] and normalized with the target's mean and std, as pathrt's Target.preprocess does.
+// Exit codes as the `pathrt` command's: 3 an unreadable, corrupted or modified bundle
+// (pathrt::BundleError), 5 a bad image (pathrt::InputError), 1 anything else.
 #include <ATen/ATen.h>
 
 #include <cstdio>
@@ -16,23 +18,23 @@ namespace {
 
 at::Tensor read_netpbm(const std::string& path, const pathrt::SessionInfo& info) {
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::invalid_argument("cannot open " + path);
+  if (!file) throw pathrt::InputError("cannot open " + path);
   std::string magic;
   int64_t width = 0, height = 0, maxval = 0;
   file >> magic >> width >> height >> maxval;
   file.get();  // the single whitespace before the pixels
   const int64_t channels = magic == "P5" ? 1 : magic == "P6" ? 3 : 0;
-  if (channels == 0 || maxval != 255) throw std::invalid_argument(path + " is not an 8-bit binary PGM (P5) or PPM (P6)");
+  if (channels == 0 || maxval != 255) throw pathrt::InputError(path + " is not an 8-bit binary PGM (P5) or PPM (P6)");
   const auto& shape = info.input_shape;
   if (channels != shape[0] || height != shape[1] || width != shape[2]) {
     std::ostringstream msg;
     msg << path << " is " << channels << "x" << height << "x" << width << " but the bundle takes " << shape[0] << "x"
         << shape[1] << "x" << shape[2];
-    throw std::invalid_argument(msg.str());
+    throw pathrt::InputError(msg.str());
   }
   std::string pixels(static_cast<size_t>(channels * height * width), '\0');
   if (!file.read(pixels.data(), static_cast<std::streamsize>(pixels.size()))) {
-    throw std::invalid_argument(path + " is truncated");
+    throw pathrt::InputError(path + " is truncated");
   }
   auto image = at::empty({1, channels, height, width}, at::kFloat);
   float* out = image.data_ptr<float>();
@@ -70,8 +72,14 @@ int main(int argc, char** argv) {
                   static_cast<long long>(info.channels[l]));
       offset += info.channels[l];
     }
+  } catch (const pathrt::BundleError& e) {
+    std::cerr << "pathrt_explain: error: " << e.what() << "\n";
+    return 3;
+  } catch (const pathrt::InputError& e) {
+    std::cerr << "pathrt_explain: error: " << e.what() << "\n";
+    return 5;
   } catch (const std::exception& e) {
-    std::cerr << "pathrt_explain: " << e.what() << "\n";
+    std::cerr << "pathrt_explain: unexpected error (please report it): " << e.what() << "\n";
     return 1;
   }
   return 0;

@@ -117,15 +117,16 @@ class Explainer:
         return [slice(s, s + self.max_batch_size) for s in range(0, len(images), self.max_batch_size)]
 
     def chunks(self, images: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-        """(rows, images[rows]) per chunk, each checked (`check_images`: shape, finite values) and cast
-        to the model's floating dtype (float64/float16 images give the float32 result)."""
+        """(rows, images[rows]) per chunk, cast to the model's floating dtype (float64/float16 images
+        give the float32 result). The whole batch is checked first (`check_images`: shape, dtype,
+        finite values, scanned a chunk at a time), so a bad image fails the call before any output."""
         device, dtype = self._context.device, self._context.dtype
-        for rows in self.batches(images):
-            x = images[rows]
-            if x.device != device:
-                raise InputError(f"images are on {x.device}, the model on {device}; move them with .to('{device}')")
-            check_images(x, self.spec)
-            yield rows, x.to(dtype)
+        bounds = self.batches(images)
+        if images.device != device:
+            raise InputError(f"images are on {images.device}, the model on {device}; move them with .to('{device}')")
+        check_images(images, self.spec, chunk=self.max_batch_size)
+        for rows in bounds:
+            yield rows, images[rows].to(dtype)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

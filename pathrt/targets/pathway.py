@@ -72,9 +72,11 @@ def _check_all_ran(spec: PathwaySpec, calls: list[int]) -> None:
         raise SpecError(f"pathway modules {idle} did not run in this forward pass")
 
 
-def check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
+def check_images(x: torch.Tensor, spec: PathwaySpec, chunk: int | None = None) -> None:
     """Raises InputError unless `x` is a non-empty (N, C, H, W) floating-point batch of the spec's
-    input shape with finite values (a NaN or Inf would silently give a meaningless pathway)."""
+    input shape with finite values (a NaN or Inf would silently give a meaningless pathway). `chunk`:
+    scan for non-finite values that many images at a time (bounded memory; the message still counts
+    over the whole batch)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(spec.input_shape):
@@ -85,9 +87,10 @@ def check_images(x: torch.Tensor, spec: PathwaySpec) -> None:
     if not x.is_floating_point():
         raise InputError(f"images are {x.dtype}; pathrt explains floating-point images normalized with "
                          "target.preprocess (e.g. target.preprocess(uint8_images.float() / 255))")
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()
+    step = chunk or len(x)
+    bad = torch.cat([torch.nonzero(~torch.isfinite(x[s:s + step]).flatten(1).all(1)).flatten() + s
+                     for s in range(0, len(x), step)])
+    if len(bad):
         raise InputError(f"{len(bad)} of {len(x)} images contain NaN or Inf values (first: image {int(bad[0])}); "
                          "drop or repair them before explaining")
 
