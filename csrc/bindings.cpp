@@ -164,5 +164,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("std", [](const pathrt::ExplainSession& s) { return s.info().std; })
       .def_property_readonly("target_fingerprint",
                              [](const pathrt::ExplainSession& s) { return s.info().target_fingerprint; })
-      .def_property_readonly("num_threads", [](const pathrt::ExplainSession& s) { return s.info().num_threads; });
+      .def_property_readonly("num_threads", [](const pathrt::ExplainSession& s) { return s.info().num_threads; })
+      .def_property_readonly("load_ms", [](const pathrt::ExplainSession& s) { return s.info().load_ms; },
+                             "Wall time of loading and checking the bundle (read from bytes: without the file read).")
+      .def_property_readonly("digest_ms", [](const pathrt::ExplainSession& s) { return s.info().digest_ms; },
+                             "Of load_ms: the SHA-256 check of the bundle's tensors.");
 }

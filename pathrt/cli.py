@@ -158,25 +158,28 @@ BENCH_PRESETS: dict[str, dict[str, Any]] = {
 }
 BENCH_TIMING = {"paths": None, "warmup": 2, "sparsity": 0.6, "dgr_max_batch": 8}  # both presets
 BENCH_MEMORY = {"memory_images": 4096, "memory_models": ["embedded", "vgg11"]}  # --memory only
+BENCH_LOAD = {"load_models": ["embedded", "resnet18", "vgg11"]}  # --load only
 
 
 def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The bench's settings: for --memory its own; else the preset (--quick or full) and the timing
-    defaults, each overridden by an explicit flag. Flags the chosen mode would ignore are refused
-    (InputError), never silently dropped."""
+    """The bench's settings: for --memory and --load their own; else the preset (--quick or full)
+    and the timing defaults, each overridden by an explicit flag. Flags the chosen mode would ignore
+    are refused (InputError), never silently dropped."""
     def given(name: str) -> bool:
         return getattr(args, name) is not None and getattr(args, name) is not False
 
-    timing = ("quick", *BENCH_PRESETS["full"], *BENCH_TIMING)
-    mode, other = (BENCH_MEMORY, timing) if args.memory else ({**BENCH_PRESETS["quick" if args.quick else "full"],
-                                                               **BENCH_TIMING}, tuple(BENCH_MEMORY))
-    ignored = [n for n in other if given(n)]
-    if ignored and args.memory:
-        raise InputError(f"--memory measures memory only: {_flags(ignored)} not used there; drop them (it takes "
-                         "--memory-models, --memory-images, --workdir and --out)")
+    modes = {"memory": BENCH_MEMORY, "load": BENCH_LOAD,
+             "timing": {"quick": False, **BENCH_PRESETS["quick" if args.quick else "full"], **BENCH_TIMING}}
+    chosen = [m for m in ("memory", "load") if getattr(args, m)]
+    if len(chosen) > 1:
+        raise InputError("--memory and --load are separate runs: give one of them")
+    mode = chosen[0] if chosen else "timing"
+    ignored = [n for m, options in modes.items() if m != mode for n in options if given(n)]
     if ignored:
-        raise InputError(f"{_flags(ignored)} only used with --memory")
-    return {name: getattr(args, name) if given(name) else value for name, value in mode.items()}
+        where = f"--{mode} measures {mode} only" if chosen else "the timing bench (without --memory or --load)"
+        raise InputError(f"{where}: {_flags(ignored)} not used there; drop them")
+    return {name: getattr(args, name) if given(name) else value for name, value in modes[mode].items()
+            if name != "quick"}
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -184,6 +187,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from pathrt.benchmarks.paths import PATHS
 
     settings = bench_settings(args)
+    if args.load:
+        from pathrt.benchmarks.load import load_bench
+
+        print(load_bench(settings["load_models"], Path(args.workdir), Path(args.out)))
+        print(f"wrote {Path(args.out) / 'load.md'} and load.json")
+        return
     if args.memory:
         from pathrt.benchmarks.memory import memory_bench
 
@@ -343,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "images in chunks of 64 against one chunk (each in a fresh process)")
     bench.add_argument("--memory-images", type=int, help=f"(default {BENCH_MEMORY['memory_images']})")
     bench.add_argument("--memory-models", nargs="+", help=f"(default {' '.join(BENCH_MEMORY['memory_models'])})")
+    bench.add_argument("--load", action="store_true", help="instead: load time of each model's bundle and ONNX "
+                       "explainer with and without their digest checks")
+    bench.add_argument("--load-models", nargs="+", help=f"(default {' '.join(BENCH_LOAD['load_models'])})")
     bench.set_defaults(run=_cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")

@@ -108,13 +108,31 @@ def test_bench_flags_override_quick_and_ignored_flags_are_refused(capsys: pytest
     assert full["models"] == ["embedded", "vgg11", "resnet18"] and full["sweep"] == [0.3] and full["sweep_batch"] == 4
     assert settings("--memory", "--memory-images", "64") == {"memory_images": 64,
                                                              "memory_models": ["embedded", "vgg11"]}
+    assert settings("--load", "--load-models", "resnet18") == {"load_models": ["resnet18"]}
     refused = {
         ("bench", "--memory", "--quick", "--batches", "4"): "--memory measures memory only: --quick, --batches are "
                                                             "not used there",
-        ("bench", "--memory-models", "vgg11"): "--memory-models is only used with --memory",
+        ("bench", "--load", "--memory-images", "8"): "--load measures load only: --memory-images is not used",
+        ("bench", "--memory-models", "vgg11"): "without --memory or --load): --memory-models is not used",
+        ("bench", "--memory", "--load"): "separate runs",
         ("train-target", "--size", "64"): "--size is only used with --image-folder",
         ("export", "--what", "generator", "--fp16"): "--fp16 is only used for the explainer file",
     }
     for argv, message in refused.items():
         assert main(list(argv)) == 5, argv
         assert message in capsys.readouterr().err
+
+
+def test_bench_load_times_both_loaders_and_their_digest(tmp_path: Path) -> None:
+    """`pathrt bench --load`: the bundle and the ONNX explainer, each load timed with its digest check
+    as a measured part of it (the loaders time it themselves)."""
+    from pathrt.cli import main
+
+    assert main(["bench", "--load", "--load-models", "embedded", "--workdir", str(tmp_path / "no-demo"),
+                 "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "load.json").read_text())
+    assert [r["file"] for r in rows] == ["bundle (C++ session)", "ONNX explainer"]
+    for r in rows:
+        assert 0 < r["digest_ms"] < r["load_ms"] and r["mb"] > 1, r
+        assert r["without_ms"] == pytest.approx(r["load_ms"] - r["digest_ms"])
+    assert "load with digest (ms)" in (tmp_path / "bench" / "load.md").read_text()

@@ -615,6 +615,7 @@ ExplainSession::ExplainSession(const std::string& bundle_path, int num_threads)
     : ExplainSession(Buffer{read_bundle(bundle_path), bundle_path}, num_threads) {}
 
 ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make_unique<Impl>()) {
+  const auto start = std::chrono::steady_clock::now();
   if (num_threads < 0) throw InputError("num_threads must be >= 0 (0: the process default)");
   const std::string& data = bundle.data;
   const std::string& bundle_path = bundle.name;
@@ -642,7 +643,9 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     impl_->policy = parse_policy(meta.at("conv_strategies"));
     const auto tensors = read_tensors(data, header, 8 + header_len);
     const std::string recorded = meta.at("tensors_fingerprint").as_string("tensors_fingerprint");
+    const auto digest_start = std::chrono::steady_clock::now();
     const std::string actual = tensors_fingerprint(tensors);
+    impl_->info.digest_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - digest_start).count();
     if (actual != recorded) {
       throw BundleError("its tensors were modified after it was written (digest " + actual.substr(0, 12) +
                         "…, the bundle records " + recorded.substr(0, 12) + "…); write it again with `pathrt bundle`");
@@ -660,6 +663,7 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     throw BundleError("bundle " + bundle_path + " is inconsistent: its tensors do not fit its plan (" +
                       e.what_without_backtrace() + ")");
   }
+  impl_->info.load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 ExplainSession::~ExplainSession() = default;

@@ -228,6 +228,8 @@ class OnnxExplainerFile:
     kind: str
     spec: PathwaySpec
     metadata: dict[str, str]
+    load_ms: float = 0.0  # wall time of `load_onnx` (parse, checks, session), file read excluded
+    digest_ms: float = 0.0  # of which: the digest check of the tensors
 
     @property
     def providers(self) -> list[str]:
@@ -266,6 +268,7 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         if p.stat().st_size > MAX_ONNX_BYTES:
             raise ArtifactError(f"{p} is {p.stat().st_size} bytes, beyond the 2 GiB an ONNX protobuf can hold")
         source = p.read_bytes()
+    start = time.perf_counter()
     try:
         model = onnx.load_from_string(source)
         onnx.checker.check_model(model)
@@ -279,7 +282,9 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         raise ArtifactError(f"{name} has format version {meta.get('pathrt_format_version')}, this pathrt reads "
                             f"{FORMAT_VERSION}; export it again")
     validate(meta, "pathrt.onnx", name)
+    digest_start = time.perf_counter()
     check_digest(model, meta, name)
+    digest_ms = 1e3 * (time.perf_counter() - digest_start)
     try:
         spec_data = parse_json(meta["pathway_spec"], f"{name}'s pathway spec")
         validate(spec_data, "pathway_spec", name)
@@ -303,7 +308,7 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
         session = ort.InferenceSession(source, options, providers=list(providers or providers_available()))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ArtifactError(f"ONNX Runtime cannot load {name}: {exc}") from exc
-    return OnnxExplainerFile(session, kind, spec, meta)
+    return OnnxExplainerFile(session, kind, spec, meta, 1e3 * (time.perf_counter() - start), digest_ms)
 
 
 # ---------------------------------------------------------------------------------------------

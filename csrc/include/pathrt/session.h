@@ -43,6 +43,8 @@ struct SessionInfo {
   std::vector<double> mean, std;     // the target's input normalization
   std::string target_fingerprint;
   int num_threads = 0;               // 0: the process default
+  double load_ms = 0.0;              // wall time of loading and checking the bundle (dry run included)
+  double digest_ms = 0.0;            // of which: the SHA-256 of its tensors
 };
 
 // The plan contract this reader implements (pathrt/bundle.schema.json): its format version, the plan
