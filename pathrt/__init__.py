@@ -13,7 +13,16 @@ from pathrt import errors, metrics
 from pathrt.data import load_digits
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator, save_generator
 from pathrt.runtime import Explainer, Explanation, pack_masks, pairwise_iou, saliency_map, unpack_masks
-from pathrt.targets import PathwaySpec, Target, build_spec, create_target, load_target, save_target
+from pathrt.targets import (
+    PathwaySpec,
+    Target,
+    build_spec,
+    create_target,
+    load_target,
+    model_factory,
+    save_target,
+    wrap_model,
+)
 from pathrt.targets.training import TargetTrainingConfig, train_target
 from pathrt.training import GeneratorTrainingConfig, train_generator
 from pathrt.transfer import build_class_pathways, evaluate_transfer
@@ -22,6 +31,7 @@ from pathrt.version import __version__
 __all__ = [
     "Explainer", "Explanation", "GeneratorConfig", "GeneratorTrainingConfig", "PathwayGenerator", "PathwaySpec",
     "Target", "TargetTrainingConfig", "__version__", "build_class_pathways", "build_spec", "create_target", "errors",
-    "evaluate_transfer", "load_digits", "load_generator", "load_target", "metrics", "pack_masks", "pairwise_iou",
-    "saliency_map", "save_generator", "save_target", "train_generator", "train_target", "unpack_masks",
+    "evaluate_transfer", "load_digits", "load_generator", "load_target", "metrics", "model_factory", "pack_masks",
+    "pairwise_iou", "saliency_map", "save_generator", "save_target", "train_generator", "train_target",
+    "unpack_masks", "wrap_model",
 ]

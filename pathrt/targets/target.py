@@ -19,7 +19,7 @@ from torch import nn
 
 from pathrt.artifacts import artifact_paths, check_state, load_artifact, load_tensors, save_artifact, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
-from pathrt.targets.models import build_model
+from pathrt.targets.models import ARCHITECTURES, build_factory, build_model, is_factory
 from pathrt.targets.pathway import Capture, Masks, capture_features, pathway_forward
 from pathrt.targets.spec import PathwaySpec, build_spec
 
@@ -55,7 +55,12 @@ class Target:
         return tensor_fingerprint(self.model.state_dict())
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalizes images in [0, 1] (N, C, H, W) with the target's mean and std."""
+        """Normalizes images (N, C, H, W) with the target's mean and std: floating-point images in
+        [0, 1], or uint8 images in 0..255 (read as value / 255, in float32)."""
+        if not images.is_floating_point():
+            if images.dtype != torch.uint8:
+                raise InputError(f"preprocess takes float images in [0, 1] or uint8 images, got {images.dtype}")
+            images = images.float() / 255
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         return (images - mean) / std
@@ -86,13 +91,95 @@ def create_target(
     if len(mean) != input_shape[0] or len(std) != input_shape[0]:
         raise InputError(f"mean/std need one value per input channel ({input_shape[0]}), got "
                          f"{len(mean)} and {len(std)}")
-    model = build_model(arch, num_classes=len(names), **arch_kwargs)
+    return _assemble(arch, names, input_shape, mean, std, pathway_modules, dict(arch_kwargs))
+
+
+def _assemble(arch: str, names: tuple[str, ...], input_shape: Sequence[int], mean: Sequence[float],
+              std: Sequence[float], pathway_modules: Sequence[str] | None, kwargs: dict[str, Any]) -> Target:
+    """A Target of a built-in architecture or a user factory (which gets `kwargs` alone), random weights."""
+    model = build_factory(arch, kwargs) if is_factory(arch) else build_model(arch, num_classes=len(names), **kwargs)
     spec = build_spec(model, input_shape, pathway_modules)
-    return Target(model, arch, spec, names, tuple(map(float, mean)), tuple(map(float, std)), dict(arch_kwargs))
+    return Target(model, arch, spec, names, tuple(map(float, mean)), tuple(map(float, std)), kwargs)
+
+
+def wrap_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    classes: Sequence[str] | int,
+    *,
+    factory: str | None = None,
+    factory_kwargs: dict[str, Any] | None = None,
+    scale: float = 1.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    pathway_modules: Sequence[str] | None = None,
+) -> Target:
+    """Your own classifier as a Target: the one call that makes any `nn.Module` explainable.
+
+    `input_shape` is (C, H, W); `classes` the class names (or their number) in logit order.
+    Preprocessing: images come to pathrt in [0, 1] (or as uint8); the model sees
+    `(images * scale - mean) / std`, with `mean` and `std` in the model's own units: `scale=255`
+    for a model trained on raw 0..255 pixels (Keras style), `mean=(0.485, ...)` and `std=(0.229,
+    ...)` for ImageNet-normalized [0, 1] input. Pathway modules follow the SPEC §1 rule unless
+    named (`pathway_modules`).
+
+    `factory` ("package.module:function", a function marked `@pathrt.model_factory` or an
+    nn.Module class) rebuilds the model with `factory_kwargs` when the saved target is loaded, in
+    any process and by every CLI command; the weights travel in the artifact. Without it, pathrt
+    uses the model's class when that builds an identical model without arguments; otherwise the
+    target works in memory and `save_target` says what to add.
+    """
+    names = tuple(str(i) for i in range(classes)) if isinstance(classes, int) else tuple(map(str, classes))
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    if len(names) < 2:
+        raise InputError(f"a classifier needs at least 2 classes, got {len(names)}")
+    mean = (0.0,) * shape[0] if mean is None else tuple(map(float, mean))
+    std = (1.0,) * shape[0] if std is None else tuple(map(float, std))
+    if len(mean) != shape[0] or len(std) != shape[0] or min(std) <= 0 or scale <= 0:
+        raise InputError(f"mean and std need one value per input channel ({shape[0]}), std > 0 and scale > 0; got "
+                         f"mean {mean}, std {std}, scale {scale}")
+    model = model.eval()
+    parameter = next(iter(model.parameters()), None)
+    with torch.no_grad():
+        logits = model(torch.zeros(1, *shape, device=parameter.device if parameter is not None else "cpu",
+                                   dtype=parameter.dtype if parameter is not None else torch.float32))
+    if logits.dim() != 2 or logits.shape[1] != len(names):
+        raise InputError(f"the model returns logits of shape {tuple(logits.shape)} for one image, but {len(names)} "
+                         "classes were named; pass the class names in logit order")
+    kwargs = dict(factory_kwargs or {})
+    arch = _factory_for(model, factory, kwargs)
+    spec = build_spec(model, shape, pathway_modules)
+    return Target(model, arch, spec, names, tuple(m / scale for m in mean), tuple(s / scale for s in std), kwargs)
+
+
+def _factory_for(model: nn.Module, factory: str | None, kwargs: dict[str, Any]) -> str:
+    """The factory that rebuilds `model` (checked: it builds the same tensors), or `<ClassName>`
+    for a model pathrt can explain in memory but not rebuild."""
+    cls = type(model)
+    candidate = factory or (f"{cls.__module__}:{cls.__qualname__}" if cls.__module__ != "__main__" and
+                            "<locals>" not in cls.__qualname__ else None)
+    if candidate is None:
+        return f"<{cls.__name__}>"
+    try:
+        with torch.device("meta"):
+            probe = build_factory(candidate, kwargs)
+        check_state(probe.state_dict(), model.state_dict(), "your model", f"what {candidate} builds", False)
+    except (InputError, IncompatibleArtifactError, TypeError) as exc:
+        if factory is None:  # the class alone does not rebuild it: explainable in memory, not savable
+            return f"<{cls.__name__}>"
+        raise InputError(f"factory {factory!r} does not rebuild this model ({str(exc)[:400]}); name a function that "
+                         "builds it from factory_kwargs") from exc
+    return candidate
 
 
 def save_target(target: Target, path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Writes `<stem>.safetensors` and its sidecar `<stem>.json` atomically; returns both paths."""
+    if not (is_factory(target.arch) or target.arch in ARCHITECTURES):
+        raise InputError(f"this target wraps a {target.arch} that pathrt cannot rebuild when loading it; wrap it "
+                         "with pathrt.wrap_model(model, ..., factory='package.module:function'), naming an importable "
+                         "function marked @pathrt.model_factory that builds it")
     return save_artifact(path, TARGET_FORMAT, target.model.state_dict(), {
         "arch": target.arch,
         "arch_kwargs": target.arch_kwargs,
@@ -137,8 +224,10 @@ def load_target(path: str | os.PathLike[str], *, arch: str | None = None, finger
 
     def build() -> Target:
         try:
-            return create_target(saved_arch, classes, spec.input_shape, mean=mean, std=std,
-                                 pathway_modules=spec.names if spec.rule == "user" else None, **arch_kwargs)
+            return _assemble(saved_arch, tuple(classes), spec.input_shape, mean, std,
+                             spec.names if spec.rule == "user" else None, arch_kwargs)
+        except InputError as exc:  # an architecture or factory this process does not have: the message says how
+            raise InputError(f"cannot rebuild the target {weights_path}: {str(exc)[:600]}") from exc
         except Exception as exc:  # untrusted constructor arguments: torch may raise anything (fuzzing found IndexError)
             raise ArtifactError(f"the sidecar of {weights_path} describes no buildable {saved_arch!r} "
                                 f"({str(exc)[:300]})") from exc
