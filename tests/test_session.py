@@ -143,7 +143,8 @@ def test_session_refuses_hostile_bundles(resnet_bundle, tmp_path: Path) -> None:
     }
     for name, (data, message) in cases.items():
         if name == "version":
-            text = header.replace(b'\\"format_version\\": 2', b'\\"format_version\\": 7')
+            version = f'\\"format_version\\": {bundle_format.VERSION}'.encode()
+            text = header.replace(version, b'\\"format_version\\": 7')
             assert text != header
             data = struct.pack("<Q", len(text)) + text + good[8 + header_len:]
         if name == "offsets":
@@ -204,8 +205,8 @@ def test_session_refuses_modified_tensors(resnet_bundle, tmp_path: Path) -> None
 def test_bundle_refuses_unsupported_models() -> None:
     target = torchvision_target("alexnet")
     generator = varied_generator(target.spec)
-    target.model.features[1] = nn.GELU()  # the ReLU after the first conv
-    with pytest.raises(BundleError, match=r"GELU.*backend='native' or 'eager'"):
+    target.model.features[1] = nn.PReLU()  # the ReLU after the first conv: an activation with weights
+    with pytest.raises(BundleError, match=r"'features.1' \(PReLU\) is not supported.*still works with backend='eager'"):
         bundle_bytes(target, generator)
 
 

@@ -19,36 +19,41 @@ from pathrt.errors import InputError
 from pathrt.generator import save_generator
 from pathrt.runtime import Explanation
 from tests.conftest import ROOT, assert_parity, varied_generator
-from tests.user_models import TinyNet, random_tiny_net
+from tests.user_models import KerasStyleNet, TinyNet, random_tiny_net, randomize_batchnorms
 
 CLASSES = ("cat", "dog", "ship", "truck")
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Keras-style user model (conv -> SiLU -> BatchNorm blocks) saved with the class that rebuilds it."""
     folder = tmp_path_factory.mktemp("user-model")
-    target = pathrt.wrap_model(random_tiny_net(), (3, 32, 32), CLASSES, factory="tests.user_models:tiny_net",
-                               factory_kwargs={"classes": 4, "width": 8})
+    torch.manual_seed(5)
+    model = randomize_batchnorms(KerasStyleNet(4, "silu"), seed=5)
+    target = pathrt.wrap_model(model, (3, 32, 32), CLASSES, factory="tests.user_models:KerasStyleNet",
+                               factory_kwargs={"classes": 4, "activation": "silu"})
     pathrt.save_target(target, folder / "target")
     save_generator(varied_generator(target.spec), folder / "generator", target.fingerprint)
     return folder
 
 
-def test_wrapped_model_saves_and_loads_with_its_factory(saved: Path) -> None:
+def test_wrapped_model_saves_and_loads_with_its_factory(tmp_path: Path) -> None:
     model = random_tiny_net()
     target = pathrt.wrap_model(model, (3, 32, 32), CLASSES, factory="tests.user_models:tiny_net",
                                factory_kwargs={"classes": 4, "width": 8})
     assert target.arch == "tests.user_models:tiny_net" and target.spec.names == ("body.0.act", "body.2.act")
-    loaded = pathrt.load_target(saved / "target")
+    pathrt.save_target(target, tmp_path / "target")
+    loaded = pathrt.load_target(tmp_path / "target")
     assert loaded.fingerprint == target.fingerprint and loaded.classes == CLASSES
     x = torch.rand(3, 3, 32, 32)
     assert torch.equal(loaded.model(loaded.preprocess(x)), model(target.preprocess(x)))
-    sidecar = json.loads((saved / "target.json").read_text())
+    sidecar = json.loads((tmp_path / "target.json").read_text())
     assert sidecar["arch"] == "tests.user_models:tiny_net" and sidecar["arch_kwargs"] == {"classes": 4, "width": 8}
 
 
 def test_every_cli_command_runs_a_user_target(saved: Path, tmp_path: Path) -> None:
-    """explain (every CPU backend, SPEC §8 parity with eager), export and bundle, from the artifacts."""
+    """A conv -> SiLU -> BatchNorm model from its saved artifacts: explain on every CPU backend (SPEC §8
+    parity with eager), export and bundle (each verified against eager by the command)."""
     stems = ["--target", str(saved / "target"), "--generator", str(saved / "generator")]
     results = {}
     for backend in ("eager", "native", "session", "onnx"):
@@ -129,3 +134,43 @@ def test_a_model_defined_in_a_function_is_explainable_in_memory() -> None:
     explanation = pathrt.Explainer(target, varied_generator(target.spec), backend="eager").explain(
         target.preprocess(torch.rand(2, 1, 8, 8)))
     assert len(explanation) == 2
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu", "leaky_relu", "hardswish"])
+def test_keras_style_blocks_run_on_every_backend(activation: str) -> None:
+    """conv -> activation -> BatchNorm (not foldable into the conv) and the common activations: the
+    plan runs them (an affine step, activation steps) in the native runner, the C++ session and the
+    ONNX export, each at SPEC §8 parity with eager; the pathway layers are the BatchNorms."""
+    torch.manual_seed(1)
+    model = randomize_batchnorms(KerasStyleNet(4, activation), seed=1)
+    target = pathrt.wrap_model(model, (3, 32, 32), CLASSES)
+    assert target.spec.names == ("features.2", "features.7", "features.11")  # where each channel leaves its block
+    generator = varied_generator(target.spec)
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    eager = pathrt.Explainer(target, generator, backend="eager").explain(x)
+    for backend in ("native", "session", "onnx"):
+        explainer = pathrt.Explainer(target, generator, backend=backend)
+        assert explainer.backend == backend, explainer.backend_reason
+        assert_parity(eager, explainer.explain(x))
+
+
+def test_a_removed_channel_contributes_exactly_zero_downstream() -> None:
+    """The mask sits after the block's BatchNorm: removing every channel of layer 1 gives the next
+    conv exactly zero input (a mask before the BN would let its shift through), on eager and native."""
+    model = randomize_batchnorms(KerasStyleNet(4), seed=3)
+    target = pathrt.wrap_model(model, (3, 32, 32), CLASSES)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    masks = [torch.ones(3, c, dtype=torch.bool) for c in target.spec.channels]
+    masks[0][:] = False
+    seen: list[torch.Tensor] = []
+    explainer = pathrt.Explainer(target, varied_generator(target.spec), backend="eager")
+    with explainer.using_model() as canonized:
+        handle = canonized.features[4].register_forward_hook(lambda _m, args, _o: seen.append(args[0].clone()))
+        try:
+            pathways = pathrt.targets.pathway_forward(canonized, target.spec, x, masks)
+        finally:
+            handle.remove()
+    assert len(seen) == 1 and torch.count_nonzero(seen[0]) == 0
+    native = pathrt.Explainer(target, varied_generator(target.spec), backend="native")
+    native_pathways = native.explain_with_masks(x, torch.cat(masks, 1)).pathway_logits
+    torch.testing.assert_close(native_pathways, pathways, rtol=1e-4, atol=1e-5)

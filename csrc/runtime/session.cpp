@@ -26,7 +26,7 @@ namespace pathrt {
 
 namespace {
 
-constexpr int64_t kBundleVersion = 2;  // x-version of pathrt/bundle.schema.json
+constexpr int64_t kBundleVersion = 3;  // x-version of pathrt/bundle.schema.json
 constexpr uint64_t kMaxHeaderBytes = 64ull << 20;   // the JSON header (safetensors allows 100 MB)
 constexpr uint64_t kMaxBundleBytes = 16ull << 30;   // refuse larger files before reading them
 constexpr int64_t kMaxDim = int64_t{1} << 31;
@@ -36,15 +36,24 @@ constexpr int64_t kMaxValues = 100000;
 constexpr int64_t kMaxImageChannels = 16;
 constexpr int64_t kMaxSide = 1024;
 
-enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add };
+enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add, Affine, Activation };
 // The plan ops, conv strategies and strategy measures of the plan contract (pathrt/bundle.schema.json;
 // tests/test_plan_contract.py holds these tables to it).
 const std::map<std::string, Op>& plan_ops() {
   static const std::map<std::string, Op> ops = {
       {"conv2d", Op::Conv}, {"linear", Op::Linear}, {"relu", Op::Relu}, {"max_pool2d", Op::MaxPool},
       {"avg_pool2d", Op::AvgPool}, {"adaptive_avg_pool2d", Op::AdaptiveAvgPool}, {"flatten", Op::Flatten},
-      {"add", Op::Add}};
+      {"add", Op::Add}, {"affine", Op::Affine}, {"activation", Op::Activation}};
   return ops;
+}
+// The elementwise activations of `activation` steps (pathrt.runtime.fast_path.ACTIVATIONS).
+enum class Activation { Silu, Gelu, GeluTanh, LeakyRelu, Hardswish, Relu6, Tanh };
+const std::map<std::string, Activation>& activations() {
+  static const std::map<std::string, Activation> kinds = {
+      {"silu", Activation::Silu}, {"gelu", Activation::Gelu}, {"gelu_tanh", Activation::GeluTanh},
+      {"leaky_relu", Activation::LeakyRelu}, {"hardswish", Activation::Hardswish}, {"relu6", Activation::Relu6},
+      {"tanh", Activation::Tanh}};
+  return kinds;
 }
 enum class Strategy { Dense, Union, Sparse };
 const std::map<std::string, Strategy>& strategies() {
@@ -72,6 +81,8 @@ struct Step {
   at::Tensor weight, conv_weight, bias;  // conv_weight: channels-last copy for the dense convs
   bool relu = false, residual = false, flatten_input = false, pathway_pass = false, ceil_mode = false;
   int64_t pathway = -1, in_mask = -1, out_mask = -1, start_dim = 1;
+  Activation activation = Activation::Silu;
+  double alpha = 0.0;  // LeakyReLU's negative slope
   std::vector<int64_t> kernel, stride, padding, output_size;
 };
 
@@ -224,6 +235,17 @@ struct ExplainSession::Impl {
       case Op::AdaptiveAvgPool: return at::adaptive_avg_pool2d(x, s.output_size);
       case Op::Flatten: return at::flatten(x, s.start_dim);
       case Op::Add: return x + values[s.inputs[1]];
+      case Op::Affine: return at::addcmul(s.bias.view({1, -1, 1, 1}), x, s.weight.view({1, -1, 1, 1}));
+      case Op::Activation:
+        switch (s.activation) {
+          case Activation::Silu: return at::silu(x);
+          case Activation::Gelu: return at::gelu(x);
+          case Activation::GeluTanh: return at::gelu(x, "tanh");
+          case Activation::LeakyRelu: return at::leaky_relu(x, s.alpha);
+          case Activation::Hardswish: return at::hardswish(x);
+          case Activation::Relu6: return at::hardtanh(x, 0.0, 6.0);
+          case Activation::Tanh: return at::tanh(x);
+        }
     }
     throw BundleError("unknown plan op");
   }
@@ -514,6 +536,18 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       s.output_size = entry.at("output_size").int_list("output_size", 2, 1, kMaxSide);
     } else if (s.op == Op::Flatten) {
       s.start_dim = entry.at("start_dim").as_int("start_dim", 1, 3);
+    } else if (s.op == Op::Affine) {
+      s.weight = tensor(tensors, entry.at("weight").as_string("weight"));
+      s.bias = tensor(tensors, entry.at("bias").as_string("bias"));
+      if (s.weight.dim() != 1 || s.bias.dim() != 1 || s.bias.size(0) != s.weight.size(0)) {
+        throw BundleError("bundle plan: an affine step needs per-channel scale and shift of one length");
+      }
+    } else if (s.op == Op::Activation) {
+      const auto kind = activations().find(entry.at("kind").as_string("kind"));
+      if (kind == activations().end()) throw BundleError("bundle plan: an activation of unknown kind");
+      s.activation = kind->second;
+      s.alpha = entry.at("alpha").as_number("alpha");
+      if (!(s.alpha >= -1000 && s.alpha <= 1000)) throw BundleError("bundle plan: an activation alpha outside [-1000, 1000]");
     }
     impl.num_values = std::max(impl.num_values, s.output + 1);
     impl.steps.push_back(std::move(s));

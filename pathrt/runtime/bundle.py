@@ -79,6 +79,8 @@ def _plan_json(runner: PlanRunner, tensors: dict[str, torch.Tensor]) -> dict[str
             entry["output_size"] = _pair(size)
         elif step.op == "flatten":
             entry["start_dim"] = int(a["start_dim"])
+        elif step.op == "activation":
+            entry.update(kind=a["kind"], alpha=float(a["alpha"]))
         steps.append(entry)
     first = runner.plan.steps[runner.first]
     # The pathway pass reuses the plain pass's `saved` values; those in `chain` (layer 1's output up to
@@ -125,9 +127,7 @@ def _bundle(target: Target, generator: PathwayGenerator,
     try:
         runner = runner or PlanRunner(canonized_copy(target.model), target.spec, NATIVE)
     except PlanError as exc:
-        raise BundleError(f"cannot bundle this model: {exc}. The session runs plans of Conv2d, Linear, ReLU, "
-                          "pools, Flatten and torchvision residual blocks; use Explainer(..., backend='native' or "
-                          "'eager') for other models") from exc
+        raise BundleError(f"cannot bundle this model: {exc}") from exc  # the plan's message says what still works
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         plan = _plan_json(runner, tensors)

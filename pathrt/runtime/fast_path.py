@@ -37,7 +37,7 @@ from torch import nn
 from pathrt import opspec
 from pathrt.bundle_format import FALLBACK_STRATEGY, STRATEGIES, StrategyRule, conv_strategies
 from pathrt.runtime import ops
-from pathrt.targets.plan import Plan, Step, build_plan
+from pathrt.targets.plan import ZERO_PRESERVING, Plan, Step, batchnorm_affine, build_plan
 from pathrt.targets.spec import PathwaySpec
 
 
@@ -73,6 +73,18 @@ REFERENCE = KernelSet("reference", opspec.daq_threshold_pack_reference, _referen
                       _reference_pathway_conv2d)
 
 
+# The plan's elementwise activations (`kind`, `alpha`: LeakyReLU's slope), as the C++ session runs them.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "silu": lambda x, _: F.silu(x),
+    "gelu": lambda x, _: F.gelu(x),
+    "gelu_tanh": lambda x, _: F.gelu(x, approximate="tanh"),
+    "leaky_relu": F.leaky_relu,
+    "hardswish": lambda x, _: F.hardswish(x),
+    "relu6": lambda x, _: F.relu6(x),
+    "tanh": lambda x, _: torch.tanh(x),
+}
+
+
 def _ends_in_relu(step: Step) -> bool:
     return step.op == "relu" or bool(step.attrs.get("relu"))
 
@@ -94,7 +106,9 @@ class PlanRunner:
         self.weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.conv_weights: dict[str, torch.Tensor] = {}  # in the runner's layout, for the dense convs
         for step in self.plan.steps:
-            if step.module is not None:
+            if step.op == "affine":  # a BatchNorm2d as its per-channel scale and shift
+                self.weights[step.module] = batchnorm_affine(modules[step.module])  # type: ignore[index]
+            elif step.module is not None:
                 m = modules[step.module]
                 bias = m.bias.detach() if m.bias is not None else None
                 self.weights[step.module] = (m.weight.detach().contiguous(), bias)
@@ -144,7 +158,7 @@ class PlanRunner:
         chain = {self.plan.steps[self.first].output}
         i = self.first + 1
         while (i < len(self.plan.steps) and i not in self.skip and self.plan.steps[i].pathway is None
-               and self.plan.steps[i].op in ("relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
+               and self.plan.steps[i].op in ZERO_PRESERVING
                and self.plan.steps[i].inputs[0] in chain):
             chain.add(self.plan.steps[i].output)
             i += 1
@@ -226,6 +240,11 @@ class PlanRunner:
             return y.relu_() if a.get("relu") else y
         if step.op == "relu":
             return torch.relu(x)
+        if step.op == "activation":
+            return ACTIVATIONS[a["kind"]](x, a["alpha"])
+        if step.op == "affine":
+            scale, shift = self.weights[step.module]  # type: ignore[index]
+            return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
         if step.op == "max_pool2d":
             return F.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"])
         if step.op == "avg_pool2d":

@@ -2,12 +2,14 @@
 
 The plan is a list of `Step`s over numbered values (value 0 is the input image batch), built from a
 torch.fx trace of the model with residual blocks kept whole and expanded by hand. Supported ops:
-conv2d, linear, relu, max/avg pool, adaptive avg pool, flatten and residual add; dropout and
-identity (folded BatchNorms) vanish in eval mode. Two fusions make the epilogues the fast path
-needs: conv → relu, and conv → add(residual) → relu. Each step records which pathway layer its
-output is (`pathway`), which pathway mask zeroes its input channels (`in_mask`) and which mask its
-output channels are limited to (`out_mask`), so an executor can skip removed channels. Anything
-else is refused with a `PlanError` naming the module, and the caller falls back to the eager path.
+conv2d, linear, relu, elementwise activations (SiLU, GELU, LeakyReLU, Hardswish, ReLU6, Tanh),
+per-channel affine (a BatchNorm2d not folded into a conv, e.g. after a ReLU), max/avg pool, adaptive
+avg pool, flatten and residual add; dropout and identity (folded BatchNorms) vanish in eval mode.
+Two fusions make the epilogues the fast path needs: conv → relu, and conv → add(residual) → relu.
+Each step records which pathway layer its output is (`pathway`), which pathway mask zeroes its
+input channels (`in_mask`) and which mask its output channels are limited to (`out_mask`), so an
+executor can skip removed channels. Anything else is refused with a `PlanError` naming the
+module, and the caller falls back to the eager path.
 """
 
 from __future__ import annotations
@@ -26,10 +28,37 @@ from pathrt.bundle_format import PLAN_OPS
 from pathrt.errors import SpecError
 from pathrt.targets.spec import PathwaySpec
 
-_ALIASES = (nn.Dropout, nn.Identity)
+_ALIASES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
+def activation_kind(m: nn.Module) -> tuple[str, float] | None:
+    """(kind, alpha) of an elementwise activation the plan runs (alpha: LeakyReLU's slope, else 0),
+    or None. Each maps 0 to 0, so a removed channel stays removed through it."""
+    if isinstance(m, nn.GELU):
+        return ("gelu_tanh" if m.approximate == "tanh" else "gelu"), 0.0
+    if isinstance(m, nn.LeakyReLU):
+        return "leaky_relu", float(m.negative_slope)
+    kinds = {nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.ReLU6: "relu6", nn.Tanh: "tanh"}
+    return next(((kind, 0.0) for cls, kind in kinds.items() if type(m) is cls), None)
+
+
+def batchnorm_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel (scale, shift) of an eval-mode BatchNorm2d: y = x * scale + shift."""
+    if m.running_mean is None or m.running_var is None:
+        raise PlanError(f"{m} keeps no running statistics (track_running_stats=False): it normalizes with "
+                        "batch statistics, which the fast path does not run; use backend='eager'")
+    mean, var = m.running_mean.double(), m.running_var.double()
+    gamma = m.weight.detach().double() if m.weight is not None else torch.ones_like(mean)
+    beta = m.bias.detach().double() if m.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + m.eps)
+    return scale.to(m.running_mean.dtype), (beta - mean * scale).to(m.running_mean.dtype)
 _RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
 _RELU_FUNCTIONS = (torch.relu, F.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+
+
+# Ops after which a channel that was zero is still zero (per channel, f(0) = 0); `affine` is not one.
+ZERO_PRESERVING = ("relu", "activation", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
 
 
 class PlanError(SpecError):
@@ -42,7 +71,7 @@ class Step:
 
     attrs: conv2d: stride, padding, relu (fused), residual (inputs[1] is added before the relu);
     linear: relu; pools: kernel_size, stride, padding, ceil_mode; adaptive_avg_pool2d: output_size;
-    flatten: start_dim.
+    flatten: start_dim; activation: kind, alpha (LeakyReLU's slope); affine: weights from a BatchNorm2d.
     """
 
     op: str
@@ -128,6 +157,11 @@ class _Builder:
             out = self.emit("linear", (x,), name, relu=False)
         elif isinstance(m, nn.ReLU):
             out = self.emit("relu", (x,))
+        elif activation_kind(m) is not None:
+            kind, alpha = activation_kind(m)  # type: ignore[misc]
+            out = self.emit("activation", (x,), kind=kind, alpha=alpha)
+        elif isinstance(m, nn.BatchNorm2d):  # one not folded into a conv (e.g. after a ReLU): per-channel affine
+            out = self.emit("affine", (x,), name)
         elif isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
             if isinstance(m, nn.MaxPool2d) and m.dilation not in (1, (1, 1)):
                 raise PlanError(f"max pool {name!r} uses dilation, which the plan does not support")
@@ -145,9 +179,11 @@ class _Builder:
         elif isinstance(m, _RESIDUAL_BLOCKS):
             out = self.block(name, m, x)
         else:
-            raise PlanError(f"module {name!r} ({type(m).__name__}) is not supported by the fast path; supported: "
-                            "Conv2d, Linear, ReLU, Max/AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, "
-                            "torchvision residual blocks. Use backend='eager' for this model.")
+            raise PlanError(f"module {name!r} ({type(m).__name__}) is not supported by the fast path (native, "
+                            "session, triton backends, bundles and ONNX export); it runs: Conv2d, Linear, BatchNorm2d, "
+                            "ReLU, SiLU, GELU, LeakyReLU, Hardswish, ReLU6, Tanh, Max/AvgPool2d, AdaptiveAvgPool2d, "
+                            "Flatten, Dropout, Identity and torchvision residual blocks. This model still works with "
+                            "backend='eager' (the reference; every metric and the CLI use it)")
         self.mark(out, name)
         return out
 
@@ -237,7 +273,7 @@ def _annotate_masks(steps: list[Step]) -> list[Step]:
         in_mask = zeroed.get(s.inputs[0]) if s.op == "conv2d" else None
         if s.pathway is not None:
             zeroed[s.output] = s.pathway
-        elif s.op in ("relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d") and s.inputs[0] in zeroed:
+        elif s.op in ZERO_PRESERVING and s.inputs[0] in zeroed:
             zeroed[s.output] = zeroed[s.inputs[0]]
         out.append(replace(s, in_mask=in_mask, out_mask=s.pathway if s.op == "conv2d" else None))
     # a conv read only as the residual of a masked conv needs only that mask's channels

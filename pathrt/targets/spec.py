@@ -1,7 +1,9 @@
 """Pathway-layer specs (SPEC §1): which module outputs are pathway layers, with their shapes.
 
 Rules (decided in SPEC §1):
-  * AlexNet/VGG-style nets ("conv-relu"): the output of the ReLU module that follows each conv;
+  * AlexNet/VGG-style nets ("conv-relu"): the output of the activation (ReLU, SiLU, GELU,
+    LeakyReLU, Hardswish, ReLU6) that follows each conv, or of the last per-channel module after it
+    (a BatchNorm after the ReLU, dropout): where the channel leaves the block;
   * ResNets ("residual-block"): the output of every BasicBlock/Bottleneck (after add and ReLU);
   * any other model ("user"): the modules the user names; their outputs must be (N, C, H, W).
 The spec is measured with one dry-run forward at the target's input size, so channel counts and
@@ -98,22 +100,39 @@ class PathwaySpec:
         return "\n".join(rows)
 
 
-def conv_relu_modules(model: nn.Module) -> list[str]:
-    """Names of the ReLU modules that directly follow each conv (in registration order).
+_ACTIVATIONS = (nn.ReLU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.ReLU6)
+# identities in eval mode: a block's chain of per-channel modules runs through them, never ends on one
+_IDENTITIES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+_PER_CHANNEL = (*_ACTIVATIONS, nn.BatchNorm2d)
 
-    A Linear or pooling-free chain is fine; a Linear between a conv and the next ReLU cancels the
-    conv (the ReLU then belongs to the Linear, which is not a pathway layer).
-    """
+
+def conv_relu_modules(model: nn.Module) -> list[str]:
+    """The pathway module of each conv block (in registration order): the activation that follows
+    the conv, or, when per-channel modules follow that activation (a BatchNorm after the ReLU, as
+    Keras-style models have, dropout, another activation), the last of them, where the channel
+    leaves the block. Masking there removes the channel's whole contribution: a mask before a
+    BatchNorm would let its shift through. A Linear between a conv and its activation cancels the
+    conv (the activation then belongs to the Linear, which is not a pathway layer)."""
     names: list[str] = []
-    pending = False
+    pending = False  # a conv waits for its activation
+    block: str | None = None  # the block's pathway module so far, while per-channel modules follow
     for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue  # containers: their leaves follow in order
+        if block is not None and isinstance(module, (*_PER_CHANNEL, *_IDENTITIES)):
+            block = name if isinstance(module, _PER_CHANNEL) else block
+            continue
+        if block is not None:
+            names.append(block)
+            block = None
         if isinstance(module, _CONVS):
             pending = True
         elif isinstance(module, nn.Linear):
             pending = False
-        elif isinstance(module, nn.ReLU) and pending:
-            names.append(name)
-            pending = False
+        elif isinstance(module, _ACTIVATIONS) and pending:
+            block, pending = name, False
+    if block is not None:
+        names.append(block)
     return names
 
 

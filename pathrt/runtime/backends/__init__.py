@@ -66,10 +66,18 @@ def select(requested: str, context: BackendContext) -> tuple[Backend, str]:
     for name in AUTO_ORDER:
         prepared = REGISTRY[name].prepare(context)
         if isinstance(prepared, Backend):
-            why_not = "".join(f"; not {u.backend}: {u}" for u in passed)
-            return prepared, f"auto: {prepared.reason}{why_not}"
+            return prepared, f"auto: {prepared.reason}{_passed_over(passed)}"
         passed.append(prepared)
     raise AssertionError("the eager backend always prepares")
+
+
+def _passed_over(passed: list[Unavailable]) -> str:
+    """"; not a, b: reason" per distinct reason, each said once (the plan's refusal is every fast backend's)."""
+    by_reason: dict[str, list[str]] = {}
+    for unavailable in passed:
+        for reason in unavailable.reasons:
+            by_reason.setdefault(reason, []).append(unavailable.backend)
+    return "".join(f"; not {', '.join(names)}: {reason}" for reason, names in by_reason.items())
 
 
 def device_backends(device: torch.device) -> dict[str, str | None]:

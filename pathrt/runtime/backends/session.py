@@ -53,8 +53,8 @@ class SessionBackend(Backend):
             try:
                 runner = masks_runner.runner if masks_runner is not None else None
                 data = bundle_bytes(context.target, context.generator, runner)
-            except (BundleError, PlanError) as exc:
-                return Unavailable(cls.name, (str(exc),))
+            except (BundleError, PlanError) as exc:  # a plan refusal is said as the plan says it (once, by auto)
+                return Unavailable(cls.name, (str(exc.__cause__ if isinstance(exc.__cause__, PlanError) else exc),))
             session = extension.EXTENSION.ExplainSession.from_bytes(data, "<in-memory bundle>", options.num_threads)
             source = "bundled in memory"
         else:
