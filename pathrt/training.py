@@ -258,4 +258,5 @@ def train_generator(
         bar.close()
     if history:
         history[-1]["seconds"] = round(time.perf_counter() - begin, 1)
+    generator.target_fingerprint = target.fingerprint
     return generator.eval(), history

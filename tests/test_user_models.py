@@ -174,3 +174,20 @@ def test_a_removed_channel_contributes_exactly_zero_downstream() -> None:
     native = pathrt.Explainer(target, varied_generator(target.spec), backend="native")
     native_pathways = native.explain_with_masks(x, torch.cat(masks, 1)).pathway_logits
     torch.testing.assert_close(native_pathways, pathways, rtol=1e-4, atol=1e-5)
+
+
+def test_a_generator_trained_for_other_weights_is_refused_in_memory(saved: Path) -> None:
+    """Same layout, other weights: the in-memory Explainer refuses the pairing (as loading from files
+    does), unless asked to allow it."""
+    from pathrt.errors import IncompatibleArtifactError
+    from pathrt.generator import load_generator
+
+    target = pathrt.load_target(saved / "target")
+    generator, _ = load_generator(saved / "generator")
+    assert generator.target_fingerprint == target.fingerprint
+    pathrt.Explainer(target, generator, backend="eager")
+    retrained = pathrt.wrap_model(randomize_batchnorms(KerasStyleNet(4, "silu"), seed=9), (3, 32, 32), CLASSES)
+    with pytest.raises(IncompatibleArtifactError, match="trained for the target with weights fingerprint"):
+        pathrt.Explainer(retrained, generator, backend="eager")
+    explainer = pathrt.Explainer(retrained, generator, backend="eager", allow_other_target=True)
+    assert len(explainer.explain(torch.randn(2, 3, 32, 32))) == 2

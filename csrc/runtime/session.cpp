@@ -735,9 +735,18 @@ void check_images(const at::Tensor& images, const std::vector<int64_t>& shape) {
     throw InputError("images are on " + images.device().str() + ", the model on cpu; move them with .to('cpu')");
   }
   if (images.size(1) != shape[0] || images.size(2) != shape[1] || images.size(3) != shape[2]) {
+    std::string advice = "resize them to " + std::to_string(shape[1]) + "x" + std::to_string(shape[2]) +
+                         ", the target's input size";
+    if (images.size(1) == shape[1] && images.size(2) == shape[2] && images.size(3) == shape[0]) {
+      advice = "they look channels-last (N, H, W, C): pass images.permute(0, 3, 1, 2)";
+    } else if (images.size(1) != shape[0]) {
+      advice = "they have " + std::to_string(images.size(1)) + (images.size(1) == 1 ? " channel" : " channels") +
+               ", the target takes " +
+               std::to_string(shape[0]) +
+               (images.size(1) == 1 && shape[0] == 3 ? " (grayscale to RGB: images.expand(-1, 3, -1, -1))" : "");
+    }
     throw InputError("images must be (N, " + std::to_string(shape[0]) + ", " + std::to_string(shape[1]) + ", " +
-                     std::to_string(shape[2]) + "), got shape " + shape_repr(images.sizes()) +
-                     "; resize them to the target's input size");
+                     std::to_string(shape[2]) + "), got shape " + shape_repr(images.sizes()) + "; " + advice);
   }
   if (!at::isFloatingType(images.scalar_type())) {
     throw InputError("images are " + dtype_name(images.scalar_type()) + "; pathrt explains floating-point images "

@@ -88,6 +88,9 @@ class PathwayGenerator(nn.Module):
         self.pdn = PDN(config.d, config.depth, config.heads, config.mlp_ratio, config.dropout)
         self.rpd = RPD(spec.channels, config.d, config.head_bias)
         self.daq = DAQ(config.daq_sigma, config.daq_temperature)
+        # the weights fingerprint of the target it was trained for (set by training and loading; None:
+        # unknown, e.g. a fresh generator): an Explainer refuses to pair it with another target's weights
+        self.target_fingerprint: str | None = None
 
     def head_logits(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """RFE → PDN → RPD: the per-layer head logits a_l (N, C_l), before sigmoid and threshold.
@@ -150,4 +153,5 @@ def load_generator(path: str | os.PathLike[str], *, target_fingerprint: str | No
     check_state(probe.state_dict(), state, str(weights_path), "the generator its sidecar describes")
     generator = PathwayGenerator(saved_spec, config)
     generator.load_state_dict(state, strict=True)
+    generator.target_fingerprint = trained_for
     return generator.eval(), meta

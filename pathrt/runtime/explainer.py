@@ -47,9 +47,17 @@ class Explainer:
 
     def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "auto",
                  max_batch_size: int = 256, onnx_file: str | os.PathLike[str] | None = None,
-                 bundle_file: str | os.PathLike[str] | None = None) -> None:
+                 bundle_file: str | os.PathLike[str] | None = None, allow_other_target: bool = False) -> None:
+        """`allow_other_target`: explain with a generator trained for other weights of the same layout
+        (e.g. to study a fine-tuned model); refused by default, since its pathways are not this model's."""
         if generator.spec != target.spec:
             raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
+        trained_for = getattr(generator, "target_fingerprint", None)
+        if trained_for is not None and not allow_other_target and trained_for != target.fingerprint:
+            raise IncompatibleArtifactError(
+                f"the generator was trained for the target with weights fingerprint {trained_for[:12]}…, not for "
+                f"these weights ({target.fingerprint[:12]}…): train a generator for this target, or pass "
+                "allow_other_target=True to explain with it anyway")
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if onnx_file is not None and backend != "onnx":

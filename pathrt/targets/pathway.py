@@ -72,6 +72,19 @@ def _check_all_ran(spec: PathwaySpec, calls: list[int]) -> None:
         raise SpecError(f"pathway modules {idle} did not run in this forward pass")
 
 
+def _shape_advice(shape: tuple[int, ...], want: tuple[int, int, int]) -> str:
+    """What to change about images of `shape` for a target of input `want` (the C++ session says the same)."""
+    c, h, w = want
+    if len(shape) != 4:
+        return "give a batch of (C, H, W) images (add a batch axis with images.unsqueeze(0))"
+    if shape[1:] == (h, w, c):
+        return "they look channels-last (N, H, W, C): pass images.permute(0, 3, 1, 2)"
+    if shape[1] != c:
+        gray = " (grayscale to RGB: images.expand(-1, 3, -1, -1))" if shape[1] == 1 and c == 3 else ""
+        return f"they have {shape[1]} channel{'s' if shape[1] != 1 else ''}, the target takes {c}{gray}"
+    return f"resize them to {h}x{w}, the target's input size"
+
+
 def check_images(x: torch.Tensor, spec: PathwaySpec, chunk: int | None = None) -> None:
     """Raises InputError unless `x` is a non-empty (N, C, H, W) floating-point batch of the spec's
     input shape with finite values (a NaN or Inf would silently give a meaningless pathway). `chunk`:
@@ -81,7 +94,7 @@ def check_images(x: torch.Tensor, spec: PathwaySpec, chunk: int | None = None) -
         raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(spec.input_shape):
         raise InputError(f"images must be (N, {', '.join(map(str, spec.input_shape))}), got shape {tuple(x.shape)}; "
-                         "resize them to the target's input size")
+                         f"{_shape_advice(tuple(x.shape), spec.input_shape)}")
     if x.shape[0] == 0:
         raise InputError("images is an empty batch (N = 0)")
     if not x.is_floating_point():
