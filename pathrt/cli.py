@@ -31,18 +31,20 @@ def _flags(names: Sequence[str]) -> str:
     return ", ".join("--" + n.replace("_", "-") for n in names) + (" is" if len(names) == 1 else " are")
 
 
-def _load_data(args: argparse.Namespace):
-    """(train, test) from --image-folder (stratified split), --cifar10, or the embedded digits."""
+def _load_data(args: argparse.Namespace, classes: Sequence[str] | None = None):
+    """(train, test) from --image-folder (stratified split; folders labelled by `classes`, a target's
+    class names, when given), --cifar10, or the embedded digits."""
     from pathrt import data
 
-    folder_only = [n for n in ("size", "test_fraction") if getattr(args, n) is not None]
+    folder_only = [n for n in ("size", "test_fraction", "resize") if getattr(args, n) is not None]
     if folder_only and not args.image_folder:
         raise InputError(f"{_flags(folder_only)} only used with --image-folder (CIFAR-10 and the digits come at "
                          "their own size and split); drop them")
     if args.image_folder:
         size = 32 if args.size is None else args.size
         test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
-        full = data.load_image_folder(args.image_folder, size).materialize()
+        full = data.load_image_folder(args.image_folder, size, classes=classes,
+                                      resize=args.resize or "area").materialize()
         train_idx, test_idx = data.stratified_split(full.labels.numpy(), test_fraction, args.seed)
         return full.subset(train_idx, f"{full.name}-train"), full.subset(test_idx, f"{full.name}-test")
     if args.cifar10:
@@ -67,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from pathrt.training import GeneratorTrainingConfig, train_generator
 
     target = load_target(args.target)
-    train, val = _load_data(args)
+    train, val = _load_data(args, target.classes)
     config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      lambda_sp=args.lambda_sp, seed=args.seed, val_every=args.val_every,
                                      checkpoint_every=args.checkpoint_every)
@@ -140,7 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     explainer = Explainer.from_files(args.target, args.generator, max_batch_size=args.batch_size,
                                      backend=args.backend)
-    train, test = _load_data(args)
+    train, test = _load_data(args, explainer.target.classes)
     preprocess = explainer.target.preprocess
     rows = evaluate(explainer, preprocess(test.images), test.labels, preprocess(train.images), train.labels,
                     j=args.sources, seed=args.seed, include_dgr=not args.no_dgr)
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_cmd_info)
 
+    from pathrt.data import RESIZE_METHODS
     from pathrt.runtime.backends import BACKENDS
     from pathrt.targets.models import ARCHITECTURES
 
@@ -248,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--cifar10", metavar="DIR", help="train on CIFAR-10 (python format) in DIR")
         cmd.add_argument("--size", type=int, help="image size for --image-folder (default 32)")
         cmd.add_argument("--test-fraction", type=float, help="held-out part of --image-folder (default 0.2)")
+        cmd.add_argument("--resize", choices=RESIZE_METHODS, help="how --image-folder images are resized (default "
+                         "area: averages the pixels each output pixel covers, antialiased)")
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--no-progress", action="store_true")
 

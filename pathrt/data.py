@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +101,20 @@ def load_digits(split: str = "train", size: int = DIGITS_SIZE) -> TensorImageDat
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
+# How image-folder images are resized to the target's input (PIL filters). "area" (the default) averages
+# the source pixels each output pixel covers: no aliasing when shrinking photos to a small input.
+RESIZE_METHODS = ("area", "bilinear", "bicubic", "lanczos", "nearest")
+
+
+def _read_image(path: Path, size: tuple[int, int], resize: str = "area") -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
+    filters = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
+               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+               "nearest": Image.Resampling.NEAREST}
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            rgb = img.convert("RGB").resize((size[1], size[0]), filters[resize])
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path} is not a readable image ({exc}); remove or replace it") from exc
     array = np.asarray(rgb, dtype=np.float32) / 255.0
@@ -113,11 +122,17 @@ def _read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ImageFolderDataset(Dataset):
-    """Images under root/<class>/..., sorted, resized to `size` on load (lazily)."""
+    """Images under root/<class>/..., sorted, resized to `size` on load (lazily, with `resize`, one of
+    RESIZE_METHODS). With `classes` (a target's class names), folders named after them get those
+    labels; folders named otherwise take the classes in sorted order, with a warning that says so."""
 
-    def __init__(self, root: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> None:
+    def __init__(self, root: str | os.PathLike[str], size: tuple[int, int] = (32, 32), *,
+                 classes: Sequence[str] | None = None, resize: str = "area") -> None:
+        if resize not in RESIZE_METHODS:
+            raise DatasetError(f"unknown resize method {resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
         self.root = Path(root)
         self.size = size
+        self.resize = resize
         if not self.root.exists():
             raise DatasetError(f"image folder {self.root} does not exist")
         if not self.root.is_dir():
@@ -127,10 +142,10 @@ class ImageFolderDataset(Dataset):
             loose = [p.name for p in self.root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS][:3]
             hint = f" (found loose images {loose}: put them in one subfolder per class)" if loose else ""
             raise DatasetError(f"{self.root} has no class subfolders; expected <root>/<class>/<image>{hint}")
-        self.classes = tuple(p.name for p in class_dirs)
+        labels = self._labels([p.name for p in class_dirs], classes)
         self.samples: list[tuple[Path, int]] = []
         rejected: list[str] = []
-        for label, class_dir in enumerate(class_dirs):
+        for label, class_dir in zip(labels, class_dirs, strict=True):
             for path in sorted(class_dir.rglob("*")):
                 if path.is_dir() or path.name.startswith("."):
                     continue
@@ -144,16 +159,35 @@ class ImageFolderDataset(Dataset):
         if not self.samples:
             raise DatasetError(f"{self.root} has class folders {list(self.classes)[:5]} but no images in them")
         counts = np.bincount([lbl for _, lbl in self.samples], minlength=len(self.classes))
-        if (counts == 0).any():
-            missing = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
+        if (counts[labels] == 0).any():
+            missing = [d.name for d, lbl in zip(class_dirs, labels, strict=True) if counts[lbl] == 0]
             raise DatasetError(f"class folders {missing[:5]} in {self.root} hold no images")
+
+    def _labels(self, folders: list[str], classes: Sequence[str] | None) -> list[int]:
+        """The label of each class folder (sorted), and `self.classes`, as the class docstring says."""
+        if classes is None:
+            self.classes = tuple(folders)
+            return list(range(len(folders)))
+        self.classes = tuple(classes)
+        unknown = [f for f in folders if f not in self.classes]
+        if not unknown:
+            return [self.classes.index(f) for f in folders]
+        if len(folders) != len(self.classes):
+            raise DatasetError(f"{self.root} has {len(folders)} class folders but the target has {len(self.classes)} "
+                               f"classes, and folders {unknown[:3]} are not named after any of them "
+                               f"({list(self.classes)[:5]}...): name each folder after its class")
+        pairs = ", ".join(f"{f} -> {c}" for f, c in list(zip(folders, self.classes, strict=True))[:4])
+        warnings.warn(f"the folders of {self.root} are not named after the target's classes ({unknown[:3]} are not "
+                      f"among them): labels follow their sorted order ({pairs}, ...); rename the folders after the "
+                      "classes to map them by name", stacklevel=3)
+        return list(range(len(folders)))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return _read_image(path, self.size), label
+        return _read_image(path, self.size, self.resize), label
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -194,9 +228,13 @@ def load_image_files(root: str | os.PathLike[str], size: int | tuple[int, int] =
     return read_images(files, size), files
 
 
-def load_image_folder(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> ImageFolderDataset:
-    """A user's image folder in torchvision's ImageFolder layout, resized to `size`."""
-    return ImageFolderDataset(root, (size, size) if isinstance(size, int) else tuple(size))  # type: ignore[arg-type]
+def load_image_folder(root: str | os.PathLike[str], size: int | tuple[int, int] = 32, *,
+                      classes: Sequence[str] | None = None, resize: str = "area") -> ImageFolderDataset:
+    """A user's image folder in torchvision's ImageFolder layout, resized to `size` with `resize`
+    ("area" by default: antialiased when shrinking; see RESIZE_METHODS); with `classes` (e.g.
+    `target.classes`) folders are labelled by class name (see ImageFolderDataset)."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    return ImageFolderDataset(root, shape, classes=classes, resize=resize)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------

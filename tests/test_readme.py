@@ -40,13 +40,13 @@ def test_readme_own_model_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.M
 
     torch.manual_seed(0)
     torch.save(mymodels.small_keras_vgg(10).state_dict(), tmp_path / "my_weights.pth")
-    for c in range(10):  # the user's image folder: 3 images per class
-        (tmp_path / "my_images" / f"class{c}").mkdir(parents=True)
-        for i in range(3):
-            pixels = torch.randint(0, 256, (32, 32, 3), generator=torch.Generator().manual_seed(10 * c + i))
-            Image.fromarray(pixels.to(torch.uint8).numpy()).save(tmp_path / "my_images" / f"class{c}" / f"{i}.png")
     namespace: dict = {}
     exec(compile(usage, "README.md", "exec"), namespace)
+    for c, name in enumerate(namespace["target"].classes):  # the user's image folder: 3 images per class
+        (tmp_path / "my_images" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(10 * c + i))
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(tmp_path / "my_images" / name / f"{i}.png")
     assert namespace["target"].spec.names == ("2", "6")  # the BatchNorms after each ReLU
     commands = re.search(r"```\n(pathrt train .*?)```", WALKTHROUGH, flags=re.S)[1].strip().splitlines()
     for line in commands:

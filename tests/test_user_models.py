@@ -191,3 +191,31 @@ def test_a_generator_trained_for_other_weights_is_refused_in_memory(saved: Path)
         pathrt.Explainer(retrained, generator, backend="eager")
     explainer = pathrt.Explainer(retrained, generator, backend="eager", allow_other_target=True)
     assert len(explainer.explain(torch.randn(2, 3, 32, 32))) == 2
+
+
+def test_image_folders_are_labelled_by_the_targets_class_names(tmp_path: Path) -> None:
+    """Folders named after the target's classes get those labels whatever their sorted order; other
+    names follow sorted order with a warning; a count mismatch is an error; the resize method is a choice."""
+    from PIL import Image
+
+    from pathrt.data import load_image_folder
+    from pathrt.errors import DatasetError
+
+    for folder in ("truck", "cat", "dog", "ship"):
+        (tmp_path / "named" / folder).mkdir(parents=True)
+        (tmp_path / "other" / f"x_{folder}").mkdir(parents=True)
+        for root in ("named", "other"):
+            path = tmp_path / root / (folder if root == "named" else f"x_{folder}") / "a.png"
+            Image.fromarray((torch.rand(40, 60, 3) * 255).to(torch.uint8).numpy()).save(path)
+    named = load_image_folder(tmp_path / "named", classes=CLASSES)
+    assert named.classes == CLASSES
+    assert {p.parent.name: CLASSES[label] for p, label in named.samples} == {c: c for c in CLASSES}
+    with pytest.warns(UserWarning, match="labels follow their sorted order .*x_cat -> cat"):
+        other = load_image_folder(tmp_path / "other", classes=CLASSES)
+    assert [label for _, label in other.samples] == [0, 1, 2, 3]
+    with pytest.raises(DatasetError, match=r"2 classes.*name each folder after its class"):
+        load_image_folder(tmp_path / "other", classes=("a", "b"))
+    area, bilinear = load_image_folder(tmp_path / "named"), load_image_folder(tmp_path / "named", resize="bilinear")
+    assert area[0][0].shape == (3, 32, 32) and not torch.equal(area[0][0], bilinear[0][0])
+    with pytest.raises(DatasetError, match="unknown resize method 'cubic'"):
+        load_image_folder(tmp_path / "named", resize="cubic")
