@@ -53,13 +53,14 @@ class MethodRow:
     def cells(self, count: int) -> list[str]:
         m, sp = self.metrics, self.metrics["sparsity"]
         return [self.method, self.setting, f"{100 * sp['mean']:.1f} ± {100 * sp['std']:.1f}", f"{m['fidelity']:.1f}",
-                f"{m['mIC']:.2f}", f"{m['mDC']:.2f}", f"{m['ic_rate']:.1f}", f"{m['acIOU']:.1f}",
+                f"{m['balanced_fidelity']:.1f}", f"{m['mIC']:.2f}", f"{m['mDC']:.2f}", f"{m['ic_rate']:.1f}",
+                f"{m['acIOU']:.1f}",
                 f"{self.transfer['mIC']:.2f} / {self.transfer['mDC']:.2f}", f"{1000 * self.seconds / count:.2f}",
                 self.passes]
 
 
-HEADERS = ["method", "setting", "sparsity % mean ± std", "fidelity %", "mIC", "mDC", "IC rate %", "acIOU %",
-           "transfer mIC / mDC", "ms/explanation", "passes of H per pathway"]
+HEADERS = ["method", "setting", "sparsity % mean ± std", "fidelity %", "balanced fidelity %", "mIC", "mDC",
+           "IC rate %", "acIOU %", "transfer mIC / mDC", "ms/explanation", "passes of H per pathway"]
 
 
 def source_indices(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, j: int) -> torch.Tensor:
@@ -89,7 +90,8 @@ def evaluate(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, s
         pathways = build_class_pathways(sources, src_labels, num_classes, explainer.target.fingerprint, j=j)
         own = evaluate_transfer(explainer, images, pathways, seed)["own class"]
         rows.append(MethodRow(method, setting, passes, seconds, summarize(ours, labels), own))
-        log(f"  {method} ({setting}): fidelity {rows[-1].metrics['fidelity']:.1f}%, "
+        log(f"  {method} ({setting}): fidelity {rows[-1].metrics['fidelity']:.1f}% (balanced "
+            f"{rows[-1].metrics['balanced_fidelity']:.1f}%), "
             f"sparsity {100 * rows[-1].metrics['sparsity']['mean']:.1f}%, {seconds:.1f} s")
 
     reference, seconds = _timed(lambda: explainer.explain(images))
@@ -143,6 +145,21 @@ def plot_fidelity_vs_sparsity(rows: list[MethodRow], path: Path) -> Path:
     return path
 
 
+def _by_class(rows: list[MethodRow]) -> str:
+    """Per-class fidelity of every row and the pathway-prediction histogram, with any dominance warning
+    (balanced fidelity is the mean of the per-class figures: a majority class cannot carry it)."""
+    classes = len(rows[0].metrics["prediction_histogram"])
+    headers = ["method", "setting", *(f"class {c}" for c in range(classes))]
+    cells = [[r.method, r.setting, *(f"{r.metrics['fidelity_by_class'][c]:.0f}" if c in r.metrics["fidelity_by_class"]
+                                     else "-" for c in range(classes))] for r in rows]
+    hist = [["plain model", "predictions", *map(str, rows[0].metrics["prediction_histogram"])]]
+    hist += [[r.method, r.setting, *map(str, r.metrics["pathway_prediction_histogram"])] for r in rows]
+    warnings = "".join(f"\n> **warning** ({r.method}, {r.setting}): {r.metrics['warning']}\n" for r in rows
+                       if r.metrics["warning"])
+    return (f"## Fidelity per class of the plain prediction (%)\n\n{markdown_table(headers, cells)}\n{warnings}\n"
+            f"## Predictions per class (pathway models against the plain model)\n\n{markdown_table(headers, hist)}\n")
+
+
 def write_evaluation(rows: list[MethodRow], count: int, folder: Path) -> tuple[str, dict[str, Any]]:
     """Writes evaluation.json, evaluation.md and evaluation.png into `folder`; returns (markdown table, JSON)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,7 +168,7 @@ def write_evaluation(rows: list[MethodRow], count: int, folder: Path) -> tuple[s
                                        "ms_per_explanation": 1000 * r.seconds / count, "metrics": r.metrics,
                                        "transfer_own_class": r.transfer} for r in rows]}
     write_json(folder / "evaluation.json", data)
-    (folder / "evaluation.md").write_text(f"# pathrt evaluate ({count} images)\n\n{table}\n\n"
+    (folder / "evaluation.md").write_text(f"# pathrt evaluate ({count} images)\n\n{table}\n\n{_by_class(rows)}\n"
                                           "![fidelity vs sparsity](evaluation.png)\n", encoding="utf-8")
     plot_fidelity_vs_sparsity(rows, folder / "evaluation.png")
     return table, data

@@ -74,3 +74,20 @@ def test_random_masks_keep_exact_counts() -> None:
     assert masks.sum(1).tolist() == kept.tolist()
     again = random_masks(kept, 10, torch.Generator().manual_seed(0))
     assert torch.equal(masks, again)
+
+
+def test_fidelity_breakdown_exposes_a_majority_class() -> None:
+    """The issue-15 case: pathways that always say class 0 score plain fidelity = the majority share,
+    which balanced fidelity and the dominance warning expose; balanced pathways raise no warning."""
+    from pathrt.metrics import fidelity, fidelity_breakdown
+
+    plain = torch.tensor([0] * 75 + [1] * 5 + [2] * 10 + [3] * 10)
+    logits = torch.nn.functional.one_hot(plain, 4).float()
+    collapsed = torch.nn.functional.one_hot(torch.zeros(100, dtype=torch.long), 4).float()
+    assert fidelity(logits, collapsed) == 75.0
+    b = fidelity_breakdown(logits, collapsed)
+    assert b["balanced_fidelity"] == 25.0 and b["fidelity_by_class"] == {0: 100.0, 1: 0.0, 2: 0.0, 3: 0.0}
+    assert b["pathway_prediction_histogram"] == [100, 0, 0, 0] and b["prediction_histogram"] == [75, 5, 10, 10]
+    assert b["warning"] is not None and "class 0 dominates" in b["warning"]
+    faithful = fidelity_breakdown(logits, logits)
+    assert faithful["balanced_fidelity"] == 100.0 and faithful["warning"] is None  # a majority in H itself is fine
