@@ -72,13 +72,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train, val = _load_data(args, target.classes)
     config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      lambda_sp=args.lambda_sp, seed=args.seed, val_every=args.val_every,
-                                     checkpoint_every=args.checkpoint_every)
+                                     checkpoint_every=args.checkpoint_every, target_fidelity=args.target_fidelity)
     generator_config = GeneratorConfig.small() if args.small else GeneratorConfig()
     _, history = train_generator(target, train, val, generator_config, config, out=args.out, resume=args.resume,
                                  progress=not args.no_progress)
     last = history[-1]
-    print(f"validation fidelity {last['val_fidelity']:.1f}% at sparsity {100 * last['val_sparsity']:.1f}% "
-          f"after {last['step']} steps; saved {Path(args.out)}.safetensors/.json")
+    chosen = max((e for e in history if e.get("best")), key=lambda e: e["val_sparsity"], default=last)
+    if args.target_fidelity is not None:
+        print(f"target balanced fidelity {100 * args.target_fidelity:.0f}% "
+              + (f"met: kept the sparsest such generator (step {chosen['step']})" if last.get("target_fidelity_reached")
+                 else "not reached: kept the last generator; lower the target or train longer"))
+    print(f"validation fidelity {chosen['val_fidelity']:.1f}% (balanced {chosen['val_balanced_fidelity']:.1f}%) at "
+          f"sparsity {100 * chosen['val_sparsity']:.1f}% after {chosen['step']} of {last['step']} steps; saved "
+          f"{Path(args.out)}.safetensors/.json")
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (default 100); "
                        "a checkpoint is never torn, whenever the process dies")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    train.add_argument("--target-fidelity", type=float, metavar="F", help="adapt the sparsity weight during "
+                       "training to reach balanced validation fidelity F (e.g. 0.95, hard masks) and keep the "
+                       "sparsest generator that meets it")
     train.set_defaults(run=_cmd_train)
 
     def artifact_args(cmd: argparse.ArgumentParser) -> None:

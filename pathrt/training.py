@@ -31,6 +31,7 @@ from pathrt.artifacts import artifact_paths, atomic_write, check_state, parse_js
 from pathrt.data import TensorImageDataset
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
+from pathrt.metrics import fidelity, fidelity_breakdown
 from pathrt.progress import progress_bar
 from pathrt.schemas import validate
 from pathrt.targets import Target, canonized_copy, capture_features, pathway_forward
@@ -53,8 +54,16 @@ class GeneratorTrainingConfig:
     seed: int = 0
     val_every: int = 100
     checkpoint_every: int = 100
+    # Training to a fidelity: at every validation, λ_sp is scaled by exp(fidelity_gain · (balanced
+    # validation fidelity − target_fidelity)) (hard masks; a multiplicative dual step: below the target
+    # the sparsity pressure falls, above it rises), and the run ends with the sparsest validated
+    # generator whose balanced fidelity meets the target. None: plain training with a fixed λ_sp.
+    target_fidelity: float | None = None
+    fidelity_gain: float = 4.0
 
     def __post_init__(self) -> None:
+        if self.target_fidelity is not None and not 0 < self.target_fidelity <= 1:
+            raise InputError(f"target_fidelity is a fraction in (0, 1] (e.g. 0.95), got {self.target_fidelity}")
         if min(self.steps, self.batch_size, self.val_every, self.checkpoint_every) < 1 or self.lr <= 0 \
                 or self.tau <= 0 or self.lambda_sp < 0:
             raise InputError(f"invalid training config {self}")
@@ -157,17 +166,21 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
 def _validate(model: torch.nn.Module, target: Target, generator: PathwayGenerator,
               val: TensorImageDataset) -> dict[str, float]:
     generator.eval()
-    agree, kept, count = 0, 0.0, 0
+    kept, count = 0.0, 0
+    plain, pathway = [], []
     for start in range(0, len(val), 256):
         x = target.preprocess(val.images[start:start + 256])
         capture = capture_features(model, target.spec, x)
         masks = generator(capture.features).masks
         z = pathway_forward(model, target.spec, x, masks)
-        agree += int((z.argmax(1) == capture.logits.argmax(1)).sum())
+        plain.append(capture.logits)
+        pathway.append(z)
         kept += float(torch.cat(masks, 1).float().mean(1).sum())
         count += len(x)
     generator.train()
-    return {"val_fidelity": 100 * agree / count, "val_sparsity": 1 - kept / count}
+    logits, pathway_logits = torch.cat(plain), torch.cat(pathway)
+    return {"val_fidelity": fidelity(logits, pathway_logits), "val_sparsity": 1 - kept / count,
+            "val_balanced_fidelity": fidelity_breakdown(logits, pathway_logits)["balanced_fidelity"]}
 
 
 def train_generator(
@@ -213,6 +226,7 @@ def train_generator(
                                             f"{config.steps}")
     # built after a resume's optimizer state (which holds initial_lr): its first lr is that of start_step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor, last_epoch=start_step - 1)
+    controller = _FidelityController(config, history, stem)
 
     def checkpoint(step: int) -> None:
         if stem is None:
@@ -234,29 +248,81 @@ def train_generator(
             kd = F.kl_div(F.log_softmax(z / config.tau, 1), teacher, reduction="batchmean") * config.tau**2
             scores = torch.cat(out_.scores, 1)
             sparsity_term = scores.pow(2).mean() if config.sparsity_loss == "l2" else scores.mean()
-            loss = kd + config.lambda_at(step) * sparsity_term
+            loss = kd + controller.scale * config.lambda_at(step) * sparsity_term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(generator.parameters(), config.clip)
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():
+            with torch.no_grad():  # sparsity of the hard masks the explanations use, not of DAQ's soft ones
                 stats = {"loss": loss.item(), "kd": kd.item(),
                          "fidelity": 100 * float((z.argmax(1) == capture.logits.argmax(1)).float().mean()),
-                         "sparsity": 1 - float(torch.cat(out_.masks, 1).mean())}
+                         "sparsity": 1 - float((scores >= generator.config.threshold).float().mean())}
             done = step + 1
             if done % config.val_every == 0 or done == config.steps:
                 history.append({"step": done, **stats, **_validate(model, target, generator, val)})
+                controller.update(history[-1], generator, fingerprint)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 checkpoint(done)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", fid=f"{stats['fidelity']:.0f}%",
-                            sp=f"{stats['sparsity']:.0%}")
+            last = history[-1] if history else {}
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", sp=f"{stats['sparsity']:.0%}",
+                            val_fid=f"{last.get('val_balanced_fidelity', float('nan')):.0f}%")
             if callback is not None:
                 callback(done, stats)
     finally:
         bar.close()
     if history:
         history[-1]["seconds"] = round(time.perf_counter() - begin, 1)
+    controller.finish(generator, fingerprint)
     generator.target_fingerprint = target.fingerprint
     return generator.eval(), history
+
+
+def _best_stem(stem: Path) -> Path:
+    """Where training to a fidelity keeps the sparsest generator that met the target."""
+    return stem.with_name(stem.name + ".best")
+
+
+class _FidelityController:
+    """`target_fidelity` (GeneratorTrainingConfig): the λ_sp scale and the sparsest generator meeting the
+    target. Both follow from the history (and `<stem>.best`), so a resumed run continues exactly."""
+
+    def __init__(self, config: GeneratorTrainingConfig, history: list[dict[str, Any]], stem: Path | None) -> None:
+        self.config, self.history, self.stem = config, history, stem
+        self.scale = float(history[-1].get("lambda_scale", 1.0)) if history else 1.0
+        self.best: dict[str, torch.Tensor] | None = None
+        if config.target_fidelity is not None and stem is not None and artifact_paths(_best_stem(stem))[0].exists():
+            from pathrt.generator import load_generator
+
+            self.best = load_generator(_best_stem(stem))[0].state_dict()
+
+    def update(self, entry: dict[str, Any], generator: PathwayGenerator, fingerprint: str) -> None:
+        """After a validation (`entry`, the history's last): the next λ scale; keep the generator if it
+        is the sparsest so far that meets the target."""
+        target = self.config.target_fidelity
+        if target is None:
+            return
+        achieved = entry["val_balanced_fidelity"] / 100
+        self.scale = min(1e3, max(1e-3, self.scale * math.exp(self.config.fidelity_gain * (achieved - target))))
+        entry["lambda_scale"] = self.scale
+        kept = [e["val_sparsity"] for e in self.history[:-1] if e.get("best")]
+        if achieved >= target and entry["val_sparsity"] > max(kept, default=-1.0):
+            entry["best"] = True
+            self.best = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+            if self.stem is not None:
+                save_generator(generator, _best_stem(self.stem), fingerprint, {"step": entry["step"]})
+
+    def finish(self, generator: PathwayGenerator, fingerprint: str) -> None:
+        """Ends with the sparsest generator that met the target (saved as `<stem>` as well); without one,
+        the last generator stays and the history's last entry records that the target was not reached."""
+        if self.config.target_fidelity is None or not self.history:
+            return
+        self.history[-1]["target_fidelity_reached"] = self.best is not None
+        if self.best is None:
+            return
+        generator.load_state_dict(self.best)
+        chosen = max((e for e in self.history if e.get("best")), key=lambda e: e["val_sparsity"])
+        if self.stem is not None:
+            save_generator(generator, self.stem, fingerprint, {"training": asdict(self.config), "chosen_step":
+                           chosen["step"], "history": self.history})

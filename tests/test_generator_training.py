@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pathrt.data import load_digits
-from pathrt.errors import IncompatibleArtifactError
+from pathrt.errors import IncompatibleArtifactError, InputError
 from pathrt.generator import GeneratorConfig, load_generator
 from pathrt.targets import create_target
 from pathrt.training import GeneratorTrainingConfig, train_generator
@@ -67,3 +67,36 @@ def test_resume_reproduces_an_uninterrupted_run(tiny, tmp_path: Path) -> None:
     with pytest.raises(IncompatibleArtifactError, match="another run"):
         train_generator(target, train, val, TINY, _config(steps=12, lr=1e-2), out=tmp_path / "b", resume=True,
                         progress=False)
+
+
+def test_training_to_a_target_fidelity_adapts_lambda_and_keeps_the_sparsest_meeting_it(tmp_path) -> None:
+    """`target_fidelity`: each validation scales λ_sp by exp(gain · (balanced fidelity − target)); the run
+    ends with the sparsest validated generator that met the target (also saved as `<stem>`)."""
+    import math
+
+    from pathrt.data import TensorImageDataset
+    from tests.fuzz.harnesses import tiny_models
+
+    target, generator = tiny_models()
+    g = torch.Generator().manual_seed(0)
+    data = TensorImageDataset(torch.rand(32, 1, 8, 8, generator=g), torch.zeros(32, dtype=torch.long),
+                              ("a", "b", "c"), "rand")
+    config = GeneratorTrainingConfig(steps=12, batch_size=8, val_every=3, checkpoint_every=3, lambda_sp=5.0,
+                                     target_fidelity=0.9)
+    trained, history = train_generator(target, data, data, generator.config, config, out=tmp_path / "g",
+                                       progress=False)
+    scale = 1.0
+    for entry in history:
+        scale = min(1e3, max(1e-3, scale * math.exp(4.0 * (entry["val_balanced_fidelity"] / 100 - 0.9))))
+        assert entry["lambda_scale"] == pytest.approx(scale)
+        assert 0.0 <= entry["sparsity"] <= 1.0  # hard-mask sparsity
+    met = [e for e in history if e["val_balanced_fidelity"] >= 90]
+    assert history[-1]["target_fidelity_reached"] == bool(met)
+    if met:
+        best = max(met, key=lambda e: e["val_sparsity"])
+        saved, meta = load_generator(tmp_path / "g")
+        assert meta["info"]["chosen_step"] == best["step"]
+        assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), trained.state_dict().values(),
+                                                     strict=True))
+    with pytest.raises(InputError, match="fraction in"):
+        GeneratorTrainingConfig(target_fidelity=95)
