@@ -138,7 +138,7 @@ def test_auto_without_extension_falls_back_to_eager() -> None:
         "t = create_target('small_vgg', 3, (3, 32, 32))\n"
         "e = Explainer(t, PathwayGenerator(t.spec, GeneratorConfig.small()), backend='auto')\n"
         "assert e.backend == 'eager', e.backend\n"
-        "assert 'not native: the extension pathrt._C is not loaded' in e.backend_reason, e.backend_reason\n"
+        "assert 'native: the extension pathrt._C is not loaded' in e.backend_reason, e.backend_reason\n"
         "assert e.explain(torch.randn(2, 3, 32, 32)).backend == 'eager'\n"
     )
     assert_python_ok(code, env={"PATHRT_NO_EXTENSION": "1"})
