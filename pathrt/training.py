@@ -30,8 +30,8 @@ from safetensors import safe_open
 from pathrt.artifacts import artifact_paths, atomic_write, check_state, parse_json, tensor_fingerprint
 from pathrt.data import TensorImageDataset
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
+from pathrt.fidelity import fidelity, fidelity_breakdown
 from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
-from pathrt.metrics import fidelity, fidelity_breakdown
 from pathrt.progress import progress_bar
 from pathrt.schemas import validate
 from pathrt.targets import Target, canonized_copy, capture_features, pathway_forward
