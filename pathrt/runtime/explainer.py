@@ -52,7 +52,7 @@ class Explainer:
         (e.g. to study a fine-tuned model); refused by default, since its pathways are not this model's."""
         if generator.spec != target.spec:
             raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
-        trained_for = getattr(generator, "target_fingerprint", None)
+        trained_for = generator.target_fingerprint
         if trained_for is not None and not allow_other_target and trained_for != target.fingerprint:
             raise IncompatibleArtifactError(
                 f"the generator was trained for the target with weights fingerprint {trained_for[:12]}…, not for "

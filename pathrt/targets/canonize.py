@@ -89,21 +89,28 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         return pairs
 
 
-def _fold_values(layer: nn.Module, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    out_channels = layer.weight.shape[0]
+def batchnorm_scale_shift(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as y = x·scale + shift per channel (float64), with s = γ / sqrt(σ² + ε)
+    and shift = β − μ·s; CanonizationError if it keeps no running statistics."""
     if bn.running_mean is None or bn.running_var is None:
         raise CanonizationError(f"{bn} keeps no running statistics (track_running_stats=False); it "
-                                "normalizes with batch statistics and cannot be folded")
-    if bn.num_features != out_channels:
-        raise CanonizationError(f"{bn} has {bn.num_features} features but {layer} has {out_channels} outputs")
-    w = layer.weight.detach().double()
+                                "normalizes with batch statistics, which pathrt cannot fold or run as an affine step")
     mean, var = bn.running_mean.double(), bn.running_var.double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
-    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(mean)
     scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _fold_values(layer: nn.Module, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    out_channels = layer.weight.shape[0]
+    if bn.num_features != out_channels:
+        raise CanonizationError(f"{bn} has {bn.num_features} features but {layer} has {out_channels} outputs")
+    scale, shift = batchnorm_scale_shift(bn)
+    w = layer.weight.detach().double()
+    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(scale)
     weight = w * scale.view(-1, *([1] * (w.dim() - 1)))
-    bias = (b - mean) * scale + beta
+    bias = b * scale + shift
     return weight.to(layer.weight.dtype), bias.to(layer.weight.dtype)
 
 

@@ -25,7 +25,8 @@ from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pathrt.bundle_format import PLAN_OPS
-from pathrt.errors import SpecError
+from pathrt.errors import CanonizationError, SpecError
+from pathrt.targets.canonize import batchnorm_scale_shift
 from pathrt.targets.spec import PathwaySpec
 
 _ALIASES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
@@ -43,19 +44,17 @@ def activation_kind(m: nn.Module) -> tuple[str, float] | None:
 
 
 def batchnorm_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel (scale, shift) of an eval-mode BatchNorm2d: y = x * scale + shift."""
-    if m.running_mean is None or m.running_var is None:
-        raise PlanError(f"{m} keeps no running statistics (track_running_stats=False): it normalizes with "
-                        "batch statistics, which the fast path does not run; use backend='eager'")
-    mean, var = m.running_mean.double(), m.running_var.double()
-    gamma = m.weight.detach().double() if m.weight is not None else torch.ones_like(mean)
-    beta = m.bias.detach().double() if m.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + m.eps)
-    return scale.to(m.running_mean.dtype), (beta - mean * scale).to(m.running_mean.dtype)
+    """The per-channel (scale, shift) of an eval-mode BatchNorm2d, in its dtype: y = x * scale + shift."""
+    try:
+        scale, shift = batchnorm_scale_shift(m)
+    except CanonizationError as exc:
+        raise PlanError(f"{exc}; use backend='eager'") from exc
+    return scale.to(m.running_mean.dtype), shift.to(m.running_mean.dtype)
+
+
 _RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
 _RELU_FUNCTIONS = (torch.relu, F.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
-
 
 # Ops after which a channel that was zero is still zero (per channel, f(0) = 0); `affine` is not one.
 ZERO_PRESERVING = ("relu", "activation", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
