@@ -6,7 +6,14 @@ torchvision or captum expect; the submodules hold the rest (layers: docs/archite
 
 from __future__ import annotations
 
+# isort: off
+from pathrt.threads import choose_wait_policy
+
+choose_wait_policy()  # before torch loads OpenMP: the pathrt command does not spin (pathrt.threads)
+
 import torch  # noqa: F401  (torch must be imported before the compiled extension)
+
+# isort: on
 
 import pathrt.export  # noqa: F401  (registers the onnx backend; onnx itself is imported only when used)
 from pathrt import errors, metrics

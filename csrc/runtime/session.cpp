@@ -17,6 +17,7 @@
 
 #include "pathrt/digest.h"
 #include "pathrt/kernels.h"
+#include "pathrt/packed_conv.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -78,7 +79,8 @@ struct Step {
   Op op = Op::Relu;
   std::vector<int64_t> inputs;
   int64_t output = 0;
-  at::Tensor weight, conv_weight, bias;  // conv_weight: channels-last copy for the dense convs
+  at::Tensor weight, bias;
+  PackedConv conv;  // the dense conv: weight prepacked at load, bias, residual and ReLU fused
   bool relu = false, residual = false, flatten_input = false, pathway_pass = false, ceil_mode = false;
   int64_t pathway = -1, in_mask = -1, out_mask = -1, start_dim = 1;
   Activation activation = Activation::Silu;
@@ -210,8 +212,9 @@ struct ExplainSession::Impl {
   // generator
   std::vector<std::vector<int64_t>> pool_sizes;
   std::vector<int64_t> repeats;
-  std::vector<std::pair<at::Tensor, at::Tensor>> stems;
-  at::Tensor shared_weight, shared_bias, cls;
+  std::vector<std::pair<PackedConv, at::Tensor>> stems;  // 1x1 conv, bias
+  PackedConv shared;  // the shared 3x3/2 conv
+  at::Tensor shared_bias, cls;
   std::vector<at::Tensor> tail, rpd, heads;
   std::vector<std::vector<at::Tensor>> encoder;
   int64_t attention_heads = 1;
@@ -220,11 +223,7 @@ struct ExplainSession::Impl {
   at::Tensor dense(const Step& s, const std::vector<at::Tensor>& values) const {
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
-      case Op::Conv: {
-        auto y = at::conv2d(x, s.conv_weight, s.bias, s.stride, s.padding);
-        if (s.residual) y.add_(values[s.inputs[1]]);
-        return s.relu ? y.relu_() : y;
-      }
+      case Op::Conv: return s.conv(x, s.bias, s.residual ? values[s.inputs[1]] : at::Tensor(), s.relu);
       case Op::Linear: {
         auto y = at::linear(s.flatten_input ? x.flatten(1) : x, s.weight, s.bias);
         return s.relu ? y.relu_() : y;
@@ -289,7 +288,7 @@ struct ExplainSession::Impl {
       const std::vector<at::Tensor>& features) const {
     std::vector<at::Tensor> maps;
     for (size_t l = 0; l < features.size(); ++l) {
-      maps.push_back(at::conv2d(features[l], stems[l].first, stems[l].second).relu_());
+      maps.push_back(stems[l].first(features[l], stems[l].second, {}, true));
     }
     // The shared 3x3/2 block: layers whose maps have the same size at the same repeat go through one
     // conv call together (one batch of N x layers), which halves the generator's conv calls.
@@ -302,8 +301,7 @@ struct ExplainSession::Impl {
       for (const auto& [size, members] : groups) {
         std::vector<at::Tensor> inputs;
         for (const size_t l : members) inputs.push_back(maps[l]);
-        const auto y = at::conv2d(inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0), shared_weight, shared_bias,
-                                  {2, 2}, {1, 1}).relu_();
+        const auto y = shared(inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0), shared_bias, {}, true);
         const int64_t n = maps[members[0]].size(0);
         for (size_t i = 0; i < members.size(); ++i) maps[members[i]] = y.narrow(0, static_cast<int64_t>(i) * n, n);
       }
@@ -390,8 +388,7 @@ struct ExplainSession::Impl {
         } else if (strategy == Strategy::Union) {
           y = union_conv(s, values[s.inputs[0]], residual, masks, stats);
         } else if (s.pathway >= 0 && s.relu) {
-          y = at::conv2d(values[s.inputs[0]], s.conv_weight, {}, s.stride, s.padding);
-          if (residual.defined()) y.add_(residual);
+          y = s.conv(values[s.inputs[0]], {}, residual, false);
           masked_bias_relu_inplace_cpu(y, opt(s.bias), masks[s.pathway]);
         } else {
           y = dense(s, values);
@@ -524,7 +521,7 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       if (s.padding[0] >= s.weight.size(2) || s.padding[1] >= s.weight.size(3)) {
         throw BundleError("bundle plan: a conv pads by its kernel size or more");
       }
-      s.conv_weight = s.weight.contiguous(at::MemoryFormat::ChannelsLast);
+      s.conv = PackedConv(s.weight, s.stride, s.padding);
     } else if (s.op == Op::Linear) {
       if (const Json* f = entry.find("flatten_input")) s.flatten_input = f->as_bool("flatten_input");
     } else if (s.op == Op::MaxPool || s.op == Op::AvgPool) {
@@ -597,10 +594,10 @@ void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<
   }
   for (const auto& stem : stems) {
     const auto pair = named(tensors, stem, 2, "stem");
-    impl.stems.emplace_back(pair[0], pair[1]);
+    impl.stems.emplace_back(PackedConv(pair[0], {1, 1}, {0, 0}), pair[1]);
   }
   const auto shared = named(tensors, names.at("shared"), 2, "shared");
-  impl.shared_weight = shared[0];
+  impl.shared = PackedConv(shared[0], {2, 2}, {1, 1});
   impl.shared_bias = shared[1];
   impl.cls = tensor(tensors, names.at("cls").as_string("cls"));
   impl.tail = named(tensors, names.at("tail"), 5, "tail");

@@ -1,15 +1,21 @@
 """`pathrt bench`: times every path of `benchmarks.paths` on every model and batch size in one run.
 
 Each (model, path, batch) row: warm-up calls, then repeats (at least 3, more while the time budget
-lasts), reported as the median with 20/80 quantiles. Costs are also given in units of the plain
-forward pass of the same model and batch (measured in the same run), as speedups against the
-eager explain path, and as a fraction of this machine's measured float32 matmul FLOP/s, using
-FlopCounterMode's count of one call. Writes bench.md, bench.csv, bench.json and bench.png.
+lasts), reported as the median with 20/80 quantiles. Costs are given in units of the fastest plain
+pass of the same model and batch on this machine (eager, ONNX Runtime or torch.compile with
+freezing, whichever was fastest in the same run: "× fastest plain"), of eager's plain pass, as
+speedups against the eager explain path, and as a fraction of this machine's measured float32
+matmul FLOP/s, using FlopCounterMode's count of one call. Before timing, each model's per-phase
+cost (plain pass, generator, pathway pass) is predicted from FLOPs and op counts
+(`predict_phases`); the session's measured phases are held to it afterwards.
+Writes bench.md, bench.csv, bench.json and bench.png.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import platform
 import statistics
 import time
@@ -25,7 +31,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from pathrt.artifacts import artifact_paths, write_json
-from pathrt.benchmarks.paths import PATHS, BenchModel
+from pathrt.benchmarks.paths import PATHS, PLAIN_PATHS, BenchModel
 from pathrt.data import load_digits
 from pathrt.flops import count_flops
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
@@ -34,7 +40,9 @@ from pathrt.runtime import Explainer
 from pathrt.targets import capture_features, create_target, load_target, pathway_forward
 from pathrt.version import __version__
 
-DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton", "onnxruntime")
+DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton", "onnxruntime", "auto", "auto+contention",
+                    "session-2x1thread")
+MISS = 0.2  # a measured phase further than this from its prediction is reported as a miss
 
 
 @dataclass
@@ -49,6 +57,9 @@ class Row:
     p80_ms: float
     repeats: int
     flops: float
+    images: int = 0  # explained per call (batch, or more for concurrent paths)
+    fastest_plain: str = ""  # the plain path of the unit
+    fastest_plain_passes: float = float("nan")
     plain_passes: float = float("nan")
     speedup_vs_eager: float = float("nan")
     gflops_per_s: float = float("nan")
@@ -143,9 +154,46 @@ def _sparse_prediction(model: BenchModel) -> dict[str, Any]:
             "pathway_native_dense": runner.pathway_flops([1.0] * len(kept))}
 
 
+def op_seconds(calls: int = 3000) -> float:
+    """The fixed cost of one small tensor op on this machine (dispatch, allocation, a parallel
+    region's start): the median over windows of a small in-place add. The per-op term of
+    `predict_phases`."""
+    x = torch.zeros(256)
+    best = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            x.add_(1.0)
+        best.append((time.perf_counter() - start) / calls)
+    return statistics.median(best)
+
+
+def predict_phases(model: BenchModel, flops: dict[str, Any], batch: int, rate: float,
+                   op_cost: float) -> dict[str, float]:
+    """Predicted seconds of the session's three phases for one batch: FLOPs at this machine's matmul
+    rate plus a fixed cost per op (`op_seconds`). The plain pass runs one op per plan step; the
+    generator one per stem conv, shared-conv group, GEMM and fused loop of its encoder and decoder;
+    the pathway pass one per step after layer 1 plus the mask statistics of each masked conv (2), at
+    the FLOPs the channel-sparse kernels do at the measured layer sparsity."""
+    native = model.backend("native")
+    runner = native.engine.runner if not isinstance(native, str) else None  # type: ignore[attr-defined]
+    generator = model.explainer.generator
+    layers = len(model.explainer.spec.layers)
+    depth = generator.config.depth
+    plain_ops = len(runner.plan.steps) if runner else layers * 3
+    generator_ops = 2 * layers + max(generator.rfe.repeats, default=0) + 2 + 8 * depth + 2 + 4 * layers
+    pathway_steps = list(runner.plan.steps[runner.resume:]) if runner else []
+    pathway_ops = len(pathway_steps) + 2 * sum(s.op == "conv2d" for s in pathway_steps)
+    pathway_flops = flops.get("pathway_native_predicted", flops["pathway"])
+    return {"plain_ms": 1e3 * (flops["plain"] * batch / rate + plain_ops * op_cost),
+            "generator_ms": 1e3 * (flops["generator"] * batch / rate + generator_ops * op_cost),
+            "pathway_ms": 1e3 * (pathway_flops * batch / rate + pathway_ops * op_cost)}
+
+
 def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int, repeats: int,
           budget: float) -> list[float]:
-    with torch.no_grad():
+    around = getattr(fn, "around", contextlib.nullcontext)  # e.g. the contention row's CPU load
+    with torch.no_grad(), around():
         for _ in range(warmup):
             fn(x)
         times: list[float] = []
@@ -166,9 +214,13 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
               repeats: int = 10, budget: float = 5.0, log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
     """Measures every (model, path, batch); returns the rows and the run's context."""
     peak = matmul_flops_per_second()
+    op_cost = op_seconds()
     context = {"device": device_name(), "torch": torch.__version__, "pathrt": __version__,
-               "matmul_gflops_per_s": peak / 1e9, "notes": {}, "explanation_flops": {}, "skipped": [], "phases": {}}
-    log(f"device: {context['device']}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+               "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+               "matmul_gflops_per_s": peak / 1e9, "op_us": 1e6 * op_cost, "notes": {}, "explanation_flops": {},
+               "skipped": [], "phases": {}, "predicted": {}}
+    log(f"device: {context['device']}; OMP_WAIT_POLICY {context['omp_wait_policy']}; measured float32 matmul: "
+        f"{peak / 1e9:.1f} GFLOP/s; one small op {1e6 * op_cost:.1f} µs")
     rows: list[Row] = []
     for model in models:
         context["notes"][model.name] = model.note
@@ -180,6 +232,12 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
                                                     "total": 2 * plain + gen, **_sparse_prediction(model)}
         log(f"{model.name}: {model.note}; one explanation = {(2 * plain + gen) / 1e6:.1f} MFLOP "
             f"(plain {plain / 1e6:.1f} + generator {gen / 1e6:.1f} + pathway {plain / 1e6:.1f})")
+        for batch in batches:
+            predicted = predict_phases(model, context["explanation_flops"][model.name], batch, peak, op_cost)
+            context["predicted"][f"{model.name}|{batch}"] = predicted
+            unit = predicted["plain_ms"]
+            log(f"  predicted at batch {batch}: " + ", ".join(
+                f"{k.removesuffix('_ms')} {v:.2f} ms ({v / unit:.2f}× plain)" for k, v in predicted.items()))
         flops_at_one: dict[str, float] = {}
         for path in paths:
             for batch in batches:
@@ -198,29 +256,39 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
                 if recorded:
                     context["phases"][f"{model.name}|{path}|{batch}"] = {
                         k: statistics.median(p[k] for p in recorded[warmup:] or recorded) for k in recorded[0]}
+                images = batch * getattr(runner, "images_per_call", 1)
                 rows.append(Row(model.name, path, batch, statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8),
-                                len(ms), flops_at_one[path] * batch))
+                                len(ms), flops_at_one[path] * images, images))
                 log(f"  {model.name:<14} {path:<18} batch {batch:>3}: {rows[-1].median_ms:9.2f} ms "
                     f"[{rows[-1].p20_ms:.2f}, {rows[-1].p80_ms:.2f}] over {len(ms)} runs")
     by_key = {(r.model, r.path, r.batch): r for r in rows}
     for r in rows:
+        plains = [p for p in (by_key.get((r.model, name, r.batch)) for name in PLAIN_PATHS) if p is not None]
+        if plains:
+            fastest = min(plains, key=lambda p: p.median_ms)
+            r.fastest_plain, r.fastest_plain_passes = fastest.path, _per_image(r) / _per_image(fastest)
         base = by_key.get((r.model, "plain", r.batch))
         eager = by_key.get((r.model, "eager", r.batch))
-        r.plain_passes = r.median_ms / base.median_ms if base else float("nan")
-        r.speedup_vs_eager = eager.median_ms / r.median_ms if eager else float("nan")
+        r.plain_passes = _per_image(r) / _per_image(base) if base else float("nan")
+        r.speedup_vs_eager = _per_image(eager) / _per_image(r) if eager else float("nan")
         r.gflops_per_s = r.flops / (r.median_ms / 1000) / 1e9
         r.fraction_of_matmul_peak = r.gflops_per_s * 1e9 / peak
     return rows, context
+
+
+def _per_image(row: Row) -> float:
+    return row.median_ms / row.images
 
 
 def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[SweepRow] = ()) -> str:
     """bench.md (tables), bench.csv (one row per model/path/batch), bench.json, bench.png and, with a
     sparsity sweep, sparsity.png; returns the main table."""
     out.mkdir(parents=True, exist_ok=True)
-    headers = ["model", "path", "batch", "median ms", "p20–p80 ms", "ms/image", "× plain pass", "speedup vs eager",
-               "GFLOP/s", "% of matmul peak"]
+    headers = ["model", "path", "batch", "median ms", "p20–p80 ms", "ms/image", "× fastest plain", "unit",
+               "× eager plain", "speedup vs eager", "GFLOP/s", "% of matmul peak"]
     table = markdown_table(headers, [[r.model, r.path, r.batch, f"{r.median_ms:.2f}", f"{r.p20_ms:.2f}–{r.p80_ms:.2f}",
-                                      f"{r.median_ms / r.batch:.3f}", f"{r.plain_passes:.2f}",
+                                      f"{r.median_ms / r.images:.3f}", f"{r.fastest_plain_passes:.2f}",
+                                      r.fastest_plain, f"{r.plain_passes:.2f}",
                                       f"{r.speedup_vs_eager:.2f}", f"{r.gflops_per_s:.1f}",
                                       f"{100 * r.fraction_of_matmul_peak:.1f}"] for r in rows])
     notes = "\n".join(f"- {name}: {note}" for name, note in context["notes"].items())
@@ -230,7 +298,8 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
                       for name, f in context["explanation_flops"].items())
     skipped = "\n".join(f"- {s}" for s in context["skipped"]) or "- none"
     (out / "bench.md").write_text(
-        f"# pathrt bench\n\nDevice: {context['device']}; torch {context['torch']}; pathrt {context['pathrt']}; "
+        f"# pathrt bench\n\nDevice: {context['device']}; OMP_WAIT_POLICY {context['omp_wait_policy']}; "
+        f"torch {context['torch']}; pathrt {context['pathrt']}; "
         f"measured float32 matmul {context['matmul_gflops_per_s']:.1f} GFLOP/s (% of matmul peak uses nominal "
         f"FLOPs: above 100% means fewer real FLOPs, e.g. Winograd convolutions).\n\nModels:\n{notes}\n\n"
         f"FLOPs (FlopCounterMode, per image; the native, triton and compiled rows are credited with eager's "
@@ -252,19 +321,35 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
 
 def _phases_section(rows: list[Row], context: dict) -> str:
     """The phase timings some paths record (the session's plain pass, generator, pathway pass), in ms
-    and in plain passes of the same batch, measured during the timed runs."""
+    and in fastest plain passes of the batch, measured during the timed runs, beside the prediction
+    made before timing; a phase more than MISS away from its prediction is marked."""
     if not context.get("phases"):
         return ""
-    plain = {(r.model, r.batch): r.median_ms for r in rows if r.path == "plain"}
-    lines = []
+    fastest = {(r.model, r.batch): r.median_ms for r in rows if r.path in PLAIN_PATHS and r.fastest_plain == r.path}
+    lines, misses = [], []
     for key, phases in context["phases"].items():
         model, path, batch = key.split("|")
-        unit = plain.get((model, int(batch)))
-        lines.append([model, path, batch] + [f"{v:.2f}" + (f" ({v / unit:.2f}×)" if unit else "")
-                                             for v in phases.values()])
+        unit = fastest.get((model, int(batch)))
+        predicted = context["predicted"].get(f"{model}|{batch}", {})
+        cells = []
+        for name, v in phases.items():
+            guess = predicted.get(name)
+            cell = f"{v:.2f}" + (f" ({v / unit:.2f}×)" if unit else "")
+            if guess:
+                cell += f" / predicted {guess:.2f}"
+                if abs(v / guess - 1) > MISS:
+                    cell += " **miss**"
+                    misses.append(f"{model} batch {batch} {name.removesuffix('_ms')}: measured {v:.2f} ms, "
+                                  f"predicted {guess:.2f} ms ({v / guess:.2f}×)")
+            cells.append(cell)
+        lines.append([model, path, batch, *cells])
     names = [k.removesuffix("_ms") for k in next(iter(context["phases"].values()))]
-    return ("Phases (median ms per call and × plain pass of the batch, timed inside the path):\n\n" +
-            markdown_table(["model", "path", "batch", *names], lines) + "\n\n")
+    context["prediction_misses"] = misses
+    return ("Phases (median ms per call, × fastest plain pass of the batch, and the prediction made before "
+            f"timing: FLOPs at the matmul rate + {context['op_us']:.1f} µs per op):\n\n" +
+            markdown_table(["model", "path", "batch", *names], lines) + "\n\n" +
+            ("Predictions missed by more than 20%:\n" + "\n".join(f"- {m}" for m in misses) + "\n\n"
+             if misses else ""))
 
 
 def _prediction_text(f: dict[str, Any]) -> str:
@@ -281,17 +366,18 @@ def _plot(rows: list[Row], path: Path) -> None:
     models = list(dict.fromkeys(r.model for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        mine = [r for r in rows if r.model == model and r.path != "plain"]
+        mine = [r for r in rows if r.model == model and r.path not in PLAIN_PATHS]
         paths = list(dict.fromkeys(r.path for r in mine))
         batches = sorted({r.batch for r in mine})
         width = 0.8 / max(1, len(batches))
         for i, batch in enumerate(batches):
-            values = [next((r.plain_passes for r in mine if r.path == p and r.batch == batch), 0) for p in paths]
+            values = [next((r.fastest_plain_passes for r in mine if r.path == p and r.batch == batch), 0)
+                      for p in paths]
             ax.bar([j + i * width for j in range(len(paths))], values, width, label=f"batch {batch}")
         ax.set_xticks([j + width * (len(batches) - 1) / 2 for j in range(len(paths))], paths, rotation=30,
                       fontsize=7, ha="right")
         ax.set_yscale("log")
-        ax.set_ylabel("cost (plain forward passes)")
+        ax.set_ylabel("cost (fastest plain passes)")
         ax.set_title(model, fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

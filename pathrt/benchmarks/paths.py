@@ -8,8 +8,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +41,7 @@ class BenchModel:
     note: str
     dgr_max_batch: int
     images: torch.Tensor | None = None  # real inputs at the model's operating point; random when None
-    _backends: dict[tuple[str, str], Explainer | str] = field(default_factory=dict, repr=False)
+    _backends: dict[tuple[str, str, int], Explainer | str] = field(default_factory=dict, repr=False)
 
     def inputs(self, batch: int) -> torch.Tensor:
         """`batch` inputs: the real images (cycled) when the model has them, else seeded random ones."""
@@ -44,9 +50,9 @@ class BenchModel:
             return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
         return self.images[torch.arange(batch) % len(self.images)]
 
-    def backend(self, name: str, device: str = "cpu") -> Explainer | str:
+    def backend(self, name: str, device: str = "cpu", num_threads: int = 0) -> Explainer | str:
         """An Explainer on `backend` and `device` (built once), or why it cannot run here."""
-        key = (name, device)
+        key = (name, device, num_threads)
         if key not in self._backends:
             if device == "cuda" and not torch.cuda.is_available():
                 self._backends[key] = "needs a CUDA GPU (none here)"
@@ -57,7 +63,7 @@ class BenchModel:
                     target.model = copy.deepcopy(target.model).to(device)
                 generator = copy.deepcopy(self.explainer.generator).to(device)
                 try:
-                    self._backends[key] = Explainer(target, generator, backend=name)
+                    self._backends[key] = Explainer(target, generator, backend=name, num_threads=num_threads)
                 except PathrtError as exc:
                     self._backends[key] = str(exc)
         return self._backends[key]
@@ -77,10 +83,29 @@ def bench_path(name: str) -> Callable[[PathFactory], PathFactory]:
     return register
 
 
+# The plain passes: the target alone, predicting without explaining. The fastest of them on this
+# machine is the unit explanations are measured in ("× fastest plain").
+PLAIN_PATHS = ("plain", "plain-ort", "plain-compiled")
+# torch.compile as its best on CPU: inductor with weight freezing (constant-folded, prepacked weights)
+COMPILE_OPTIONS = {"freezing": True}
+
+
 @bench_path("plain")
 def _plain(model: BenchModel, batch: int) -> Runner:
-    """The unit: one plain forward of the canonized target."""
+    """One plain forward of the canonized target in eager PyTorch."""
     return model.explainer.model
+
+
+@bench_path("plain-ort")
+def _plain_ort(model: BenchModel, batch: int) -> Runner | str:
+    """The canonized target alone in ONNX Runtime (CPU provider, torch's thread count, spinning off),
+    in this process."""
+    try:
+        from pathrt.export import plain_session
+    except ImportError as exc:
+        return f"onnx not installed ({exc})"
+    session = plain_session(model.explainer.target)
+    return lambda x: session.run(["logits"], {"images": x.numpy()})[0]
 
 
 @bench_path("eager")
@@ -110,6 +135,7 @@ def _fast_backend(name: str, device: str) -> PathFactory:
     return factory
 
 
+bench_path("auto")(_fast_backend("auto", "cpu"))
 bench_path("session")(_fast_backend("session", "cpu"))
 bench_path("native")(_fast_backend("native", "cpu"))
 
@@ -186,18 +212,52 @@ bench_path("generator-fused")(_generator_path(fused=True))
 bench_path("generator-modules")(_generator_path(fused=False))
 
 
-# After the fast paths: inductor's compile workers may linger and slow the rows timed right after.
-@bench_path("eager+compile")
-def _compiled(model: BenchModel, batch: int) -> Runner:
-    """The same computation under torch.compile (inductor); compiled once per batch size, not timed."""
-    explainer = model.explainer
+@contextlib.contextmanager
+def busy_cores(processes: int, limit_s: float = 600.0) -> Iterator[None]:
+    """`processes` busy-looping processes beside this one (each ends by itself after `limit_s`), killed on exit."""
+    loop = f"import time\nend = time.monotonic() + {limit_s}\nwhile time.monotonic() < end: pass"
+    load = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(processes)]
+    try:
+        time.sleep(0.2)  # let them start spinning
+        yield
+    finally:
+        for p in load:
+            p.kill()
+        for p in load:
+            p.wait()
 
-    def explain(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        capture = capture_features(explainer.model, explainer.spec, x, check_inplace=False)
-        out = explainer.generator(capture.features)
-        return pathway_forward(explainer.model, explainer.spec, x, out.masks), out.scores
 
-    return torch.compile(explain, dynamic=False)
+@bench_path("auto+contention")
+def _contention(model: BenchModel, batch: int) -> Runner | str:
+    """The default (auto) path at batch 1 while one busy process per core runs beside it (a host
+    shared with other work); compare with the `auto` row."""
+    if batch != 1:
+        return "measured at batch 1 only (latency under load)"
+    explainer = model.backend("auto")
+    if isinstance(explainer, str):
+        return explainer
+    run = explainer.explain
+    run_with_load = lambda x: run(x)  # noqa: E731  (an object the harness can attach `around` to)
+    run_with_load.around = lambda: busy_cores(os.cpu_count() or 1)  # type: ignore[attr-defined]
+    return run_with_load
+
+
+@bench_path("session-2x1thread")
+def _two_sessions(model: BenchModel, batch: int) -> Runner | str:
+    """Throughput of a single-thread session serving two calls at once (two Python threads; the
+    session releases the GIL), as two single-thread workers would: one call here explains 2 × batch
+    images. Compare its ms/image with the `session` row (one call at a time on every thread)."""
+    explainer = model.backend("session", num_threads=1)
+    if isinstance(explainer, str):
+        return explainer
+    session = explainer.engine.session  # type: ignore[attr-defined]  (the C++ ExplainSession)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="pathrt-bench")
+
+    def run(x: torch.Tensor) -> object:
+        return [f.result() for f in [pool.submit(session.explain, x) for _ in range(2)]]
+
+    run.images_per_call = 2  # type: ignore[attr-defined]  (read by the harness)
+    return run
 
 
 @bench_path("random")
@@ -221,3 +281,24 @@ def _dgr(model: BenchModel, batch: int) -> Runner | str:
     if batch > model.dgr_max_batch:
         return f"skipped above batch {model.dgr_max_batch} (30 optimization steps; --dgr-max-batch raises it)"
     return lambda x: dgr_pathways(model.explainer, x)
+
+
+# Last: inductor's compile workers linger after compiling and slow the rows timed after them (measured:
+# the session row went from 43 to 55 ms at batch 64 right after a compile).
+@bench_path("eager+compile")
+def _compiled(model: BenchModel, batch: int) -> Runner:
+    """The same computation under torch.compile (inductor); compiled once per batch size, not timed."""
+    explainer = model.explainer
+
+    def explain(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        capture = capture_features(explainer.model, explainer.spec, x, check_inplace=False)
+        out = explainer.generator(capture.features)
+        return pathway_forward(explainer.model, explainer.spec, x, out.masks), out.scores
+
+    return torch.compile(explain, dynamic=False, options=COMPILE_OPTIONS)
+
+
+@bench_path("plain-compiled")
+def _plain_compiled(model: BenchModel, batch: int) -> Runner:
+    """The canonized target under torch.compile (inductor, freezing); compiled once per batch size, not timed."""
+    return torch.compile(model.explainer.model, dynamic=False, options=COMPILE_OPTIONS)

@@ -18,6 +18,8 @@ from pathrt.export.onnx_export import (
     finish_model,
     generator_model,
     load_onnx,
+    plain_session,
+    session_options,
     verify_explainer,
     verify_generator,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "finish_model",
     "generator_model",
     "load_onnx",
+    "plain_session",
+    "session_options",
     "verify_explainer",
     "verify_generator",
 ]

@@ -38,10 +38,11 @@ class OnnxBackend(Backend):
     @classmethod
     def build(cls, context: BackendContext) -> Backend | Unavailable:
         target, generator, onnx_file = context.target, context.generator, context.options.onnx_file
+        threads = context.options.num_threads
         if onnx_file is None:
-            loaded = load_onnx(finish_model(*explainer_model(target, generator)), target=target)
+            loaded = load_onnx(finish_model(*explainer_model(target, generator)), target=target, num_threads=threads)
         else:
-            loaded = load_onnx(onnx_file, target=target)
+            loaded = load_onnx(onnx_file, target=target, num_threads=threads)
             if loaded.metadata.get("generator_fingerprint") != tensor_fingerprint(generator.state_dict()):
                 raise IncompatibleArtifactError(f"{onnx_file} was exported with another generator; export it again")
         missing = set(OUTPUTS) - {o.name for o in loaded.session.get_outputs()}

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from pathrt.artifacts import atomic_write, parse_json, tensor_fingerprint
-from pathrt.errors import ArtifactError, IncompatibleArtifactError, PathrtError
+from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError, PathrtError
 from pathrt.export.graph import EXPLAINER_OUTPUTS, GENERATOR_OUTPUTS, ExplainerGraph, GeneratorGraph
 from pathrt.export.integrity import DIGEST_KEY, check_digest, tensors_digest
 from pathrt.generator import PathwayGenerator
@@ -32,6 +32,7 @@ from pathrt.opspec import MASK_THRESHOLD, parity
 from pathrt.runtime import Explainer
 from pathrt.schemas import validate
 from pathrt.targets import PathwaySpec, Target
+from pathrt.targets.canonize import canonized_copy
 from pathrt.version import __version__
 
 FORMATS = {"explainer": "pathrt-onnx-explainer", "generator": "pathrt-onnx-generator"}
@@ -252,11 +253,43 @@ class OnnxExplainerFile:
         return {n: t.float() if t.is_floating_point() else t for n, t in out.items()}
 
 
+def session_options(num_threads: int = 0) -> Any:
+    """ONNX Runtime session options pathrt uses for every session it opens: `num_threads` intra-op
+    threads (0: torch's thread count, so ORT and torch never oversubscribe the cores together), one
+    inter-op thread, and intra-op spinning off. A spinning ORT pool keeps its threads busy after each
+    run; the torch work that follows in the same process (and any neighbour on the host) then runs
+    many times slower, so pathrt trades ORT's few microseconds of wake-up for that."""
+    import onnxruntime as ort
+
+    if num_threads < 0:
+        raise InputError(f"num_threads must be >= 0 (0: torch's thread count), got {num_threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: a broken file is reported by the exception that follows
+    return options
+
+
+def plain_session(target: Target, *, opset: int = MIN_OPSET, num_threads: int = 0) -> Any:
+    """An ONNX Runtime session of the target's canonized model alone (images -> logits), with
+    `session_options`: the fastest plain prediction this machine offers, the unit `pathrt bench`
+    measures explanations against."""
+    import onnxruntime as ort
+
+    model = canonized_copy(target.model).eval()
+    example = torch.zeros(2, *target.spec.input_shape)
+    proto = _trace(model, (example,), ["images"], ["logits"], opset)
+    return ort.InferenceSession(proto.SerializeToString(), session_options(num_threads),
+                                providers=["CPUExecutionProvider"])
+
+
 def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None = None, kind: str = "explainer",
-              providers: Sequence[str] | None = None) -> OnnxExplainerFile:
+              providers: Sequence[str] | None = None, num_threads: int = 0) -> OnnxExplainerFile:
     """Loads a pathrt ONNX file (path or bytes), checks it (format, version, checker, the digest of its
     tensors, and when `target` is given its fingerprint and pathway spec) and opens an ONNX Runtime session.
-    Clear errors otherwise."""
+    Clear errors otherwise. The session runs on `num_threads` threads without spinning (`session_options`)."""
     onnx = _onnx()
     import onnxruntime as ort
 
@@ -298,8 +331,7 @@ def load_onnx(source: str | os.PathLike[str] | bytes, *, target: Target | None =
                                             f"{target.fingerprint[:12]}…); export it again for this target")
         if spec != target.spec:
             raise IncompatibleArtifactError(f"{name} was exported for another pathway spec than the target's")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: a broken file is reported by the exception below
+    options = session_options(num_threads)
     if meta.get("dtype") == "float16":
         # ONNX Runtime 1.31's full (layout) optimizations crash the process on float16 convs on CPU;
         # (found by the fp16 export test); the extended level runs them correctly

@@ -47,9 +47,13 @@ class Explainer:
 
     def __init__(self, target: Target, generator: PathwayGenerator, backend: str = "auto",
                  max_batch_size: int = 256, onnx_file: str | os.PathLike[str] | None = None,
-                 bundle_file: str | os.PathLike[str] | None = None, allow_other_target: bool = False) -> None:
+                 bundle_file: str | os.PathLike[str] | None = None, allow_other_target: bool = False,
+                 num_threads: int = 0) -> None:
         """`allow_other_target`: explain with a generator trained for other weights of the same layout
-        (e.g. to study a fine-tuned model); refused by default, since its pathways are not this model's."""
+        (e.g. to study a fine-tuned model); refused by default, since its pathways are not this model's.
+        `num_threads`: the threads one call of the session or onnx backend uses (0: torch's count); set 1
+        per worker when several workers share a host (README "Threads"). The Python-side backends run
+        on torch's threads (`torch.set_num_threads`)."""
         if generator.spec != target.spec:
             raise IncompatibleArtifactError("the generator was built for another pathway spec than the target's")
         trained_for = generator.target_fingerprint
@@ -58,6 +62,8 @@ class Explainer:
                 f"the generator was trained for the target with weights fingerprint {trained_for[:12]}…, not for "
                 f"these weights ({target.fingerprint[:12]}…): train a generator for this target, or pass "
                 "allow_other_target=True to explain with it anyway")
+        if num_threads < 0:
+            raise InputError(f"num_threads must be >= 0 (0: torch's thread count), got {num_threads}")
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if onnx_file is not None and backend != "onnx":
@@ -69,7 +75,7 @@ class Explainer:
         self.generator = generator.eval()
         self.max_batch_size = max_batch_size
         # one canonized copy, one plan lowering and one hooks lock, shared by every backend tried
-        self._context = BackendContext(target, self.generator, BackendOptions(onnx_file, bundle_file))
+        self._context = BackendContext(target, self.generator, BackendOptions(onnx_file, bundle_file, num_threads))
         self.engine, self.backend_reason = select(backend, self._context)
         self.backend = self.engine.name
         self._reference: Backend | None = self.engine if self.engine.name == "eager" else None

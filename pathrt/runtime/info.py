@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ def environment() -> dict[str, Any]:
         "pathrt": __version__,
         "versions": {name: _version(name) for name in ("torch", "torchvision", "triton", "onnx", "onnxruntime")},
         "torch_cuda_build": torch.version.cuda,
+        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "cuda_devices": cuda_devices,
         "extension": {"loaded": extension.EXTENSION is not None, "error": extension.EXTENSION_ERROR, "build": build},
         "cuda_kernels_compiled": bool(build and build["cuda"]),
@@ -43,6 +45,8 @@ def format_environment(env: dict[str, Any]) -> str:
     lines.append("  " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
     cuda = f"CUDA build {env['torch_cuda_build']}" if env["torch_cuda_build"] else "CPU-only build"
     lines.append(f"  torch: {cuda}; CUDA devices: {env['cuda_devices'] or 'none'}")
+    threads = env["threads"]
+    lines.append(f"  threads: {threads['torch']}; OMP_WAIT_POLICY {threads['omp_wait_policy'] or 'unset (spinning)'}")
     ext = env["extension"]
     if not ext["loaded"]:
         lines.append(f"extension pathrt._C: NOT loaded ({ext['error']}); ops use the plain-PyTorch reference")

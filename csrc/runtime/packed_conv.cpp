@@ -1,0 +1,88 @@
+// PackedConv (pathrt/packed_conv.h): torch's mkldnn prepacked convolution ops through the dispatcher.
+#include "pathrt/packed_conv.h"
+
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <optional>
+#include <string_view>
+
+namespace pathrt {
+
+namespace {
+
+using Scalars = c10::List<std::optional<c10::Scalar>>;
+
+const c10::OperatorHandle* find(const char* name, const char* overload) {
+  const auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
+  return handle.has_value() ? new c10::OperatorHandle(*handle) : nullptr;  // lives as long as the process
+}
+
+const c10::OperatorHandle* reorder_op() {
+  static const auto* op = find("mkldnn::_reorder_convolution_weight", "");
+  return op;
+}
+const c10::OperatorHandle* pointwise_op() {
+  static const auto* op = find("mkldnn::_convolution_pointwise", "");
+  return op;
+}
+const c10::OperatorHandle* binary_op() {
+  static const auto* op = find("mkldnn::_convolution_pointwise", "binary");
+  return op;
+}
+
+const std::vector<int64_t> kOnes = {1, 1};
+// Below this many multiply-adds per call at::conv2d was faster (measured on 2 AVX2 cores).
+constexpr int64_t kMinPackedMacs = int64_t{4} << 20;
+
+}  // namespace
+
+bool packed_convs_available() {
+  return at::hasMKLDNN() && reorder_op() != nullptr && pointwise_op() != nullptr && binary_op() != nullptr;
+}
+
+PackedConv::PackedConv(const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding)
+    : plain_(weight.contiguous(at::MemoryFormat::ChannelsLast)), stride_(std::move(stride)),
+      padding_(std::move(padding)) {
+  if (!packed_convs_available() || weight.scalar_type() != at::kFloat || weight.dim() != 4) return;
+  try {
+    packed_weight_ = reorder_op()
+                         ->typed<at::Tensor(const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef,
+                                            int64_t, at::OptionalIntArrayRef)>()
+                         .call(weight.contiguous(), padding_, stride_, kOnes, 1, std::nullopt);
+    packed_ = true;
+  } catch (const c10::Error&) {
+    // a weight oneDNN cannot take runs through at::conv2d, whose errors name the shape problem
+  }
+}
+
+at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual,
+                                  bool relu) const {
+  const std::optional<at::Tensor> b = bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
+  // oneDNN's per-call setup (~50-90 us here) outweighs its faster kernel on small convs (the
+  // generator's, and late layers at batch 1): those run through at::conv2d.
+  const int64_t macs = x.size(0) * x.size(2) * x.size(3) * plain_.numel() / (stride_[0] * stride_[1]);
+  if (!packed_ || macs < kMinPackedMacs) {
+    auto y = at::conv2d(x, plain_, b, stride_, padding_);
+    if (residual.defined()) y.add_(residual);
+    return relu ? y.relu_() : y;
+  }
+  const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  if (residual.defined()) {
+    return binary_op()
+        ->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                           c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t, std::string_view,
+                           std::optional<c10::Scalar>, std::optional<std::string_view>, Scalars,
+                           std::optional<std::string_view>)>()
+        .call(input, residual.contiguous(at::MemoryFormat::ChannelsLast), packed_weight_, b, padding_, stride_, kOnes,
+              1, "add", std::nullopt, relu ? std::optional<std::string_view>("relu") : std::nullopt, Scalars(),
+              std::nullopt);
+  }
+  return pointwise_op()
+      ->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::IntArrayRef,
+                         c10::IntArrayRef, c10::IntArrayRef, int64_t, std::string_view, Scalars,
+                         std::optional<std::string_view>)>()
+      .call(input, packed_weight_, b, padding_, stride_, kOnes, 1, relu ? "relu" : "none", Scalars(), std::nullopt);
+}
+
+}  // namespace pathrt

@@ -1,0 +1,83 @@
+"""Threads and contention: the command's OpenMP wait policy, num_threads of the session and onnx
+backends, ONNX Runtime's session options, the packed convs' parity at every batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathrt.errors import InputError
+from pathrt.runtime import Explainer
+from pathrt.threads import invoked_as_command
+from tests.conftest import torchvision_target, varied_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _environment(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**clean, **env})
+
+
+def test_invoked_as_command_knows_the_console_script_and_module_form() -> None:
+    assert invoked_as_command(["/venv/bin/python", "/venv/bin/pathrt", "bench"])
+    assert invoked_as_command(["python", "-m", "pathrt.cli", "demo"])
+    assert not invoked_as_command(["python", "-c", "import pathrt"])
+    assert not invoked_as_command(["python", "my_server.py"])
+    assert not invoked_as_command(["python"])
+
+
+def test_the_command_does_not_spin_but_a_library_user_decides() -> None:
+    """`pathrt` sets OMP_WAIT_POLICY=PASSIVE before torch loads unless the user chose; importing pathrt
+    as a library leaves the environment alone."""
+    command = _environment("-m", "pathrt.cli", "info", "--json")
+    assert command.returncode == 0, command.stderr
+    assert json.loads(command.stdout)["threads"]["omp_wait_policy"] == "PASSIVE"
+    chosen = _environment("-m", "pathrt.cli", "info", "--json", OMP_WAIT_POLICY="ACTIVE")
+    assert json.loads(chosen.stdout)["threads"]["omp_wait_policy"] == "ACTIVE"
+    library = _environment("-c", "import os, pathrt; print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert library.returncode == 0, library.stderr
+    assert library.stdout.strip() == "None"
+
+
+def test_onnx_runtime_sessions_use_torchs_threads_without_spinning() -> None:
+    from pathrt.export import session_options
+
+    options = session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads() and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(1).intra_op_num_threads == 1
+    with pytest.raises(InputError, match="num_threads"):
+        session_options(-1)
+
+
+def test_num_threads_reaches_the_session_and_is_checked() -> None:
+    target = torchvision_target("resnet18")
+    generator = varied_generator(target.spec)
+    explainer = Explainer(target, generator, backend="session", num_threads=1)
+    assert explainer.engine.session.num_threads == 1
+    with pytest.raises(InputError, match="num_threads must be >= 0"):
+        Explainer(target, generator, backend="session", num_threads=-1)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_packed_convs_keep_the_session_equal_to_eager(batch: int) -> None:
+    """The session's prepacked oneDNN convs (fused bias, residual add and ReLU) are taken above a size
+    and at::conv2d below it: both sides of that line, with residual blocks, hold SPEC §8."""
+    from pathrt.opspec import parity
+
+    target = torchvision_target("resnet18")
+    generator = varied_generator(target.spec, seed=batch)
+    x = torch.randn(batch, *target.spec.input_shape, generator=torch.Generator().manual_seed(batch))
+    session = Explainer(target, generator, backend="session")
+    eager = Explainer(target, generator, backend="eager")
+    with torch.no_grad():
+        report = parity.compare(session.engine.session.explain(x), eager.engine.explain(x))
+    assert report.ok, report.describe()
