@@ -232,6 +232,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'bench.md'}, bench.csv, bench.json, bench.png and sparsity.png")
 
 
+def _cmd_profile(args: argparse.Namespace) -> None:
+    from pathrt.benchmarks.harness import build_models
+    from pathrt.benchmarks.profile import run_profile
+
+    model = build_models([args.model], Path(args.workdir), args.sparsity, 1)[0]
+    print(run_profile(model, args.backend, args.batch, Path(args.out), warmup=args.warmup, repeats=args.repeats))
+    print(f"wrote {Path(args.out) / 'profile.md'}, profile.json and trace.json")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pathrt.demo import run_demo
 
@@ -370,6 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "explainer with and without their digest checks")
     bench.add_argument("--load-models", nargs="+", help=f"(default {' '.join(BENCH_LOAD['load_models'])})")
     bench.set_defaults(run=_cmd_bench)
+
+    prof = sub.add_parser("profile", help="per-phase and per-op breakdown of one batch on any backend, with a "
+                          "Perfetto/chrome://tracing trace")
+    prof.add_argument("--model", default="embedded", help="embedded (trained by `make demo` when cached) or a "
+                      "torchvision architecture at 64x64 (default embedded)")
+    prof.add_argument("--backend", default="auto", choices=BACKENDS)
+    prof.add_argument("--batch", type=int, default=64)
+    prof.add_argument("--warmup", type=int, default=3)
+    prof.add_argument("--repeats", type=int, default=10)
+    prof.add_argument("--sparsity", type=float, default=0.6, help="of the untrained generators (default 0.6)")
+    prof.add_argument("--workdir", default="runs/demo", help="where `make demo` cached the trained embedded model")
+    prof.add_argument("--out", default="runs/profile")
+    prof.set_defaults(run=_cmd_profile)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data set")
     demo.add_argument("--workdir", default="runs/demo")

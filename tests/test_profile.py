@@ -1,0 +1,53 @@
+"""`pathrt profile`: per-phase and per-op breakdown with a trace, on every CPU backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pathrt.benchmarks.harness import build_models
+from pathrt.benchmarks.profile import run_profile
+from pathrt.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _check(out: Path, phases: list[str]) -> dict:
+    data = json.loads((out / "profile.json").read_text())
+    assert [p["name"] for p in data["phases"]] == phases
+    assert all(p["ms"] > 0 and p["flops"] > 0 and p["bytes"] > 0 and p["gflops_per_s"] > 0 for p in data["phases"])
+    trace = json.loads((out / "trace.json").read_text())
+    assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])  # real ops, from C++ too
+    text = (out / "profile.md").read_text()
+    assert "## Phases" in text and "## Ops" in text and "% of matmul peak" in text
+    return data
+
+
+def test_profile_command_on_the_session(tmp_path: Path) -> None:
+    out = tmp_path / "profile"
+    result = subprocess.run([sys.executable, "-m", "pathrt.cli", "profile", "--backend", "session", "--batch", "2",
+                             "--repeats", "2", "--workdir", str(tmp_path / "no-demo"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _check(out, ["plain", "generator", "pathway"])["backend"] == "session"
+
+
+@pytest.mark.parametrize(("backend", "phases"), [("native", ["plain", "generator", "pathway"]),
+                                                 ("eager", ["plain", "generator", "pathway"]),
+                                                 ("onnx", ["whole (one ONNX Runtime call)"])])
+def test_profile_splits_each_backend(tmp_path: Path, backend: str, phases: list[str]) -> None:
+    model = build_models(["embedded"], tmp_path / "no-demo", 0.6, 1)[0]
+    run_profile(model, backend, 2, tmp_path, warmup=1, repeats=2)
+    _check(tmp_path, phases)
+
+
+def test_profile_refuses_bad_settings(tmp_path: Path) -> None:
+    model = build_models(["embedded"], tmp_path / "no-demo", 0.6, 1)[0]
+    with pytest.raises(InputError, match="--batch"):
+        run_profile(model, "session", 0, tmp_path)
+    with pytest.raises(InputError, match="cannot run here"):
+        run_profile(model, "triton", 1, tmp_path)
