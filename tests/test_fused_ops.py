@@ -139,6 +139,22 @@ def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(
     torch.testing.assert_close(out, ref)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [(12, 6, 9, 9, 5, 3, 1, 1), (9, 4, 8, 8, 6, 3, 2, 1), (40, 3, 16, 16, 4, 3, 1, 1)])
+def test_pathway_conv2d_groups_samples_with_equal_masks(case, layout: str) -> None:
+    """Samples with equal (in, out) masks share one GEMM (their columns side by side), in groups of
+    any size, interleaved with unique ones, and cut into runs when their columns are large (the last
+    case: 40 samples of one mask pair, 2 of 3 groups)."""
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(case, layout, 0.5, 0.5, True)
+    g = torch.Generator().manual_seed(1)
+    patterns = torch.randint(0, 3, (case[0],), generator=g)  # three mask pairs, repeated in random order
+    in_mask, out_mask = in_mask[:3][patterns], out_mask[:3][patterns]
+    in_mask[-1], out_mask[-1] = ~in_mask[-1], ~out_mask[-1]  # and one sample of its own
+    out = ops.pathway_conv2d(x, weight, bias, res, in_mask, out_mask, s, p, relu=True)
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, s, p, True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_pathway_conv2d_mixed_residual_layout() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[0], "channels_last", 0.5, 0.5, True)
     out = ops.pathway_conv2d(x, weight, bias, res.contiguous(), in_mask, out_mask, s, p, relu=True)

@@ -32,8 +32,9 @@ const c10::OperatorHandle* binary_op() {
 }
 
 const std::vector<int64_t> kOnes = {1, 1};
-// Below this many multiply-adds per call at::conv2d was faster (measured on 2 AVX2 cores).
-constexpr int64_t kMinPackedMacs = int64_t{4} << 20;
+// Below this many multiply-adds per call at::conv2d was as fast or faster (measured on 2 cores: 4.7M
+// MACs 59 vs 73 us, 9.4M 109 vs 94 us at batch 1; within 10% either way at batch 64).
+constexpr int64_t kMinPackedMacs = int64_t{8} << 20;
 
 }  // namespace
 
