@@ -169,6 +169,8 @@ class MaskStats {
  public:
   explicit MaskStats(const std::vector<at::Tensor>& masks) : masks_(masks), layers_(masks.size()) {}
 
+  int64_t batch() const { return masks_[0].size(0); }
+
   // Mean over the batch of kept(in) x kept(out) per sample (a side without a mask counts as 1).
   double mean_kept_product(int64_t in_layer, int64_t out_layer) {
     const std::vector<double>* a = in_layer >= 0 ? &layer(in_layer).density : nullptr;
@@ -354,7 +356,11 @@ struct ExplainSession::Impl {
       const double value = rule.measure == Measure::MeanKeptProduct
                                ? stats.mean_kept_product(s.in_mask, s.out_mask)
                                : stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask);
-      if (value <= rule.limit) return rule.strategy;
+      // One sample's union is its own channels: the sparse kernel computes the same conv with one
+      // weight gather instead of three copies (as PlanRunner._choose).
+      if (value <= rule.limit) {
+        return rule.strategy == Strategy::Union && stats.batch() == 1 ? Strategy::Sparse : rule.strategy;
+      }
     }
     return Strategy::Dense;
   }

@@ -57,7 +57,7 @@ class Explanation:
             raise InputError("Explanation.scores, logits and pathway_logits must be floating point")
         if self.classes.dtype != torch.int64 or self.classes.dim() != 1:
             raise InputError(f"Explanation.classes must be a 1-d int64 tensor, got {self.classes.dtype}")
-        if n and (int(self.classes.min()) < 0 or int(self.classes.max()) >= self.logits.shape[1]):
+        if n and not 0 <= int(self.classes.min()) <= int(self.classes.max()) < self.logits.shape[1]:
             raise InputError(f"Explanation.classes must lie in [0, {self.logits.shape[1]})")
 
     def __len__(self) -> int:
@@ -117,7 +117,12 @@ class Explanation:
         out: dict[str, torch.Tensor] = {}
         first: Explanation | None = None
         start = 0
+        parts = iter(parts)
         for part in parts:
+            if first is None and len(part) == total:  # one chunk: it is the result (no copy)
+                if next(parts, None) is not None:
+                    raise InputError(f"the chunks hold more than the {total} explanations expected")
+                return part
             if first is None:
                 first = part
                 out = {n: getattr(part, n).new_empty((total, *getattr(part, n).shape[1:])) for n in _TENSORS}

@@ -292,7 +292,10 @@ class PlanRunner:
             return self.strategy
         for rule in self.policy:
             if stats.measure(rule.measure, step) <= rule.limit:
-                return rule.name  # (sparse also when nothing is kept: the sparse kernel handles empty sets)
+                # (sparse also when nothing is kept: the sparse kernel handles empty sets). One sample's union
+                # is its own channels: the sparse kernel computes the same conv there with one weight gather
+                # instead of three copies (ResNet-18@64, batch 1: pathway pass 11.4 -> see the issue-16 note)
+                return "sparse" if rule.name == "union" and stats.batch == 1 else rule.name
         return FALLBACK_STRATEGY
 
     def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor], stats: _MaskStats,
@@ -396,6 +399,12 @@ class _MaskStats:
         self.masks = masks
         self._density: dict[int, torch.Tensor] = {}
         self._union: dict[int, torch.Tensor | None] = {}
+
+    @property
+    def batch(self) -> int:
+        """The number of samples (read only when a strategy is chosen: reading it while torch.export
+        traces would fix the batch size of the exported graph)."""
+        return self.masks[0].shape[0]
 
     def density(self, layer: int | None) -> torch.Tensor:
         if layer is None:

@@ -9,6 +9,7 @@ DAQ's soft masks so that gradients reach the generator).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -100,6 +101,8 @@ def check_images(x: torch.Tensor, spec: PathwaySpec, chunk: int | None = None) -
     if not x.is_floating_point():
         raise InputError(f"images are {x.dtype}; pathrt explains floating-point images normalized with "
                          "target.preprocess (e.g. target.preprocess(uint8_images.float() / 255))")
+    if math.isfinite(float(x.sum(dtype=torch.float64))):  # one reduction: a NaN or Inf anywhere makes it non-finite
+        return
     step = chunk or len(x)
     bad = torch.cat([torch.nonzero(~torch.isfinite(x[s:s + step]).flatten(1).all(1)).flatten() + s
                      for s in range(0, len(x), step)])
