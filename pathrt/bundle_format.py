@@ -34,20 +34,24 @@ _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 @dataclass(frozen=True)
 class StrategyRule:
-    """Run convs with `name` when `measure` of the batch's masks is at most `limit`."""
+    """Run convs with `name` when `measure` of the batch's masks is at most `limit`, for convs whose
+    output has at least `min_batch_pixels` pixels over the batch (N x H_out x W_out)."""
 
     name: str
     measure: str
     limit: float
+    min_batch_pixels: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "measure": self.measure, "limit": self.limit}
+        return {"name": self.name, "measure": self.measure, "limit": self.limit,
+                "min_batch_pixels": self.min_batch_pixels}
 
 
 def conv_strategies(device_type: str) -> tuple[StrategyRule, ...]:
     """The policy for tensors on `device_type` ("cpu" or "cuda"; others get the CPU limits)."""
     key = device_type if device_type in ("cpu", "cuda") else "cpu"
-    return tuple(StrategyRule(r["name"], r["measure"], float(r["limit"][key]))
+    return tuple(StrategyRule(r["name"], r["measure"], float(r["limit"][key]),
+                              int(r.get("min_batch_pixels", {}).get(key, 0)))
                  for r in SCHEMA["x-conv-strategies"]["order"])
 
 

@@ -68,11 +68,13 @@ const std::map<std::string, Measure>& measures() {
       {"mean_kept_product", Measure::MeanKeptProduct}, {"union_kept_product", Measure::UnionKeptProduct}};
   return names;
 }
-// One rule of the bundle's conv-strategy policy: run `strategy` when `measure` <= `limit`.
+// One rule of the bundle's conv-strategy policy: run `strategy` when `measure` <= `limit`, for convs
+// whose output has at least `min_batch_pixels` pixels over the batch.
 struct StrategyRule {
   Strategy strategy;
   Measure measure;
   double limit;
+  int64_t min_batch_pixels = 0;
 };
 
 struct Step {
@@ -350,9 +352,11 @@ struct ExplainSession::Impl {
   }
 
   // The bundle's policy: the first rule whose measure is at most its limit, else dense (as PlanRunner._choose).
-  Strategy choose(const Step& s, MaskStats& stats) const {
+  // `pixels`: the conv's output pixels over the batch (N x H_out x W_out).
+  Strategy choose(const Step& s, MaskStats& stats, int64_t pixels) const {
     if (s.in_mask < 0 && s.out_mask < 0) return Strategy::Dense;
     for (const auto& rule : policy) {
+      if (pixels < rule.min_batch_pixels) continue;
       const double value = rule.measure == Measure::MeanKeptProduct
                                ? stats.mean_kept_product(s.in_mask, s.out_mask)
                                : stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask);
@@ -417,7 +421,11 @@ struct ExplainSession::Impl {
       if (!s.pathway_pass) continue;
       at::Tensor y;
       if (s.op == Op::Conv) {
-        const auto strategy = choose(s, stats);
+        const at::Tensor& input = values[s.inputs[0]];
+        const int64_t kh = s.weight.size(2), kw = s.weight.size(3);
+        const int64_t pixels = input.size(0) * ((input.size(2) + 2 * s.padding[0] - kh) / s.stride[0] + 1) *
+                               ((input.size(3) + 2 * s.padding[1] - kw) / s.stride[1] + 1);
+        const auto strategy = choose(s, stats, pixels);
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
         if (strategy != Strategy::Sparse || !in_mask.defined()) clean(s.inputs[0]);
@@ -508,7 +516,10 @@ std::vector<StrategyRule> parse_policy(const Json& rules) {
     if (!(limit >= 0 && limit <= 1)) throw BundleError("bundle: a conv_strategies limit outside [0, 1]");
     policy.push_back({parse_name(strategies(), rule.at("name").as_string("conv_strategies name"), "conv strategy"),
                       parse_name(measures(), rule.at("measure").as_string("conv_strategies measure"), "measure"),
-                      limit});
+                      limit, 0});
+    if (const Json* pixels = rule.find("min_batch_pixels")) {
+      policy.back().min_batch_pixels = pixels->as_int("conv_strategies min_batch_pixels", 0, int64_t{1} << 30);
+    }
   }
   return policy;
 }

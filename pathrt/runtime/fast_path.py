@@ -290,8 +290,9 @@ class PlanRunner:
             if self.strategy not in STRATEGIES:
                 raise ValueError(f"unknown conv strategy {self.strategy!r}; use None or one of {STRATEGIES}")
             return self.strategy
+        pixels = stats.batch * math.prod(self.shapes[step.output][2:])
         for rule in self.policy:
-            if stats.measure(rule.measure, step) <= rule.limit:
+            if pixels >= rule.min_batch_pixels and stats.measure(rule.measure, step) <= rule.limit:
                 # (sparse also when nothing is kept: the sparse kernel handles empty sets). One sample's union
                 # is its own channels: the sparse kernel computes the same conv there with one weight gather
                 # instead of three copies (ResNet-18@64, batch 1: pathway pass 11.4 -> see the issue-16 note)
