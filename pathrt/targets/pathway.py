@@ -101,7 +101,7 @@ def check_images(x: torch.Tensor, spec: PathwaySpec, chunk: int | None = None) -
     if not x.is_floating_point():
         raise InputError(f"images are {x.dtype}; pathrt explains floating-point images normalized with "
                          "target.preprocess (e.g. target.preprocess(uint8_images.float() / 255))")
-    if math.isfinite(float(x.sum(dtype=torch.float64))):  # one reduction: a NaN or Inf anywhere makes it non-finite
+    if math.isfinite(float(x.detach().sum(dtype=torch.float64))):  # one reduction: non-finite iff a NaN or Inf
         return
     step = chunk or len(x)
     bad = torch.cat([torch.nonzero(~torch.isfinite(x[s:s + step]).flatten(1).all(1)).flatten() + s
