@@ -140,7 +140,7 @@ def build_models(names: Sequence[str], workdir: Path, sparsity: float, dgr_max_b
     return models
 
 
-def _sparse_prediction(model: BenchModel) -> dict[str, Any]:
+def sparse_prediction(model: BenchModel) -> dict[str, Any]:
     """Count before measuring: the native pathway pass's predicted FLOPs per image at the sparsity the
     generator gives on the bench inputs (each conv after layer 1 × kept(in) × kept(out))."""
     native = model.backend("native")
@@ -229,7 +229,7 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
         plain = count_flops(explainer.model, one)
         gen = count_flops(explainer.generator, capture_features(explainer.model, explainer.spec, one).features)
         context["explanation_flops"][model.name] = {"plain": plain, "generator": gen, "pathway": plain,
-                                                    "total": 2 * plain + gen, **_sparse_prediction(model)}
+                                                    "total": 2 * plain + gen, **sparse_prediction(model)}
         log(f"{model.name}: {model.note}; one explanation = {(2 * plain + gen) / 1e6:.1f} MFLOP "
             f"(plain {plain / 1e6:.1f} + generator {gen / 1e6:.1f} + pathway {plain / 1e6:.1f})")
         for batch in batches:

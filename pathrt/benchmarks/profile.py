@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from pathrt.artifacts import write_json
-from pathrt.benchmarks.harness import matmul_flops_per_second
+from pathrt.benchmarks.harness import matmul_flops_per_second, sparse_prediction
 from pathrt.benchmarks.paths import BenchModel
 from pathrt.errors import InputError
 from pathrt.flops import count_flops
@@ -105,17 +105,14 @@ def _phase_work(model: BenchModel, batch: int) -> dict[str, tuple[float, float]]
     generator_flops = count_flops(explainer.generator, features)
     target_weights = sum(p.numel() for p in explainer.model.parameters())
     generator_weights = sum(p.numel() for p in explainer.generator.parameters())
-    native = model.backend("native")
     activations = sum(f.numel() for f in features)
     pathway_flops, pathway_share = float(plain_flops), 1.0
-    if not isinstance(native, str):
-        runner = native.engine.runner  # type: ignore[attr-defined]  (the native backend's PlanRunner)
-        activations = sum(torch.Size(s).numel() for s in runner.shapes.values())
-        with torch.no_grad():
-            masks = native.explain(model.inputs(batch)).layer_masks
-        kept = [float(m.float().mean()) for m in masks]
-        pathway_flops = runner.pathway_flops(kept)
-        pathway_share = sum(kept) / len(kept)
+    counted = sparse_prediction(model)  # the bench's count: the generator's layer sparsity on these inputs
+    if counted:
+        native = model.backend("native")
+        activations = sum(torch.Size(s).numel() for s in native.engine.runner.shapes.values())  # type: ignore[union-attr]
+        pathway_flops = counted["pathway_native_predicted"]
+        pathway_share = sum(counted["kept_per_layer"]) / len(counted["kept_per_layer"])
     feature_values = sum(f.numel() for f in features)
     return {"plain": (plain_flops * batch, 4.0 * (target_weights + 2 * activations * batch)),
             "generator": (generator_flops * batch, 4.0 * (generator_weights + 2 * feature_values * batch)),
