@@ -9,7 +9,7 @@ DEPS := $(VENV)/.pathrt-installed
 EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint build info bench sanitize fuzz clean
+.PHONY: demo test test-fast lint build info bench sanitize fuzz gpu-check gpu-wheels clean
 
 demo: build
 	$(PY) -m pathrt.cli demo
@@ -65,6 +65,23 @@ fuzz: $(DEPS)
 	  echo "clang/libFuzzer not found (apt-get install clang libomp-dev): fuzzing with Python coverage only"; \
 	  $(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --harness $(FUZZ_HARNESSES); \
 	fi
+
+# The one-shot GPU verification (shared/docs/GPU.md, benchmarks/gpu_check.py), run ON the GPU machine
+# with its own python and torch and nothing from a registry: `make gpu-check OUT=dir`. Without a GPU
+# it is a dry run (GPU_PYTHON=.venv/bin/python here). Bring build/gpu-wheels (`make gpu-wheels`,
+# here) and runs/demo along. The summary table is printed last.
+OUT ?= gpu-check
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	mkdir -p $(OUT) && set -o pipefail && PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT) \
+	  $(GPU_CHECK_ARGS) 2>&1 | tee $(OUT)/log
+
+# The cp312 wheels of the modules pathrt imports that the GPU machine lacks (GPU.md), for gpu-check.
+GPU_WHEELS := jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0
+gpu-wheels: | $(PY)
+	$(PIP) download --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d build/gpu-wheels $(GPU_WHEELS)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -16,6 +16,17 @@ import pathrt  # noqa: F401  (registers torch.ops.pathrt)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu`-marked tests skip, saying why, where torch sees no CUDA device (they run in
+    `make gpu-check` on the GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here); runs in `make gpu-check` on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     random.seed(0)

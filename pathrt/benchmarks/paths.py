@@ -204,7 +204,7 @@ def _generator_path(fused: bool) -> PathFactory:
 
     factory.__doc__ = ("The generator alone on the plain pass's features: " +
                        ("the fused ops the session runs (rfe_tail, pdn_encoder_layer, rpd_decode)" if fused else
-                        "the BatchNorm-folded nn modules (what the native backend runs)"))
+                        "the BatchNorm-folded nn modules (the baseline the fused ops replace)"))
     return factory
 
 

@@ -67,8 +67,7 @@ def _phase_calls(model: BenchModel, backend: Any, x: torch.Tensor) -> list[tuple
             state["plain"] = engine.runner.plain(x)
 
         def generator() -> None:
-            state["masks"] = engine.fused(state["plain"][1])[2] if engine.fused is not None else torch.sigmoid(
-                torch.cat(engine.generator.head_logits(state["plain"][1]), 1)) >= 0.5
+            state["masks"] = engine.fused(state["plain"][1])[2]
 
         def pathway() -> None:
             _, features, saved = state["plain"]

@@ -22,8 +22,7 @@ class PlanBackend(Backend):
 
     capabilities = frozenset({MASKS, CONCURRENT})
 
-    def __init__(self, context: BackendContext, runner: PlanRunner, generator_ops: ModuleType | None,
-                 reason: str) -> None:
+    def __init__(self, context: BackendContext, runner: PlanRunner, generator_ops: ModuleType, reason: str) -> None:
         super().__init__(context.device, reason)
         self.spec = context.spec
         self.runner = runner
@@ -36,13 +35,13 @@ class PlanBackend(Backend):
         return folded_generator(self._source_generator)
 
     @cached_property
-    def fused(self) -> FusedGenerator | None:
-        """The folded generator run through the fused generator ops, where the kernels provide them."""
-        return FusedGenerator(self.generator, self._generator_ops) if self._generator_ops is not None else None
+    def fused(self) -> FusedGenerator:
+        """The folded generator run through the backend's fused generator ops."""
+        return FusedGenerator(self.generator, self._generator_ops)
 
     @classmethod
-    def kernels(cls, device: torch.device) -> tuple[KernelSet, ModuleType | None]:
-        """The fused-op kernel set and the namespace of generator ops (None: the generator's modules)."""
+    def kernels(cls, device: torch.device) -> tuple[KernelSet, ModuleType]:
+        """The fused-op kernel set and the namespace of the fused generator ops."""
         raise NotImplementedError
 
     @classmethod
@@ -68,11 +67,7 @@ class PlanBackend(Backend):
     def explain(self, x: torch.Tensor) -> ChunkResult:
         """SPEC §8 without hooks: plan pass with capture, generator + fused DAQ, sparse pathway pass."""
         logits, features, saved = self.runner.plain(x)
-        if self.fused is not None:
-            _, scores, masks, packed, _ = self.fused(features)
-        else:
-            head = torch.cat(self.generator.head_logits(features), 1)
-            scores, masks, packed, _ = self.runner.kernels.daq_threshold_pack(head)
+        _, scores, masks, packed, _ = self.fused(features)
         pathway_logits = self.runner.pathway(saved, features, self.spec.split(masks))
         return ChunkResult(masks, packed, scores, logits, pathway_logits)
 

@@ -27,7 +27,7 @@ class TritonBackend(PlanBackend):
                 "TRITON_INTERPRET=1, for tests")
 
     @classmethod
-    def kernels(cls, device: torch.device) -> tuple[KernelSet, ModuleType | None]:
+    def kernels(cls, device: torch.device) -> tuple[KernelSet, ModuleType]:
         from pathrt.kernels import triton_fused, triton_generator  # imports triton: only once it is usable
 
         kernels = KernelSet("triton", triton_fused.daq_threshold_pack, triton_fused.masked_bias_relu,
