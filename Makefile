@@ -79,9 +79,14 @@ gpu-check:
 
 # The cp312 wheels of the modules pathrt imports that the GPU machine lacks (GPU.md), for gpu-check.
 GPU_WHEELS := jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0
+# With them OpenSSL's headers and libcrypto (the extension links it; the GPU machine may lack libssl-dev).
 gpu-wheels: | $(PY)
 	$(PIP) download --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d build/gpu-wheels $(GPU_WHEELS)
+	mkdir -p build/gpu-wheels/include build/gpu-wheels/lib
+	cp -r /usr/include/openssl build/gpu-wheels/include/
+	cp /usr/include/x86_64-linux-gnu/openssl/*.h build/gpu-wheels/include/openssl/
+	cp -L /usr/lib/x86_64-linux-gnu/libcrypto.so.3 build/gpu-wheels/lib/
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

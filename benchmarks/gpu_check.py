@@ -100,6 +100,44 @@ def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> t
 
 # ---------------------------------------------------------------- phase 0: environment
 
+SYSTEM_INCLUDES = ("/usr/include", "/usr/local/include")
+
+
+def _system_libcrypto() -> Path | None:
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/lib/x86_64-linux-gnu", "/usr/lib", "/lib64"):
+        if (Path(folder) / "libcrypto.so.3").exists():
+            return Path(folder) / "libcrypto.so.3"
+    return None
+
+
+def native_env(wheels: Path, out: Path) -> tuple[dict[str, str], list[str]]:
+    """Extra compiler/linker/loader paths for OpenSSL (the bundle digest links libcrypto), taken from
+    what `make gpu-wheels` brought where this machine lacks libssl-dev, and what was done."""
+    env: dict[str, str] = {}
+    notes: list[str] = []
+    if not any((Path(d) / "openssl" / "evp.h").exists() for d in SYSTEM_INCLUDES):
+        if (wheels / "include" / "openssl" / "evp.h").exists():
+            env["CPATH"] = os.pathsep.join(p for p in (str(wheels / "include"), os.environ.get("CPATH", "")) if p)
+            notes.append("OpenSSL headers: the brought copy (no libssl-dev here)")
+        else:
+            notes.append(f"no OpenSSL headers here nor in {wheels / 'include'}: the build will fail "
+                         "(apt-get install libssl-dev, or bring `make gpu-wheels`)")
+    libcrypto = _system_libcrypto() or (wheels / "lib" / "libcrypto.so.3" if (wheels / "lib" / "libcrypto.so.3")
+                                        .exists() else None)
+    if libcrypto is None:
+        notes.append("no libcrypto.so.3 here nor brought: the build will fail")
+    elif not any((Path(d) / "libcrypto.so").exists() for d in (libcrypto.parent, "/usr/lib", "/usr/local/lib")):
+        link = out / "lib" / "libcrypto.so"  # the linker wants the unversioned name libssl-dev provides
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(libcrypto)
+        env["LIBRARY_PATH"] = os.pathsep.join(p for p in (str(link.parent), os.environ.get("LIBRARY_PATH", "")) if p)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libcrypto.parent), os.environ.get("LD_LIBRARY_PATH", "")) if p)
+        notes.append(f"libcrypto: linking {libcrypto}")
+    return env, notes
+
+
 def firecracker() -> bool:
     """Whether this is a Firecracker microVM (virtio-mmio devices on the kernel command line, no DMI)."""
     cmdline = Path("/proc/cmdline").read_text() if Path("/proc/cmdline").exists() else ""
@@ -129,6 +167,8 @@ def phase_env(ctx: Context) -> None:
                 f"{props.total_memory / 2**30:.0f} GiB")
     ctx.say(f"python {record['python']}, torch {record['torch']} (CUDA {record['torch_cuda']}), "
             f"triton {record['triton']}, {record.get('nvcc', 'no nvcc')}, firecracker {record['firecracker']}")
+    for note in native_env(ctx.wheels, ctx.out)[1]:
+        (ctx.fail if "will fail" in note else ctx.say)(note)
     missing = [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
     record["missing_modules"] = missing
     record["installed_wheels"] = _install_wheels(ctx, missing)
@@ -480,7 +520,7 @@ def run_phase(name: str, args: argparse.Namespace) -> int:
 
 def _phase_process(name: str, args: argparse.Namespace, cap: float) -> dict[str, Any]:
     """Runs a phase in its own process group under `cap` seconds; kills the group when it overruns."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **native_env(args.wheels, args.out)[0]}
     site = args.out / "site"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site) if site.exists() else "", str(ROOT),
                                                     env.get("PYTHONPATH", "")) if p)

@@ -188,3 +188,21 @@ def test_gpu_check_installs_brought_wheels_for_missing_modules(tmp_path: Path, m
     monkeypatch.setitem(script.DEPENDENCIES, "absent_dep", "absent_dep")
     script._install_wheels(ctx, ["absent_dep"])
     assert "no wheel for absent_dep" in ctx.failed[-1] and "make gpu-wheels" in ctx.failed[-1]
+
+
+def test_gpu_check_brings_openssl_where_libssl_dev_is_missing(tmp_path: Path, monkeypatch) -> None:
+    """The extension links libcrypto: a GPU machine without libssl-dev builds with the brought copy."""
+    script = _script()
+    wheels, system = tmp_path / "wheels", tmp_path / "system"
+    (wheels / "include" / "openssl").mkdir(parents=True)
+    (wheels / "include" / "openssl" / "evp.h").write_text("")
+    system.mkdir()
+    (system / "libcrypto.so.3").write_text("")
+    monkeypatch.setattr(script, "SYSTEM_INCLUDES", (str(tmp_path / "none"),))
+    monkeypatch.setattr(script, "_system_libcrypto", lambda: system / "libcrypto.so.3")
+    env = script.native_env(wheels, tmp_path / "out")[0]
+    assert env["CPATH"].split(os.pathsep)[0] == str(wheels / "include")
+    link = Path(env["LIBRARY_PATH"].split(os.pathsep)[0]) / "libcrypto.so"
+    assert link.resolve() == system / "libcrypto.so.3" and str(system) in env["LD_LIBRARY_PATH"]
+    (wheels / "include" / "openssl" / "evp.h").unlink()
+    assert any("will fail" in n for n in script.native_env(wheels, tmp_path / "out")[1])
