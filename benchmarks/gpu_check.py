@@ -230,6 +230,11 @@ def phase_build(ctx: Context) -> None:
         start = time.perf_counter()
         rc, text = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
                         ctx.deadline - time.time() - 20, env)
+        if rc != 0 and "externally-managed-environment" in text:  # PEP 668 python: build in place, install nothing
+            ctx.say("pip refused to install into this externally managed python: built in place instead")
+            rc, more = _run([sys.executable, "setup.py", "build_ext", "--inplace"], ctx.deadline - time.time() - 20,
+                            env)
+            text += more
         seconds = time.perf_counter() - start
         if rc != 0:
             ctx.fail(f"build failed (exit {rc}) after {seconds:.0f} s: see build.txt")
