@@ -2,7 +2,8 @@
 
     python3 benchmarks/gpu_check.py --out DIR [--dry-run] [--phases env build ...] [--cap NAME=SECONDS]
 
-Runs the phases below in order, each in its own process under its own time cap (a phase that
+Runs its phases (env, build, parity, sanitizers, e2e, tests, timings: the `phase_*` functions below
+say what each checks) in order, each in its own process under its own time cap (a phase that
 overruns is killed and reported, and the next one runs), writes DIR/{env.json, build.txt,
 ptxas.txt, parity.csv, sanitizer.txt, e2e.csv, timings.csv, summary.md} and prints the summary table
 last (only the end of a GPU run's output may come back), and tests.txt (the `gpu` tests' pytest
@@ -145,6 +146,8 @@ def firecracker() -> bool:
 
 
 def phase_env(ctx: Context) -> None:
+    """Versions, nvidia-smi (clocks reported, never set), device properties, Firecracker or not, OpenSSL
+    for the build, and the brought wheels installed for the modules this python lacks."""
     import torch
 
     record: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
@@ -225,6 +228,8 @@ def ptxas_report(text: str) -> list[dict[str, Any]]:
 
 
 def phase_build(ctx: Context) -> None:
+    """pathrt._C built against this machine's torch for sm_90 (ptxas -v kept), its SASS checked for sm_90
+    and local-memory traffic, and `pathrt info --json` for every op's CUDA kernel."""
     if ctx.gpu:
         env = {"TORCH_CUDA_ARCH_LIST": "9.0", "MAX_JOBS": "16", "NVCC_APPEND_FLAGS": "-Xptxas -v"}
         start = time.perf_counter()
@@ -300,6 +305,7 @@ def _info_report(ctx: Context) -> None:
 # ---------------------------------------------------------------- phase 2: op parity
 
 def phase_parity(ctx: Context) -> None:
+    """Every CUDA op and Triton kernel against float64 (`pathrt.benchmarks.gpu_parity`)."""
     import torch
 
     from pathrt.benchmarks import gpu_parity
@@ -372,6 +378,7 @@ def launch_once() -> None:
 
 
 def phase_sanitizers(ctx: Context) -> None:
+    """compute-sanitizer memcheck, racecheck and initcheck over one launch of every CUDA op."""
     sanitizer = shutil.which("compute-sanitizer") or ("/usr/local/cuda/bin/compute-sanitizer" if Path(
         "/usr/local/cuda/bin/compute-sanitizer").exists() else None)
     program = [sys.executable, str(SCRIPT), "--launch-once"]
@@ -404,6 +411,7 @@ def phase_sanitizers(ctx: Context) -> None:
 # ---------------------------------------------------------------- phase 4: end to end
 
 def phase_e2e(ctx: Context) -> None:
+    """explain on native (CUDA) and triton against CPU eager (`pathrt.benchmarks.gpu_e2e`), TF32 off."""
     import torch
 
     from pathrt.benchmarks import gpu_e2e
@@ -450,6 +458,8 @@ def phase_tests(ctx: Context) -> None:
 # ---------------------------------------------------------------- phase 6: timings
 
 def phase_timings(ctx: Context) -> None:
+    """Bandwidth, memory-bound ops, the conv crossover, explain latency/graphs/throughput/memory
+    (`pathrt.benchmarks.gpu_timings`)."""
     import torch
 
     from pathrt.benchmarks import gpu_e2e, gpu_timings
