@@ -372,7 +372,7 @@ def launch_once() -> None:
     done = set()
     for case in gpu_parity.cases(device, gpu_parity.NATIVE_OPS, (3,), ("keep0.5",)):
         if case.op not in done:
-            gpu_parity._launch(impl[case.op], case)
+            gpu_parity.launch(impl[case.op], case)
             done.add(case.op)
     print(f"launched {len(done)} ops on {device.type}")
 
@@ -412,14 +412,11 @@ def phase_sanitizers(ctx: Context) -> None:
 
 def phase_e2e(ctx: Context) -> None:
     """explain on native (CUDA) and triton against CPU eager (`pathrt.benchmarks.gpu_e2e`), TF32 off."""
-    import torch
-
     from pathrt.benchmarks import gpu_e2e
 
     rows = []
     device = "cuda" if ctx.gpu else "cpu"
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    gpu_e2e.set_tf32(False)  # the references' precision for the whole phase
     for model in gpu_e2e.models(ctx.workdir):
         if time.time() > ctx.deadline:
             ctx.fail(f"the cap ran out before {model.name}")
@@ -465,8 +462,7 @@ def phase_timings(ctx: Context) -> None:
     from pathrt.benchmarks import gpu_e2e, gpu_timings
 
     device = torch.device("cuda" if ctx.gpu else "cpu")
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    gpu_e2e.set_tf32(False)  # the references' precision for the whole phase
     rows: list[dict[str, Any]] = []
 
     def keep(section: str, new: list[dict[str, Any]]) -> None:  # written after each section

@@ -68,12 +68,17 @@ def models(workdir: Path, names: tuple[str, ...] = ("embedded", "vgg11", "resnet
     return [*built, tiny_model()] if "tiny" in names else built
 
 
-@contextlib.contextmanager
-def tf32(enabled: bool) -> Iterator[None]:
-    """TF32 for cuDNN convs and float32 matmuls on or off for the block (restored after)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+def set_tf32(enabled: bool) -> None:
+    """TF32 for cuDNN convs and float32 matmuls on or off (off: the references' precision)."""
     torch.backends.cudnn.allow_tf32 = enabled
     torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """`set_tf32(enabled)` for the block (restored after)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    set_tf32(enabled)
     try:
         yield
     finally:

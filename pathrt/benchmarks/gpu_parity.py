@@ -198,7 +198,7 @@ def _device(case: Case) -> torch.device:
     return first.device if isinstance(first, torch.Tensor) else first[0].device
 
 
-def _launch(fn: Callable, case: Case) -> tuple[torch.Tensor, ...]:
+def launch(fn: Callable, case: Case) -> tuple[torch.Tensor, ...]:
     args = tuple([a.clone() for a in v] if isinstance(v, list) else v.clone() if isinstance(v, torch.Tensor) else v
                  for v in case.args)
     out = fn(*args)
@@ -217,19 +217,21 @@ def _poison(device: torch.device, like: tuple[torch.Tensor, ...]) -> None:
         del blocks
 
 
-def _problems(case: Case, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> tuple[float, list[str]]:
-    """(largest relative float error, what else is wrong) of one launch against the reference."""
+def _problems(case: Case, got: tuple[torch.Tensor, ...],
+              want: tuple[torch.Tensor, ...]) -> tuple[float, bool, list[str]]:
+    """(largest relative float error, every float output finite, what is wrong) of one launch."""
     got = tuple(t.detach().cpu() for t in got)
     problems: list[str] = []
-    error = 0.0
+    error, written = 0.0, True
     if case.op == "pack_masks":
         if not torch.equal(got[0], want[0]):
             problems.append(f"{int((got[0] != want[0]).any(1).sum())} rows of packed bits differ")
-        return error, problems
+        return error, written, problems
     floats = {"daq_threshold_pack": (0,), "rpd_decode": (0, 1)}.get(case.op, range(len(want)))
     for i in floats:
         error = max(error, opspec.parity.relative_error(got[i], want[i]))
         if not bool(torch.isfinite(got[i]).all()):
+            written = False
             problems.append(f"output {i} has NaN/inf (an element never written, or a removed input read)")
     if case.op in ("daq_threshold_pack", "rpd_decode"):
         masks, packed, counts = got[1:4] if case.op == "daq_threshold_pack" else got[2:5]
@@ -247,7 +249,7 @@ def _problems(case: Case, got: tuple[torch.Tensor, ...], want: tuple[torch.Tenso
             problems.append("removed output channels are not exactly 0")
     if error > LIMITS[case.op]:
         problems.append(f"relative error {error:.2e} > {LIMITS[case.op]:g}")
-    return error, problems
+    return error, written, problems
 
 
 def check_case(impl: str, fn: Callable, case: Case) -> CaseResult:
@@ -257,19 +259,18 @@ def check_case(impl: str, fn: Callable, case: Case) -> CaseResult:
     start = time.perf_counter()
     try:
         _poison(device, want)
-        first = _launch(fn, case)
+        first = launch(fn, case)
         _poison(device, want)
-        second = _launch(fn, case)
+        second = launch(fn, case)
     except Exception as exc:  # a kernel error is this case's finding, not the script's end
         return CaseResult(impl, device.type, case.op, case.name, case.batch, float("nan"), LIMITS[case.op], False,
                           False, f"raised {type(exc).__name__}: {str(exc)[:200]}", time.perf_counter() - start)
     seconds = (time.perf_counter() - start) / 2
     repeatable = all(torch.equal(a.cpu().contiguous().view(torch.uint8), b.cpu().contiguous().view(torch.uint8))
                      for a, b in zip(first, second, strict=True))
-    error, problems = _problems(case, first, want)
+    error, written, problems = _problems(case, first, want)
     if not repeatable:
         problems.append("two runs differ bitwise (a race?)")
-    written = not any("never written" in p for p in problems)
     return CaseResult(impl, device.type, case.op, case.name, case.batch, error, LIMITS[case.op], written, repeatable,
                       "; ".join(problems), seconds)
 
