@@ -100,7 +100,7 @@ $(DEPS): pyproject.toml $(EXT_SOURCES) | $(PY)
 	  apt-get update -qq && apt-get install -y -qq libssl-dev; }
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install "setuptools>=64" wheel "pybind11>=2.12" ninja
-	$(PIP) install --no-build-isolation -e ".[dev,onnx]"
+	$(PIP) install --no-build-isolation -e ".[dev,onnx,serve]"
 	touch $@
 
 clean:

@@ -1,4 +1,5 @@
-"""The `pathrt` command line: info, train-target, train, explain, export, bundle, evaluate, bench, demo.
+"""The `pathrt` command line: info, train-target, train, explain, export, bundle, evaluate, bench, profile,
+serve, request, demo.
 
 Errors print one line on stderr, never a traceback (`--debug` shows it), and exit with a code that
 says what went wrong: 2 usage, 3 unreadable/corrupted/wrong-version artifact, 4 artifact of another
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -102,6 +104,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
     explainer_only = [n for n in ("outputs", "fp16") if getattr(args, n)]
     if explainer_only and args.what == "generator":
         raise InputError(f"{_flags(explainer_only)} only used for the explainer file; use --what explainer or both")
+    if args.triton_repo and args.what == "generator":
+        raise InputError("--triton-repo serves the explainer file; use --what explainer or both")
     target = load_target(args.target)
     generator, _ = load_generator(args.generator, target_fingerprint=target.fingerprint, spec=target.spec)
     out = Path(args.out)
@@ -124,6 +128,70 @@ def _cmd_export(args: argparse.Namespace) -> None:
                  if r.verified_batches else "not verified (--no-verify)")
         print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB, opset {r.opset}) in {r.export_seconds:.1f} s; {check}")
     (out / "export.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2), encoding="utf-8")
+    if args.triton_repo:
+        _triton_repo(args, out / "explainer.onnx")
+
+
+def _triton_repo(args: argparse.Namespace, onnx_path: Path) -> None:
+    from pathrt.serving.repository import Batching, Instances, write_onnx_repository
+
+    batching = Batching(args.max_batch_size, tuple(args.preferred_batch_sizes or ()), args.max_queue_delay_us)
+    instances = Instances.parse(args.triton_instance or [])
+    model_dir = write_onnx_repository(args.triton_repo, onnx_path, batching, instances)
+    print(f"wrote the Triton model repository {model_dir} (platform onnxruntime_onnx; config checked against "
+          f"{onnx_path.name}); serve it with: tritonserver --model-repository {Path(args.triton_repo).resolve()}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from pathrt.generator import load_generator
+    from pathrt.serving import Batching, Endpoints, Instances, Server, explainer_config, stop_on_signals
+    from pathrt.targets import load_target
+
+    target = load_target(args.target)  # refuse bad artifacts here, before Triton starts
+    load_generator(args.generator, target_fingerprint=target.fingerprint, spec=target.spec)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.instances)
+    batching = Batching(args.max_batch_size, tuple(args.preferred_batch_sizes or ()), args.max_queue_delay_us)
+    config = explainer_config(target, args.target, args.generator, batching, Instances((("cpu", args.instances),)),
+                              backend=args.backend, inputs=args.inputs, num_threads=threads)
+    endpoints = Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port)
+    server = Server(config, endpoints, exit_timeout_s=args.exit_timeout)
+    stop_on_signals(server)
+    print(f"starting Triton with the explainer of {args.target} ({args.instances} instance(s), {threads} thread(s) "
+          f"each, batches up to {args.max_batch_size}, queue delay {args.max_queue_delay_us} µs)", flush=True)
+    server.start()
+    try:
+        print(f"ready: model {config.name!r}; gRPC {endpoints.grpc_url}, HTTP http://{endpoints.http_url} "
+              f"(health: /v2/health/ready), metrics {endpoints.metrics_url}; SIGTERM or Ctrl-C stops", flush=True)
+        server.wait()
+        print("stopping: finishing requests in flight", flush=True)
+    finally:
+        server.stop()
+    print("stopped", flush=True)
+
+
+def _cmd_request(args: argparse.Namespace) -> None:
+    from pathrt.data import list_image_files, load_digits, read_images
+    from pathrt.explain_folder import write_outputs
+    from pathrt.serving import Client
+
+    with Client(args.url, args.model, timeout_s=args.timeout) as client:
+        labels = None
+        if args.images:
+            paths = list_image_files(args.images)
+            names = [str(p.relative_to(args.images)) for p in paths]
+            images = read_images(paths, client.spec.input_shape[1:])
+        else:
+            test = load_digits("test")
+            images, labels = test.images[:args.limit], test.labels[:args.limit]
+            names = [f"digits-test/{i}" for i in range(len(images))]
+        if client.inputs != "raw":
+            raise InputError(f"the server at {args.url} takes preprocessed images; `pathrt request` sends raw "
+                             "pixels: start the server with --inputs raw (the default), or use pathrt.serving.Client")
+        start = time.perf_counter()
+        explanation = client.explain(images, target=args.classes, scores=args.scores)
+        seconds = time.perf_counter() - start
+    print(f"{len(explanation)} images explained by {args.url} in {seconds:.2f} s")
+    write_outputs(Path(args.out), explanation, names, labels, client.class_names)
 
 
 def _cmd_bundle(args: argparse.Namespace) -> None:
@@ -309,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--backend", choices=BACKENDS, default="auto",
                          help="explain backend (default auto: native when usable; see `pathrt info`)")
 
+    def batching_args(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--max-batch-size", type=int, default=64, help="largest batch Triton forms (default 64)")
+        cmd.add_argument("--preferred-batch-sizes", type=int, nargs="+", metavar="N", help="batch sizes the "
+                         "dynamic batcher prefers to form (default: none, as large as the queue allows)")
+        cmd.add_argument("--max-queue-delay-us", type=int, default=1000, help="how long a request may wait for "
+                         "others to batch with, in µs (default 1000)")
+
     explain = sub.add_parser("explain", help="explain images (a folder, or the embedded test split)")
     explainer_args(explain)
     explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
@@ -327,7 +402,44 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fp16", action="store_true", help="also write explainer.fp16.onnx (float16 weights, "
                         "images and outputs; verified to 2e-2)")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against eager")
+    export.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository for the ONNX "
+                        "explainer into DIR (platform onnxruntime_onnx, dynamic batching), checked against the file")
+    export.add_argument("--triton-instance", action="append", metavar="KIND=COUNT", help="instance group of "
+                        "--triton-repo, repeatable: cpu=2, gpu=1, auto=1 (default auto=1: a GPU where there is one)")
+    batching_args(export)
     export.set_defaults(run=_cmd_export)
+
+    serve = sub.add_parser("serve", help="serve the explainer on NVIDIA Triton Inference Server (pathrt[serve]): "
+                           "dynamic batching, HTTP/gRPC, metrics")
+    artifact_args(serve)
+    serve.add_argument("--backend", choices=[b for b in BACKENDS if b != "onnx"], default="auto",
+                       help="explain backend in the server (default auto: the fastest usable)")
+    serve.add_argument("--inputs", choices=("raw", "preprocessed"), default="raw", help="what requests send: raw "
+                       "pixels in [0, 1] (default; the server applies the target's preprocessing) or images "
+                       "already normalized with target.preprocess")
+    serve.add_argument("--host", default="127.0.0.1", help="address every endpoint binds to (default 127.0.0.1; "
+                       "0.0.0.0 serves other machines)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--instances", type=int, default=1, help="model instances (processes) on the CPU (default 1)")
+    serve.add_argument("--threads", type=int, default=0, help="threads per instance (default: cores / instances)")
+    serve.add_argument("--exit-timeout", type=int, default=30, help="seconds to finish requests in flight on "
+                       "SIGTERM (default 30)")
+    batching_args(serve)
+    serve.set_defaults(run=_cmd_serve)
+
+    request = sub.add_parser("request", help="explain images on a running `pathrt serve` and write the results")
+    request.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address (default 127.0.0.1:8001)")
+    request.add_argument("--model", default="pathrt", help="model name (default pathrt)")
+    request.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
+    request.add_argument("--limit", type=int, default=None, help="only the first N digits test images")
+    request.add_argument("--classes", type=int, nargs="+", help="the class to explain: one for all images or one "
+                         "per image (default: the prediction)")
+    request.add_argument("--scores", action="store_true", help="also fetch the generator's scores")
+    request.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    request.add_argument("--out", default="runs/request", help="output folder (default runs/request)")
+    request.set_defaults(run=_cmd_request)
 
     bundle = sub.add_parser("bundle", help="write the deployment bundle the C++ ExplainSession runs (verified)")
     artifact_args(bundle)

@@ -42,6 +42,11 @@ class CanonizationError(PathrtError, ValueError):
     """BatchNorm folding cannot be applied (training mode, unsupported layer)."""
 
 
+class ServingError(PathrtError, RuntimeError):
+    """The Triton server could not start, or a served request failed (missing `pathrt[serve]`, a port in
+    use, the server's own error message)."""
+
+
 class StorageError(PathrtError, OSError):
     """An output could not be written (disk full, quota, file size limit); earlier outputs are intact."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,14 @@ def explain_to_folder(target_path: str | os.PathLike[str], generator_path: str |
     bar.close()
     explanation = Explanation.assemble((Explanation.load(parts / f"part-{i:06d}") for i in range(len(bounds))),
                                        len(names))
-    summary = _write_outputs(folder, explanation, names, labels, target.classes)
+    summary = write_outputs(folder, explanation, names, labels, target.classes)
     shutil.rmtree(parts)
     return summary
 
 
-def _write_outputs(folder: Path, explanation: Explanation, names: list[str], labels: torch.Tensor | None,
-                   classes: tuple[str, ...]) -> dict[str, Any]:
+def write_outputs(folder: Path, explanation: Explanation, names: list[str], labels: torch.Tensor | None,
+                  classes: Sequence[str]) -> dict[str, Any]:
+    """explanations.*, summary.md and summary.json of `pathrt explain` (and `pathrt request`) into `folder`."""
     explanation.save(folder / "explanations")
     metrics = summarize(explanation, labels) if len(explanation) > 1 else {}
     rows = [[name, classes[int(c)], classes[int(p)], f"{float(y):.3f}", f"{float(o):.3f}", f"{100 * float(s):.1f}"]
