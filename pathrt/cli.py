@@ -235,6 +235,7 @@ BENCH_PRESETS: dict[str, dict[str, Any]] = {
 BENCH_TIMING = {"paths": None, "warmup": 2, "sparsity": 0.6, "dgr_max_batch": 8}  # both presets
 BENCH_MEMORY = {"memory_images": 4096, "memory_models": ["embedded", "vgg11"]}  # --memory only
 BENCH_LOAD = {"load_models": ["embedded", "resnet18", "vgg11"]}  # --load only
+BENCH_SERVE = {"serve_concurrency": [1, 8, 32], "serve_duration": 10.0, "serve_queue_delay_us": 1000}  # --serve only
 
 
 def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -244,15 +245,15 @@ def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
     def given(name: str) -> bool:
         return getattr(args, name) is not None and getattr(args, name) is not False
 
-    modes = {"memory": BENCH_MEMORY, "load": BENCH_LOAD,
+    modes = {"memory": BENCH_MEMORY, "load": BENCH_LOAD, "serve": BENCH_SERVE,
              "timing": {"quick": False, **BENCH_PRESETS["quick" if args.quick else "full"], **BENCH_TIMING}}
-    chosen = [m for m in ("memory", "load") if getattr(args, m)]
+    chosen = [m for m in ("memory", "load", "serve") if getattr(args, m)]
     if len(chosen) > 1:
-        raise InputError("--memory and --load are separate runs: give one of them")
+        raise InputError("--memory, --load and --serve are separate runs: give one of them")
     mode = chosen[0] if chosen else "timing"
     ignored = [n for m, options in modes.items() if m != mode for n in options if given(n)]
     if ignored:
-        where = f"--{mode} measures {mode} only" if chosen else "the timing bench (without --memory or --load)"
+        where = f"--{mode} measures {mode} only" if chosen else "the timing bench (without --memory, --load, --serve)"
         raise InputError(f"{where}: {_flags(ignored)} not used there; drop them")
     return {name: getattr(args, name) if given(name) else value for name, value in modes[mode].items()
             if name != "quick"}
@@ -268,6 +269,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
         print(load_bench(settings["load_models"], Path(args.workdir), Path(args.out)))
         print(f"wrote {Path(args.out) / 'load.md'} and load.json")
+        return
+    if args.serve:
+        from pathrt.serving import Batching
+        from pathrt.serving.load_test import serve_bench
+
+        print(serve_bench(Path(args.workdir), Path(args.out), settings["serve_concurrency"], settings["serve_duration"],
+                          batching=Batching(max_queue_delay_us=settings["serve_queue_delay_us"])))
+        print(f"wrote {Path(args.out) / 'serve.md'} and serve.json")
         return
     if args.memory:
         from pathrt.benchmarks.memory import memory_bench
@@ -490,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--load", action="store_true", help="instead: load time of each model's bundle and ONNX "
                        "explainer with and without their digest checks")
     bench.add_argument("--load-models", nargs="+", help=f"(default {' '.join(BENCH_LOAD['load_models'])})")
+    bench.add_argument("--serve", action="store_true", help="instead: load test of `pathrt serve` (Triton, loopback) "
+                       "on the embedded model at each --serve-concurrency, against the same backend in-process")
+    bench.add_argument("--serve-concurrency", nargs="+", type=int,
+                       help=f"requests in flight (default {' '.join(map(str, BENCH_SERVE['serve_concurrency']))})")
+    bench.add_argument("--serve-duration", type=float,
+                       help=f"seconds per level (default {BENCH_SERVE['serve_duration']})")
+    bench.add_argument("--serve-queue-delay-us", type=int, help="the dynamic batcher's queue delay (default "
+                       f"{BENCH_SERVE['serve_queue_delay_us']})")
     bench.set_defaults(run=_cmd_bench)
 
     prof = sub.add_parser("profile", help="per-phase and per-op breakdown of one batch on any backend, with a "

@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,8 +23,9 @@ import torch
 
 from pathrt.errors import InputError, ServingError
 from pathrt.generator import save_generator
+from pathrt.opspec import parity
 from pathrt.runtime import Explainer
-from pathrt.serving import Batching, Client, Instances, explainer_config, write_explainer_repository
+from pathrt.serving import Batching, Client, Instances, explainer_config, free_ports, write_explainer_repository
 from pathrt.serving.protocol import request_error
 from pathrt.serving.repository import check_onnx_repository, declared_tensors, read_config, write_onnx_repository
 from pathrt.serving.triton_model import BatchExplainer, Request
@@ -149,21 +150,11 @@ def test_export_triton_repo_matches_the_onnx_file(artifacts, tmp_path):
 # A real server
 # ------------------------------------------------------------------------------------------------
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 class Served:
     """`pathrt serve` in its own process group on free ports."""
 
     def __init__(self, artifacts, tmp: Path) -> None:
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = free_ports(3)
         self.log = tmp / "serve.log"
         target, generator = artifacts
         cmd = [sys.executable, "-m", "pathrt.cli", "serve", "--target", str(target), "--generator", str(generator),
@@ -261,6 +252,9 @@ def test_a_bad_request_in_a_dynamic_batch_harms_no_other(served, explainer, digi
             t.start()
         for t in threads:
             t.join(60)
+        deadline = time.monotonic() + 5  # Triton records a batch just after answering it
+        while client.batch_sizes().get(8, 0) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert client.batch_sizes().get(8, 0) == before + 1, client.batch_sizes()
     assert isinstance(results[5], InputError) and "NaN" in str(results[5])
     good = [i for i in range(8) if i != 5]
@@ -279,13 +273,22 @@ def test_health_metrics_and_request_cli(served, explainer, digits, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pathrt.cli", "request", "--url", served.url, "--limit", "40",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    from pathrt.opspec import parity
     from pathrt.runtime import Explanation
 
     expected = explainer.explain(explainer.target.preprocess(digits))
     report = parity.compare(Explanation.load(out / "explanations"), expected)
     assert report.ok, report.describe()
     assert json.loads((out / "summary.json").read_text())["images"][0] == "digits-test/0"
+
+
+@pytest.mark.slow
+def test_readme_client_example_runs(served, explainer):
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if "from pathrt.serving import Client" in b)
+    namespace: dict = {}
+    exec(compile(block.replace("127.0.0.1:8001", served.url), "README.md", "exec"), namespace)
+    expected = explainer.explain(explainer.target.preprocess(namespace["images"]))
+    assert parity.compare(namespace["explanation"], expected).ok
 
 
 @pytest.mark.slow
@@ -310,3 +313,22 @@ def test_sigterm_finishes_the_request_in_flight(served, digits):
     assert "stopped" in served.log.read_text()
     left = subprocess.run(["pgrep", "-g", str(served.process.pid)], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"processes left: {left.stdout}"
+
+
+@pytest.mark.slow
+def test_bench_serve_load_test(tmp_path):
+    """`pathrt bench --serve` (short): every request answered, and the batches Triton reports hold
+    exactly the images the client sent; batches larger than 1 under concurrency."""
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "pathrt.cli", "bench", "--serve", "--serve-duration", "1.5",
+                           "--serve-concurrency", "1", "8", "--workdir", str(tmp_path / "no-demo"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "serve.json").read_text())["rows"]
+    assert [r["concurrency"] for r in rows] == [1, 8]
+    for r in rows:
+        assert r["errors"] == 0 and r["requests"] > 0
+        assert sum(int(b) * c for b, c in r["batches"].items()) == r["requests"]
+        assert r["in_process_images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    assert set(rows[0]["batches"]) == {"1"} and max(map(int, rows[1]["batches"])) > 1
+    assert "| concurrency |" in (out / "serve.md").read_text()

@@ -16,7 +16,7 @@ from pathrt.serving.repository import (
     write_explainer_repository,
     write_onnx_repository,
 )
-from pathrt.serving.server import Endpoints, Server, stop_on_signals
+from pathrt.serving.server import Endpoints, Server, free_ports, stop_on_signals
 
-__all__ = ["Batching", "Client", "Endpoints", "Instances", "ModelConfig", "Server", "explainer_config",
+__all__ = ["Batching", "Client", "Endpoints", "Instances", "ModelConfig", "Server", "explainer_config", "free_ports",
            "input_specs", "output_specs", "stop_on_signals", "write_explainer_repository", "write_onnx_repository"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sysconfig
 import tempfile
 import threading
@@ -61,6 +62,19 @@ def _pytriton():
     except ImportError as e:
         raise ServingError(f"serving needs PyTriton ({e.name} is missing): pip install 'pathrt[serve]'") from e
     return triton
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free TCP ports on `host` (bound together, then released: another process could take
+    one before the server binds it, so a caller retries on a port clash)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @contextlib.contextmanager
