@@ -4,8 +4,11 @@
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <list>
+#include <mutex>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 namespace pathrt {
 
@@ -38,23 +41,53 @@ constexpr int64_t kMinPackedMacs = int64_t{8} << 20;
 
 }  // namespace
 
+// The weight packed per input shape, most recently used first.
+struct PackedConv::Cache {
+  std::mutex mutex;
+  std::list<std::pair<std::vector<int64_t>, at::Tensor>> entries;
+};
+
 bool packed_convs_available() {
   return at::hasMKLDNN() && reorder_op() != nullptr && pointwise_op() != nullptr && binary_op() != nullptr;
 }
 
+namespace {
+
+at::Tensor reorder(const at::Tensor& weight, const std::vector<int64_t>& padding, const std::vector<int64_t>& stride,
+                   at::OptionalIntArrayRef input_size) {
+  return reorder_op()
+      ->typed<at::Tensor(const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
+                         at::OptionalIntArrayRef)>()
+      .call(weight, padding, stride, kOnes, 1, input_size);
+}
+
+}  // namespace
+
 PackedConv::PackedConv(const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding)
     : plain_(weight.contiguous(at::MemoryFormat::ChannelsLast)), stride_(std::move(stride)),
-      padding_(std::move(padding)) {
+      padding_(std::move(padding)), cache_(std::make_shared<Cache>()) {
   if (!packed_convs_available() || weight.scalar_type() != at::kFloat || weight.dim() != 4) return;
   try {
-    packed_weight_ = reorder_op()
-                         ->typed<at::Tensor(const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef,
-                                            int64_t, at::OptionalIntArrayRef)>()
-                         .call(weight.contiguous(), padding_, stride_, kOnes, 1, std::nullopt);
+    reorder(weight.contiguous(), padding_, stride_, std::nullopt);  // can oneDNN take this weight at all?
     packed_ = true;
   } catch (const c10::Error&) {
     // a weight oneDNN cannot take runs through at::conv2d, whose errors name the shape problem
   }
+}
+
+at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  std::lock_guard<std::mutex> lock(cache_->mutex);
+  auto& entries = cache_->entries;
+  for (auto it = entries.begin(); it != entries.end(); ++it) {
+    if (it->first == shape) {
+      entries.splice(entries.begin(), entries, it);
+      return entries.front().second;
+    }
+  }
+  entries.emplace_front(shape, reorder(plain_, padding_, stride_, shape));
+  if (entries.size() > kMaxPackedShapes) entries.pop_back();
+  return entries.front().second;
 }
 
 at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual,
@@ -69,13 +102,14 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     return relu ? y.relu_() : y;
   }
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto weight = packed_for(input);
   if (residual.defined()) {
     return binary_op()
         ->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                            c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t, std::string_view,
                            std::optional<c10::Scalar>, std::optional<std::string_view>, Scalars,
                            std::optional<std::string_view>)>()
-        .call(input, residual.contiguous(at::MemoryFormat::ChannelsLast), packed_weight_, b, padding_, stride_, kOnes,
+        .call(input, residual.contiguous(at::MemoryFormat::ChannelsLast), weight, b, padding_, stride_, kOnes,
               1, "add", std::nullopt, relu ? std::optional<std::string_view>("relu") : std::nullopt, Scalars(),
               std::nullopt);
   }
@@ -83,7 +117,7 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
       ->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::IntArrayRef,
                          c10::IntArrayRef, c10::IntArrayRef, int64_t, std::string_view, Scalars,
                          std::optional<std::string_view>)>()
-      .call(input, packed_weight_, b, padding_, stride_, kOnes, 1, relu ? "relu" : "none", Scalars(), std::nullopt);
+      .call(input, weight, b, padding_, stride_, kOnes, 1, relu ? "relu" : "none", Scalars(), std::nullopt);
 }
 
 }  // namespace pathrt
