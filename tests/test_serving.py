@@ -83,7 +83,7 @@ def test_batch_explainer_fails_only_the_bad_requests(explainer, digits):
     alone = explainer.explain(explainer.target.preprocess(digits[:6]))
     for result, rows in ((results[0], slice(0, 2)), (results[2], slice(2, 5))):
         assert result["packed"].shape == (rows.stop - rows.start, (explainer.spec.total_channels + 7) // 8)
-        assert "scores" not in result
+        assert "Y" in result and "scores" in result  # naming none: all
         np.testing.assert_array_equal(result["packed"], alone.packed[rows].numpy())
         np.testing.assert_allclose(result["logits"], alone.logits[rows].numpy(), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(results[2]["classes"].ravel(), [1, 2, 3])
@@ -269,6 +269,18 @@ def test_health_metrics_and_request_cli(served, explainer, digits, tmp_path):
     with urllib.request.urlopen(f"http://127.0.0.1:{served.metrics}/metrics", timeout=10) as r:
         metrics = r.read().decode()
     assert 'nv_inference_request_success{model="pathrt"' in metrics
+    # plain HTTP/JSON (KServe v2), naming no outputs: all of them, per-image scalars as (N, 1)
+    body = {"inputs": [{"name": "images", "shape": [2, *digits.shape[1:]], "datatype": "FP32",
+                        "data": digits[:2].flatten().tolist()}]}
+    request = urllib.request.Request(f"http://127.0.0.1:{served.http}/v2/models/pathrt/infer",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        outputs = {o["name"]: o for o in json.loads(r.read())["outputs"]}
+    assert set(outputs) == {"packed", "kept", "logits", "pathway_logits", "Y", "O", "classes", "scores"}
+    expected = explainer.explain(explainer.target.preprocess(digits[:2]))
+    assert outputs["O"]["shape"] == [2, 1]
+    np.testing.assert_allclose(outputs["O"]["data"], expected.O.numpy(), rtol=0, atol=1e-5)
+    assert outputs["kept"]["data"] == expected.kept.tolist()
     out = tmp_path / "request"
     done = subprocess.run([sys.executable, "-m", "pathrt.cli", "request", "--url", served.url, "--limit", "40",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -23,7 +23,7 @@ import torch
 from pathrt.errors import InputError, ServingError
 from pathrt.opspec.masks import unpack_masks
 from pathrt.runtime.explanation import Explanation
-from pathrt.serving.protocol import IMAGES, SCORES, TARGET_CLASS, output_specs
+from pathrt.serving.protocol import CLIENT_OUTPUTS, IMAGES, SCORES, TARGET_CLASS
 from pathrt.serving.repository import MODEL_NAME
 from pathrt.targets.spec import PathwaySpec
 
@@ -66,15 +66,15 @@ class Client:
 
     def infer(self, images: np.ndarray, classes: np.ndarray | None = None,
               scores: bool = False) -> dict[str, np.ndarray]:
-        """One request (at most max_batch_size images): the served outputs by name, as Triton returns them."""
+        """One request (at most max_batch_size images): the outputs `explain` needs (`CLIENT_OUTPUTS`, plus
+        the scores if asked) by name, as Triton returns them."""
         grpc = self._grpc
         inputs = [grpc.InferInput(IMAGES, list(images.shape), "FP32")]
         inputs[0].set_data_from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if classes is not None:
             inputs.append(grpc.InferInput(TARGET_CLASS, [len(classes), 1], "INT64"))
             inputs[1].set_data_from_numpy(np.ascontiguousarray(classes, dtype=np.int64).reshape(-1, 1))
-        names = [t.name for t in output_specs(self.spec.total_channels, self.num_classes)
-                 if scores or t.name != SCORES]
+        names = [*CLIENT_OUTPUTS, SCORES] if scores else list(CLIENT_OUTPUTS)
         try:
             result = self._client.infer(self.model, inputs, outputs=[grpc.InferRequestedOutput(n) for n in names],
                                         client_timeout=self.timeout_s)

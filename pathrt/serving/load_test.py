@@ -27,6 +27,7 @@ import torch
 from pathrt.benchmarks.harness import build_models
 from pathrt.report import markdown_table
 from pathrt.serving.client import Client
+from pathrt.serving.protocol import CLIENT_OUTPUTS
 from pathrt.serving.repository import Batching, Instances, explainer_config
 from pathrt.serving.server import Endpoints, Server, free_ports
 
@@ -37,12 +38,13 @@ HEADERS = ["concurrency", "requests", "errors", "images/s", "p50 ms", "p99 ms", 
 async def _drive(url: str, images: np.ndarray, concurrency: int, duration_s: float) -> tuple[list[float], int]:
     """`concurrency` request loops for `duration_s`: the latency of every good answer (s) and the error count."""
     import tritonclient.grpc.aio as aio
-    from tritonclient.grpc import InferInput
+    from tritonclient.grpc import InferInput, InferRequestedOutput
 
     client = aio.InferenceServerClient(url)
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration_s
+    outputs = [InferRequestedOutput(n) for n in CLIENT_OUTPUTS]  # what `Client.explain` asks for
 
     async def loop(worker: int) -> None:
         nonlocal errors
@@ -52,7 +54,7 @@ async def _drive(url: str, images: np.ndarray, concurrency: int, duration_s: flo
             tensor.set_data_from_numpy(images[i % len(images)][None])
             start = time.perf_counter()
             try:
-                await client.infer("pathrt", [tensor])
+                await client.infer("pathrt", [tensor], outputs=outputs)
                 latencies.append(time.perf_counter() - start)
             except Exception:  # counted: the load test reports every failed request
                 errors += 1

@@ -9,7 +9,7 @@ Inputs: `images` (N, C, H, W) float32, raw pixels in [0, 1] (the server applies 
 preprocessing, `Target.preprocess`) unless the server was started with `inputs="preprocessed"`;
 `target_class` (N, 1) int64, optional: the class to explain per image (default: the prediction).
 Outputs: the packed masks (`pathrt::pack_masks` layout), kept counts, logits, pathway logits, Y, O,
-the explained class, and the scores when a request asks for them.
+the explained class and the scores; a request gets those it names (all when it names none).
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def output_specs(total_channels: int, num_classes: int) -> tuple[TensorSpec, ...
             TensorSpec("logits", "FP32", (num_classes,)), TensorSpec("pathway_logits", "FP32", (num_classes,)),
             TensorSpec("Y", "FP32", (1,)), TensorSpec("O", "FP32", (1,)), TensorSpec("classes", "INT64", (1,)),
             TensorSpec(SCORES, "FP32", (total_channels,)))
+
+
+# What `Client` asks for: all an Explanation needs (Y, O and kept follow from them); fewer tensors per
+# response cost the server less. Other clients may ask for any outputs; one that names none gets all.
+CLIENT_OUTPUTS = ("packed", "logits", "pathway_logits", "classes")
 
 
 def check_input_kind(kind: str) -> InputKind:

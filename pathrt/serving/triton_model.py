@@ -71,15 +71,16 @@ class BatchExplainer:
         return results
 
 
+_OUTPUTS = {"packed": lambda e: e.packed, "kept": lambda e: e.kept[:, None], "logits": lambda e: e.logits.float(),
+            "pathway_logits": lambda e: e.pathway_logits.float(), "Y": lambda e: e.Y[:, None],
+            "O": lambda e: e.O[:, None], "classes": lambda e: e.classes[:, None], SCORES: lambda e: e.scores.float()}
+
+
 def outputs_of(explanation, wanted: frozenset[str] | None) -> dict[str, np.ndarray]:
-    """The served outputs of one request's explanation (per-image scalars as (N, 1)); scores only if asked."""
-    column = {"kept": explanation.kept, "Y": explanation.Y, "O": explanation.O, "classes": explanation.classes}
-    out = {"packed": explanation.packed, "logits": explanation.logits.float(),
-           "pathway_logits": explanation.pathway_logits.float(),
-           **{name: t.reshape(-1, 1) for name, t in column.items()}}
-    if wanted is not None and SCORES in wanted:
-        out[SCORES] = explanation.scores.float()
-    return {name: t.contiguous().numpy() for name, t in out.items() if wanted is None or name in wanted}
+    """The outputs a request asked for (Triton names all of them for a request that names none), per-image
+    scalars as (N, 1); only those are computed and sent."""
+    names = [n for n in _OUTPUTS if wanted is None or n in wanted]
+    return {name: _OUTPUTS[name](explanation).contiguous().numpy() for name in names}
 
 
 class TritonPythonModel:
