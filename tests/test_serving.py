@@ -222,12 +222,14 @@ def test_bad_requests_get_clear_errors(served, digits):
         raw = grpc.InferenceServerClient(served.url)
         for shape, dtype, match in (((1, 1, 7, 8), "FP32", "shape"), ((1, *good.shape[1:]), "FP64", "FP64|data-type"),
                                     ((17, *good.shape[1:]), "FP32", "batch-size must be <= 16"),
-                                    ((0, *good.shape[1:]), "FP32", "empty batch|batch-size|0")):
+                                    ((0, *good.shape[1:]), "FP32", "byte size mismatch.*got 0")):
             tensor = grpc.InferInput("images", list(shape), dtype)
             tensor.set_data_from_numpy(np.zeros(shape, np.float64 if dtype == "FP64" else np.float32))
             with pytest.raises(InferenceServerException, match=match):
                 raw.infer("pathrt", [tensor])
         raw.close()
+        with pytest.raises(InputError, match="non-empty"):
+            client.explain(good[:0])  # refused by the client before sending
         assert client.explain(good).masks.shape[0] == 2  # the server is unharmed
 
 
