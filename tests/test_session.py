@@ -54,6 +54,20 @@ def test_session_matches_eager_on_embedded(embedded, bias: float) -> None:
                   Explainer(embedded, generator, backend="session").explain(x))
 
 
+def test_session_packs_conv_weights_per_batch_shape(embedded) -> None:
+    """The session's oneDNN convs pack each weight for the input shape they run on, keeping the last 8
+    (csrc/include/pathrt/packed_conv.h): ten batch sizes, then two of the evicted ones again, each
+    equal to eager."""
+    from pathrt.data import load_digits
+
+    generator = varied_generator(embedded.spec)
+    eager = Explainer(embedded, generator, backend="eager")
+    session = Explainer(embedded, generator, backend="session")
+    x = embedded.preprocess(load_digits("test").images[:10])
+    for n in [*range(1, 11), 1, 2]:
+        assert_parity(eager.explain(x[:n]), session.explain(x[:n]))
+
+
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory: pytest.TempPathFactory):
     target = torchvision_target("resnet18")
