@@ -4,6 +4,10 @@
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <list>
 #include <mutex>
 #include <optional>
@@ -77,6 +81,10 @@ PackedConv::PackedConv(const at::Tensor& weight, std::vector<int64_t> stride, st
 
 at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+#ifdef _OPENMP
+  shape.push_back(omp_get_max_threads());  // oneDNN's choice of layout depends on the thread count too
+#endif
+  const std::vector<int64_t> input_size(shape.begin(), shape.begin() + input.dim());
   std::lock_guard<std::mutex> lock(cache_->mutex);
   auto& entries = cache_->entries;
   for (auto it = entries.begin(); it != entries.end(); ++it) {
@@ -85,7 +93,7 @@ at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
       return entries.front().second;
     }
   }
-  entries.emplace_front(shape, reorder(plain_, padding_, stride_, shape));
+  entries.emplace_front(shape, reorder(plain_, padding_, stride_, input_size));
   if (entries.size() > kMaxPackedShapes) entries.pop_back();
   return entries.front().second;
 }

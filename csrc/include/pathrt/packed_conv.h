@@ -10,9 +10,11 @@
 // The packed layout oneDNN wants depends on the input's shape (on AVX2: Acdb32a at batch 1, a padded
 // Acdb24a at batch 4): a weight packed for no shape in particular was reordered again on every call
 // whose shape wanted another layout, by oneDNN's slow generic reorder (7 ms per call for a 128x128x3x3
-// weight at batch 4, against 0.7 ms for the conv itself). So the weight is packed per input shape,
-// on first use, with that shape (`input_size`), and the last kMaxPackedShapes packings are kept (LRU,
-// shared by copies and safe for concurrent callers): memory is at most that many copies of the weight.
+// weight at batch 4, against 0.7 ms for the conv itself). The layout depends on the thread count as
+// well (one thread wants Acdb24a where two want Acdb32a at batch 1). So the weight is packed per (input
+// shape, OpenMP thread count), on first use, with that shape (`input_size`), and the last
+// kMaxPackedShapes packings are kept (LRU, shared by copies, safe for concurrent callers): memory is at
+// most that many copies of the weight.
 #pragma once
 
 #include <ATen/ATen.h>
