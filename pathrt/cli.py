@@ -175,6 +175,9 @@ def _cmd_request(args: argparse.Namespace) -> None:
     from pathrt.serving import Client
 
     with Client(args.url, args.model, timeout_s=args.timeout) as client:
+        if client.inputs != "raw":
+            raise InputError(f"the server at {args.url} takes preprocessed images; `pathrt request` sends raw "
+                             "pixels: start the server with --inputs raw (the default), or use pathrt.serving.Client")
         labels = None
         if args.images:
             paths = list_image_files(args.images)
@@ -184,9 +187,6 @@ def _cmd_request(args: argparse.Namespace) -> None:
             test = load_digits("test")
             images, labels = test.images[:args.limit], test.labels[:args.limit]
             names = [f"digits-test/{i}" for i in range(len(images))]
-        if client.inputs != "raw":
-            raise InputError(f"the server at {args.url} takes preprocessed images; `pathrt request` sends raw "
-                             "pixels: start the server with --inputs raw (the default), or use pathrt.serving.Client")
         start = time.perf_counter()
         explanation = client.explain(images, target=args.classes, scores=args.scores)
         seconds = time.perf_counter() - start

@@ -61,7 +61,6 @@ class Client:
         self.spec = PathwaySpec.from_dict(json.loads(params["spec"]))
         self.inputs = params.get("inputs", "raw")
         self.max_batch_size = int(config.get("max_batch_size", 1))
-        self.num_classes = int(params["num_classes"])
         self.class_names: list[str] = json.loads(params.get("class_names", "[]"))
 
     def infer(self, images: np.ndarray, classes: np.ndarray | None = None,
@@ -95,8 +94,9 @@ class Client:
             raise InputError(f"images are {x.dtype}; send float images (raw pixels / 255 for uint8)")
         classes = None
         if target is not None:
-            classes = np.broadcast_to(np.asarray(target, dtype=np.int64).reshape(-1), (len(x),)).copy() \
-                if np.size(target) == 1 else np.asarray(target, dtype=np.int64).reshape(-1)
+            classes = np.asarray(target, dtype=np.int64).reshape(-1)
+            if classes.size == 1:
+                classes = np.repeat(classes, len(x))
             if len(classes) != len(x):
                 raise InputError(f"target names {len(classes)} classes for {len(x)} images")
         starts = range(0, len(x), self.max_batch_size)

@@ -97,15 +97,14 @@ def _in_process_seconds(explainer, images: torch.Tensor, batches: dict[int, int]
 def serve_bench(workdir: Path, out: Path, concurrency: Sequence[int] = (1, 8, 32), duration_s: float = 10.0,
                 backend: str = "auto", batching: Batching | None = None, threads: int = 0) -> str:
     """Runs the load test; writes `out/serve.md` and `serve.json`; returns the table."""
-    batching = batching or Batching()
+    from pathrt.data import load_digits
     from pathrt.generator import save_generator
     from pathrt.runtime import Explainer
     from pathrt.targets import save_target
 
+    batching = batching or Batching()
     model = build_models(["embedded"], workdir, 0.6, 64)[0]
     target, generator = model.explainer.target, model.explainer.generator
-    from pathrt.data import load_digits
-
     # raw pixels (the server applies the preprocessing): the digits test split for the trained model
     pixels = (load_digits("test").images if model.images is not None else torch.rand(256, *target.input_shape)).numpy()
     threads = threads or torch.get_num_threads()

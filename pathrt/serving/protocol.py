@@ -39,18 +39,13 @@ class TensorSpec:
     dims: tuple[int, ...]
     optional: bool = False
 
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return np.dtype({"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8, "FP16": np.float16,
-                         "BOOL": np.bool_, "INT32": np.int32, "FP64": np.float64}[self.dtype])
-
 
 def input_specs(input_shape: tuple[int, int, int]) -> tuple[TensorSpec, ...]:
     return (TensorSpec(IMAGES, "FP32", tuple(input_shape)), TensorSpec(TARGET_CLASS, "INT64", (1,), optional=True))
 
 
 def output_specs(total_channels: int, num_classes: int) -> tuple[TensorSpec, ...]:
-    """The outputs in the order the model writes them; `scores` only when a request asks for it."""
+    """The outputs in the order the model writes them (a request gets those it names)."""
     return (TensorSpec("packed", "UINT8", ((total_channels + 7) // 8,)), TensorSpec("kept", "INT64", (1,)),
             TensorSpec("logits", "FP32", (num_classes,)), TensorSpec("pathway_logits", "FP32", (num_classes,)),
             TensorSpec("Y", "FP32", (1,)), TensorSpec("O", "FP32", (1,)), TensorSpec("classes", "INT64", (1,)),

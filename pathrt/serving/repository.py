@@ -175,8 +175,7 @@ def explainer_config(target, target_path: str | os.PathLike[str], generator_path
         outputs=output_specs(target.spec.total_channels, target.num_classes), batching=batching, instances=instances,
         parameters={"target": str(Path(target_path).resolve()), "generator": str(Path(generator_path).resolve()),
                     "backend": backend, "inputs": check_input_kind(inputs), "num_threads": str(num_threads),
-                    "spec": json.dumps(target.spec.to_dict()), "num_classes": str(target.num_classes),
-                    "class_names": json.dumps(list(target.classes)),
+                    "spec": json.dumps(target.spec.to_dict()), "class_names": json.dumps(list(target.classes)),
                     "sys_path": json.dumps([p for p in sys.path if p])})
 
 

@@ -65,8 +65,8 @@ def _pytriton():
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct free TCP ports on `host` (bound together, then released: another process could take
-    one before the server binds it, so a caller retries on a port clash)."""
+    """n distinct free TCP ports on `host` (bound together, then released: another process could still
+    take one before the server binds it; `Server.start` then fails naming the ports)."""
     sockets = [socket.socket() for _ in range(n)]
     try:
         for s in sockets:
