@@ -98,9 +98,11 @@ $(PY):
 $(DEPS): pyproject.toml $(EXT_SOURCES) | $(PY)
 	@[ -f /usr/include/openssl/evp.h ] || { echo "installing libssl-dev (OpenSSL's SHA-256 for bundle digests)"; \
 	  apt-get update -qq && apt-get install -y -qq libssl-dev; }
+	@command -v unshare >/dev/null && command -v ip >/dev/null || { echo "installing util-linux and iproute2 \
+	  (the loopback-only network namespace of the Ray tests)"; apt-get update -qq && apt-get install -y -qq util-linux iproute2; }
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install "setuptools>=64" wheel "pybind11>=2.12" ninja
-	$(PIP) install --no-build-isolation -e ".[dev,onnx,serve]"
+	$(PIP) install --no-build-isolation -e ".[dev,onnx,serve,ray]"
 	touch $@
 
 clean:

@@ -65,11 +65,30 @@ def _cmd_train_target(args: argparse.Namespace) -> None:
           f"after {target.info['train_seconds']} s; saved {Path(args.out)}.safetensors/.json")
 
 
+def _without(argv: Sequence[str], flag: str) -> list[str]:
+    """`argv` less `flag` and its value (`--flag V` or `--flag=V`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
+    from pathrt.ddp import World, launch
     from pathrt.generator import GeneratorConfig
     from pathrt.targets import load_target
     from pathrt.training import GeneratorTrainingConfig, train_generator
 
+    if args.nproc < 1 or args.threads < 1:
+        raise InputError(f"--nproc and --threads must be >= 1, got {args.nproc} and {args.threads}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # this process starts the DDP processes
+        return launch(args.nproc, _without(_without(args.argv, "--nproc"), "--threads"), args.threads)
+    world = World.from_env()
     target = load_target(args.target)
     train, val = _load_data(args, target.classes)
     config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -77,7 +96,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
                                      checkpoint_every=args.checkpoint_every, target_fidelity=args.target_fidelity)
     generator_config = GeneratorConfig.small() if args.small else GeneratorConfig()
     _, history = train_generator(target, train, val, generator_config, config, out=args.out, resume=args.resume,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, world=world)
+    if not world.main:
+        return None
     last = history[-1]
     chosen = max((e for e in history if e.get("best")), key=lambda e: e["val_sparsity"], default=last)
     if args.target_fidelity is not None:
@@ -90,6 +111,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
+    ray_only = [n for n in ("actors", "threads", "ray_address") if getattr(args, n) is not None]
+    if args.engine == "ray":
+        from pathrt.distributed import explain_dataset
+
+        explain_dataset(args.target, args.generator, args.out, images=args.images, actors=args.actors or 1,
+                        threads=args.threads or 1, block_size=args.batch_size, backend=args.backend,
+                        address=args.ray_address, progress=not args.no_progress)
+        return
+    if ray_only:
+        raise InputError(f"{_flags(ray_only)} only used with --engine ray; drop them or add --engine ray")
     from pathrt.explain_folder import explain_to_folder
 
     explain_to_folder(args.target, args.generator, args.out, images=args.images, batch_size=args.batch_size,
@@ -374,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-fidelity", type=float, metavar="F", help="adapt the sparsity weight during "
                        "training to reach balanced validation fidelity F (e.g. 0.95, hard masks) and keep the "
                        "sparsest generator that meets it")
+    train.add_argument("--nproc", type=int, default=1, help="train with DDP over N processes on this machine "
+                       "(torchrun, gloo on 127.0.0.1; --batch-size is the global batch, split evenly)")
+    train.add_argument("--threads", type=int, default=1, help="threads per process with --nproc (default 1)")
     train.set_defaults(run=_cmd_train)
 
     def artifact_args(cmd: argparse.ArgumentParser) -> None:
@@ -395,9 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="explain images (a folder, or the embedded test split)")
     explainer_args(explain)
-    explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split)")
+    explain.add_argument("--images", metavar="DIR", help="folder of images (default: the digits test split); "
+                         "with --engine ray also Parquet (a file or folder, encoded images in column 'image')")
     explain.add_argument("--out", default="runs/explain", help="output folder (default runs/explain); an "
                          "interrupted run into the same folder resumes where it stopped")
+    explain.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process "
+                         "(default); ray: an actor pool on Ray Data, results as Parquet blocks (pathrt[ray])")
+    explain.add_argument("--actors", type=int, help="--engine ray: explainer actors (default 1)")
+    explain.add_argument("--threads", type=int, help="--engine ray: threads per actor (default 1)")
+    explain.add_argument("--ray-address", help="--engine ray: the cluster to join (e.g. auto, ray://head:10001; "
+                         "default: a running local one, else a new local one)")
     explain.add_argument("--no-progress", action="store_true")
     explain.set_defaults(run=_cmd_explain)
 
@@ -533,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pathrt` command."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     limit_heap_growth()
     try:
         args.run(args)

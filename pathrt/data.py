@@ -106,7 +106,8 @@ def load_digits(split: str = "train", size: int = DIGITS_SIZE) -> TensorImageDat
 RESIZE_METHODS = ("area", "bilinear", "bicubic", "lanczos", "nearest")
 
 
-def _read_image(path: Path, size: tuple[int, int], resize: str = "area") -> torch.Tensor:
+def _read_image(path: Path | io.BytesIO, size: tuple[int, int], resize: str = "area", name: str = "") -> torch.Tensor:
+    """One image (a file, or encoded bytes named `name` in messages) as (3, H, W) in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
 
     filters = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
@@ -116,7 +117,7 @@ def _read_image(path: Path, size: tuple[int, int], resize: str = "area") -> torc
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((size[1], size[0]), filters[resize])
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{path} is not a readable image ({exc}); remove or replace it") from exc
+        raise DatasetError(f"{name or path} is not a readable image ({exc}); remove or replace it") from exc
     array = np.asarray(rgb, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -220,6 +221,14 @@ def read_images(paths: Sequence[Path], size: int | tuple[int, int] = 32) -> torc
     """The images at `paths` resized to `size`: (N, 3, H, W) in [0, 1]."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
     return torch.stack([_read_image(p, hw) for p in paths])  # type: ignore[arg-type]
+
+
+def decode_images(encoded: Sequence[bytes], names: Sequence[str], size: int | tuple[int, int] = 32) -> torch.Tensor:
+    """Encoded images (PNG, JPEG, ... bytes, e.g. a Parquet column) resized to `size`: (N, 3, H, W) in
+    [0, 1]; DatasetError naming the first that does not decode."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return torch.stack([_read_image(io.BytesIO(b), hw, name=n)  # type: ignore[arg-type]
+                        for b, n in zip(encoded, names, strict=True)])
 
 
 def load_image_files(root: str | os.PathLike[str], size: int | tuple[int, int] = 32) -> tuple[torch.Tensor, list[Path]]:

@@ -47,6 +47,11 @@ class ServingError(PathrtError, RuntimeError):
     use, the server's own error message)."""
 
 
+class DistributedError(PathrtError, RuntimeError):
+    """A distributed run could not start or failed: Ray or torch.distributed missing or unreachable, a
+    worker that kept dying, no loopback-only network namespace where one is required."""
+
+
 class StorageError(PathrtError, OSError):
     """An output could not be written (disk full, quota, file size limit); earlier outputs are intact."""
 

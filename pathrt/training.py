@@ -9,6 +9,11 @@ Checkpoints: the generator artifact `<stem>` (see pathrt.generator) and, for `--
 training-state file `<stem>.train.safetensors` holding generator weights, optimizer moments, RNG
 state and (in its metadata) step, config and history: a single atomic file, so it is never torn.
 The batch order is a function of (seed, epoch), so a resumed run reproduces an uninterrupted one.
+
+Under torchrun (`pathrt train --nproc N`, see pathrt.ddp) the generator alone is wrapped in DDP (the
+frozen target never is): each rank trains on its share of the same global batch, validates its
+share of the validation set (metrics over every image once, without the sampler's padding), and
+rank 0 writes the checkpoints, holding every rank's RNG state so that `--resume` stays exact.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DistributedSampler
 
 from pathrt.artifacts import artifact_paths, atomic_write, check_state, parse_json, tensor_fingerprint
 from pathrt.data import TensorImageDataset
+from pathrt.ddp import GlobalBatchNorm, World, convert_batchnorms
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.fidelity import fidelity, fidelity_breakdown
 from pathrt.generator import GeneratorConfig, PathwayGenerator, save_generator
@@ -88,15 +96,36 @@ def _state_path(stem: Path) -> Path:
     return artifact_paths(stem)[0].with_suffix(".train.safetensors")
 
 
-def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    per_epoch = max(1, n // batch_size)  # drop the last partial batch: every step sees batch_size images
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[position * batch_size:(position + 1) * batch_size]
+class _Batches:
+    """This rank's share of each step's global batch. The global batch is a function of (seed, epoch,
+    step) alone: positions [k·B, (k+1)·B) of a permutation of the data per epoch (DistributedSampler's,
+    seeded seed·1_000_003 + epoch; the last partial batch dropped), of which rank r takes every W-th
+    position from r: the same images a single process trains on at that step, whatever W."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, world: World) -> None:
+        if batch_size % world.size:
+            raise InputError(f"--batch-size {batch_size} does not split evenly over {world.size} processes; "
+                             "choose a multiple of --nproc")
+        self.per_epoch = max(1, n // batch_size)
+        self.local = batch_size // world.size
+        self.sampler = DistributedSampler(range(n), num_replicas=world.size, rank=world.rank, shuffle=True,
+                                          seed=seed * 1_000_003)
+        self.epoch, self.order = -1, []
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            self.sampler.set_epoch(epoch)
+            self.epoch, self.order = epoch, list(self.sampler)
+        return torch.tensor(self.order[position * self.local:(position + 1) * self.local], dtype=torch.long)
+
+
+def _rng_key(rank: int) -> str:
+    return "rng.torch" if rank == 0 else f"rng.torch.rank{rank}"
 
 
 def _save_state(path: Path, generator: PathwayGenerator, optimizer: torch.optim.Optimizer,
-                meta: dict[str, Any]) -> None:
+                meta: dict[str, Any], rng_states: list[torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"generator.{k}": v.detach().clone().contiguous() for k, v in generator.state_dict().items()}
@@ -104,8 +133,9 @@ def _save_state(path: Path, generator: PathwayGenerator, optimizer: torch.optim.
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {"pathrt": json.dumps({**meta, "param_groups": opt["param_groups"],
+    for rank, state in enumerate(rng_states):
+        tensors[_rng_key(rank)] = state
+    metadata = {"pathrt": json.dumps({**meta, "world_size": len(rng_states), "param_groups": opt["param_groups"],
                                       "fingerprint": tensor_fingerprint(tensors)})}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -133,9 +163,12 @@ def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any], generator: PathwayGenerator,
-             optimizer: torch.optim.Optimizer) -> None:
-    """Loads generator weights, optimizer moments and the RNG state of a training state file, each
-    checked against what this run built (ArtifactError for anything that does not fit)."""
+             optimizer: torch.optim.Optimizer, world: World) -> None:
+    """Loads generator weights, optimizer moments and this rank's RNG state of a training state file,
+    each checked against what this run built (ArtifactError for anything that does not fit)."""
+    if int(saved.get("world_size", 1)) != world.size:
+        raise IncompatibleArtifactError(f"{path} was written by a run of {saved.get('world_size', 1)} processes; "
+                                        f"resume it with --nproc {saved.get('world_size', 1)}, not {world.size}")
     weights = {k[len("generator."):]: v for k, v in tensors.items() if k.startswith("generator.")}
     check_state(generator.state_dict(), weights, str(path), "the generator of this run")
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
@@ -150,7 +183,7 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
                 raise ArtifactError(f"{path}: optimizer tensor {key!r} has shape {tuple(value.shape)}, its "
                                     f"parameter {tuple(params[int(index)].shape)}")
             opt_state.setdefault(int(index), {})[name] = value
-    rng = tensors.get("rng.torch")
+    rng = tensors.get(_rng_key(world.rank))
     if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
         raise ArtifactError(f"{path} holds no valid RNG state")
     try:
@@ -163,23 +196,26 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
 
 
 @torch.no_grad()
-def _validate(model: torch.nn.Module, target: Target, generator: PathwayGenerator,
-              val: TensorImageDataset) -> dict[str, float]:
+def _validate(model: torch.nn.Module, target: Target, generator: PathwayGenerator, val: TensorImageDataset,
+              world: World) -> dict[str, float]:
+    """Validation metrics over every image of `val` once: each rank takes its DistributedSampler share
+    (padded to equal shares), the shares are gathered and the padding's repeats dropped by index."""
     generator.eval()
-    kept, count = 0.0, 0
-    plain, pathway = [], []
-    for start in range(0, len(val), 256):
-        x = target.preprocess(val.images[start:start + 256])
+    mine = torch.tensor(list(DistributedSampler(range(len(val)), world.size, world.rank, shuffle=False)))
+    plain, pathway, kept = [], [], []
+    for start in range(0, len(mine), 256):
+        x = target.preprocess(val.images[mine[start:start + 256]])
         capture = capture_features(model, target.spec, x)
         masks = generator(capture.features).masks
-        z = pathway_forward(model, target.spec, x, masks)
+        pathway.append(pathway_forward(model, target.spec, x, masks))
         plain.append(capture.logits)
-        pathway.append(z)
-        kept += float(torch.cat(masks, 1).float().mean(1).sum())
-        count += len(x)
+        kept.append(torch.cat(masks, 1).float().mean(1))
     generator.train()
-    logits, pathway_logits = torch.cat(plain), torch.cat(pathway)
-    return {"val_fidelity": fidelity(logits, pathway_logits), "val_sparsity": 1 - kept / count,
+    logits, pathway_logits, kept_ = (torch.empty(len(val), *t[0].shape[1:]) for t in (plain, pathway, kept))
+    for index, *parts in world.gather((mine, torch.cat(plain), torch.cat(pathway), torch.cat(kept))):
+        for whole, part in zip((logits, pathway_logits, kept_), parts, strict=True):
+            whole[index] = part
+    return {"val_fidelity": fidelity(logits, pathway_logits), "val_sparsity": 1 - float(kept_.sum()) / len(val),
             "val_balanced_fidelity": fidelity_breakdown(logits, pathway_logits)["balanced_fidelity"]}
 
 
@@ -193,10 +229,13 @@ def train_generator(
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    world: World | None = None,
 ) -> tuple[PathwayGenerator, list[dict[str, float]]]:
     """Trains a generator for `target` on `train` (images in [0, 1]); returns it (eval mode) and the
     validation history. Checkpoints go to `out`; `resume=True` continues from `out`'s training state.
-    `callback(step, metrics)` runs after every step (raising in it interrupts training)."""
+    `callback(step, metrics)` runs after every step (raising in it interrupts training). `world`: this
+    process's rank (default: torchrun's environment, or one process); see the module docstring."""
+    world = world or World.from_env()
     config = config or GeneratorTrainingConfig()
     generator_config = generator_config or GeneratorConfig.small()
     if train.image_shape != target.input_shape:
@@ -210,6 +249,10 @@ def train_generator(
     model = canonized_copy(target.model)
     fingerprint = target.fingerprint
     generator = PathwayGenerator(target.spec, generator_config).train()
+    if world.size > 1:
+        convert_batchnorms(generator, GlobalBatchNorm)
+        if world.rank:  # dropout draws: a stream of its own per rank (rank 0 goes on as a single process)
+            torch.manual_seed(config.seed + 1_000_003 * world.rank)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, float]] = []
     start_step = 0
@@ -219,31 +262,38 @@ def train_generator(
         if {k: saved[k] for k in meta} != json.loads(json.dumps(meta)):
             raise IncompatibleArtifactError(f"{_state_path(stem)} belongs to another run (config, generator config "
                                             "or target differ); resume with the same settings or start afresh")
-        _restore(_state_path(stem), tensors, saved, generator, optimizer)
+        _restore(_state_path(stem), tensors, saved, generator, optimizer, world)
         start_step, history = int(saved["step"]), list(saved["history"])
         if start_step > config.steps:
             raise IncompatibleArtifactError(f"{_state_path(stem)} is at step {start_step}, beyond --steps "
                                             f"{config.steps}")
     # built after a resume's optimizer state (which holds initial_lr): its first lr is that of start_step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor, last_epoch=start_step - 1)
-    controller = _FidelityController(config, history, stem)
+    controller = _FidelityController(config, history, stem, world.main)
+    batches = _Batches(len(train), config.batch_size, config.seed, world)
+    trainable: nn.Module = generator
+    if world.size > 1:
+        trainable = nn.parallel.DistributedDataParallel(generator)
 
     def checkpoint(step: int) -> None:
         if stem is None:
             return
-        _save_state(_state_path(stem), generator, optimizer, {**meta, "step": step, "history": history})
-        save_generator(generator, stem, fingerprint, {"training": asdict(config), "step": step, "history": history})
+        rng_states = world.gather(torch.get_rng_state())
+        if world.main:
+            _save_state(_state_path(stem), generator, optimizer, {**meta, "step": step, "history": history},
+                        rng_states)  # type: ignore[arg-type]
+            save_generator(generator, stem, fingerprint, {"training": asdict(config), "step": step,
+                                                          "history": history})
 
-    bar = progress_bar(config.steps, "train generator", progress, initial=start_step, unit="step")
+    bar = progress_bar(config.steps, "train generator", progress and world.main, initial=start_step, unit="step")
     begin = time.perf_counter()
     try:
         for step in range(start_step, config.steps):
-            idx = _batch_indices(len(train), config.batch_size, config.seed, step)
-            x = target.preprocess(train.images[idx])
+            x = target.preprocess(train.images[batches(step)])
             with torch.no_grad():
                 capture = capture_features(model, target.spec, x)
                 teacher = torch.softmax(capture.logits / config.tau, 1)
-            out_ = generator(capture.features)
+            out_ = trainable(capture.features)
             z = pathway_forward(model, target.spec, x, out_.masks)
             kd = F.kl_div(F.log_softmax(z / config.tau, 1), teacher, reduction="batchmean") * config.tau**2
             scores = torch.cat(out_.scores, 1)
@@ -255,12 +305,13 @@ def train_generator(
             optimizer.step()
             scheduler.step()
             with torch.no_grad():  # sparsity of the hard masks the explanations use, not of DAQ's soft ones
-                stats = {"loss": loss.item(), "kd": kd.item(),
-                         "fidelity": 100 * float((z.argmax(1) == capture.logits.argmax(1)).float().mean()),
-                         "sparsity": 1 - float((scores >= generator.config.threshold).float().mean())}
+                local = torch.stack([loss.double(), kd.double(),
+                                     100 * (z.argmax(1) == capture.logits.argmax(1)).double().mean(),
+                                     1 - (scores >= generator.config.threshold).double().mean()])
+                stats = dict(zip(("loss", "kd", "fidelity", "sparsity"), world.mean(local).tolist(), strict=True))
             done = step + 1
             if done % config.val_every == 0 or done == config.steps:
-                history.append({"step": done, **stats, **_validate(model, target, generator, val)})
+                history.append({"step": done, **stats, **_validate(model, target, generator, val, world)})
                 controller.update(history[-1], generator, fingerprint)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 checkpoint(done)
@@ -275,6 +326,7 @@ def train_generator(
     if history:
         history[-1]["seconds"] = round(time.perf_counter() - begin, 1)
     controller.finish(generator, fingerprint)
+    convert_batchnorms(generator, nn.BatchNorm2d)
     generator.target_fingerprint = target.fingerprint
     return generator.eval(), history
 
@@ -288,8 +340,9 @@ class _FidelityController:
     """`target_fidelity` (GeneratorTrainingConfig): the λ_sp scale and the sparsest generator meeting the
     target. Both follow from the history (and `<stem>.best`), so a resumed run continues exactly."""
 
-    def __init__(self, config: GeneratorTrainingConfig, history: list[dict[str, Any]], stem: Path | None) -> None:
-        self.config, self.history, self.stem = config, history, stem
+    def __init__(self, config: GeneratorTrainingConfig, history: list[dict[str, Any]], stem: Path | None,
+                 write: bool = True) -> None:
+        self.config, self.history, self.stem, self.write = config, history, stem, write
         self.scale = float(history[-1].get("lambda_scale", 1.0)) if history else 1.0
         self.best: dict[str, torch.Tensor] | None = None
         if config.target_fidelity is not None and stem is not None and artifact_paths(_best_stem(stem))[0].exists():
@@ -310,7 +363,7 @@ class _FidelityController:
         if achieved >= target and entry["val_sparsity"] > max(kept, default=-1.0):
             entry["best"] = True
             self.best = {k: v.detach().clone() for k, v in generator.state_dict().items()}
-            if self.stem is not None:
+            if self.stem is not None and self.write:
                 save_generator(generator, _best_stem(self.stem), fingerprint, {"step": entry["step"]})
 
     def finish(self, generator: PathwayGenerator, fingerprint: str) -> None:
@@ -323,6 +376,6 @@ class _FidelityController:
             return
         generator.load_state_dict(self.best)
         chosen = max((e for e in self.history if e.get("best")), key=lambda e: e["val_sparsity"])
-        if self.stem is not None:
+        if self.stem is not None and self.write:
             save_generator(generator, self.stem, fingerprint, {"training": asdict(self.config), "chosen_step":
                            chosen["step"], "history": self.history})

@@ -1,0 +1,214 @@
+"""Beyond one process: batch explanation on Ray Data (run in a network namespace holding only `lo`),
+and generator training with DDP under torchrun (gloo on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pathrt.data import load_digits
+from pathrt.ddp import World
+from pathrt.distributed import loopback_command, read_results
+from pathrt.distributed.ray_explain import block_table, list_source
+from pathrt.errors import DatasetError, IncompatibleArtifactError
+from pathrt.generator import save_generator
+from pathrt.opspec import parity
+from pathrt.opspec.masks import unpack_masks
+from pathrt.runtime import Explainer
+from pathrt.training import _Batches
+from tests.conftest import ROOT, varied_generator
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, embedded, trained_target_path):
+    """The trained embedded target and a varied (untrained) generator for it, saved."""
+    folder = tmp_path_factory.mktemp("distributed")
+    save_generator(varied_generator(embedded.spec, seed=5), folder / "generator", embedded.fingerprint)
+    return trained_target_path, folder / "generator"
+
+
+def _write_parquet(path: Path, count: int, with_ids: bool, row_group_size: int = 7) -> torch.Tensor:
+    """`count` digits test images as PNG bytes in a Parquet file; returns the images as decoded."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    images = load_digits("test").images[:count]
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    columns = {"image": pa.array(encoded, type=pa.binary())}
+    if with_ids:
+        columns["id"] = pa.array([f"digit-{i}" for i in range(count)])
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return torch.round(images * 255) / 255
+
+
+def test_sources_cut_into_blocks_in_a_fixed_order(tmp_path) -> None:
+    digits = list_source(None, 100)
+    assert digits.kind == "digits" and digits.count == 359 and [len(b.ids) for b in digits.blocks] == [100] * 3 + [59]
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_parquet(data / "a.parquet", 10, with_ids=True)
+    _write_parquet(data / "b.parquet", 5, with_ids=False)
+    parquet = list_source(data, 4)
+    assert parquet.kind == "parquet" and parquet.count == 15
+    assert [(b.file, b.start, b.stop) for b in parquet.blocks] == [
+        ("a.parquet", 0, 4), ("a.parquet", 4, 8), ("a.parquet", 8, 10), ("b.parquet", 0, 4), ("b.parquet", 4, 5)]
+    assert parquet.blocks[0].ids[0] == "digit-0" and parquet.blocks[4].ids == ["b.parquet#4"]
+    _write_parquet(data / "c.parquet", 3, with_ids=True)  # its ids repeat a.parquet's
+    with pytest.raises(DatasetError, match="occurs twice"):
+        list_source(data, 4)
+
+
+def test_block_rows_read_back(artifacts, tmp_path) -> None:
+    """A block's Parquet rows hold what the explanation holds (packed masks, kept per layer, logits, Y, O)."""
+    from pathrt.distributed.ray_explain import _read_block
+
+    explainer = Explainer.from_files(*artifacts)
+    want = _write_parquet(tmp_path / "d.parquet", 9, with_ids=False)
+    block = list_source(tmp_path / "d.parquet", 4).blocks[1]
+    images = _read_block("parquet", str(tmp_path / "d.parquet"), block.__dict__, (32, 32))
+    torch.testing.assert_close(images, want[4:8], rtol=0, atol=1e-6)
+    explanation = explainer.explain(explainer.target.preprocess(images))
+    table = block_table(explanation, block.ids)
+    assert table.column("id").to_pylist() == block.ids
+    packed = torch.tensor(np.frombuffer(b"".join(table.column("packed").to_pylist()), np.uint8)).view(4, -1)
+    assert torch.equal(packed, explanation.packed)
+    kept = torch.tensor(table.column("kept").to_pylist())
+    assert kept.tolist() == [[int(m[i].sum()) for m in explanation.layer_masks] for i in range(4)]
+    torch.testing.assert_close(torch.tensor(table.column("logits").to_pylist()), explanation.logits)
+    torch.testing.assert_close(torch.tensor(table.column("O").to_pylist()), explanation.O)
+    assert json.loads(table.schema.metadata[b"pathrt"])["pathway_spec"] == explanation.spec.to_dict()
+
+
+def test_ddp_ranks_share_the_single_process_global_batch() -> None:
+    """Rank r of W takes every W-th image of the batch one process takes at that step, for every step
+    (across epochs), so the DDP update is the single-process update."""
+    one = _Batches(50, 12, seed=3, world=World())
+    ranks = [_Batches(50, 12, seed=3, world=World(r, 3)) for r in range(3)]
+    for step in range(9):  # 4 steps per epoch: crosses two epoch boundaries
+        whole = one(step)
+        assert len(whole) == 12 and len(set(whole.tolist())) == 12
+        assert sorted(torch.cat([r(step) for r in ranks]).tolist()) == sorted(whole.tolist())
+    with pytest.raises(Exception, match="multiple of --nproc"):
+        _Batches(50, 10, seed=3, world=World(0, 3))
+
+
+# --- Ray, for real, in a loopback-only network namespace ---------------------------------------------
+
+def _isolated(argv: list[str]) -> list[str]:
+    """`argv` in a new network namespace with only `lo`: fails (never falls back) where none can be made."""
+    return loopback_command(argv)
+
+
+def _ray_explain(artifacts, out: Path, *extra: str) -> subprocess.Popen:
+    target, generator = artifacts
+    argv = [sys.executable, "-m", "pathrt.cli", "explain", "--engine", "ray", "--target", str(target),
+            "--generator", str(generator), "--out", str(out), "--no-progress", *extra]
+    return subprocess.Popen(_isolated(argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _actor_processes() -> list:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "ExplainBlocks" in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        output, _ = process.communicate()
+        pytest.fail(f"the Ray run did not finish in {timeout} s:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def _assert_equals_in_process(artifacts, out: Path) -> None:
+    explainer = Explainer.from_files(*artifacts)
+    test = load_digits("test")
+    want = explainer.explain(explainer.target.preprocess(test.images))
+    table = read_results(out)
+    assert table.column("id").to_pylist() == [f"digits-test/{i}" for i in range(len(test))]
+    packed = torch.tensor(np.frombuffer(b"".join(table.column("packed").to_pylist()), np.uint8)).view(len(test), -1)
+    got = {"masks": unpack_masks(packed, want.spec.total_channels),
+           "logits": torch.tensor(np.stack(table.column("logits").to_numpy(zero_copy_only=False))),
+           "pathway_logits": torch.tensor(np.stack(table.column("pathway_logits").to_numpy(zero_copy_only=False)))}
+    report = parity.compare(got, want)
+    assert report.ok, report.describe()
+    assert table.column("class").to_pylist() == want.classes.tolist()
+
+
+@pytest.mark.slow
+def test_ray_explain_survives_a_killed_actor_and_resumes(artifacts, tmp_path) -> None:
+    """The digits test split on 1 actor in 45 blocks; the actor is SIGKILLed once its first block is
+    written. Ray restarts it, the run completes and equals in-process explain (SPEC §8). Then three
+    blocks are deleted and one torn: a rerun explains exactly those four."""
+    out = tmp_path / "ray"
+    process = _ray_explain(artifacts, out, "--actors", "1", "--threads", "1", "--batch-size", "8")
+    deadline = time.monotonic() + 240
+    while not list((out / "blocks").glob("block-*.parquet")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no block was written in time"
+        time.sleep(0.01)
+    victims = _actor_processes()
+    written_at_kill = len(list((out / "blocks").glob("block-*.parquet")))
+    assert len(victims) == 1, victims
+    victims[0].kill()
+    assert written_at_kill < 45, "the run ended before the actor could be killed mid-run"
+    output = _finish(process)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == summary["explained_images"] == 359 and summary["blocks"] == 45
+    assert summary["actor_processes"] == 2, (summary, output)  # the killed actor and its restart
+    _assert_equals_in_process(artifacts, out)
+
+    blocks = sorted((out / "blocks").glob("block-*.parquet"))
+    for path in blocks[3:6]:
+        path.unlink()
+    blocks[10].write_bytes(blocks[10].read_bytes()[:100])  # torn
+    output = _finish(_ray_explain(artifacts, out, "--batch-size", "8"))
+    assert "resuming: 41 of 45 blocks" in output, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["blocks_skipped"] == 41 and summary["explained_images"] == 32
+    _assert_equals_in_process(artifacts, out)
+
+
+@pytest.mark.slow
+def test_ray_explain_refuses_another_runs_folder(artifacts, tmp_path) -> None:
+    """Another block size into the same folder is refused before Ray starts, and nothing is touched."""
+    from pathrt.distributed import explain_dataset
+
+    out = tmp_path / "ray"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "pathrt.ray_explain", "block_size": 3}))
+    with pytest.raises(IncompatibleArtifactError, match="another run"):
+        explain_dataset(*artifacts, out, block_size=8)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_loopback_namespace_has_only_lo() -> None:
+    probe = subprocess.run(_isolated([sys.executable, "-c", "import socket; print(socket.if_nameindex())"]),
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[(1, 'lo')]"
