@@ -86,6 +86,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     if args.nproc < 1 or args.threads < 1:
         raise InputError(f"--nproc and --threads must be >= 1, got {args.nproc} and {args.threads}")
+    if args.batch_size % args.nproc:
+        raise InputError(f"--batch-size {args.batch_size} does not split evenly over --nproc {args.nproc}; choose a "
+                         "multiple of --nproc (it is the global batch)")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # this process starts the DDP processes
         return launch(args.nproc, _without(_without(args.argv, "--nproc"), "--threads"), args.threads)
     world = World.from_env()

@@ -67,6 +67,23 @@ class World:
         return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, differentiable: the gradient of a sum over ranks is the sum of the ranks'
+    gradients (each rank's loss depends on every rank's inputs through the shared statistics)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics are those of the global batch over all ranks (two
     differentiable all-reduces: the mean, then the variance about it); eval mode is BatchNorm2d's."""
@@ -74,8 +91,7 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = [0, 2, 3]
         count = torch.tensor([float(x.numel() // x.shape[1])], dtype=x.dtype)
         total = all_reduce(torch.cat([x.sum(dims), count]))
