@@ -72,13 +72,13 @@ class _AllReduceSum(torch.autograd.Function):
     gradients (each rank's loss depends on every rank's inputs through the shared statistics)."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         out = tensor.clone()
         dist.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         out = grad.clone()
         dist.all_reduce(out)
         return out
