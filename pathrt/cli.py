@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -270,6 +271,7 @@ BENCH_TIMING = {"paths": None, "warmup": 2, "sparsity": 0.6, "dgr_max_batch": 8}
 BENCH_MEMORY = {"memory_images": 4096, "memory_models": ["embedded", "vgg11"]}  # --memory only
 BENCH_LOAD = {"load_models": ["embedded", "resnet18", "vgg11"]}  # --load only
 BENCH_SERVE = {"serve_concurrency": [1, 8, 32], "serve_duration": 10.0, "serve_queue_delay_us": 1000}  # --serve only
+BENCH_DISTRIBUTED = {"ray_images": 2048, "ray_block_size": 64, "ddp_steps": 600}  # --distributed only
 
 
 def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -279,15 +281,16 @@ def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
     def given(name: str) -> bool:
         return getattr(args, name) is not None and getattr(args, name) is not False
 
-    modes = {"memory": BENCH_MEMORY, "load": BENCH_LOAD, "serve": BENCH_SERVE,
+    modes = {"memory": BENCH_MEMORY, "load": BENCH_LOAD, "serve": BENCH_SERVE, "distributed": BENCH_DISTRIBUTED,
              "timing": {"quick": False, **BENCH_PRESETS["quick" if args.quick else "full"], **BENCH_TIMING}}
-    chosen = [m for m in ("memory", "load", "serve") if getattr(args, m)]
+    chosen = [m for m in ("memory", "load", "serve", "distributed") if getattr(args, m)]
     if len(chosen) > 1:
-        raise InputError("--memory, --load and --serve are separate runs: give one of them")
+        raise InputError("--memory, --load, --serve and --distributed are separate runs: give one of them")
     mode = chosen[0] if chosen else "timing"
     ignored = [n for m, options in modes.items() if m != mode for n in options if given(n)]
     if ignored:
-        where = f"--{mode} measures {mode} only" if chosen else "the timing bench (without --memory, --load, --serve)"
+        where = (f"--{mode} measures {mode} only" if chosen
+                 else "the timing bench (without --memory, --load, --serve, --distributed)")
         raise InputError(f"{where}: {_flags(ignored)} not used there; drop them")
     return {name: getattr(args, name) if given(name) else value for name, value in modes[mode].items()
             if name != "quick"}
@@ -311,6 +314,19 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         print(serve_bench(Path(args.workdir), Path(args.out), settings["serve_concurrency"], settings["serve_duration"],
                           batching=Batching(max_queue_delay_us=settings["serve_queue_delay_us"])))
         print(f"wrote {Path(args.out) / 'serve.md'} and serve.json")
+        return
+    if args.distributed:
+        from pathrt.benchmarks.distributed import distributed_bench
+        from pathrt.distributed import in_loopback_namespace, loopback_command
+
+        if not in_loopback_namespace():  # Ray may pick any interface: run the whole bench where only lo exists
+            code = subprocess.run(loopback_command([sys.executable, "-m", "pathrt.cli", *args.argv])).returncode
+            if code:
+                raise InputError(f"the bench in the loopback-only namespace failed (exit {code}; its error is above)")
+            return
+        print(distributed_bench(Path(args.workdir), Path(args.out), settings["ray_images"], settings["ray_block_size"],
+                                settings["ddp_steps"]))
+        print(f"wrote {Path(args.out) / 'distributed.md'} and distributed.json")
         return
     if args.memory:
         from pathrt.benchmarks.memory import memory_bench
@@ -545,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--load-models", nargs="+", help=f"(default {' '.join(BENCH_LOAD['load_models'])})")
     bench.add_argument("--serve", action="store_true", help="instead: load test of `pathrt serve` (Triton, loopback) "
                        "on the embedded model at each --serve-concurrency, against the same backend in-process")
+    bench.add_argument("--distributed", action="store_true", help="instead: Ray explain (1 and 2 actors) and DDP "
+                       "training (1 and 2 processes) against one process, in a loopback-only network namespace")
+    bench.add_argument("--ray-images", type=int, help=f"(default {BENCH_DISTRIBUTED['ray_images']})")
+    bench.add_argument("--ray-block-size", type=int, help=f"(default {BENCH_DISTRIBUTED['ray_block_size']})")
+    bench.add_argument("--ddp-steps", type=int, help=f"generator training steps; 0 skips DDP (default "
+                       f"{BENCH_DISTRIBUTED['ddp_steps']})")
     bench.add_argument("--serve-concurrency", nargs="+", type=int,
                        help=f"requests in flight (default {' '.join(map(str, BENCH_SERVE['serve_concurrency']))})")
     bench.add_argument("--serve-duration", type=float,
