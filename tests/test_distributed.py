@@ -194,7 +194,6 @@ def test_ray_explain_survives_a_killed_actor_and_resumes(artifacts, tmp_path) ->
     _assert_equals_in_process(artifacts, out)
 
 
-@pytest.mark.slow
 def test_ray_explain_refuses_another_runs_folder(artifacts, tmp_path) -> None:
     """Another block size into the same folder is refused before Ray starts, and nothing is touched."""
     from pathrt.distributed import explain_dataset
@@ -303,3 +302,28 @@ def create_tiny_target():
     from pathrt.targets import create_target
 
     return create_target("small_vgg", 10, (3, 32, 32), cfg=(8, "M", 16, "M"), hidden=16)
+
+
+def test_an_actor_sends_back_the_users_error(artifacts, tmp_path) -> None:
+    """An unreadable image fails its block with pathrt's own error (raised in the driver as that class),
+    not Ray's wrapped traceback; the good block is written, the bad one is not."""
+    from PIL import Image
+
+    from pathrt.distributed.ray_explain import ExplainBlocks, _block_rows, _raise, block_path
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(images / f"{i}.png")
+    (images / "3.png").write_bytes(b"not a png")
+    source = list_source(images, 2)
+    actor = ExplainBlocks(str(artifacts[0]), str(artifacts[1]), "auto", 1, str(tmp_path / "out"), source.kind,
+                          source.root)
+    rows = _block_rows(source.blocks)
+    batch = {k: np.array([r[k] for r in rows] if k != "ids" else [np.array(r[k]) for r in rows], dtype=object)
+             for k in rows[0]}
+    done = actor(batch)
+    assert done["images"].tolist() == [2, 0] and done["error"][0] == ""
+    assert block_path(tmp_path / "out", 0).exists() and not block_path(tmp_path / "out", 1).exists()
+    with pytest.raises(DatasetError, match=r"3.png is not a readable image .*block 1; the 1 blocks finished"):
+        _raise(str(done["error"][1]), 1, 1, tmp_path / "out")

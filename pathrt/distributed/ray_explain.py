@@ -35,7 +35,14 @@ import torch
 
 from pathrt.artifacts import atomic_write, parse_json, tensor_fingerprint, write_json
 from pathrt.data import decode_images, list_image_files, load_digits, read_images
-from pathrt.errors import ArtifactError, DatasetError, DistributedError, IncompatibleArtifactError, InputError
+from pathrt.errors import (
+    ArtifactError,
+    DatasetError,
+    DistributedError,
+    IncompatibleArtifactError,
+    InputError,
+    PathrtError,
+)
 from pathrt.fidelity import fidelity, fidelity_breakdown
 from pathrt.generator import load_generator
 from pathrt.metrics import ic_rate, mdc, mic
@@ -122,11 +129,11 @@ def list_source(images: str | os.PathLike[str] | None, block_size: int) -> Sourc
                 raise DatasetError(f"{path} has no {IMAGE_COLUMN!r} column (its columns: {schema.names}); pathrt "
                                    f"reads encoded images (PNG, JPEG bytes) from {IMAGE_COLUMN!r}")
             pieces += cut(ids, name)
-        kind, root = "parquet", str(base)
+        kind, root = "parquet", str(base.resolve())
     else:
         base = Path(images)
         pieces = list(cut([str(p.relative_to(base)) for p in list_image_files(base)]))
-        kind, root = "folder", str(base)
+        kind, root = "folder", str(base.resolve())
     blocks = [Block(i, ids, file, start, stop) for i, (ids, file, start, stop) in enumerate(pieces)]
     if not blocks:
         raise DatasetError(f"{images} holds no images")
@@ -206,18 +213,22 @@ class ExplainBlocks:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyarrow.parquet as pq
 
-        done: dict[str, list[Any]] = {"block": [], "images": [], "seconds": [], "pid": []}
+        done: dict[str, list[Any]] = {"block": [], "images": [], "seconds": [], "pid": [], "error": []}
         for row in range(len(batch["block"])):
             block = {name: batch[name][row] for name in batch}
             block["ids"] = [str(i) for i in block["ids"]]
             begin = time.perf_counter()
             target = self.explainer.target
-            images = _read_block(self.kind, self.root, block, target.input_shape[1:])
-            explanation = self.explainer.explain(target.preprocess(images))
-            table = block_table(explanation, block["ids"])
-            atomic_write(block_path(self.out, int(block["block"])), lambda tmp, t=table: pq.write_table(t, tmp))
-            for key, value in (("block", int(block["block"])), ("images", len(images)),
-                               ("seconds", time.perf_counter() - begin), ("pid", os.getpid())):
+            error, count = "", 0
+            try:
+                images = _read_block(self.kind, self.root, block, target.input_shape[1:])
+                table = block_table(self.explainer.explain(target.preprocess(images)), block["ids"])
+                atomic_write(block_path(self.out, int(block["block"])), lambda tmp, t=table: pq.write_table(t, tmp))
+                count = len(images)
+            except PathrtError as exc:  # the user's error (an unreadable image, a full disk): sent back whole
+                error = f"{type(exc).__name__}\t{exc}"
+            for key, value in (("block", int(block["block"])), ("images", count),
+                               ("seconds", time.perf_counter() - begin), ("pid", os.getpid()), ("error", error)):
                 done[key].append(value)
         return {k: np.asarray(v) for k, v in done.items()}
 
@@ -304,11 +315,12 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
                 ExplainBlocks, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
                 fn_constructor_kwargs={"target": str(target), "generator": str(generator), "backend": backend,
                                        "threads": threads, "out": str(folder.resolve()), "kind": source.kind,
-                                       "root": str(Path(source.root).resolve()) if source.kind != "digits"
-                                       else source.root},
+                                       "root": source.root},
                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
             try:
                 for row in dataset.iter_rows():
+                    if row["error"]:
+                        _raise(str(row["error"]), int(row["block"]), len(runs), folder)
                     runs.append({**{k: row[k].item() if hasattr(row[k], "item") else row[k] for k in row},
                                  "at": time.perf_counter()})
                     bar.update(int(row["images"]))
@@ -341,6 +353,16 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
           f"actors; fidelity {summary['fidelity']:.2f}%, sparsity {100 * summary['sparsity']['mean']:.1f}%; "
           f"wrote {folder / 'blocks'} and {folder / 'summary.json'}")
     return summary
+
+
+def _raise(error: str, block: int, finished: int, folder: Path) -> None:
+    """Raises, in the driver, the pathrt error an actor met explaining `block`."""
+    import pathrt.errors
+
+    name, message = error.split("\t", 1)
+    cls = getattr(pathrt.errors, name, DistributedError)
+    raise cls(f"{message} (block {block}; the {finished} blocks finished are kept in {folder / 'blocks'}: fix it "
+              "and run again to resume)")
 
 
 def _root_cause(exc: BaseException) -> str:
