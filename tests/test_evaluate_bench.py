@@ -118,16 +118,20 @@ def test_bench_flags_override_quick_and_ignored_flags_are_refused(capsys: pytest
     assert settings("--memory", "--memory-images", "64") == {"memory_images": 64,
                                                              "memory_models": ["embedded", "vgg11"]}
     assert settings("--load", "--load-models", "resnet18") == {"load_models": ["resnet18"]}
+    assert settings("--distributed", "--ddp-steps", "0") == {"ray_images": 2048, "ray_block_size": 64, "ddp_steps": 0}
     assert settings("--serve", "--serve-duration", "2") == {"serve_concurrency": [1, 8, 32], "serve_duration": 2.0,
                                                             "serve_queue_delay_us": 1000}
     refused = {
         ("bench", "--memory", "--quick", "--batches", "4"): "--memory measures memory only: --quick, --batches are "
                                                             "not used there",
         ("bench", "--load", "--memory-images", "8"): "--load measures load only: --memory-images is not used",
-        ("bench", "--memory-models", "vgg11"): "without --memory, --load, --serve): --memory-models is not used",
+        ("bench", "--memory-models", "vgg11"): "without --memory, --load, --serve, --distributed): --memory-models is "
+                                               "not used",
+        ("bench", "--distributed", "--serve-duration", "3"): "--distributed measures distributed only",
         ("bench", "--serve", "--load-models", "vgg11"): "--serve measures serve only: --load-models is not used",
         ("export", "--what", "generator", "--triton-repo", "x"): "--triton-repo serves the explainer file",
         ("bench", "--memory", "--load"): "separate runs",
+        ("explain", "--actors", "2"): "--actors is only used with --engine ray",
         ("train-target", "--size", "64"): "--size is only used with --image-folder",
         ("export", "--what", "generator", "--fp16"): "--fp16 is only used for the explainer file",
     }

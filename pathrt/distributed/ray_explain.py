@@ -307,6 +307,10 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
     seconds = 0.0
     runs: list[dict[str, Any]] = []
     try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if pending and actors * threads > cpus:
+            raise InputError(f"{actors} actors × {threads} threads need {actors * threads} CPUs; the Ray cluster has "
+                             f"{cpus:g}: lower --actors or --threads (or add nodes)")
         ray.data.DataContext.get_current().enable_progress_bars = False
         bar = progress_bar(sum(len(b.ids) for b in pending), "explain (ray)", progress, unit="image")
         begin = time.perf_counter()
