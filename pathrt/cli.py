@@ -110,7 +110,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
               + (f"met: kept the sparsest such generator (step {chosen['step']})" if last.get("target_fidelity_reached")
                  else "not reached: kept the last generator; lower the target or train longer"))
     print(f"validation fidelity {chosen['val_fidelity']:.1f}% (balanced {chosen['val_balanced_fidelity']:.1f}%) at "
-          f"sparsity {100 * chosen['val_sparsity']:.1f}% after {chosen['step']} of {last['step']} steps; saved "
+          f"sparsity {100 * chosen['val_sparsity']:.1f}% after {chosen['step']} of {last['step']} steps (trained in "
+          f"{last.get('seconds', 0):.1f} s); saved "
           f"{Path(args.out)}.safetensors/.json")
 
 

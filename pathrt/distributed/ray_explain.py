@@ -213,11 +213,11 @@ class ExplainBlocks:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyarrow.parquet as pq
 
-        done: dict[str, list[Any]] = {"block": [], "images": [], "seconds": [], "pid": [], "error": []}
+        done: dict[str, list[Any]] = {"block": [], "images": [], "seconds": [], "begin": [], "pid": [], "error": []}
         for row in range(len(batch["block"])):
             block = {name: batch[name][row] for name in batch}
             block["ids"] = [str(i) for i in block["ids"]]
-            begin = time.perf_counter()
+            begin, started = time.perf_counter(), time.time()
             target = self.explainer.target
             error, count = "", 0
             try:
@@ -228,7 +228,8 @@ class ExplainBlocks:
             except PathrtError as exc:  # the user's error (an unreadable image, a full disk): sent back whole
                 error = f"{type(exc).__name__}\t{exc}"
             for key, value in (("block", int(block["block"])), ("images", count),
-                               ("seconds", time.perf_counter() - begin), ("pid", os.getpid()), ("error", error)):
+                               ("seconds", time.perf_counter() - begin), ("begin", started), ("pid", os.getpid()),
+                               ("error", error)):
                 done[key].append(value)
         return {k: np.asarray(v) for k, v in done.items()}
 
@@ -325,8 +326,7 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
                 for row in dataset.iter_rows():
                     if row["error"]:
                         _raise(str(row["error"]), int(row["block"]), len(runs), folder)
-                    runs.append({**{k: row[k].item() if hasattr(row[k], "item") else row[k] for k in row},
-                                 "at": time.perf_counter()})
+                    runs.append({k: row[k].item() if hasattr(row[k], "item") else row[k] for k in row})
                     bar.update(int(row["images"]))
             except ray.exceptions.RayError as exc:
                 raise DistributedError(f"the Ray run failed: {_root_cause(exc)}; the {len(runs)} blocks "
@@ -341,15 +341,18 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
         raise DistributedError(f"{len(missing)} blocks have no results after the run (e.g. {missing[:5]}); run "
                                "again to explain them")
     explained = sum(r["images"] for r in runs)
-    # steady state: from the first block's result to the last, past Ray's and the actors' start-up
-    steady = (sum(r["images"] for r in runs[1:]) / (runs[-1]["at"] - runs[0]["at"])
-              if len(runs) > 1 and runs[-1]["at"] > runs[0]["at"] else None)
+    # steady state: from the first block's start in an actor to the last one's end (past Ray's and the
+    # actors' start-up; wall clocks, so on a cluster as good as the nodes' clock sync); busy: the share of
+    # that window the actors spent in blocks (reading, explaining, writing), the rest is Ray's
+    window = max((r["begin"] + r["seconds"] for r in runs), default=0.0) - min((r["begin"] for r in runs), default=0.0)
+    steady = explained / window if window > 0 else None
     summary = {"images": source.count, "blocks": len(source.blocks), "blocks_skipped": skipped,
                "actors": actors, "threads_per_actor": threads, "backend": backend,
                "explained_images": explained, "seconds": round(seconds, 3),
                "images_per_second": round(explained / seconds, 2) if explained and seconds else None,
                "steady_images_per_second": round(steady, 2) if steady else None,
                "actor_seconds": round(sum(r["seconds"] for r in runs), 3),
+               "actor_busy": round(sum(r["seconds"] for r in runs) / (window * actors), 3) if window > 0 else None,
                "actor_processes": len({r["pid"] for r in runs}),
                **_metrics(read_results(folder), PathwaySpec.from_dict(manifest["pathway_spec"]))}
     write_json(folder / "summary.json", summary)
