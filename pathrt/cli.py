@@ -601,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pathrt` command."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    limit_heap_growth()
+    if args.command == "explain":  # its chunk loop is where the heap grows (see pathrt.heap for the cost)
+        limit_heap_growth()
     try:
         args.run(args)
     except (PathrtError, OSError, KeyboardInterrupt) as exc:

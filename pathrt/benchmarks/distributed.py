@@ -77,9 +77,8 @@ def _ray_rows(target: Path, generator: Path, tmp: Path, count: int, block_size: 
 
     images = tmp / "images.parquet"
     _write_images(images, count)
-    # each baseline in a fresh interpreter, as a Python user's explainer runs: the `pathrt` command's fixed
-    # mmap threshold (pathrt.heap) costs this loop 1.6x (measured: 960 vs 590 images/s, 1 thread) and
-    # Ray's actors do not have it
+    # each baseline in a fresh interpreter, as a Python user's explainer runs (and as Ray's actors start:
+    # the process's allocator settings, e.g. pathrt.heap's, left out of the comparison)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh process: build the model and explainer, allocate the images (the
 caller's data, outside the measurement), explain one image (thread pools, kernels and the session are
-then initialized; the heap's mmap threshold is fixed as the `pathrt` command fixes it, see
+then initialized; the heap's mmap threshold is fixed as `pathrt explain` fixes it, see
 pathrt.heap), reset the kernel's peak-RSS counter (`/proc/self/clear_refs`), explain, and read
 the peak (`VmHWM`). The working set is that peak minus the RSS just before the explain call. The
 promise (RELIABILITY.md): N = 4,096 images need at most 1.5x the working set of one 64-image chunk
@@ -34,7 +34,7 @@ def _child(model: str, backend: str, images: int, chunk: int, workdir: str, stre
     from pathrt.heap import limit_heap_growth
     from pathrt.runtime import Explainer
 
-    limit_heap_growth()  # as the pathrt command does (see pathrt.heap)
+    limit_heap_growth()  # as `pathrt explain` does (see pathrt.heap)
     bench = build_models([model], Path(workdir), 0.6, 8)[0]
     target, generator = bench.explainer.target, bench.explainer.generator
     explainer = Explainer(target, generator, backend=backend, max_batch_size=chunk)
