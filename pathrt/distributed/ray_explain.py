@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -302,13 +303,13 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
     skipped = len(source.blocks) - len(pending)
     if skipped:
         print(f"resuming: {skipped} of {len(source.blocks)} blocks were explained by an earlier run")
-    started = not ray.is_initialized()
+    started = bool(pending) and not ray.is_initialized()  # all blocks done: no cluster needed
     if started:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     seconds = 0.0
     runs: list[dict[str, Any]] = []
     try:
-        cpus = ray.cluster_resources().get("CPU", 0)
+        cpus = ray.cluster_resources().get("CPU", 0) if pending else 0
         if pending and actors * threads > cpus:
             raise InputError(f"{actors} actors × {threads} threads need {actors * threads} CPUs; the Ray cluster has "
                              f"{cpus:g}: lower --actors or --threads (or add nodes)")
@@ -373,11 +374,11 @@ def _raise(error: str, block: int, finished: int, folder: Path) -> None:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost error's message (Ray wraps a user error in several layers)."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    cause = getattr(exc, "cause", None)
-    return str(cause if isinstance(cause, BaseException) else exc).strip().splitlines()[-1]
+    """The line of Ray's error text that names the original exception ("KeyError: ...": Ray wraps it in
+    a traceback and its own advice), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return (named or lines or [type(exc).__name__])[-1 if named else 0]
 
 
 def _metrics(table: Any, spec: PathwaySpec) -> dict[str, Any]:
