@@ -163,7 +163,7 @@ def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any], generator: PathwayGenerator,
-             optimizer: torch.optim.Optimizer, world: World) -> None:
+             optimizer: torch.optim.Optimizer, world: World = World()) -> None:
     """Loads generator weights, optimizer moments and this rank's RNG state of a training state file,
     each checked against what this run built (ArtifactError for anything that does not fit)."""
     if int(saved.get("world_size", 1)) != world.size:
