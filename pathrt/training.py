@@ -120,6 +120,9 @@ class _Batches:
         return torch.tensor(self.order[position * self.local:(position + 1) * self.local], dtype=torch.long)
 
 
+ONE_PROCESS = World()
+
+
 def _rng_key(rank: int) -> str:
     return "rng.torch" if rank == 0 else f"rng.torch.rank{rank}"
 
@@ -163,7 +166,7 @@ def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _restore(path: Path, tensors: dict[str, torch.Tensor], saved: dict[str, Any], generator: PathwayGenerator,
-             optimizer: torch.optim.Optimizer, world: World = World()) -> None:
+             optimizer: torch.optim.Optimizer, world: World = ONE_PROCESS) -> None:
     """Loads generator weights, optimizer moments and this rank's RNG state of a training state file,
     each checked against what this run built (ArtifactError for anything that does not fit)."""
     if int(saved.get("world_size", 1)) != world.size:
