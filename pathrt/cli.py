@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pathrt.errors import InputError, PathrtError, exit_code
+from pathrt.errors import DistributedError, InputError, PathrtError, exit_code
 from pathrt.heap import limit_heap_growth
 
 
@@ -110,8 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
               + (f"met: kept the sparsest such generator (step {chosen['step']})" if last.get("target_fidelity_reached")
                  else "not reached: kept the last generator; lower the target or train longer"))
     print(f"validation fidelity {chosen['val_fidelity']:.1f}% (balanced {chosen['val_balanced_fidelity']:.1f}%) at "
-          f"sparsity {100 * chosen['val_sparsity']:.1f}% after {chosen['step']} of {last['step']} steps (trained in "
-          f"{last.get('seconds', 0):.1f} s); saved "
+          f"sparsity {100 * chosen['val_sparsity']:.1f}% after {chosen['step']} of {last['step']} steps; saved "
           f"{Path(args.out)}.safetensors/.json")
 
 
@@ -323,7 +322,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         if not in_loopback_namespace():  # Ray may pick any interface: run the whole bench where only lo exists
             code = subprocess.run(loopback_command([sys.executable, "-m", "pathrt.cli", *args.argv])).returncode
             if code:
-                raise InputError(f"the bench in the loopback-only namespace failed (exit {code}; its error is above)")
+                raise DistributedError(f"the bench in the loopback-only namespace failed (exit {code}; its error is "
+                                       "above)")
             return
         print(distributed_bench(Path(args.workdir), Path(args.out), settings["ray_images"], settings["ray_block_size"],
                                 settings["ddp_steps"]))

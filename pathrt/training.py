@@ -316,6 +316,8 @@ def train_generator(
             if done % config.val_every == 0 or done == config.steps:
                 history.append({"step": done, **stats, **_validate(model, target, generator, val, world)})
                 controller.update(history[-1], generator, fingerprint)
+            if done == config.steps:  # before the last checkpoint, so the saved history has it too
+                history[-1]["seconds"] = round(time.perf_counter() - begin, 1)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 checkpoint(done)
             bar.update(1)
@@ -326,8 +328,6 @@ def train_generator(
                 callback(done, stats)
     finally:
         bar.close()
-    if history:
-        history[-1]["seconds"] = round(time.perf_counter() - begin, 1)
     controller.finish(generator, fingerprint)
     convert_batchnorms(generator, nn.BatchNorm2d)
     generator.target_fingerprint = target.fingerprint
