@@ -17,7 +17,7 @@ import torch
 from pathrt.data import load_digits
 from pathrt.ddp import World
 from pathrt.distributed import loopback_command, read_results
-from pathrt.distributed.ray_explain import block_table, list_source
+from pathrt.distributed.ray_explain import block_table, list_source, read_block, write_parquet_images
 from pathrt.errors import DatasetError, IncompatibleArtifactError
 from pathrt.generator import save_generator
 from pathrt.opspec import parity
@@ -37,22 +37,8 @@ def artifacts(tmp_path_factory, embedded, trained_target_path):
 
 def _write_parquet(path: Path, count: int, with_ids: bool, row_group_size: int = 7) -> torch.Tensor:
     """`count` digits test images as PNG bytes in a Parquet file; returns the images as decoded."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
     images = load_digits("test").images[:count]
-    encoded = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "PNG")
-        encoded.append(buffer.getvalue())
-    columns = {"image": pa.array(encoded, type=pa.binary())}
-    if with_ids:
-        columns["id"] = pa.array([f"digit-{i}" for i in range(count)])
-    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    write_parquet_images(path, images, [f"digit-{i}" for i in range(count)] if with_ids else None, row_group_size)
     return torch.round(images * 255) / 255
 
 
@@ -75,12 +61,10 @@ def test_sources_cut_into_blocks_in_a_fixed_order(tmp_path) -> None:
 
 def test_block_rows_read_back(artifacts, tmp_path) -> None:
     """A block's Parquet rows hold what the explanation holds (packed masks, kept per layer, logits, Y, O)."""
-    from pathrt.distributed.ray_explain import _read_block
-
     explainer = Explainer.from_files(*artifacts)
     want = _write_parquet(tmp_path / "d.parquet", 9, with_ids=False)
     block = list_source(tmp_path / "d.parquet", 4).blocks[1]
-    images = _read_block("parquet", str(tmp_path / "d.parquet"), block.__dict__, (32, 32))
+    images = read_block("parquet", str(tmp_path / "d.parquet"), block, (32, 32))
     torch.testing.assert_close(images, want[4:8], rtol=0, atol=1e-6)
     explanation = explainer.explain(explainer.target.preprocess(images))
     table = block_table(explanation, block.ids)
@@ -109,17 +93,12 @@ def test_ddp_ranks_share_the_single_process_global_batch() -> None:
 
 # --- Ray, for real, in a loopback-only network namespace ---------------------------------------------
 
-def _isolated(argv: list[str]) -> list[str]:
-    """`argv` in a new network namespace with only `lo`: fails (never falls back) where none can be made."""
-    return loopback_command(argv)
-
-
 def _ray_explain(artifacts, out: Path, *extra: str) -> subprocess.Popen:
     target, generator = artifacts
     argv = [sys.executable, "-m", "pathrt.cli", "explain", "--engine", "ray", "--target", str(target),
             "--generator", str(generator), "--out", str(out), "--no-progress", *extra]
-    return subprocess.Popen(_isolated(argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(loopback_command(argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
 
 
 def _actor_processes() -> list:
@@ -207,7 +186,7 @@ def test_ray_explain_refuses_another_runs_folder(artifacts, tmp_path) -> None:
 
 
 def test_loopback_namespace_has_only_lo() -> None:
-    probe = subprocess.run(_isolated([sys.executable, "-c", "import socket; print(socket.if_nameindex())"]),
+    probe = subprocess.run(loopback_command([sys.executable, "-c", "import socket; print(socket.if_nameindex())"]),
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "[(1, 'lo')]"
@@ -220,7 +199,7 @@ def _torchrun(out: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedPro
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
     argv = [sys.executable, *launcher, str(ROOT / "tests" / "ddp_worker.py"), "--out", str(out), *extra]
-    return subprocess.run(_isolated(argv), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(loopback_command(argv), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -286,7 +265,7 @@ def test_cli_train_nproc(tmp_path) -> None:
     argv = [sys.executable, "-m", "pathrt.cli", "train", "--target", str(tmp_path / "target"), "--out",
             str(tmp_path / "gen"), "--steps", "4", "--batch-size", "32", "--val-every", "2", "--checkpoint-every",
             "2", "--nproc", "2", "--no-progress"]
-    result = subprocess.run(_isolated(argv), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(loopback_command(argv), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("validation fidelity") == 1, result.stdout
     from pathrt.generator import load_generator
@@ -294,7 +273,7 @@ def test_cli_train_nproc(tmp_path) -> None:
     _, meta = load_generator(tmp_path / "gen")
     assert meta["info"]["step"] == 4
     argv[argv.index("--batch-size") + 1] = "33"
-    result = subprocess.run(_isolated(argv), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(loopback_command(argv), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "multiple of --nproc" in result.stderr + result.stdout
 
 
@@ -307,9 +286,11 @@ def create_tiny_target():
 def test_an_actor_sends_back_the_users_error(artifacts, tmp_path) -> None:
     """An unreadable image fails its block with pathrt's own error (raised in the driver as that class),
     not Ray's wrapped traceback; the good block is written, the bad one is not."""
+    from dataclasses import asdict
+
     from PIL import Image
 
-    from pathrt.distributed.ray_explain import ExplainBlocks, _block_rows, _raise, block_path
+    from pathrt.distributed.ray_explain import ExplainBlocks, _raise, block_path
 
     images = tmp_path / "images"
     images.mkdir()
@@ -319,7 +300,7 @@ def test_an_actor_sends_back_the_users_error(artifacts, tmp_path) -> None:
     source = list_source(images, 2)
     actor = ExplainBlocks(str(artifacts[0]), str(artifacts[1]), "auto", 1, str(tmp_path / "out"), source.kind,
                           source.root)
-    rows = _block_rows(source.blocks)
+    rows = [asdict(b) for b in source.blocks]
     batch = {k: np.array([r[k] for r in rows] if k != "ids" else [np.array(r[k]) for r in rows], dtype=object)
              for k in rows[0]}
     done = actor(batch)

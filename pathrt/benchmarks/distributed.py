@@ -15,7 +15,6 @@ fidelity and sparsity of each.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pathrt.artifacts import artifact_paths, write_json
@@ -33,25 +31,9 @@ from pathrt.errors import InputError
 from pathrt.report import markdown_table
 
 
-def _write_images(path: Path, count: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    test = load_digits("test").images
-    encoded = []
-    for i in range(count):
-        buffer = io.BytesIO()
-        pixels = (test[i % len(test)].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(buffer, "PNG")
-        encoded.append(buffer.getvalue())
-    pq.write_table(pa.table({"image": pa.array(encoded, type=pa.binary()),
-                             "id": pa.array([f"img-{i}" for i in range(count)])}), path, row_group_size=256)
-
-
 def _in_process(target: Path, generator: Path, images: Path, block_size: int, threads: int) -> float:
     """Images/s of one explainer reading and explaining every block of `images` with `threads` threads."""
-    from pathrt.distributed.ray_explain import _read_block, list_source
+    from pathrt.distributed.ray_explain import list_source, read_block
     from pathrt.runtime import Explainer
 
     previous = torch.get_num_threads()
@@ -60,11 +42,11 @@ def _in_process(target: Path, generator: Path, images: Path, block_size: int, th
         explainer = Explainer.from_files(target, generator, num_threads=threads)
         source = list_source(images, block_size)
         shape = explainer.target.input_shape[1:]
-        first = source.blocks[0].__dict__
-        explainer.explain(explainer.target.preprocess(_read_block("parquet", str(images), first, shape)))  # warm-up
+        first = source.blocks[0]
+        explainer.explain(explainer.target.preprocess(read_block("parquet", str(images), first, shape)))  # warm-up
         begin = time.perf_counter()
         for block in source.blocks:
-            x = _read_block("parquet", str(images), block.__dict__, shape)
+            x = read_block("parquet", str(images), block, shape)
             explainer.explain(explainer.target.preprocess(x))
         return source.count / (time.perf_counter() - begin)
     finally:
@@ -73,9 +55,11 @@ def _in_process(target: Path, generator: Path, images: Path, block_size: int, th
 
 def _ray_rows(target: Path, generator: Path, tmp: Path, count: int, block_size: int) -> list[dict[str, Any]]:
     from pathrt.distributed import explain_dataset
+    from pathrt.distributed.ray_explain import write_parquet_images
 
     images = tmp / "images.parquet"
-    _write_images(images, count)
+    test = load_digits("test").images
+    write_parquet_images(images, test[torch.arange(count) % len(test)], [f"img-{i}" for i in range(count)])
     # each baseline in a fresh interpreter, as a Python user's explainer runs (and as Ray's actors start:
     # the process's allocator settings, e.g. pathrt.heap's, left out of the comparison)
     import multiprocessing

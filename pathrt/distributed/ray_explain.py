@@ -27,7 +27,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,35 +147,57 @@ def list_source(images: str | os.PathLike[str] | None, block_size: int) -> Sourc
     return Source(kind, root, blocks)
 
 
-def _read_block(source_kind: str, root: str, block: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
-    """The images of one block row (as `_block_rows` writes it), (N, 3, H, W) in [0, 1]."""
+def read_block(source_kind: str, root: str, block: Block, size: tuple[int, int]) -> torch.Tensor:
+    """The images of one block of a `Source` of `source_kind` at `root`, (N, 3, H, W) in [0, 1]."""
     if source_kind == "digits":
-        return _digits_test().images[block["start"]:block["stop"]]
+        return _digits_test().images[block.start:block.stop]
     if source_kind == "folder":
-        return read_images([Path(root) / i for i in block["ids"]], size)
+        return read_images([Path(root) / i for i in block.ids], size)
     import pyarrow.parquet as pq
 
-    path = Path(root) / block["file"] if Path(root).is_dir() else Path(root)
+    path = Path(root) / block.file if Path(root).is_dir() else Path(root)
     reader = pq.ParquetFile(path)
     groups, first, offset = [], None, 0
     for g in range(reader.metadata.num_row_groups):  # only the row groups that hold [start, stop)
         rows = reader.metadata.row_group(g).num_rows
-        if offset < block["stop"] and offset + rows > block["start"]:
+        if offset < block.stop and offset + rows > block.start:
             groups.append(g)
             first = offset if first is None else first
         offset += rows
     column = reader.read_row_groups(groups, columns=[IMAGE_COLUMN]).column(0)
-    values = column.slice(block["start"] - (first or 0), block["stop"] - block["start"]).to_pylist()
+    values = column.slice(block.start - (first or 0), block.stop - block.start).to_pylist()
     encoded = [v["bytes"] if isinstance(v, dict) else v for v in values]  # Hugging Face's Image: {bytes, path}
     if any(not isinstance(v, bytes) for v in encoded):
         raise DatasetError(f"{path}: column {IMAGE_COLUMN!r} must hold encoded images (bytes), found "
                            f"{type(next(v for v in encoded if not isinstance(v, bytes))).__name__}")
-    return decode_images(encoded, block["ids"], size)
+    return decode_images(encoded, block.ids, size)
 
 
 @functools.cache
 def _digits_test() -> Any:
     return load_digits("test")
+
+
+def write_parquet_images(path: str | os.PathLike[str], images: torch.Tensor, ids: Sequence[str] | None = None,
+                         row_group_size: int = 256) -> None:
+    """`images` (N, 3, H, W) in [0, 1] as the Parquet `explain_dataset` reads: PNG bytes in column `image`
+    (8 bits per channel) and, given `ids`, an `id` column; written atomically."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    columns = {IMAGE_COLUMN: pa.array(encoded, type=pa.binary())}
+    if ids is not None:
+        columns[ID_COLUMN] = pa.array(list(ids), type=pa.string())
+    table = pa.table(columns)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size))
 
 
 def block_table(explanation: Explanation, ids: Sequence[str]) -> Any:
@@ -215,20 +237,20 @@ class ExplainBlocks:
         import pyarrow.parquet as pq
 
         done: dict[str, list[Any]] = {"block": [], "images": [], "seconds": [], "begin": [], "pid": [], "error": []}
-        for row in range(len(batch["block"])):
-            block = {name: batch[name][row] for name in batch}
-            block["ids"] = [str(i) for i in block["ids"]]
+        for row in range(len(batch["index"])):
+            block = Block(int(batch["index"][row]), [str(i) for i in batch["ids"][row]], str(batch["file"][row]),
+                          int(batch["start"][row]), int(batch["stop"][row]))
             begin, started = time.perf_counter(), time.time()
             target = self.explainer.target
             error, count = "", 0
             try:
-                images = _read_block(self.kind, self.root, block, target.input_shape[1:])
-                table = block_table(self.explainer.explain(target.preprocess(images)), block["ids"])
-                atomic_write(block_path(self.out, int(block["block"])), lambda tmp, t=table: pq.write_table(t, tmp))
+                images = read_block(self.kind, self.root, block, target.input_shape[1:])
+                table = block_table(self.explainer.explain(target.preprocess(images)), block.ids)
+                atomic_write(block_path(self.out, block.index), lambda tmp, t=table: pq.write_table(t, tmp))
                 count = len(images)
             except PathrtError as exc:  # the user's error (an unreadable image, a full disk): sent back whole
                 error = f"{type(exc).__name__}\t{exc}"
-            for key, value in (("block", int(block["block"])), ("images", count),
+            for key, value in (("block", block.index), ("images", count),
                                ("seconds", time.perf_counter() - begin), ("begin", started), ("pid", os.getpid()),
                                ("error", error)):
                 done[key].append(value)
@@ -276,10 +298,6 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
                                         f"differ); explain into another --out, or delete {out} to start afresh")
 
 
-def _block_rows(blocks: Sequence[Block]) -> list[dict[str, Any]]:
-    return [{"block": b.index, "ids": b.ids, "file": b.file, "start": b.start, "stop": b.stop} for b in blocks]
-
-
 def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike[str],
                     out: str | os.PathLike[str], images: str | os.PathLike[str] | None = None, *,
                     actors: int = 1, threads: int = 1, block_size: int = 256, backend: str = "auto",
@@ -317,7 +335,7 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
         bar = progress_bar(sum(len(b.ids) for b in pending), "explain (ray)", progress, unit="image")
         begin = time.perf_counter()
         if pending:
-            dataset = ray.data.from_items(_block_rows(pending), override_num_blocks=len(pending)).map_batches(
+            dataset = ray.data.from_items([asdict(b) for b in pending], override_num_blocks=len(pending)).map_batches(
                 ExplainBlocks, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
                 fn_constructor_kwargs={"target": str(target), "generator": str(generator), "backend": backend,
                                        "threads": threads, "out": str(folder.resolve()), "kind": source.kind,
