@@ -246,7 +246,7 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from pathrt.evaluate import evaluate, write_evaluation
+    from pathrt.evaluate import evaluate, run_faithfulness, write_evaluation
     from pathrt.runtime import Explainer
 
     explainer = Explainer.from_files(args.target, args.generator, max_batch_size=args.batch_size,
@@ -255,7 +255,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     preprocess = explainer.target.preprocess
     rows = evaluate(explainer, preprocess(test.images), test.labels, preprocess(train.images), train.labels,
                     j=args.sources, seed=args.seed, include_dgr=not args.no_dgr)
-    table, _ = write_evaluation(rows, len(test), Path(args.out))
+    faithfulness = None
+    if not args.no_faithfulness:
+        faithfulness = run_faithfulness(explainer, preprocess(test.images), rows, preprocess(train.images),
+                                        steps=args.curve_steps, flip=args.flip, seed=args.seed)
+    table, _ = write_evaluation(rows, len(test), Path(args.out), faithfulness)
     print(table)
     print(f"wrote {Path(args.out) / 'evaluation.md'}, evaluation.json and evaluation.png")
 
@@ -524,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     evaluate.add_argument("--sources", type=int, default=50, help="transfer sources per class (default 50)")
     evaluate.add_argument("--no-dgr", action="store_true", help="skip DGR (30 optimization steps per image)")
+    evaluate.add_argument("--no-faithfulness", action="store_true",
+                          help="skip the Faithfulness protocols (curves, sufficiency/comprehensiveness, zero vs mean "
+                               "ablation, randomization, stability)")
+    evaluate.add_argument("--curve-steps", type=int, default=10,
+                          help="points of the deletion/insertion curves after 0%% (default 10)")
+    evaluate.add_argument("--flip", action="store_true",
+                          help="add a horizontal flip to the stability test (for data whose classes survive mirroring)")
     evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="time every explain path and baseline (median, 20/80 quantiles)")

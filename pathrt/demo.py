@@ -20,7 +20,8 @@ from pathrt.artifacts import artifact_paths, write_json
 from pathrt.baselines.random import random_pathways
 from pathrt.data import TensorImageDataset, load_digits
 from pathrt.errors import ArtifactError
-from pathrt.evaluate import evaluate, write_evaluation
+from pathrt.evaluate import evaluate, run_faithfulness, write_evaluation
+from pathrt.faithfulness import markdown_section
 from pathrt.flops import count_flops
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
 from pathrt.report import (
@@ -32,10 +33,14 @@ from pathrt.report import (
     write_report,
 )
 from pathrt.runtime.explainer import Explainer, saliency_map
-from pathrt.targets import Target, capture_features, load_target
+from pathrt.targets import Target, capture_features, load_target, save_target
 from pathrt.targets.training import TargetTrainingConfig, train_target
 from pathrt.training import GeneratorTrainingConfig, train_generator
 from pathrt.transfer import build_class_pathways, evaluate_transfer
+
+
+# The transfer rows as the report names them: another class's pathway is the random-class test.
+TRANSFER_LABELS = {"other class": "other class (random-class test)"}
 
 
 def get_demo_target(workdir: Path, train: TensorImageDataset, test: TensorImageDataset, retrain: bool = False,
@@ -77,6 +82,10 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
     train, test = load_digits("train"), load_digits("test")
     print(f"data: scikit-learn digits at 32x32, {len(train)} train / {len(test)} test images")
     target, target_reused = get_demo_target(out, train, test, retrain, progress)
+    if target.channel_means is None:  # a target cached before mean ablation existed
+        print("measuring the target's channel means on the training split (mean ablation)")
+        target.measure_channel_means(target.preprocess(train.images))
+        save_target(target, out / "target")
     config = GeneratorTrainingConfig() if steps is None else GeneratorTrainingConfig(steps=steps)
     generator, generator_reused = get_demo_generator(out, target, train, test, config, retrain, progress)
     explainer = Explainer(target, generator)
@@ -85,7 +94,8 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
     report = out / "report"
     print("evaluating GEN-CNP and the baselines on the test split:")
     rows = evaluate(explainer, x, test.labels, target.preprocess(train.images), train.labels, seed=seed)
-    table, evaluation = write_evaluation(rows, len(x), report)
+    faithfulness = run_faithfulness(explainer, x, rows, target.preprocess(train.images), seed=seed)
+    table, evaluation = write_evaluation(rows, len(x), report, faithfulness)
     ours, theirs = rows[0].metrics, rows[1].metrics
     ms_per_explanation = 1000 * rows[0].seconds / len(x)
     explanation = explainer.explain(x)
@@ -103,9 +113,11 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
 
     figures = {
         "heatmaps": plot_class_heatmaps(pathways.frequency, target.classes, target.spec, report / "class_pathways.png"),
-        "sparsity": plot_sparsity_histogram({"GEN-CNP": explanation, "random (matched)": random},
+        "sparsity": plot_sparsity_histogram({"GEN-CNP": explanation,
+                                             **{f"{r.method} ({r.setting})": r.explanation for r in rows
+                                                if r.setting == "own operating point"}},
                                             report / "sparsity.png"),
-        "transfer": plot_transfer(transfer, report / "transfer.png"),
+        "transfer": plot_transfer({TRANSFER_LABELS.get(k, k): v for k, v in transfer.items()}, report / "transfer.png"),
     }
     shown = torch.arange(0, len(x), max(1, len(x) // 8))[:8]
     saliency = saliency_map(explainer.pathway_gradient(x[shown], explanation.subset(shown)))
@@ -114,7 +126,7 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
     figures["saliency"] = plot_saliency(test.images[shown], saliency, titles, report / "saliency.png")
 
     transfer_table = markdown_table(["pathway used", "fidelity %", "mIC", "mDC", "IC rate %", "sparsity %"],
-                                    [[name, f"{r['fidelity']:.1f}", f"{r['mIC']:.2f}", f"{r['mDC']:.2f}",
+                                    [[TRANSFER_LABELS.get(name, name), f"{r['fidelity']:.1f}", f"{r['mIC']:.2f}", f"{r['mDC']:.2f}",
                                       f"{r['ic_rate']:.1f}", f"{100 * r['sparsity']:.1f}"]
                                      for name, r in transfer.items()])
     markdown = "\n".join([
@@ -130,6 +142,8 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
         table,
         "![fidelity vs sparsity](evaluation.png)",
         "## Instance-specific sparsity",
+        "Methods with their own operating point; the matched rows keep exactly GEN-CNP's per-image counts, so "
+        "their histogram is GEN-CNP's.",
         "![sparsity](sparsity.png)",
         "## Class pathways (built from the training split, up to 50 correct samples per class)",
         "![class pathways](class_pathways.png)",
@@ -138,7 +152,7 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
         "![transfer](transfer.png)",
         "## Pathway-gradient saliency",
         "![saliency](saliency.png)",
-        "",
+        markdown_section(faithfulness),
     ])
     md, page = write_report(report, markdown)
     summary = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from pathrt.baselines import (
     top_k_masks,
 )
 from pathrt.baselines.common import explanation_from_scores
+from pathrt.faithfulness import evaluate_faithfulness, write_faithfulness
 from pathrt.metrics import summarize
 from pathrt.report import markdown_table
 from pathrt.runtime.explainer import Explainer
@@ -49,6 +50,7 @@ class MethodRow:
     seconds: float
     metrics: dict[str, Any]
     transfer: dict[str, float]
+    explanation: Explanation = field(repr=False)  # the evaluated images' pathways, scores = the method's own
 
     def cells(self, count: int) -> list[str]:
         m, sp = self.metrics, self.metrics["sparsity"]
@@ -89,7 +91,7 @@ def evaluate(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, s
     def add(method: str, setting: str, passes: str, seconds: float, ours: Explanation, sources: Explanation) -> None:
         pathways = build_class_pathways(sources, src_labels, num_classes, explainer.target.fingerprint, j=j)
         own = evaluate_transfer(explainer, images, pathways, seed)["own class"]
-        rows.append(MethodRow(method, setting, passes, seconds, summarize(ours, labels), own))
+        rows.append(MethodRow(method, setting, passes, seconds, summarize(ours, labels), own, ours))
         log(f"  {method} ({setting}): fidelity {rows[-1].metrics['fidelity']:.1f}% (balanced "
             f"{rows[-1].metrics['balanced_fidelity']:.1f}%), "
             f"sparsity {100 * rows[-1].metrics['sparsity']['mean']:.1f}%, {seconds:.1f} s")
@@ -126,13 +128,41 @@ def evaluate(explainer: Explainer, images: torch.Tensor, labels: torch.Tensor, s
     return rows
 
 
+def faithfulness_inputs(rows: list[MethodRow], seed: int = 0) -> tuple[dict[str, torch.Tensor],
+                                                                       list[tuple[str, str, Explanation]]]:
+    """What `pathrt.faithfulness.evaluate_faithfulness` needs from the table's rows: each method's own
+    neuron order (GEN-CNP: generator scores; critical pathways: contributions; DGR: gates; random: a
+    seeded permutation) and every row's pathways, GEN-CNP's first."""
+    reference = rows[0].explanation
+    orders = {"GEN-CNP": reference.scores}
+    orders.update({r.method: r.explanation.scores for r in rows
+                   if r.setting == "own operating point" and r.method not in orders})
+    orders["random"] = torch.rand(reference.scores.shape, generator=torch.Generator().manual_seed(seed))
+    return orders, [(r.method, r.setting, r.explanation) for r in rows]
+
+
+def run_faithfulness(explainer: Explainer, images: torch.Tensor, rows: list[MethodRow], train_images: torch.Tensor,
+                     *, steps: int = 10, flip: bool = False, seed: int = 0,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The Faithfulness protocols on the table's rows; measures the target's channel means on
+    `train_images` (preprocessed) first when it has none stored (mean ablation's fill)."""
+    if explainer.target.channel_means is None:
+        log(f"the target has no stored channel means: measuring them on {len(train_images)} training images")
+        explainer.target.measure_channel_means(train_images)
+    log("faithfulness protocols:")
+    orders, pathways = faithfulness_inputs(rows, seed)
+    return evaluate_faithfulness(explainer, images, orders, pathways, steps=steps, flip=flip, seed=seed, log=log)
+
+
 def plot_fidelity_vs_sparsity(rows: list[MethodRow], path: Path) -> Path:
-    """One point per method row: mean sparsity vs fidelity."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """One point per method row: mean sparsity vs fidelity. Hollow markers of decreasing size, so rows
+    at the same point (DGR and GEN-CNP often are) all stay visible."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "os^vDP*X"
     for i, row in enumerate(rows):
-        ax.scatter([100 * row.metrics["sparsity"]["mean"]], [row.metrics["fidelity"]], s=50, marker=markers[i % 8],
-                   label=f"{row.method} ({row.setting})", alpha=0.8)
+        ax.scatter([100 * row.metrics["sparsity"]["mean"]], [row.metrics["fidelity"]], s=190 - 18 * i,
+                   marker=markers[i % 8], facecolors="none", edgecolors=f"C{i}", linewidths=1.6,
+                   label=f"{row.method} ({row.setting})", zorder=3 + i)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_xlabel("mean sparsity (% of neurons removed)")
     ax.set_ylabel("fidelity (%)")
@@ -160,15 +190,21 @@ def _by_class(rows: list[MethodRow]) -> str:
             f"## Predictions per class (pathway models against the plain model)\n\n{markdown_table(headers, hist)}\n")
 
 
-def write_evaluation(rows: list[MethodRow], count: int, folder: Path) -> tuple[str, dict[str, Any]]:
-    """Writes evaluation.json, evaluation.md and evaluation.png into `folder`; returns (markdown table, JSON)."""
+def write_evaluation(rows: list[MethodRow], count: int, folder: Path,
+                     faithfulness: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Writes evaluation.json, evaluation.md and evaluation.png (and the faithfulness figures when its
+    data is given) into `folder`; returns (markdown table, JSON)."""
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(HEADERS, [row.cells(count) for row in rows])
-    data = {"count": count, "rows": [{"method": r.method, "setting": r.setting, "passes": r.passes,
-                                       "ms_per_explanation": 1000 * r.seconds / count, "metrics": r.metrics,
-                                       "transfer_own_class": r.transfer} for r in rows]}
+    data: dict[str, Any] = {"count": count, "rows": [
+        {"method": r.method, "setting": r.setting, "passes": r.passes, "ms_per_explanation": 1000 * r.seconds / count,
+         "metrics": r.metrics, "transfer_own_class": r.transfer} for r in rows]}
+    section = ""
+    if faithfulness is not None:
+        data["faithfulness"] = faithfulness
+        section = write_faithfulness(faithfulness, folder)
     write_json(folder / "evaluation.json", data)
     (folder / "evaluation.md").write_text(f"# pathrt evaluate ({count} images)\n\n{table}\n\n{_by_class(rows)}\n"
-                                          "![fidelity vs sparsity](evaluation.png)\n", encoding="utf-8")
+                                          f"![fidelity vs sparsity](evaluation.png)\n\n{section}", encoding="utf-8")
     plot_fidelity_vs_sparsity(rows, folder / "evaluation.png")
     return table, data

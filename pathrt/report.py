@@ -28,9 +28,10 @@ def _layer_grid(flat: torch.Tensor, spec: PathwaySpec) -> np.ndarray:
 
 def plot_class_heatmaps(frequency: torch.Tensor, class_names: Sequence[str], spec: PathwaySpec, path: Path) -> Path:
     """Per-class neuron frequency f_c as layers × channels heat maps."""
-    cols = min(5, len(class_names))
+    cols = min(2, len(class_names))  # two wide panels a row: one row per layer stays readable on a page
     rows = -(-len(class_names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.6 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 0.32 * len(spec.layers) * rows + 1.4 * rows + 0.8),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for c, name in enumerate(class_names):
@@ -38,10 +39,11 @@ def plot_class_heatmaps(frequency: torch.Tensor, class_names: Sequence[str], spe
         ax.axis("on")
         image = ax.imshow(_layer_grid(frequency[c], spec), aspect="auto", cmap="viridis", vmin=0, vmax=1,
                           interpolation="nearest")
-        ax.set_title(f"class {name}", fontsize=9)
-        ax.set_yticks(range(len(spec.layers)), [f"L{i + 1}" for i in range(len(spec.layers))], fontsize=7)
-        ax.set_xticks([])
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="neuron frequency f_c")
+        ax.set_title(f"class {name}", fontsize=11)
+        ax.set_yticks(range(len(spec.layers)), [f"L{i + 1}" for i in range(len(spec.layers))], fontsize=9)
+        ax.set_xlabel("channel", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="neuron frequency f_c")
     fig.suptitle("Class pathways: how often each channel is kept (layers × channels)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -49,11 +51,16 @@ def plot_class_heatmaps(frequency: torch.Tensor, class_names: Sequence[str], spe
 
 
 def plot_sparsity_histogram(explanations: dict[str, Explanation], path: Path) -> Path:
-    """Histogram of per-sample sparsity, one series per method."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for name, explanation in explanations.items():
-        values = 100 * explanation.sparsity.numpy()
-        ax.hist(values, bins=30, alpha=0.6, label=f"{name} (mean {values.mean():.1f}%, std {values.std():.1f})")
+    """Histogram of per-sample sparsity, one outlined series per method on shared bins (series that
+    coincide stay visible); mean and std as the tables compute them (sample std, torch's default)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    values = {name: 100 * e.sparsity for name, e in explanations.items()}
+    bins = np.linspace(float(min(v.min() for v in values.values())), float(max(v.max() for v in values.values()))
+                       + 1e-6, 31)
+    for i, (name, v) in enumerate(values.items()):
+        std = float(v.std()) if len(v) > 1 else 0.0
+        ax.hist(v.numpy(), bins=bins, histtype="step", linewidth=2.2 - 0.5 * i, linestyle=("-", "--", ":", "-.")[i % 4],
+                label=f"{name} (mean {float(v.mean()):.1f}%, std {std:.1f})")
     ax.set_xlabel("sparsity of the pathway (% of neurons removed)")
     ax.set_ylabel("test images")
     ax.legend(fontsize=8)

@@ -1,6 +1,7 @@
 // CPU kernels of the fused deployed-path ops (schemas: pathrt/runtime/ops.py):
 //   daq_threshold_pack  head logits -> scores, masks, packed masks, kept counts in one pass;
-//   masked_bias_relu(_) relu(x + bias[c]) * mask[n, c], out of place and in place;
+//   masked_bias_relu(_) relu(x + bias[c]) * mask[n, c], removed channels 0 or fill[c], out of place and
+//                       in place;
 //   pathway_conv2d      a per-sample channel-sparse convolution: removed output channels are never
 //                       computed, removed input channels never read (gather + GEMM per sample).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
@@ -50,20 +51,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
 
 // out may alias x (the in-place variant); both contiguous in the same memory format.
 static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
-                             at::Tensor& out) {
+                                    const c10::optional<at::Tensor>& fill, at::Tensor& out) {
   const int64_t n = x.size(0), c = x.size(1), plane = x.size(2) * x.size(3);
   const auto m = mask.to(at::kFloat).contiguous();
   const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const auto f = fill.has_value() ? fill->contiguous() : at::Tensor();
   const float* src = x.data_ptr<float>();
   const float* mp = m.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const float* fp = f.defined() ? f.data_ptr<float>() : nullptr;
   float* dst = out.data_ptr<float>();
   if (channels_last(x)) {  // NHWC: one pixel's channels are contiguous
     at::parallel_for(0, n * plane, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, c)), [&](int64_t begin, int64_t end) {
       for (int64_t px = begin; px < end; ++px) {
         const float* mrow = mp + (px / plane) * c;
         for (int64_t ch = 0; ch < c; ++ch) {
-          dst[px * c + ch] = masked_bias_relu_value(src[px * c + ch], bp ? bp[ch] : 0.0f, mrow[ch]);
+          dst[px * c + ch] = masked_bias_relu_value(src[px * c + ch], bp ? bp[ch] : 0.0f, mrow[ch], fp ? fp[ch] : 0.0f);
         }
       }
     });
@@ -73,30 +76,33 @@ static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at:
     for (int64_t p = begin; p < end; ++p) {
       const float mv = mp[p];
       const float bv = bp ? bp[p % c] : 0.0f;
+      const float fv = fp ? fp[p % c] : 0.0f;
       float* o = dst + p * plane;
       if (mv == 0.0f) {
-        std::fill(o, o + plane, 0.0f);
+        std::fill(o, o + plane, fv);
         continue;
       }
       const float* i = src + p * plane;
-      for (int64_t e = 0; e < plane; ++e) o[e] = masked_bias_relu_value(i[e], bv, mv);
+      for (int64_t e = 0; e < plane; ++e) o[e] = masked_bias_relu_value(i[e], bv, mv, fv);
     }
   });
 }
 
-at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
-  check_masked_bias_relu(x, bias, mask);
+at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                const c10::optional<at::Tensor>& fill) {
+  check_masked_bias_relu(x, bias, mask, fill);
   const auto xc = x.contiguous(dense_format(x));
   auto out = at::empty_like(xc);
-  masked_bias_relu_kernel(xc, bias, mask, out);
+  masked_bias_relu_kernel(xc, bias, mask, fill, out);
   return out;
 }
 
-void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
-  check_masked_bias_relu(x, bias, mask);
+void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                  const c10::optional<at::Tensor>& fill) {
+  check_masked_bias_relu(x, bias, mask, fill);
   TORCH_CHECK_VALUE(x.is_contiguous(dense_format(x)), "pathrt::masked_bias_relu_: x must be contiguous (NCHW or "
                     "channels-last) for the in-place variant; use pathrt::masked_bias_relu");
-  masked_bias_relu_kernel(x, bias, mask, x);
+  masked_bias_relu_kernel(x, bias, mask, fill, x);
 }
 
 // Indices of the kept channels of one sample (all channels without a mask).

@@ -28,12 +28,12 @@ __global__ void daq_threshold_pack_kernel(const float* __restrict__ logits, floa
 }
 
 __global__ void masked_bias_relu_kernel(const float* __restrict__ x, const float* __restrict__ bias,
-                                        const float* __restrict__ mask, float* out, int64_t n, int64_t c,
-                                        int64_t plane) {
+                                        const float* __restrict__ mask, const float* __restrict__ fill, float* out,
+                                        int64_t n, int64_t c, int64_t plane) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n * c * plane) return;
   const int64_t nc = idx / plane;
-  out[idx] = masked_bias_relu_value(x[idx], bias ? bias[nc % c] : 0.0f, mask[nc]);
+  out[idx] = masked_bias_relu_value(x[idx], bias ? bias[nc % c] : 0.0f, mask[nc], fill ? fill[nc % c] : 0.0f);
 }
 
 __global__ void pathway_conv2d_kernel(const float* __restrict__ x, const float* __restrict__ weight,
@@ -78,10 +78,11 @@ cudaError_t launch_daq_threshold_pack(const float* logits, float* scores, bool* 
   return cudaGetLastError();
 }
 
-cudaError_t launch_masked_bias_relu(const float* x, const float* bias, const float* mask, float* out,
-                                    int64_t n, int64_t c, int64_t plane, cudaStream_t stream) {
+cudaError_t launch_masked_bias_relu(const float* x, const float* bias, const float* mask, const float* fill,
+                                    float* out, int64_t n, int64_t c, int64_t plane, cudaStream_t stream) {
   if (n * c * plane == 0) return cudaSuccess;
-  masked_bias_relu_kernel<<<blocks_for(n * c * plane), kThreads, 0, stream>>>(x, bias, mask, out, n, c, plane);
+  masked_bias_relu_kernel<<<blocks_for(n * c * plane), kThreads, 0, stream>>>(x, bias, mask, fill, out, n, c,
+                                                                                plane);
   return cudaGetLastError();
 }
 

@@ -44,29 +44,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cu
 namespace {
 
 void run_masked_bias_relu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
-                          at::Tensor& out) {
+                          const c10::optional<at::Tensor>& fill, at::Tensor& out) {
   const auto m = mask.to(at::kFloat).contiguous();
   const auto b = contiguous_or_empty(bias);
+  const auto f = contiguous_or_empty(fill);
   C10_CUDA_CHECK(launch_masked_bias_relu(x.data_ptr<float>(), data_or_null<float>(b), m.data_ptr<float>(),
-                                         out.data_ptr<float>(), x.size(0), x.size(1), x.size(2) * x.size(3),
-                                         c10::cuda::getCurrentCUDAStream()));
+                                         data_or_null<float>(f), out.data_ptr<float>(), x.size(0), x.size(1),
+                                         x.size(2) * x.size(3), c10::cuda::getCurrentCUDAStream()));
 }
 
-at::Tensor masked_bias_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
-  check_masked_bias_relu(x, bias, mask);
+at::Tensor masked_bias_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                 const c10::optional<at::Tensor>& fill) {
+  check_masked_bias_relu(x, bias, mask, fill);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto xc = x.contiguous();
   auto out = at::empty_like(xc);
-  run_masked_bias_relu(xc, bias, mask, out);
+  run_masked_bias_relu(xc, bias, mask, fill, out);
   return out.contiguous(dense_format(x));  // the kernel works in NCHW; keep x's layout as the CPU op does
 }
 
-void masked_bias_relu_inplace_cuda(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask) {
-  check_masked_bias_relu(x, bias, mask);
+void masked_bias_relu_inplace_cuda(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                   const c10::optional<at::Tensor>& fill) {
+  check_masked_bias_relu(x, bias, mask, fill);
   TORCH_CHECK_VALUE(x.is_contiguous(), "pathrt::masked_bias_relu_: x must be NCHW-contiguous for the in-place "
                     "variant on CUDA; use pathrt::masked_bias_relu");
   const c10::cuda::CUDAGuard guard(x.device());
-  run_masked_bias_relu(x, bias, mask, x);
+  run_masked_bias_relu(x, bias, mask, fill, x);
 }
 
 at::Tensor pathway_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

@@ -83,14 +83,14 @@ def triton_usable(device: torch.device) -> str | None:
 def implementations(device: torch.device) -> dict[str, dict[str, Callable]]:
     """The op tables to check on `device`: "native" (torch.ops.pathrt) and "triton" where usable."""
     native = {name: getattr(ops, name) for name in NATIVE_OPS if name != "masked_bias_relu_"}
-    native["masked_bias_relu_"] = lambda x, b, m: ops.masked_bias_relu(x, b, m, inplace=True)
+    native["masked_bias_relu_"] = lambda x, b, m, f: ops.masked_bias_relu(x, b, m, inplace=True, fill=f)
     out: dict[str, dict[str, Callable]] = {"native": native}
     if triton_usable(device) is None:
         from pathrt.kernels import triton_fused, triton_generator
 
         out["triton"] = {"daq_threshold_pack": triton_fused.daq_threshold_pack,
                          "masked_bias_relu": triton_fused.masked_bias_relu,
-                         "masked_bias_relu_": lambda x, b, m: triton_fused.masked_bias_relu(x, b, m, inplace=True),
+                         "masked_bias_relu_": lambda x, b, m, f: triton_fused.masked_bias_relu(x, b, m, inplace=True, fill=f),
                          "pathway_conv2d": triton_fused.pathway_conv2d, "rfe_tail": triton_generator.rfe_tail,
                          "pdn_encoder_layer": triton_generator.pdn_encoder_layer,
                          "rpd_decode": triton_generator.rpd_decode}
@@ -145,9 +145,10 @@ def _make(op: str, n: int, kind: str, index: int, g: torch.Generator) -> Iterato
         logits.view(-1)[::7] = 0.0  # sigmoid(0) = 0.5: kept, exactly at the threshold
         yield "K=301", (logits,)
     elif op in ("masked_bias_relu", "masked_bias_relu_"):
-        for bias in (True, False):
+        for bias, fill in ((True, False), (False, False), (True, True)):  # fill: mean ablation's removed value
             x = _nonzero((n, 13, 7, 9), g)
-            yield f"13x7x9 {kind} bias={bias}", (x, _nonzero((13,), g) if bias else None, _mask(kind, n, 13, g))
+            yield f"13x7x9 {kind} bias={bias} fill={fill}", (x, _nonzero((13,), g) if bias else None,
+                                                           _mask(kind, n, 13, g), _nonzero((13,), g) if fill else None)
     elif op == "pathway_conv2d":
         for c_in, c_out, h, w, k, s, p, residual, relu in CONVS:
             in_mask, out_mask = _mask(kind, n, c_in, g), _mask(kind, n, c_out, g)
@@ -244,9 +245,11 @@ def _problems(case: Case, got: tuple[torch.Tensor, ...],
             problems.append("packed masks or kept counts disagree with the masks")
     if case.op in ("masked_bias_relu", "masked_bias_relu_", "pathway_conv2d"):
         mask = case.args[2] if case.op != "pathway_conv2d" else case.args[5]
+        fill = case.args[3] if case.op != "pathway_conv2d" else None
         removed = ~mask.cpu()[:, :, None, None].expand_as(got[0])
-        if bool((got[0][removed] != 0).any()):
-            problems.append("removed output channels are not exactly 0")
+        held = torch.zeros_like(got[0]) if fill is None else fill.cpu()[None, :, None, None].expand_as(got[0])
+        if bool((got[0][removed] != held[removed]).any()):
+            problems.append("removed output channels are not exactly 0 (or their fill value)")
     if error > LIMITS[case.op]:
         problems.append(f"relative error {error:.2e} > {LIMITS[case.op]:g}")
     return error, written, problems

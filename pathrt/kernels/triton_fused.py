@@ -57,7 +57,8 @@ def daq_threshold_pack(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @triton.jit
-def _masked_bias_relu_kernel(x, bias, mask, out, C, PLANE, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _masked_bias_relu_kernel(x, bias, mask, fill, out, C, PLANE, HAS_BIAS: tl.constexpr, HAS_FILL: tl.constexpr,
+                             BLOCK: tl.constexpr):
     nc = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < PLANE
@@ -65,46 +66,53 @@ def _masked_bias_relu_kernel(x, bias, mask, out, C, PLANE, HAS_BIAS: tl.constexp
     v = tl.load(x + nc * PLANE + offs, mask=valid, other=0.0)
     if HAS_BIAS:
         v += tl.load(bias + nc % C)
-    y = tl.where(m == 0.0, 0.0, tl.maximum(v, 0.0) * m)
+    removed = 0.0
+    if HAS_FILL:
+        removed = tl.load(fill + nc % C)
+    y = tl.where(m == 0.0, removed, tl.maximum(v, 0.0) * m)
     tl.store(out + nc * PLANE + offs, y, mask=valid)
 
 
 def _launch_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                             out: torch.Tensor) -> None:
+                             fill: torch.Tensor | None, out: torch.Tensor) -> None:
     n, c, h, w = x.shape
     if x.numel() == 0:
         return
     grid = (n * c, triton.cdiv(h * w, _BLOCK))
-    wrap_triton(_masked_bias_relu_kernel)[grid](x, bias if bias is not None else x, mask.float().contiguous(), out,
-                                                c, h * w, HAS_BIAS=bias is not None, BLOCK=_BLOCK)
+    wrap_triton(_masked_bias_relu_kernel)[grid](x, bias.contiguous() if bias is not None else x,
+                                                mask.float().contiguous(),
+                                                fill.contiguous() if fill is not None else x, out, c, h * w,
+                                                HAS_BIAS=bias is not None, HAS_FILL=fill is not None, BLOCK=_BLOCK)
 
 
 @triton_op("pathrt::triton_masked_bias_relu", mutates_args=())
-def masked_bias_relu_out_of_place(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    """Triton `pathrt::masked_bias_relu`: relu(x + bias[c]) * mask[n, c]."""
-    check_masked_bias_relu(x, bias, mask)
+def masked_bias_relu_out_of_place(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                                  fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton `pathrt::masked_bias_relu`: relu(x + bias[c]) * mask[n, c], removed channels 0 or fill[c]."""
+    check_masked_bias_relu(x, bias, mask, fill)
     x = x.contiguous()
     out = torch.empty_like(x)
-    _launch_masked_bias_relu(x, bias.contiguous() if bias is not None else None, mask, out)
+    _launch_masked_bias_relu(x, bias, mask, fill, out)
     return out
 
 
 @triton_op("pathrt::triton_masked_bias_relu_", mutates_args={"x"})
-def masked_bias_relu_inplace(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
+def masked_bias_relu_inplace(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                             fill: torch.Tensor | None = None) -> None:
     """Triton `pathrt::masked_bias_relu_`: the same, in place on an NCHW-contiguous x."""
-    check_masked_bias_relu(x, bias, mask)
+    check_masked_bias_relu(x, bias, mask, fill)
     if not x.is_contiguous():
         raise ValueError("pathrt::triton_masked_bias_relu_: x must be NCHW-contiguous; use the out-of-place op")
-    _launch_masked_bias_relu(x, bias.contiguous() if bias is not None else None, mask, x)
+    _launch_masked_bias_relu(x, bias, mask, fill, x)
 
 
 def masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                     inplace: bool = False) -> torch.Tensor:
+                     inplace: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
     """The KernelSet entry: in place when asked and x is NCHW-contiguous, else out of place."""
     if inplace and x.is_contiguous():
-        masked_bias_relu_inplace(x, bias, mask)
+        masked_bias_relu_inplace(x, bias, mask, fill)
         return x
-    return masked_bias_relu_out_of_place(x, bias, mask)
+    return masked_bias_relu_out_of_place(x, bias, mask, fill)
 
 
 @triton.jit

@@ -18,6 +18,7 @@ from pathrt.opspec.fused import (
     masked_bias_relu_math,
     masked_bias_relu_reference,
     pathway_conv2d_reference,
+    removed_value,
 )
 from pathrt.opspec.generator import (
     HEAD_PARAMS,
@@ -39,5 +40,5 @@ __all__ = [
     "check_rpd_decode", "daq_threshold_pack_reference", "dense_format", "masked_bias_relu_inplace_reference",
     "masked_bias_relu_math", "masked_bias_relu_reference", "pack_masks_reference", "pairwise_iou_reference",
     "parity", "pathway_conv2d_reference", "pdn_encoder_layer_reference", "rfe_tail_reference",
-    "rpd_decode_reference", "unpack_masks",
+    "removed_value", "rpd_decode_reference", "unpack_masks",
 ]

@@ -26,15 +26,17 @@ def check_logits(logits: torch.Tensor) -> None:
                          "concatenate the per-layer head logits with torch.cat(dim=1)")
 
 
-def check_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
+def check_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                           fill: torch.Tensor | None = None) -> None:
     op = "pathrt::masked_bias_relu"
     if x.dtype != torch.float32:
         raise TypeError(f"{op}: x must be float32, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     _check_channel_mask(op, mask, x.shape[0], x.shape[1], "mask", True)
-    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (x.shape[1],)):
-        raise ValueError(f"{op}: bias must be float32 of shape ({x.shape[1]},), got {bias.dtype} {tuple(bias.shape)}")
+    for name, v in (("bias", bias), ("fill", fill)):
+        if v is not None and (v.dtype != torch.float32 or tuple(v.shape) != (x.shape[1],)):
+            raise ValueError(f"{op}: {name} must be float32 of shape ({x.shape[1]},), got {v.dtype} {tuple(v.shape)}")
 
 
 def _conv_output_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int]) -> tuple:
@@ -77,24 +79,33 @@ def daq_threshold_pack_reference(logits: torch.Tensor) -> tuple[torch.Tensor, to
     return scores, masks, pack_masks_reference(masks), masks.sum(1)
 
 
-def masked_bias_relu_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+def masked_bias_relu_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                               fill: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of `pathrt::masked_bias_relu` (see the module docstring)."""
-    check_masked_bias_relu(x, bias, mask)
-    return masked_bias_relu_math(x, bias, mask)
+    check_masked_bias_relu(x, bias, mask, fill)
+    return masked_bias_relu_math(x, bias, mask, fill)
 
 
-def masked_bias_relu_math(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+def removed_value(y: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
+    """What a removed channel of `y` (N, C, H, W) holds: 0 (zero ablation) or fill[c] (mean ablation)."""
+    if fill is None:
+        return torch.zeros((), dtype=y.dtype, device=y.device)
+    return fill.to(y.dtype)[None, :, None, None]
+
+
+def masked_bias_relu_math(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                          fill: torch.Tensor | None = None) -> torch.Tensor:
     """The reference's arithmetic without its float32 checks (any float dtype; what ONNX export traces)."""
     y = torch.relu(x if bias is None else x + bias[None, :, None, None])
     if mask.dtype == torch.bool:
-        return torch.where(mask[:, :, None, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
-    return torch.where(mask[:, :, None, None] == 0, torch.zeros((), dtype=y.dtype, device=y.device),
-                       y * mask[:, :, None, None])
+        return torch.where(mask[:, :, None, None], y, removed_value(y, fill))
+    return torch.where(mask[:, :, None, None] == 0, removed_value(y, fill), y * mask[:, :, None, None])
 
 
-def masked_bias_relu_inplace_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
-    """Reference of `pathrt::masked_bias_relu_`: writes masked_bias_relu(x, bias, mask) into x."""
-    x.copy_(masked_bias_relu_reference(x, bias, mask))
+def masked_bias_relu_inplace_reference(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                                       fill: torch.Tensor | None = None) -> None:
+    """Reference of `pathrt::masked_bias_relu_`: writes masked_bias_relu(x, bias, mask, fill) into x."""
+    x.copy_(masked_bias_relu_reference(x, bias, mask, fill))
 
 
 def pathway_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -130,13 +141,15 @@ def dense_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def masked_bias_relu_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    check_masked_bias_relu(x, bias, mask)
+def masked_bias_relu_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                          fill: torch.Tensor | None = None) -> torch.Tensor:
+    check_masked_bias_relu(x, bias, mask, fill)
     return torch.empty_like(x, memory_format=dense_format(x))
 
 
-def masked_bias_relu_inplace_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
-    check_masked_bias_relu(x, bias, mask)
+def masked_bias_relu_inplace_fake(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                                  fill: torch.Tensor | None = None) -> None:
+    check_masked_bias_relu(x, bias, mask, fill)
 
 
 def pathway_conv2d_fake(x, weight, bias, residual, in_mask, out_mask, stride, padding, relu) -> torch.Tensor:

@@ -15,10 +15,11 @@ Ops:
   pathrt::daq_threshold_pack(Tensor logits) -> (Tensor scores, Tensor masks, Tensor packed, Tensor counts)
       RPD head logits float32 (N, K) -> scores = sigmoid(logits) float32, masks = scores >= 0.5 (bool),
       packed = pack_masks(masks), counts = kept neurons per sample (int64 (N,)), in one pass.
-  pathrt::masked_bias_relu(Tensor x, Tensor? bias, Tensor mask) -> Tensor
+  pathrt::masked_bias_relu(Tensor x, Tensor? bias, Tensor mask, Tensor? fill=None) -> Tensor
       the pathway pass's conv epilogue: relu(x + bias[c]) * mask[n, c] for float32 x (N, C, H, W);
-      mask (N, C) bool (removed channels are exactly 0) or float32 (scales).
-  pathrt::masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask) -> ()
+      mask (N, C) bool (removed channels are exactly 0) or float32 (scales). `fill` float32 (C,):
+      the value a removed channel holds instead of 0 (mean ablation: the channel's mean activation).
+  pathrt::masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask, Tensor? fill=None) -> ()
       the same, in place on a contiguous x.
   pathrt::pathway_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_mask,
                          Tensor? out_mask, int[2] stride, int[2] padding, bool relu) -> Tensor
@@ -76,9 +77,9 @@ OPS: dict[str, OpDecl] = {
         OpDecl("daq_threshold_pack",
                "daq_threshold_pack(Tensor logits) -> (Tensor scores, Tensor masks, Tensor packed, Tensor counts)",
                fused.daq_threshold_pack_reference, fused.daq_threshold_pack_fake),
-        OpDecl("masked_bias_relu", "masked_bias_relu(Tensor x, Tensor? bias, Tensor mask) -> Tensor",
+        OpDecl("masked_bias_relu", "masked_bias_relu(Tensor x, Tensor? bias, Tensor mask, Tensor? fill=None) -> Tensor",
                fused.masked_bias_relu_reference, fused.masked_bias_relu_fake),
-        OpDecl("masked_bias_relu_", "masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask) -> ()",
+        OpDecl("masked_bias_relu_", "masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask, Tensor? fill=None) -> ()",
                fused.masked_bias_relu_inplace_reference, fused.masked_bias_relu_inplace_fake),
         OpDecl("pathway_conv2d",
                "pathway_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_mask, "

@@ -26,7 +26,7 @@ from pathrt.runtime.backends import CONCURRENT, MASKS, REGISTRY, Backend, Backen
 from pathrt.runtime.explanation import Explanation
 from pathrt.runtime.ops import pack_masks
 from pathrt.targets import Target, load_target, pathway_forward
-from pathrt.targets.pathway import Masks, check_images, normalize_masks
+from pathrt.targets.pathway import Masks, check_images, normalize_fill, normalize_masks
 
 ClassSpec = int | Sequence[int] | torch.Tensor | None
 _T = TypeVar("_T")
@@ -185,15 +185,19 @@ class Explainer:
 
     @torch.no_grad()
     def explain_with_masks(self, images: torch.Tensor, masks: Masks, target: ClassSpec = None,
-                           label: str = "given") -> Explanation:
-        """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks."""
+                           label: str = "given", fill: torch.Tensor | None = None) -> Explanation:
+        """An Explanation for pathways chosen elsewhere (baselines, class pathways); scores = masks.
+        `fill` (K,): mean ablation, a removed neuron's channel holds fill[k] instead of 0 (e.g.
+        `target.channel_means`); the pathway pass then reads every input channel (dense convs)."""
         flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool().expand(len(images), -1)
+        if fill is not None:
+            fill = torch.cat(normalize_fill(fill, self.spec)).to(self._context.device)
         backend = self.engine if MASKS in self.engine.capabilities else self.reference
-        reason = f"pathway pass on {backend.name}"
+        reason = f"pathway pass on {backend.name}" + (", mean ablation" if fill is not None else "")
 
         def chunk_of(rows: slice, x: torch.Tensor) -> Explanation:
             chunk, classes = flat[rows].contiguous(), self.rows_of(target, rows)
-            logits, pathway_logits = self._run(backend, lambda: backend.explain_with_masks(x, chunk))
+            logits, pathway_logits = self._run(backend, lambda: backend.explain_with_masks(x, chunk, fill))
             return Explanation(self.spec, chunk, pack_masks(chunk), chunk.float(), logits, pathway_logits,
                                self.resolve_classes(classes, logits), label, reason)
 

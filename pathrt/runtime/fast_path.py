@@ -55,8 +55,8 @@ NATIVE = KernelSet("native", ops.daq_threshold_pack, ops.masked_bias_relu, ops.p
 
 
 def _reference_masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                                inplace: bool = False) -> torch.Tensor:
-    return opspec.masked_bias_relu_math(x, bias, mask)  # out of place, any float dtype: traceable and exportable
+                                inplace: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
+    return opspec.masked_bias_relu_math(x, bias, mask, fill)  # out of place, any float dtype: traceable, exportable
 
 
 def _reference_pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -276,10 +276,13 @@ class PlanRunner:
             self._forget(i, values, keep)
         return values[self.plan.output], features, {v: values[v] for v in self.saved}
 
-    def _mask(self, step: Step, y: torch.Tensor, mask: torch.Tensor, fresh: bool) -> torch.Tensor:
+    def _mask(self, step: Step, y: torch.Tensor, mask: torch.Tensor, fresh: bool,
+              fill: torch.Tensor | None = None) -> torch.Tensor:
         if _ends_in_relu(step):  # relu(y) = y, so the fused epilogue only masks
-            return self.kernels.masked_bias_relu(y, None, mask, inplace=fresh)
-        return y * mask[:, :, None, None].to(y.dtype)
+            return self.kernels.masked_bias_relu(y, None, mask, inplace=fresh, fill=fill)
+        if fill is None:
+            return y * mask[:, :, None, None].to(y.dtype)
+        return torch.where(mask[:, :, None, None], y, opspec.removed_value(y, fill))
 
     def _choose(self, step: Step, stats: _MaskStats) -> str:
         """The conv strategy for this step and these masks: the policy's first rule whose measure is
@@ -317,13 +320,22 @@ class PlanRunner:
                                                a["padding"], bool(a["relu"]))
         if strategy == "union":
             return self._union_conv(step, x, residual, masks, stats)
+        return self._dense_conv(step, values, masks)
+
+    def _dense_conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor],
+                    fill: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The full conv, then the fused epilogue (bias, ReLU, the layer's mask; removed channels 0 or fill)."""
+        a = step.attrs
+        layer_fill = fill[step.pathway] if fill is not None and step.pathway is not None else None
         if step.pathway is not None and a["relu"]:
-            y = F.conv2d(x, self.conv_weights[step.module], None, a["stride"], a["padding"])  # type: ignore[index]
-            if residual is not None:
-                y.add_(residual)
-            return self.kernels.masked_bias_relu(y, bias, masks[step.pathway], inplace=True)
+            y = F.conv2d(values[step.inputs[0]], self.conv_weights[step.module], None,  # type: ignore[index]
+                         a["stride"], a["padding"])
+            if a.get("residual"):
+                y.add_(values[step.inputs[1]])
+            return self.kernels.masked_bias_relu(y, self.weights[step.module][1],  # type: ignore[index]
+                                                 masks[step.pathway], inplace=True, fill=layer_fill)
         y = self._dense(step, values)
-        return self._mask(step, y, masks[step.pathway], fresh=True) if step.pathway is not None else y
+        return self._mask(step, y, masks[step.pathway], True, layer_fill) if step.pathway is not None else y
 
     def _union_conv(self, step: Step, x: torch.Tensor, residual: torch.Tensor | None, masks: list[torch.Tensor],
                     stats: _MaskStats) -> torch.Tensor:
@@ -359,8 +371,11 @@ class PlanRunner:
         return out.index_copy_(1, keep_out, y)
 
     def pathway(self, saved: dict[int, torch.Tensor], features: list[torch.Tensor],
-                masks: list[torch.Tensor]) -> torch.Tensor:
-        """Logits of H(x; m) for per-layer bool masks (N, C_l), from the plain pass's outputs."""
+                masks: list[torch.Tensor], fill: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of H(x; m) for per-layer bool masks (N, C_l), from the plain pass's outputs. `fill`:
+        per-layer values (C_l,) that removed channels hold instead of 0 (mean ablation)."""
+        if fill is not None:
+            return self._filled_pathway(saved, features, masks, fill)
         values = dict(saved)
         first = self.plan.steps[self.first]
         dirty = self.chain & set(values)  # plain-pass values still waiting for layer 1's mask
@@ -387,6 +402,31 @@ class PlanRunner:
                 y = self._dense(step, values)
                 if step.pathway is not None:
                     y = self._mask(step, y, masks[step.pathway], fresh=step.op != "flatten")
+            values[step.output] = y
+            self._forget(i, values, keep)
+        return values[self.plan.output]
+
+
+    def _filled_pathway(self, saved: dict[int, torch.Tensor], features: list[torch.Tensor],
+                        masks: list[torch.Tensor], fill: list[torch.Tensor]) -> torch.Tensor:
+        """The pathway pass when removed channels hold fill values (mean ablation). A removed input
+        channel is then read (it holds its fill), so every masked conv runs dense with the fill in
+        its fused epilogue; and the plain-pass values after layer 1 are recomputed from the filled
+        layer-1 output (a pool of a constant channel is that constant only away from padding)."""
+        first = self.plan.steps[self.first]
+        values = dict(saved)
+        values[first.output] = self._mask(first, features[0], masks[0], False, fill[0])
+        keep = {self.plan.output}
+        for i in range(self.first + 1, len(self.plan.steps)):
+            step = self.plan.steps[i]
+            if i in self.skip:
+                continue
+            if step.op == "conv2d":
+                y = self._dense_conv(step, values, masks, fill)
+            else:
+                y = self._dense(step, values)
+                if step.pathway is not None:
+                    y = self._mask(step, y, masks[step.pathway], step.op != "flatten", fill[step.pathway])
             values[step.output] = y
             self._forget(i, values, keep)
         return values[self.plan.output]

@@ -27,12 +27,13 @@ def daq_threshold_pack(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def masked_bias_relu(x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                     inplace: bool = False) -> torch.Tensor:
-    """relu(x + bias[c]) * mask[n, c] for x (N, C, H, W); in place on a contiguous x when asked."""
+                     inplace: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(x + bias[c]) * mask[n, c] for x (N, C, H, W), removed channels 0 or fill[c]; in place on a
+    contiguous x when asked."""
     if inplace:
-        torch.ops.pathrt.masked_bias_relu_(x, bias, mask)
+        torch.ops.pathrt.masked_bias_relu_(x, bias, mask, fill)
         return x
-    return torch.ops.pathrt.masked_bias_relu(x, bias, mask)
+    return torch.ops.pathrt.masked_bias_relu(x, bias, mask, fill)
 
 
 def pathway_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

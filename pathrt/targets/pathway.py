@@ -163,24 +163,43 @@ def normalize_masks(masks: Masks, spec: PathwaySpec, batch: int) -> list[torch.T
     return per_layer
 
 
+def normalize_fill(fill: torch.Tensor, spec: PathwaySpec) -> list[torch.Tensor]:
+    """Checks a flat (K,) tensor of removed-channel values (mean ablation) and splits it per layer."""
+    if not isinstance(fill, torch.Tensor) or fill.dim() != 1 or fill.shape[0] != spec.total_channels:
+        shape = tuple(fill.shape) if isinstance(fill, torch.Tensor) else type(fill).__name__
+        raise InputError(f"fill must be a ({spec.total_channels},) tensor (one value per neuron, e.g. "
+                         f"target.channel_means), got {shape}")
+    if not fill.is_floating_point() or not bool(torch.isfinite(fill).all()):
+        raise InputError("fill must hold finite floating-point values (the removed channels' mean activations)")
+    return [part[0] for part in spec.split(fill[None])]
+
+
 def pathway_forward(
     model: nn.Module,
     spec: PathwaySpec,
     x: torch.Tensor,
     masks: Masks,
     check: bool = True,
+    fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of the pathway model H(x; P): each pathway layer's output times its channel mask.
 
     With all-ones masks this is exactly the plain forward (multiplying by 1.0 is exact).
+    `fill` (K,): mean ablation, a removed channel holds fill[k] instead of 0 (bool masks only).
     `check=False` skips `check_images`, for callers that checked the batch already.
     """
     if check:
         check_images(x, spec)
     per_layer = normalize_masks(masks, spec, x.shape[0])
+    fills = normalize_fill(fill, spec) if fill is not None else None
+    if fills is not None and any(m.is_floating_point() for m in per_layer):
+        raise InputError("mean ablation (fill) takes bool masks: a removed channel is replaced, not scaled")
 
     def apply(index: int, output: torch.Tensor) -> torch.Tensor:
         m = per_layer[index]
+        if fills is not None:
+            value = fills[index].to(device=output.device, dtype=output.dtype)[None, :, None, None]
+            return torch.where(m.to(output.device).bool()[:, :, None, None], output, value)
         m = (m if m.is_floating_point() else m != 0).to(device=output.device, dtype=output.dtype)
         return output * m[:, :, None, None]
 

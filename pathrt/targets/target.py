@@ -20,7 +20,7 @@ from torch import nn
 from pathrt.artifacts import artifact_paths, check_state, load_artifact, load_tensors, save_artifact, tensor_fingerprint
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
 from pathrt.targets.models import ARCHITECTURES, build_factory, build_model, is_factory
-from pathrt.targets.pathway import Capture, Masks, capture_features, pathway_forward
+from pathrt.targets.pathway import Capture, Masks, capture_features, check_images, pathway_forward
 from pathrt.targets.spec import PathwaySpec, build_spec
 
 TARGET_FORMAT = "pathrt.target"
@@ -64,6 +64,34 @@ class Target:
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         return (images - mean) / std
+
+    @property
+    def channel_means(self) -> torch.Tensor | None:
+        """Each neuron's mean activation over the training split, float32 (K,): what a removed channel
+        holds under mean ablation (`Explainer.explain_with_masks(..., fill=)`). None until
+        `measure_channel_means` stored them (`pathrt train-target` and the demo do)."""
+        stored = self.info.get("channel_means")
+        if stored is None:
+            return None
+        values = torch.tensor(stored["values"], dtype=torch.float32)
+        if values.shape != (self.spec.total_channels,) or not bool(torch.isfinite(values).all()):
+            raise ArtifactError(f"the target's stored channel means have shape {tuple(values.shape)} or non-finite "
+                                f"values; expected {self.spec.total_channels} finite values: measure them again")
+        return values
+
+    def measure_channel_means(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Measures and stores (in `info`, saved with the target) each neuron's mean activation over
+        the preprocessed `images` (the training split): the mean over images and positions of its
+        pathway-layer output, in the float64 sum of float32 activations. Returns it, (K,)."""
+        check_images(images, self.spec)
+        total = torch.zeros(self.spec.total_channels, dtype=torch.float64)
+        with torch.no_grad():
+            for s in range(0, len(images), batch_size):
+                features = capture_features(self.model, self.spec, images[s:s + batch_size], check=False).features
+                total += torch.cat([f.double().sum((2, 3)).sum(0) / (f.shape[2] * f.shape[3]) for f in features])
+        means = (total / len(images)).float()
+        self.info["channel_means"] = {"values": means.tolist(), "images": len(images)}
+        return means
 
     def capture(self, x: torch.Tensor) -> Capture:
         """Plain forward on preprocessed `x`: logits and pathway-layer features."""
@@ -243,6 +271,7 @@ def load_target(path: str | os.PathLike[str], *, arch: str | None = None, finger
     target = build()
     target.model.load_state_dict(state, strict=True)
     target.info = dict(meta.get("info", {}))
+    target.channel_means  # noqa: B018 (refuses garbled stored means at load, not at first use)
     return target
 
 

@@ -120,6 +120,7 @@ def train_target(
         "train_seconds": round(time.perf_counter() - start, 1),
         "training": asdict(config),
     }
+    target.measure_channel_means(target.preprocess(train.images))  # mean ablation's fill values
     if out is not None:
         save_target(target, out)
     return target

@@ -18,8 +18,8 @@ cudaError_t launch_daq_threshold_pack(const float* logits, float* scores, bool* 
                                       unsigned long long* counts, int64_t n, int64_t k, cudaStream_t stream);
 
 // mask: float32 (N, C); bias may be null; out may equal x.
-cudaError_t launch_masked_bias_relu(const float* x, const float* bias, const float* mask, float* out,
-                                    int64_t n, int64_t c, int64_t plane, cudaStream_t stream);
+cudaError_t launch_masked_bias_relu(const float* x, const float* bias, const float* mask, const float* fill,
+                                    float* out, int64_t n, int64_t c, int64_t plane, cudaStream_t stream);
 
 // Direct convolution, one thread per output value; bias, residual, in_mask, out_mask may be null.
 struct ConvShape {

@@ -37,9 +37,10 @@ PATHRT_HD float bias_act(float acc, float bias, float residual, bool relu) {
   return relu ? (v > 0.0f ? v : 0.0f) : v;
 }
 
-// relu(x + bias) * mask, the pathway pass's epilogue for one value; a zero mask gives exactly 0.
-PATHRT_HD float masked_bias_relu_value(float x, float bias, float mask) {
-  return mask == 0.0f ? 0.0f : bias_act(x, bias, 0.0f, true) * mask;
+// relu(x + bias) * mask, the pathway pass's epilogue for one value; a zero mask gives exactly
+// `fill` (0 for zero ablation, the channel's mean activation for mean ablation).
+PATHRT_HD float masked_bias_relu_value(float x, float bias, float mask, float fill) {
+  return mask == 0.0f ? fill : bias_act(x, bias, 0.0f, true) * mask;
 }
 
 // Input coordinate read by output coordinate `o` at kernel offset `d`; -1 when it lies in the

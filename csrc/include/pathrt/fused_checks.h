@@ -42,7 +42,7 @@ inline void check_channel_mask(const char* op, const at::Tensor& mask, int64_t n
 }
 
 inline void check_masked_bias_relu(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
-                                   const at::Tensor& mask) {
+                                   const at::Tensor& mask, const c10::optional<at::Tensor>& fill = c10::nullopt) {
   constexpr const char* op = "pathrt::masked_bias_relu";
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got shape ", x.sizes());
@@ -53,6 +53,12 @@ inline void check_masked_bias_relu(const at::Tensor& x, const c10::optional<at::
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == x.size(1), op, ": bias must have shape (",
                       x.size(1), "), got ", bias->sizes());
     check_same_device(op, x, bias, "bias");
+  }
+  if (fill.has_value()) {
+    TORCH_CHECK_VALUE(fill->scalar_type() == at::kFloat && fill->dim() == 1 && fill->size(0) == x.size(1), op,
+                      ": fill must be float32 of shape (", x.size(1), ",), got ", fill->scalar_type(), " ",
+                      fill->sizes());
+    check_same_device(op, x, fill, "fill");
   }
 }
 

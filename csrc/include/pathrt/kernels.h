@@ -11,9 +11,12 @@ namespace pathrt {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cpu(const at::Tensor& logits);
 
-at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask);
+// fill: what a removed channel holds (float32 (C,); none: 0).
+at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                const c10::optional<at::Tensor>& fill = c10::nullopt);
 
-void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask);
+void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
+                                  const c10::optional<at::Tensor>& fill = c10::nullopt);
 
 at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                               const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_mask,

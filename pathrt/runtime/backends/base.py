@@ -158,8 +158,10 @@ class Backend(ABC):
     def explain(self, x: torch.Tensor) -> ChunkResult:
         """The explain path (SPEC §8) for one chunk of checked images on the model's device and dtype."""
 
-    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(plain logits, pathway logits) for bool masks (N, K) chosen elsewhere ("masks" capability)."""
+    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor,
+                           fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(plain logits, pathway logits) for bool masks (N, K) chosen elsewhere ("masks" capability);
+        removed channels hold 0, or fill[k] (K,) when given (mean ablation)."""
         raise NotImplementedError(f"backend {self.name!r} has no pathway pass for given masks")
 
     def __repr__(self) -> str:

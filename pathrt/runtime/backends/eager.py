@@ -35,5 +35,6 @@ class EagerBackend(Backend):
         pathway_logits = pathway_forward(self.model, self.spec, x, masks, check=False)
         return ChunkResult(masks, pack_masks(masks), torch.cat(out.scores, 1), capture.logits, pathway_logits)
 
-    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(x), pathway_forward(self.model, self.spec, x, masks, check=False)
+    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor,
+                           fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x), pathway_forward(self.model, self.spec, x, masks, check=False, fill=fill)

@@ -14,6 +14,7 @@ from pathrt.opspec import MASK_THRESHOLD
 from pathrt.runtime.backends.base import CONCURRENT, MASKS, Backend, BackendContext, ChunkResult, Unavailable
 from pathrt.runtime.fast_path import KernelSet, PlanRunner
 from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
+from pathrt.targets.pathway import normalize_fill
 from pathrt.targets.plan import PlanError
 
 
@@ -71,6 +72,8 @@ class PlanBackend(Backend):
         pathway_logits = self.runner.pathway(saved, features, self.spec.split(masks))
         return ChunkResult(masks, packed, scores, logits, pathway_logits)
 
-    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor,
+                           fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features, saved = self.runner.plain(x)
-        return logits, self.runner.pathway(saved, features, self.spec.split(masks))
+        fills = [f.to(x.dtype) for f in normalize_fill(fill.to(x.device), self.spec)] if fill is not None else None
+        return logits, self.runner.pathway(saved, features, self.spec.split(masks), fills)

@@ -66,10 +66,11 @@ class SessionBackend(Backend):
         out = self.session.explain(x)
         return ChunkResult(out["masks"], out["packed"], out["scores"], out["logits"], out["pathway_logits"])
 
-    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor,
+                           fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.masks_runner is None:
-            return super().explain_with_masks(x, masks)
-        return self.masks_runner.explain_with_masks(x, masks)
+            return super().explain_with_masks(x, masks, fill)
+        return self.masks_runner.explain_with_masks(x, masks, fill)
 
 
 def open_bundle(path: str | os.PathLike[str], target: Target, generator: PathwayGenerator,
