@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from pathrt.artifacts import artifact_paths, write_json
-from pathrt.baselines.random import random_pathways
 from pathrt.data import TensorImageDataset, load_digits
 from pathrt.errors import ArtifactError
 from pathrt.evaluate import evaluate, run_faithfulness, write_evaluation
@@ -37,7 +36,6 @@ from pathrt.targets import Target, capture_features, load_target, save_target
 from pathrt.targets.training import TargetTrainingConfig, train_target
 from pathrt.training import GeneratorTrainingConfig, train_generator
 from pathrt.transfer import build_class_pathways, evaluate_transfer
-
 
 # The transfer rows as the report names them: another class's pathway is the random-class test.
 TRANSFER_LABELS = {"other class": "other class (random-class test)"}
@@ -100,7 +98,6 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
     ms_per_explanation = 1000 * rows[0].seconds / len(x)
     explanation = explainer.explain(x)
     explanation.save(out / "explanations" / "test")
-    random = random_pathways(explainer, x, explanation, seed)
 
     sources = explainer.explain(target.preprocess(train.images))
     pathways = build_class_pathways(sources, train.labels, target.num_classes, target.fingerprint)
@@ -117,7 +114,8 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
                                              **{f"{r.method} ({r.setting})": r.explanation for r in rows
                                                 if r.setting == "own operating point"}},
                                             report / "sparsity.png"),
-        "transfer": plot_transfer({TRANSFER_LABELS.get(k, k): v for k, v in transfer.items()}, report / "transfer.png"),
+        "transfer": plot_transfer({TRANSFER_LABELS.get(k, k): v for k, v in transfer.items()},
+                                  report / "transfer.png"),
     }
     shown = torch.arange(0, len(x), max(1, len(x) // 8))[:8]
     saliency = saliency_map(explainer.pathway_gradient(x[shown], explanation.subset(shown)))
@@ -126,8 +124,8 @@ def run_demo(workdir: str | Path = "runs/demo", retrain: bool = False, progress:
     figures["saliency"] = plot_saliency(test.images[shown], saliency, titles, report / "saliency.png")
 
     transfer_table = markdown_table(["pathway used", "fidelity %", "mIC", "mDC", "IC rate %", "sparsity %"],
-                                    [[TRANSFER_LABELS.get(name, name), f"{r['fidelity']:.1f}", f"{r['mIC']:.2f}", f"{r['mDC']:.2f}",
-                                      f"{r['ic_rate']:.1f}", f"{100 * r['sparsity']:.1f}"]
+                                    [[TRANSFER_LABELS.get(name, name), f"{r['fidelity']:.1f}", f"{r['mIC']:.2f}",
+                                      f"{r['mDC']:.2f}", f"{r['ic_rate']:.1f}", f"{100 * r['sparsity']:.1f}"]
                                      for name, r in transfer.items()])
     markdown = "\n".join([
         "# pathrt demo: GEN-CNP on the embedded digits",

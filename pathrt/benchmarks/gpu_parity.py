@@ -90,7 +90,8 @@ def implementations(device: torch.device) -> dict[str, dict[str, Callable]]:
 
         out["triton"] = {"daq_threshold_pack": triton_fused.daq_threshold_pack,
                          "masked_bias_relu": triton_fused.masked_bias_relu,
-                         "masked_bias_relu_": lambda x, b, m, f: triton_fused.masked_bias_relu(x, b, m, inplace=True, fill=f),
+                         "masked_bias_relu_": lambda x, b, m, f: triton_fused.masked_bias_relu(x, b, m, inplace=True,
+                                                                                               fill=f),
                          "pathway_conv2d": triton_fused.pathway_conv2d, "rfe_tail": triton_generator.rfe_tail,
                          "pdn_encoder_layer": triton_generator.pdn_encoder_layer,
                          "rpd_decode": triton_generator.rpd_decode}

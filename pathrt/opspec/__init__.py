@@ -39,6 +39,6 @@ __all__ = [
     "check_logits", "check_masked_bias_relu", "check_pathway_conv2d", "check_pdn_encoder_layer", "check_rfe_tail",
     "check_rpd_decode", "daq_threshold_pack_reference", "dense_format", "masked_bias_relu_inplace_reference",
     "masked_bias_relu_math", "masked_bias_relu_reference", "pack_masks_reference", "pairwise_iou_reference",
-    "parity", "pathway_conv2d_reference", "pdn_encoder_layer_reference", "rfe_tail_reference",
-    "removed_value", "rpd_decode_reference", "unpack_masks",
+    "parity", "pathway_conv2d_reference", "pdn_encoder_layer_reference", "removed_value", "rfe_tail_reference",
+    "rpd_decode_reference", "unpack_masks",
 ]

@@ -79,7 +79,8 @@ OPS: dict[str, OpDecl] = {
                fused.daq_threshold_pack_reference, fused.daq_threshold_pack_fake),
         OpDecl("masked_bias_relu", "masked_bias_relu(Tensor x, Tensor? bias, Tensor mask, Tensor? fill=None) -> Tensor",
                fused.masked_bias_relu_reference, fused.masked_bias_relu_fake),
-        OpDecl("masked_bias_relu_", "masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask, Tensor? fill=None) -> ()",
+        OpDecl("masked_bias_relu_",
+               "masked_bias_relu_(Tensor(a!) x, Tensor? bias, Tensor mask, Tensor? fill=None) -> ()",
                fused.masked_bias_relu_inplace_reference, fused.masked_bias_relu_inplace_fake),
         OpDecl("pathway_conv2d",
                "pathway_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, Tensor? in_mask, "
