@@ -40,19 +40,21 @@ def test_daq_threshold_pack(shape: tuple[int, int]) -> None:
 @pytest.mark.parametrize("mask_kind", ["bool", "float"])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_masked_bias_relu(mask_kind: str, with_bias: bool, layout: str) -> None:
+@pytest.mark.parametrize("with_fill", [False, True])
+def test_masked_bias_relu(mask_kind: str, with_bias: bool, layout: str, with_fill: bool) -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 5, 4, 6, generator=g)
     if layout == "channels_last":
         x = x.contiguous(memory_format=CL)
     bias = torch.randn(5, generator=g) if with_bias else None
+    fill = torch.randn(5, generator=g) if with_fill else None  # mean ablation's removed-channel values
     mask = torch.rand(3, 5, generator=g) > 0.4
     if mask_kind == "float":
         mask = mask * torch.rand(3, 5, generator=g)
-    want = opspec.masked_bias_relu_reference(x, bias, mask)
-    torch.testing.assert_close(triton_ops.masked_bias_relu(x, bias, mask), want, rtol=0, atol=0)
+    want = opspec.masked_bias_relu_reference(x, bias, mask, fill)
+    torch.testing.assert_close(triton_ops.masked_bias_relu(x, bias, mask, fill=fill), want, rtol=0, atol=0)
     y = x.contiguous().clone()
-    assert triton_ops.masked_bias_relu(y, bias, mask, inplace=True) is y
+    assert triton_ops.masked_bias_relu(y, bias, mask, inplace=True, fill=fill) is y
     torch.testing.assert_close(y, want, rtol=0, atol=0)
 
 
@@ -97,6 +99,16 @@ def test_triton_backend_matches_eager() -> None:
         assert b.backend == "triton" and 0.1 < float(a.sparsity.mean()) < 0.9
         report = opspec.parity.compare(b, a)
         assert report.ok, report.describe()
+    # mean ablation: removed channels hold their mean activation (the fused epilogue's fill)
+    x = torch.randn(3, 3, 16, 16)
+    target.measure_channel_means(torch.randn(4, 3, 16, 16))
+    masks = torch.rand(3, target.spec.total_channels) > 0.5
+    want = eager.explain_with_masks(x, masks, fill=target.channel_means)
+    got = triton.explain_with_masks(x, masks, fill=target.channel_means)
+    assert "triton" in got.backend_reason and "mean ablation" in got.backend_reason
+    torch.testing.assert_close(got.pathway_logits, want.pathway_logits, rtol=1e-4, atol=1e-4)
+    zero = eager.explain_with_masks(x, masks)
+    assert (zero.pathway_logits - want.pathway_logits).abs().max() > 1e-4
 
 
 def _random_params(shapes: list[tuple[int, ...]], seed: int) -> list[torch.Tensor]:
