@@ -30,8 +30,8 @@ def plot_class_heatmaps(frequency: torch.Tensor, class_names: Sequence[str], spe
     """Per-class neuron frequency f_c as layers × channels heat maps."""
     cols = min(2, len(class_names))  # two wide panels a row: one row per layer stays readable on a page
     rows = -(-len(class_names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 0.32 * len(spec.layers) * rows + 1.4 * rows + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 0.32 * len(spec.layers) * rows + 1.0 * rows + 0.8),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for c, name in enumerate(class_names):
@@ -41,7 +41,8 @@ def plot_class_heatmaps(frequency: torch.Tensor, class_names: Sequence[str], spe
                           interpolation="nearest")
         ax.set_title(f"class {name}", fontsize=11)
         ax.set_yticks(range(len(spec.layers)), [f"L{i + 1}" for i in range(len(spec.layers))], fontsize=9)
-        ax.set_xlabel("channel", fontsize=9)
+        if c >= len(class_names) - cols:  # the bottom row names the axis
+            ax.set_xlabel("channel", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="neuron frequency f_c")
     fig.suptitle("Class pathways: how often each channel is kept (layers × channels)", fontsize=10)
@@ -59,8 +60,13 @@ def plot_sparsity_histogram(explanations: dict[str, Explanation], path: Path) ->
                        + 1e-6, 31)
     for i, (name, v) in enumerate(values.items()):
         std = float(v.std()) if len(v) > 1 else 0.0
+        label = f"{name} (mean {float(v.mean()):.1f}%, std {std:.1f})"
+        if bool(v.max() == v.min()):  # one sparsity for every image: a line, not a spike that flattens the other series
+            ax.axvline(float(v[0]), color=f"C{i}", linestyle=("-", "--", ":", "-.")[i % 4], linewidth=2,
+                       label=f"{label}, every image")
+            continue
         ax.hist(v.numpy(), bins=bins, histtype="step", linewidth=2.2 - 0.5 * i, linestyle=("-", "--", ":", "-.")[i % 4],
-                label=f"{name} (mean {float(v.mean()):.1f}%, std {std:.1f})")
+                color=f"C{i}", label=label)
     ax.set_xlabel("sparsity of the pathway (% of neurons removed)")
     ax.set_ylabel("test images")
     ax.legend(fontsize=8)
