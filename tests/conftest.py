@@ -118,6 +118,23 @@ def torchvision_target(arch: str):
     return target
 
 
+def tiny_evaluation(images: int, sources: int):
+    """A 3-class small VGG with an untrained generator, random images and sources labelled with the
+    model's own predictions (so every class has correct transfer sources): (explainer, images, labels,
+    sources, source labels), the inputs of `pathrt.evaluate.evaluate`."""
+    from pathrt.generator import GeneratorConfig, PathwayGenerator
+    from pathrt.runtime import Explainer
+    from pathrt.targets import create_target
+
+    target = create_target("small_vgg", 3, (3, 32, 32), cfg=(8, "M", 16, "M"), hidden=16)
+    explainer = Explainer(target, PathwayGenerator(target.spec, GeneratorConfig.small(d=32, heads=4, d_r=8,
+                                                                                        head_bias=0.0)))
+    g = torch.Generator().manual_seed(0)
+    x, src = torch.randn(images, 3, 32, 32, generator=g), torch.randn(sources, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        return explainer, x, target.model(x).argmax(1), src, target.model(src).argmax(1)
+
+
 def varied_generator(spec, seed: int = 0, sparsity_bias: float = 0.0):
     """A random generator whose masks differ from sample to sample (about half the neurons kept)."""
     from pathrt.generator import GeneratorConfig, PathwayGenerator

@@ -13,20 +13,11 @@ import pytest
 import torch
 
 from pathrt.evaluate import HEADERS, evaluate, write_evaluation
-from pathrt.generator import GeneratorConfig, PathwayGenerator
-from pathrt.runtime import Explainer
-from pathrt.targets import create_target
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_evaluation
 
 
 def test_evaluate_table_has_every_method(tmp_path: Path) -> None:
-    target = create_target("small_vgg", 3, (3, 32, 32), cfg=(8, "M", 16, "M"), hidden=16)
-    explainer = Explainer(target, PathwayGenerator(target.spec, GeneratorConfig.small(d=32, heads=4, d_r=8,
-                                                                                        head_bias=0.0)))
-    g = torch.Generator().manual_seed(0)
-    images, sources = torch.randn(12, 3, 32, 32, generator=g), torch.randn(30, 3, 32, 32, generator=g)
-    with torch.no_grad():  # labels = predictions, so every class has correct sources
-        labels, source_labels = target.model(images).argmax(1), target.model(sources).argmax(1)
+    explainer, images, labels, sources, source_labels = tiny_evaluation(12, 30)
     rows = evaluate(explainer, images, labels, sources, source_labels, j=5, log=lambda _: None)
     assert [(r.method, r.setting) for r in rows] == [
         ("GEN-CNP", "operating point"), ("random", "matched per sample"),

@@ -13,11 +13,10 @@ import torch
 from pathrt import faithfulness, metrics, opspec
 from pathrt.errors import ArtifactError, InputError
 from pathrt.evaluate import evaluate, faithfulness_inputs, write_evaluation
-from pathrt.generator import GeneratorConfig, PathwayGenerator
 from pathrt.progress import LogProgress, progress_bar
 from pathrt.runtime import Explainer, ops
 from pathrt.targets import create_target, load_target, pathway_forward, save_target
-from tests.conftest import torchvision_target, varied_generator
+from tests.conftest import tiny_evaluation, torchvision_target, varied_generator
 
 
 def _confidences(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,13 +164,8 @@ def test_randomization_and_stability_are_measured_honestly() -> None:
 
 
 def test_evaluation_writes_the_faithfulness_section(tmp_path: Path) -> None:
-    target = create_target("small_vgg", 3, (3, 32, 32), cfg=(8, "M", 16, "M"), hidden=16)
-    explainer = Explainer(target, PathwayGenerator(target.spec, GeneratorConfig.small(d=32, heads=4, d_r=8,
-                                                                                        head_bias=0.0)))
-    g = torch.Generator().manual_seed(0)
-    images, sources = torch.randn(10, 3, 32, 32, generator=g), torch.randn(20, 3, 32, 32, generator=g)
-    with torch.no_grad():
-        labels, source_labels = target.model(images).argmax(1), target.model(sources).argmax(1)
+    explainer, images, labels, sources, source_labels = tiny_evaluation(10, 20)
+    target = explainer.target
     rows = evaluate(explainer, images, labels, sources, source_labels, j=3, log=lambda _: None)
     with pytest.raises(InputError, match="channel means"):
         faithfulness.ablation_fill(explainer, "mean")
