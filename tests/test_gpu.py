@@ -72,8 +72,8 @@ def test_native_on_cuda_runs_the_cuda_generator_ops() -> None:
     assert {"pathrt::rfe_tail", "pathrt::rpd_decode", "pathrt::pathway_conv2d"} <= names, sorted(names)
 
 
-def _wrong_masked_bias_relu(x, bias, mask):
-    """Forgets the mask: removed channels keep their values."""
+def _wrong_masked_bias_relu(x, bias, mask, fill=None):
+    """Forgets the mask: removed channels keep their values (and never hold the fill)."""
     return torch.relu(x + bias[:, None, None]) if bias is not None else torch.relu(x)
 
 
@@ -84,8 +84,8 @@ def test_parity_harness_catches_wrong_kernels() -> None:
                for c in gpu_parity.cases(cpu, ("masked_bias_relu",), (3,), kinds)]
     assert results and all("removed output channels are not exactly 0" in r.problem for r in results)
 
-    def unwritten(x, bias, mask):  # leaves the last sample unwritten
-        out = ops.masked_bias_relu(x, bias, mask)
+    def unwritten(x, bias, mask, fill=None):  # leaves the last sample unwritten
+        out = ops.masked_bias_relu(x, bias, mask, fill=fill)
         out[-1] = float("nan")
         return out
 
@@ -94,9 +94,9 @@ def test_parity_harness_catches_wrong_kernels() -> None:
     assert all(not r.written for r in results)
     calls = []
 
-    def racy(x, bias, mask):  # right on the first call, one element off on the second (as a race gives)
+    def racy(x, bias, mask, fill=None):  # right on the first call, one element off on the second (as a race gives)
         calls.append(1)
-        out = ops.masked_bias_relu(x, bias, mask)
+        out = ops.masked_bias_relu(x, bias, mask, fill=fill)
         if len(calls) % 2 == 0:
             out.view(-1)[out.view(-1).nonzero()[0]] += 1e-3
         return out
@@ -107,6 +107,18 @@ def test_parity_harness_catches_wrong_kernels() -> None:
     good = [gpu_parity.check_case("native", ops.pathway_conv2d, c)
             for c in gpu_parity.cases(cpu, ("pathway_conv2d",), (3,), kinds)]
     assert good and all(r.ok and r.repeatable for r in good), [r.problem for r in good]
+    native = gpu_parity.implementations(cpu)["native"]["masked_bias_relu"]
+    filled = [gpu_parity.check_case("native", native, c)
+              for c in gpu_parity.cases(cpu, ("masked_bias_relu",), (3,), kinds) if "fill=True" in c.name]
+    assert filled and all(r.ok for r in filled), [r.problem for r in filled]
+
+    def zero_instead_of_fill(x, bias, mask, fill=None):  # ignores the fill: removed channels 0
+        return ops.masked_bias_relu(x, bias, mask)
+
+    results = [gpu_parity.check_case("wrong", zero_instead_of_fill, c)
+               for c in gpu_parity.cases(cpu, ("masked_bias_relu",), (3,), kinds) if "fill=True" in c.name]
+    assert results and all("removed output channels are not exactly 0 (or their fill value)" in r.problem
+                           for r in results)
 
 
 @pytest.mark.skipif(_script().NVCC is None, reason="needs nvcc")

@@ -82,14 +82,15 @@ def triton_usable(device: torch.device) -> str | None:
 
 def implementations(device: torch.device) -> dict[str, dict[str, Callable]]:
     """The op tables to check on `device`: "native" (torch.ops.pathrt) and "triton" where usable."""
-    native = {name: getattr(ops, name) for name in NATIVE_OPS if name != "masked_bias_relu_"}
+    native = {name: getattr(ops, name) for name in NATIVE_OPS if not name.startswith("masked_bias_relu")}
+    native["masked_bias_relu"] = lambda x, b, m, f: ops.masked_bias_relu(x, b, m, fill=f)
     native["masked_bias_relu_"] = lambda x, b, m, f: ops.masked_bias_relu(x, b, m, inplace=True, fill=f)
     out: dict[str, dict[str, Callable]] = {"native": native}
     if triton_usable(device) is None:
         from pathrt.kernels import triton_fused, triton_generator
 
         out["triton"] = {"daq_threshold_pack": triton_fused.daq_threshold_pack,
-                         "masked_bias_relu": triton_fused.masked_bias_relu,
+                         "masked_bias_relu": lambda x, b, m, f: triton_fused.masked_bias_relu(x, b, m, fill=f),
                          "masked_bias_relu_": lambda x, b, m, f: triton_fused.masked_bias_relu(x, b, m, inplace=True,
                                                                                                fill=f),
                          "pathway_conv2d": triton_fused.pathway_conv2d, "rfe_tail": triton_generator.rfe_tail,
