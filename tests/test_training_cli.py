@@ -98,10 +98,15 @@ def test_cli_train_resume_and_explain(tmp_path: Path) -> None:
     assert (tmp_path / "explain" / "explanations.safetensors").exists()
     assert "| image | class |" in (tmp_path / "explain" / "summary.md").read_text()
     evaluated = _cli("evaluate", "--target", str(tmp_path / "t"), "--generator", str(tmp_path / "g"),
-                     "--out", str(tmp_path / "evaluate"), "--no-dgr", "--sources", "5")
+                     "--out", str(tmp_path / "evaluate"), "--no-dgr", "--sources", "5", "--curve-steps", "2")
     assert evaluated.returncode == 0, evaluated.stderr
-    methods = [r["method"] for r in json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())["rows"]]
-    assert methods == ["GEN-CNP", "random", "critical pathways", "critical pathways"]
+    assert "no stored channel means: measuring them on 1438 training images" in evaluated.stdout
+    data = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["GEN-CNP", "random", "critical pathways", "critical pathways"]
+    curves = data["faithfulness"]["curves"]
+    assert set(curves) == {"GEN-CNP", "critical pathways", "random"}
+    assert len(curves["random"]["mean"]["deletion"]["probability"]) == 3  # 0, 50 and 100 %
+    assert "## Faithfulness" in (tmp_path / "evaluate" / "evaluation.md").read_text()
 
 
 @pytest.mark.slow
@@ -130,7 +135,17 @@ def test_demo_end_to_end(trained_target_path: Path, tmp_path: Path) -> None:
     assert gen_cnp["metrics"]["mDC"] <= random_row["metrics"]["mDC"]
     dgr = next(r for r in baselines if r["method"] == "DGR")
     assert dgr["ms_per_explanation"] >= 10 * gen_cnp["ms_per_explanation"]
-    for name in ("report.md", "report.html", "class_pathways.png", "sparsity.png", "saliency.png", "transfer.png"):
+    for name in ("report.md", "report.html", "class_pathways.png", "sparsity.png", "saliency.png", "transfer.png",
+                 "faithfulness_curves.png", "faithfulness_randomization.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    assert "## Faithfulness" in (tmp_path / "report" / "report.md").read_text()
+    faithful = summary["evaluation"]["faithfulness"]
+    curves = faithful["curves"]  # GEN-CNP's order beats a random order on both curves, zero ablation
+    assert curves["GEN-CNP"]["zero"]["deletion"]["auc"] < curves["random"]["zero"]["deletion"]["auc"] - 0.1
+    assert curves["GEN-CNP"]["zero"]["insertion"]["auc"] > curves["random"]["zero"]["insertion"]["auc"] + 0.2
+    overall = faithful["sufficiency"]["GEN-CNP"]["zero"]["overall"]  # removing the pathway breaks the prediction
+    assert overall["comprehensiveness"]["mDC"] > 50 and overall["sufficiency"]["mDC"] < 10
+    assert faithful["randomization"][-1]["iou"] < 0.8  # the pathways follow the target's weights
+    assert faithful["stability"]["perturbations"]["noise std 0.02"]["iou"] > 0.9
     again = run_demo(tmp_path, progress=False)  # everything cached now
     assert again["generator"]["reused"] and again["gen_cnp"]["fidelity"] == ours["fidelity"]
