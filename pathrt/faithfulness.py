@@ -267,8 +267,10 @@ def markdown_section(data: dict[str, Any]) -> str:
         "### Sanity check: cascading model-parameter randomization",
         "The target's conv and linear layers are re-initialized from the top down, one more per step, and the "
         "same generator explains the randomized target. Its pathways should diverge from the trained target's "
-        "(IoU falling well below 1); a generator blind to the target would keep IoU 1. The other-class row of "
-        "the transfer table is the random-class test.",
+        "(IoU falling well below 1); a generator blind to the target would keep IoU 1. Layers after the last "
+        "pathway layer (the classifier) cannot change what the generator reads: IoU stays 1 until the first "
+        "randomized layer feeds a pathway layer. The other-class row of the transfer table is the random-class "
+        "test.",
         markdown_table(["layers randomized", "down to", "pathway IoU with trained (mean ± std)",
                         "plain predictions unchanged %"],
                        [[s["layers"], s["randomized_down_to"], f"{s['iou']:.3f} ± {s['iou_std']:.3f}",
