@@ -253,13 +253,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                      backend=args.backend)
     train, test = _load_data(args, explainer.target.classes)
     preprocess = explainer.target.preprocess
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print  # --json: stdout is the JSON alone
     rows = evaluate(explainer, preprocess(test.images), test.labels, preprocess(train.images), train.labels,
-                    j=args.sources, seed=args.seed, include_dgr=not args.no_dgr)
+                    j=args.sources, seed=args.seed, include_dgr=not args.no_dgr, log=log)
     faithfulness = None
     if not args.no_faithfulness:
         faithfulness = run_faithfulness(explainer, preprocess(test.images), rows, preprocess(train.images),
-                                        steps=args.curve_steps, flip=args.flip, seed=args.seed)
+                                        steps=args.curve_steps, flip=args.flip, seed=args.seed, log=log)
     table, _ = write_evaluation(rows, len(test), Path(args.out), faithfulness)
+    if args.json:
+        print((Path(args.out) / "evaluation.json").read_text(encoding="utf-8"))
+        return
     print(table)
     print(f"wrote {Path(args.out) / 'evaluation.md'}, evaluation.json and evaluation.png")
 
@@ -533,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "ablation, randomization, stability)")
     evaluate.add_argument("--curve-steps", type=int, default=10,
                           help="points of the deletion/insertion curves after 0%% (default 10)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print evaluation.json (every number, the faithfulness protocols' too) to stdout; "
+                               "progress goes to stderr")
     evaluate.add_argument("--flip", action="store_true",
                           help="add a horizontal flip to the stability test (for data whose classes survive mirroring)")
     evaluate.set_defaults(run=_cmd_evaluate)

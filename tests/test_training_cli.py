@@ -98,10 +98,11 @@ def test_cli_train_resume_and_explain(tmp_path: Path) -> None:
     assert (tmp_path / "explain" / "explanations.safetensors").exists()
     assert "| image | class |" in (tmp_path / "explain" / "summary.md").read_text()
     evaluated = _cli("evaluate", "--target", str(tmp_path / "t"), "--generator", str(tmp_path / "g"),
-                     "--out", str(tmp_path / "evaluate"), "--no-dgr", "--sources", "5", "--curve-steps", "2")
+                     "--out", str(tmp_path / "evaluate"), "--no-dgr", "--sources", "5", "--curve-steps", "2", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "no stored channel means: measuring them on 1438 training images" in evaluated.stdout
-    data = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    assert "no stored channel means: measuring them on 1438 training images" in evaluated.stderr
+    data = json.loads(evaluated.stdout)  # --json: stdout holds the JSON alone
+    assert data == json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
     assert [r["method"] for r in data["rows"]] == ["GEN-CNP", "random", "critical pathways", "critical pathways"]
     curves = data["faithfulness"]["curves"]
     assert set(curves) == {"GEN-CNP", "critical pathways", "random"}
