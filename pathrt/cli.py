@@ -380,7 +380,7 @@ def _cmd_profile(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pathrt.demo import run_demo
 
-    run_demo(args.workdir, retrain=args.retrain, progress=not args.no_progress)
+    run_demo(args.workdir, retrain=args.retrain, progress=not args.no_progress, faithfulness=not args.no_faithfulness)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -611,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--retrain", action="store_true", help="train the target and generator again even if cached")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-faithfulness", action="store_true", help="leave the report's Faithfulness section out")
     demo.set_defaults(run=_cmd_demo)
     return parser
 

@@ -32,7 +32,7 @@ from pathrt.baselines import (
     top_k_masks,
 )
 from pathrt.baselines.common import explanation_from_scores
-from pathrt.faithfulness import evaluate_faithfulness, write_faithfulness
+from pathrt.faithfulness import FIGURES, evaluate_faithfulness, write_faithfulness
 from pathrt.metrics import summarize
 from pathrt.report import markdown_table
 from pathrt.runtime.explainer import Explainer
@@ -203,6 +203,9 @@ def write_evaluation(rows: list[MethodRow], count: int, folder: Path,
     if faithfulness is not None:
         data["faithfulness"] = faithfulness
         section = write_faithfulness(faithfulness, folder)
+    else:  # no figures of an earlier run left beside a report that does not show them
+        for name in FIGURES:
+            (folder / name).unlink(missing_ok=True)
     write_json(folder / "evaluation.json", data)
     (folder / "evaluation.md").write_text(f"# pathrt evaluate ({count} images)\n\n{table}\n\n{_by_class(rows)}\n"
                                           f"![fidelity vs sparsity](evaluation.png)\n\n{section}", encoding="utf-8")

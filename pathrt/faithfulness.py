@@ -49,6 +49,7 @@ from pathrt.runtime.explainer import Explainer
 from pathrt.runtime.explanation import Explanation
 
 ABLATIONS = ("zero", "mean")
+FIGURES = ("faithfulness_curves.png", "faithfulness_randomization.png")  # what `write_faithfulness` writes
 NOISE_LEVELS = (0.02, 0.05, 0.1)  # std of Gaussian pixel noise, in units of the [0, 1] pixel range
 
 
@@ -327,6 +328,6 @@ def evaluate_faithfulness(explainer: Explainer, images: torch.Tensor, orders: di
 def write_faithfulness(data: dict[str, Any], folder: Path) -> str:
     """Writes the section's figures into `folder`; returns its Markdown."""
     folder.mkdir(parents=True, exist_ok=True)
-    plot_curves(data["curves"], folder / "faithfulness_curves.png")
-    plot_randomization(data["randomization"], folder / "faithfulness_randomization.png")
+    plot_curves(data["curves"], folder / FIGURES[0])
+    plot_randomization(data["randomization"], folder / FIGURES[1])
     return markdown_section(data)

@@ -182,7 +182,7 @@ def test_evaluation_writes_the_faithfulness_section(tmp_path: Path) -> None:
                                                          "DGR (matched per sample)"}
     assert len(saved["faithfulness"]["ablation"]) == len(rows)
     page = (tmp_path / "evaluation.md").read_text()
-    for heading in ("## Faithfulness", "### Deletion and insertion curves", "### Sufficiency and comprehensiveness",
+    for heading in ("\n## Faithfulness\n", "### Deletion and insertion curves", "### Sufficiency and comprehensiveness",
                     "### Ablation value", "### Sanity check", "### Stability"):
         assert heading in page
     assert (tmp_path / "faithfulness_curves.png").stat().st_size > 0

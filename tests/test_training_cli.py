@@ -107,7 +107,7 @@ def test_cli_train_resume_and_explain(tmp_path: Path) -> None:
     curves = data["faithfulness"]["curves"]
     assert set(curves) == {"GEN-CNP", "critical pathways", "random"}
     assert len(curves["random"]["mean"]["deletion"]["probability"]) == 3  # 0, 50 and 100 %
-    assert "## Faithfulness" in (tmp_path / "evaluate" / "evaluation.md").read_text()
+    assert "\n## Faithfulness\n" in (tmp_path / "evaluate" / "evaluation.md").read_text()
 
 
 @pytest.mark.slow
@@ -139,7 +139,7 @@ def test_demo_end_to_end(trained_target_path: Path, tmp_path: Path) -> None:
     for name in ("report.md", "report.html", "class_pathways.png", "sparsity.png", "saliency.png", "transfer.png",
                  "faithfulness_curves.png", "faithfulness_randomization.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
-    assert "## Faithfulness" in (tmp_path / "report" / "report.md").read_text()
+    assert "\n## Faithfulness\n" in (tmp_path / "report" / "report.md").read_text()
     faithful = summary["evaluation"]["faithfulness"]
     curves = faithful["curves"]  # GEN-CNP's order beats a random order on both curves, zero ablation
     assert curves["GEN-CNP"]["zero"]["deletion"]["auc"] < curves["random"]["zero"]["deletion"]["auc"] - 0.1
@@ -148,5 +148,8 @@ def test_demo_end_to_end(trained_target_path: Path, tmp_path: Path) -> None:
     assert overall["comprehensiveness"]["mDC"] > 50 and overall["sufficiency"]["mDC"] < 10
     assert faithful["randomization"][-1]["iou"] < 0.8  # the pathways follow the target's weights
     assert faithful["stability"]["perturbations"]["noise std 0.02"]["iou"] > 0.9
-    again = run_demo(tmp_path, progress=False)  # everything cached now
+    again = run_demo(tmp_path, progress=False, faithfulness=False)  # everything cached now
     assert again["generator"]["reused"] and again["gen_cnp"]["fidelity"] == ours["fidelity"]
+    assert "faithfulness" not in again["evaluation"]
+    assert "\n## Faithfulness\n" not in (tmp_path / "report" / "report.md").read_text()
+    assert not (tmp_path / "report" / "faithfulness_curves.png").exists()
