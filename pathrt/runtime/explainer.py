@@ -190,7 +190,7 @@ class Explainer:
         `fill` (K,): mean ablation, a removed neuron's channel holds fill[k] instead of 0 (e.g.
         `target.channel_means`); the pathway pass then reads every input channel (dense convs)."""
         flat = torch.cat(normalize_masks(masks, self.spec, len(images)), 1).bool().expand(len(images), -1)
-        if fill is not None:
+        if fill is not None:  # checked once here; the backends split it per layer
             fill = torch.cat(normalize_fill(fill, self.spec)).to(self._context.device)
         backend = self.engine if MASKS in self.engine.capabilities else self.reference
         reason = f"pathway pass on {backend.name}" + (", mean ablation" if fill is not None else "")

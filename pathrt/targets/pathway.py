@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pathrt.errors import InputError, SpecError
+from pathrt.opspec import removed_value
 from pathrt.targets.spec import PathwaySpec
 
 Masks = torch.Tensor | Sequence[torch.Tensor]
@@ -198,8 +199,8 @@ def pathway_forward(
     def apply(index: int, output: torch.Tensor) -> torch.Tensor:
         m = per_layer[index]
         if fills is not None:
-            value = fills[index].to(device=output.device, dtype=output.dtype)[None, :, None, None]
-            return torch.where(m.to(output.device).bool()[:, :, None, None], output, value)
+            return torch.where(m.to(output.device).bool()[:, :, None, None], output,
+                               removed_value(output, fills[index].to(output.device)))
         m = (m if m.is_floating_point() else m != 0).to(device=output.device, dtype=output.dtype)
         return output * m[:, :, None, None]
 

@@ -14,7 +14,6 @@ from pathrt.opspec import MASK_THRESHOLD
 from pathrt.runtime.backends.base import CONCURRENT, MASKS, Backend, BackendContext, ChunkResult, Unavailable
 from pathrt.runtime.fast_path import KernelSet, PlanRunner
 from pathrt.runtime.fused_generator import FusedGenerator, folded_generator
-from pathrt.targets.pathway import normalize_fill
 from pathrt.targets.plan import PlanError
 
 
@@ -75,5 +74,5 @@ class PlanBackend(Backend):
     def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor,
                            fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features, saved = self.runner.plain(x)
-        fills = [f.to(x.dtype) for f in normalize_fill(fill.to(x.device), self.spec)] if fill is not None else None
+        fills = None if fill is None else [f[0] for f in self.spec.split(fill[None].to(x.dtype))]  # checked upstream
         return logits, self.runner.pathway(saved, features, self.spec.split(masks), fills)
