@@ -42,11 +42,11 @@ from torch import nn
 
 from pathrt.baselines.common import top_k_masks
 from pathrt.errors import InputError
-from pathrt.fidelity import fidelity
-from pathrt.metrics import aciou, ic_rate, mdc, mic
+from pathrt.metrics import aciou, confidence, paired_iou
 from pathrt.report import markdown_table
 from pathrt.runtime.explainer import Explainer
 from pathrt.runtime.explanation import Explanation
+from pathrt.runtime.ops import pack_masks
 
 ABLATIONS = ("zero", "mean")
 FIGURES = ("faithfulness_curves.png", "faithfulness_randomization.png")  # what `write_faithfulness` writes
@@ -66,16 +66,16 @@ def ablation_fill(explainer: Explainer, ablation: str) -> torch.Tensor | None:
     return means
 
 
-def confidence(explanation: Explanation) -> dict[str, float]:
-    """Fidelity, mDC, mIC and IC rate of one pathway pass (SPEC §5)."""
-    y, o = explanation.Y, explanation.O
-    return {"fidelity": fidelity(explanation.logits, explanation.pathway_logits), "mDC": mdc(y, o),
-            "mIC": mic(y, o), "ic_rate": ic_rate(y, o)}
-
-
 def _pass(explainer: Explainer, images: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor,
           fill: torch.Tensor | None) -> Explanation:
     return explainer.explain_with_masks(images, masks, classes, label="faithfulness", fill=fill)
+
+
+def _ablated(explainer: Explainer, images: torch.Tensor, pathway: Explanation,
+             fill: torch.Tensor | None) -> Explanation:
+    """`pathway` under an ablation: itself under zero ablation (its pathway pass already ran), else one
+    pathway pass of its masks with `fill`."""
+    return pathway if fill is None else _pass(explainer, images, pathway.masks, pathway.classes, fill)
 
 
 def neuron_curves(explainer: Explainer, images: torch.Tensor, order: torch.Tensor, classes: torch.Tensor,
@@ -86,11 +86,16 @@ def neuron_curves(explainer: Explainer, images: torch.Tensor, order: torch.Tenso
         raise InputError(f"curves need at least 1 step, got {steps}")
     n, k = order.shape
     fractions = [i / steps for i in range(steps + 1)]
-    curves: dict[str, list[float]] = {"deletion": [], "insertion": []}
-    for f in fractions:
+    # the ends need no pass of their own: every neuron kept is the plain model (Y), none kept is one pass
+    empty = _pass(explainer, images, torch.zeros(n, k, dtype=torch.bool), classes, fill)
+    whole, nothing = float(empty.Y.mean()), float(empty.O.mean())
+    curves: dict[str, list[float]] = {"deletion": [whole], "insertion": [nothing]}
+    for f in fractions[1:-1]:
         top = top_k_masks(order, torch.full((n,), round(f * k), dtype=torch.long))
         for name, masks in (("deletion", ~top), ("insertion", top)):
             curves[name].append(float(_pass(explainer, images, masks, classes, fill).O.mean()))
+    curves["deletion"].append(nothing)
+    curves["insertion"].append(whole)
     return {name: {"fractions": fractions, "probability": p,
                    "auc": sum((p[i] + p[i + 1]) / 2 for i in range(steps)) / steps}
             for name, p in curves.items()}
@@ -104,13 +109,14 @@ def _only_layer(spec_slice: slice, masks: torch.Tensor) -> torch.Tensor:
 
 
 def sufficiency_comprehensiveness(explainer: Explainer, images: torch.Tensor, pathway: Explanation,
-                                  fill: torch.Tensor | None = None,
-                                  per_layer: bool = True) -> dict[str, Any]:
+                                  fill: torch.Tensor | None = None, per_layer: bool = True,
+                                  kept: Explanation | None = None) -> dict[str, Any]:
     """Keep only the pathway (sufficiency) and remove it keeping the rest (comprehensiveness), overall
-    and, with `per_layer`, at one layer at a time: each a `confidence` dict."""
+    and, with `per_layer`, at one layer at a time: each a `confidence` dict. `kept`: the pathway's own
+    pass under this fill when the caller ran it already."""
     masks, classes = pathway.masks, pathway.classes  # the explained class of every row is GEN-CNP's
     out: dict[str, Any] = {"overall": {
-        "sufficiency": confidence(_pass(explainer, images, masks, classes, fill)),
+        "sufficiency": confidence(kept if kept is not None else _ablated(explainer, images, pathway, fill)),
         "comprehensiveness": confidence(_pass(explainer, images, ~masks, classes, fill)),
     }}
     if per_layer:
@@ -127,9 +133,8 @@ def sufficiency_comprehensiveness(explainer: Explainer, images: torch.Tensor, pa
 
 
 def pairwise_iou_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of row i of `a` with row i of `b` (bool (N, K)); two empty rows have IoU 1."""
-    union = (a | b).sum(1)
-    return torch.where(union == 0, 1.0, (a & b).sum(1) / union.clamp_min(1))
+    """IoU of row i of bool masks `a` with row i of `b` (N, K); two empty rows have IoU 1."""
+    return paired_iou(pack_masks(a), pack_masks(b))
 
 
 def cascading_randomization(explainer: Explainer, images: torch.Tensor, reference: Explanation,
@@ -302,7 +307,7 @@ def evaluate_faithfulness(explainer: Explainer, images: torch.Tensor, orders: di
     if not pathways or pathways[0][0] != "GEN-CNP":
         raise InputError("the first pathway row must be GEN-CNP's")
     reference = pathways[0][2]
-    classes = reference.classes
+    classes = reference.classes  # the explained class of the curves: GEN-CNP's
     fills = {a: ablation_fill(explainer, a) for a in ABLATIONS}
     data: dict[str, Any] = {"steps": steps, "curves": {}, "sufficiency": {}, "ablation": []}
     for method, order in orders.items():
@@ -311,11 +316,11 @@ def evaluate_faithfulness(explainer: Explainer, images: torch.Tensor, orders: di
         log(f"  curves {method}: deletion AUC {data['curves'][method]['zero']['deletion']['auc']:.3f}, "
             f"insertion AUC {data['curves'][method]['zero']['insertion']['auc']:.3f} (zero ablation)")
     for i, (method, setting, explanation) in enumerate(pathways):
-        rows = {a: confidence(_pass(explainer, images, explanation.masks, classes, fill)) for a, fill in fills.items()}
-        data["ablation"].append({"method": method, "setting": setting, **rows})
+        kept = {a: _ablated(explainer, images, explanation, fill) for a, fill in fills.items()}
+        data["ablation"].append({"method": method, "setting": setting, **{a: confidence(e) for a, e in kept.items()}})
         if i == 0 or setting.startswith("matched"):
             data["sufficiency"]["GEN-CNP" if i == 0 else f"{method} ({setting})"] = {
-                a: sufficiency_comprehensiveness(explainer, images, explanation, fill, per_layer=i == 0)
+                a: sufficiency_comprehensiveness(explainer, images, explanation, fill, i == 0, kept[a])
                 for a, fill in fills.items()}
     log("  sufficiency / comprehensiveness and ablation rows done; randomizing the target")
     data["randomization"] = cascading_randomization(explainer, images, reference, seed, log)

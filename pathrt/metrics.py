@@ -43,6 +43,14 @@ def ic_rate(y: torch.Tensor, o: torch.Tensor) -> float:
     return float(100 * (o > y).float().mean())
 
 
+def confidence(explanation: Explanation) -> dict[str, float]:
+    """Fidelity, mIC, mDC and IC rate of one pathway pass (the transfer table's and the faithfulness
+    protocols' scores)."""
+    y, o = explanation.Y, explanation.O
+    return {"fidelity": fidelity(explanation.logits, explanation.pathway_logits), "mIC": mic(y, o),
+            "mDC": mdc(y, o), "ic_rate": ic_rate(y, o)}
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy against labels, in %."""
     return float(100 * (logits.argmax(1) == labels).float().mean())
@@ -70,10 +78,15 @@ def mean_pairwise_iou(packed: torch.Tensor, max_pairs: int = 2000, seed: int = 0
     g = torch.Generator().manual_seed(seed)
     i = torch.randint(0, n, (max_pairs,), generator=g)
     j = (i + torch.randint(1, n, (max_pairs,), generator=g)) % n  # j != i
-    a, b = packed[i], packed[j]
-    # IoU of each sampled pair: the diagonal of pairwise_iou over the pair rows, in blocks
-    values = torch.cat([pairwise_iou(a[s:s + 256], b[s:s + 256]).diagonal() for s in range(0, max_pairs, 256)])
-    return float(values.mean())
+    return float(paired_iou(packed[i], packed[j]).mean())
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of row i of packed masks `a` with row i of `b` (float32 (N,); two empty rows: 1): the
+    diagonal of `pathrt::pairwise_iou` over blocks of rows."""
+    if a.shape != b.shape:
+        raise InputError(f"paired IoU needs packed masks of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.cat([pairwise_iou(a[s:s + 256], b[s:s + 256]).diagonal() for s in range(0, len(a), 256)])
 
 
 def aciou(explanation: Explanation, max_pairs: int = 2000, seed: int = 0) -> float:

@@ -18,7 +18,7 @@ import torch
 from pathrt.artifacts import load_artifact, save_artifact
 from pathrt.baselines.random import random_masks
 from pathrt.errors import ArtifactError, IncompatibleArtifactError, InputError
-from pathrt.metrics import fidelity, ic_rate, mdc, mic
+from pathrt.metrics import confidence
 from pathrt.runtime.explainer import Explainer
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets.spec import PathwaySpec
@@ -92,10 +92,7 @@ def build_class_pathways(explanation: Explanation, labels: torch.Tensor, num_cla
 
 
 def _scores(explanation: Explanation) -> dict[str, float]:
-    y, o = explanation.Y, explanation.O
-    return {"fidelity": fidelity(explanation.logits, explanation.pathway_logits), "mIC": mic(y, o),
-            "mDC": mdc(y, o), "ic_rate": ic_rate(y, o), "sparsity": float(explanation.sparsity.mean()),
-            "count": len(explanation)}
+    return {**confidence(explanation), "sparsity": float(explanation.sparsity.mean()), "count": len(explanation)}
 
 
 def evaluate_transfer(explainer: Explainer, images: torch.Tensor, pathways: ClassPathways,
