@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "pathrt/session.h"
+#include "pathrt/threads.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -107,6 +108,18 @@ PYBIND11_MODULE(_C, m) {
         "How this extension was built: torch, compiler, OpenMP, CUDA kernels and archs, and the "
         "CPU features of this machine.");
   m.def("cpu_features", &cpu_features, "CPU features of this machine (run-time check).");
+  m.def(
+      "thread_policy",
+      [] {
+        const int threads = pathrt::max_threads();
+        py::dict out;
+        out["threads"] = threads;
+        out["wake_us"] = pathrt::wake_cost_us(threads);
+        out["parallel_work"] = pathrt::parallel_work(threads);
+        return out;
+      },
+      "The session's thread policy on this thread: OpenMP threads, the measured wake-up of a parallel region "
+      "(us) and the least work (multiply-adds) a step needs to run on all threads rather than one.");
   m.def(
       "bundle_format",
       [] {

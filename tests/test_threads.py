@@ -67,6 +67,47 @@ def test_num_threads_reaches_the_session_and_is_checked() -> None:
         Explainer(target, generator, backend="session", num_threads=-1)
 
 
+_SLEEPING_THREADS = """
+import json, torch
+from pathrt import _C
+from pathrt.opspec import parity
+from pathrt.runtime import Explainer
+from tests.conftest import torchvision_target, varied_generator
+
+torch.set_num_threads(2)
+policy = _C.thread_policy()
+target = torchvision_target("resnet18")
+generator = varied_generator(target.spec, seed=3)
+session, eager = Explainer(target, generator, backend="session"), Explainer(target, generator, backend="eager")
+reports = []
+for batch in (1, 16):
+    x = torch.randn(batch, *target.spec.input_shape, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        report = parity.compare(session.engine.session.explain(x), eager.engine.explain(x))
+    reports.append([report.ok, report.describe()])
+after = torch.get_num_threads()
+torch.set_num_threads(1)
+print(json.dumps({"policy": policy, "reports": reports, "after": after, "one": _C.thread_policy()}))
+"""
+
+
+def test_the_session_runs_small_steps_on_one_thread_when_threads_sleep() -> None:
+    """Under PASSIVE (the command's policy) waking the other threads costs tens of microseconds, so the
+    session runs the steps whose work is below the measured threshold on the caller's thread alone:
+    at batch 1 nearly all of ResNet-18's, at batch 16 some of each. Both still equal eager (SPEC §8),
+    and the caller's thread count is restored after the call."""
+    done = _environment("-c", _SLEEPING_THREADS, OMP_WAIT_POLICY="PASSIVE")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    policy = result["policy"]
+    assert policy["threads"] == 2 and policy["wake_us"] > 0
+    assert policy["parallel_work"] == int(256e3 * policy["wake_us"])
+    for ok, description in result["reports"]:
+        assert ok, description
+    assert result["after"] == 2
+    assert result["one"] == {"threads": 1, "wake_us": 0.0, "parallel_work": 0}
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_packed_convs_keep_the_session_equal_to_eager(batch: int) -> None:
     """The session's prepacked oneDNN convs (fused bias, residual add and ReLU) are taken above a size

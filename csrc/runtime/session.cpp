@@ -18,10 +18,8 @@
 #include "pathrt/digest.h"
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
+#include "pathrt/threads.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace pathrt {
 
@@ -139,27 +137,6 @@ std::map<std::string, at::Tensor> read_tensors(const std::string& data, const Js
   return tensors;
 }
 
-// Caps the OpenMP threads of the calling thread for one call (OpenMP's thread count is per
-// calling thread, so concurrent callers do not interfere), and restores it after.
-class ThreadLimit {
- public:
-  explicit ThreadLimit(int threads) {
-    at::init_num_threads();
-#ifdef _OPENMP
-    previous_ = omp_get_max_threads();
-    if (threads > 0) omp_set_num_threads(threads);
-#endif
-  }
-  ~ThreadLimit() {
-#ifdef _OPENMP
-    omp_set_num_threads(previous_);
-#endif
-  }
-
- private:
-  int previous_ = 0;
-};
-
 at::Tensor channel_mask(const at::Tensor& y, const at::Tensor& mask) {
   return y * mask.to(y.scalar_type()).view({mask.size(0), mask.size(1), 1, 1});
 }
@@ -259,6 +236,27 @@ struct ExplainSession::Impl {
   std::vector<std::vector<at::Tensor>> encoder;
   int64_t attention_heads = 1;
   double tail_eps = 1e-5, encoder_eps = 1e-5, rpd_eps = 1e-5;
+  int64_t generator_work = 0;  // multiply-adds per image
+
+  // The threads of one call: steps with at least `min_work` run on `count`, the others on one.
+  struct Threads {
+    int count = 1;
+    int64_t min_work = 0;
+    int width(int64_t work) const { return work >= min_work ? count : 1; }
+  };
+
+  // A step's work in multiply-add equivalents: a conv's or linear's multiply-adds, kElementWork per
+  // element of an elementwise or pooling step (memory-bound: ~10x a multiply-add in a GEMM kernel).
+  static int64_t work(const Step& s, const std::vector<at::Tensor>& values) {
+    constexpr int64_t kElementWork = 16;
+    const at::Tensor& x = values[s.inputs[0]];
+    switch (s.op) {
+      case Op::Conv:
+        return x.size(0) * x.size(2) * x.size(3) / (s.stride[0] * s.stride[1]) * s.weight.numel();
+      case Op::Linear: return x.size(0) * s.weight.numel();
+      default: return x.numel() * kElementWork;
+    }
+  }
 
   at::Tensor dense(const Step& s, const std::vector<at::Tensor>& values) const {
     const at::Tensor& x = values[s.inputs[0]];
@@ -300,11 +298,13 @@ struct ExplainSession::Impl {
   }
 
   // Runs every step: logits, pooled pathway-layer features and the values the pathway pass reuses.
-  at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep) const {
+  at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep,
+                   const Threads& threads) const {
     std::vector<at::Tensor> values(num_values);
     values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 0; i < steps.size(); ++i) {
       const Step& s = steps[i];
+      const ThreadLimit limit(threads.width(work(s, values)));
       values[s.output] = dense(s, values);
       if (s.pathway >= 0) features[s.pathway] = rfe_pool(values[s.output], static_cast<size_t>(s.pathway));
       for (const int64_t v : s.inputs) {
@@ -404,7 +404,7 @@ struct ExplainSession::Impl {
     return out.index_copy_(1, keep_out, y);
   }
 
-  at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks) const {
+  at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks, const Threads& threads) const {
     std::set<int64_t> dirty;
     for (const int64_t v : chain) {
       if (values[v].defined()) dirty.insert(v);
@@ -419,6 +419,7 @@ struct ExplainSession::Impl {
     for (size_t i = 0; i < steps.size(); ++i) {
       const Step& s = steps[i];
       if (!s.pathway_pass) continue;
+      std::optional<ThreadLimit> limit;
       at::Tensor y;
       if (s.op == Op::Conv) {
         const at::Tensor& input = values[s.inputs[0]];
@@ -426,6 +427,11 @@ struct ExplainSession::Impl {
         const int64_t pixels = input.size(0) * ((input.size(2) + 2 * s.padding[0] - kh) / s.stride[0] + 1) *
                                ((input.size(3) + 2 * s.padding[1] - kw) / s.stride[1] + 1);
         const auto strategy = choose(s, stats, pixels);
+        // a sparse conv's work is its kept share of the dense conv's
+        const double kept = strategy == Strategy::Sparse  ? stats.mean_kept_product(s.in_mask, s.out_mask)
+                            : strategy == Strategy::Union ? stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask)
+                                                          : 1.0;
+        limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(work(s, values)))));
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
         if (strategy != Strategy::Sparse || !in_mask.defined()) clean(s.inputs[0]);
@@ -445,6 +451,7 @@ struct ExplainSession::Impl {
           if (s.pathway >= 0) y = mask(s, y, masks[s.pathway], true);
         }
       } else {
+        limit.emplace(threads.width(work(s, values)));
         for (const int64_t v : s.inputs) clean(v);
         y = dense(s, values);
         if (s.pathway >= 0) y = mask(s, y, masks[s.pathway], s.op != Op::Flatten);
@@ -457,7 +464,12 @@ struct ExplainSession::Impl {
     return values[output];
   }
 
+  // One call. Each step, and the generator as a whole, runs on all threads only when its work pays for
+  // waking them (pathrt/threads.h); everything else (mask statistics, softmax, ...) on this one.
   ExplainResult run(const at::Tensor& images) const {
+    const int count = max_threads();
+    const Threads threads{count, parallel_work(count)};
+    const ThreadLimit serial(1);
     std::vector<at::Tensor> features(info.channels.size()), values(num_values);
     ExplainResult r;
     using clock = std::chrono::steady_clock;
@@ -465,10 +477,13 @@ struct ExplainSession::Impl {
       return std::chrono::duration<double, std::milli>(b - a).count();
     };
     const auto t0 = clock::now();
-    r.logits = plain(images, features, values);
+    r.logits = plain(images, features, values, threads);
     const auto t1 = clock::now();
     at::Tensor head;
-    std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features);
+    {
+      const ThreadLimit limit(threads.width(images.size(0) * generator_work));
+      std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features);
+    }
     const auto t2 = clock::now();
     std::vector<at::Tensor> masks;
     int64_t offset = 0;
@@ -476,7 +491,7 @@ struct ExplainSession::Impl {
       masks.push_back(r.masks.narrow(1, offset, c).contiguous());
       offset += c;
     }
-    r.pathway_logits = pathway(values, masks).contiguous();
+    r.pathway_logits = pathway(values, masks, threads).contiguous();
     const auto t3 = clock::now();
     r.plain_ms = ms(t0, t1);
     r.generator_ms = ms(t1, t2);
@@ -669,6 +684,19 @@ void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<
   for (const double eps : {impl.tail_eps, impl.encoder_eps, impl.rpd_eps}) {
     if (!(eps > 0 && eps < 1)) throw BundleError("bundle generator: a LayerNorm eps outside (0, 1)");
   }
+  // Multiply-adds per image: the convs over their pooled maps, every matrix once per token.
+  int64_t work = 0, matrices = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t area = impl.pool_sizes[l][0] * impl.pool_sizes[l][1];
+    work += area * impl.stems[l].first.weight().numel() + impl.repeats[l] * area / 4 * impl.shared.weight().numel();
+  }
+  for (const auto* group : {&impl.tail, &impl.rpd, &impl.heads}) {
+    for (const auto& t : *group) matrices += t.dim() == 2 ? t.numel() : 0;
+  }
+  for (const auto& layer : impl.encoder) {
+    for (const auto& t : layer) matrices += t.dim() == 2 ? t.numel() : 0;
+  }
+  impl.generator_work = work + (layers + 1) * matrices;
 }
 
 void load_info(SessionInfo& info, const Json& meta) {

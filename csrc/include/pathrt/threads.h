@@ -1,0 +1,36 @@
+// Threads of the native explain path. A parallel region wakes the other OpenMP threads: ~1 us when
+// they spin (OMP_WAIT_POLICY=ACTIVE), ~60 us when they sleep (PASSIVE, which the pathrt command sets
+// for shared hosts), more than many of a batch-1 explanation's ops take on one thread. So the session
+// runs each step on one thread unless its work pays for the wake-up: `parallel_work` measures the
+// wake-up once per process and thread count and turns it into a work threshold.
+#pragma once
+
+#include <cstdint>
+
+namespace pathrt {
+
+// Sets the OpenMP and MKL thread counts of the calling thread for one scope (both are per calling
+// thread, so concurrent callers do not interfere) and restores them after; threads <= 0 keeps them.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int threads);
+  ~ThreadLimit();
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int previous_ = 0, mkl_previous_ = -1;
+};
+
+// The OpenMP threads a call on this thread would use.
+int max_threads();
+
+// Median wall time of an empty parallel region on `threads` threads, in microseconds (measured on
+// first use per thread count, then cached for the process).
+double wake_cost_us(int threads);
+
+// The least work (multiply-add equivalents) for which a step runs on `threads` threads rather than
+// one: kWorkPerWakeUs per microsecond of wake-up; 0 on one thread.
+int64_t parallel_work(int threads);
+
+}  // namespace pathrt
