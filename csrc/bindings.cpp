@@ -88,6 +88,10 @@ py::dict explain(const pathrt::ExplainSession& session, const py::object& given)
   timings["plain_ms"] = r.plain_ms;
   timings["generator_ms"] = r.generator_ms;
   timings["pathway_ms"] = r.pathway_ms;
+  timings["generator.rfe_convs_us"] = r.rfe_convs_us;
+  timings["generator.rfe_tail_us"] = r.rfe_tail_us;
+  timings["generator.encoder_us"] = r.encoder_us;
+  timings["generator.decoder_us"] = r.decoder_us;
   out["timings"] = timings;
   return out;
 }

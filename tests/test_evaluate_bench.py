@@ -59,13 +59,17 @@ def test_bench_quick(tmp_path: Path) -> None:
         fastest = next(r for r in rows if r["batch"] == batch and r["path"] == next(iter(unit)))
         assert float(fastest["fastest_plain_passes"]) == 1.0
     explained = [r for r in rows if r["path"] in ("eager", "auto", "session")]
-    assert all(float(r["plain_passes"]) > 1.0 and float(r["fastest_plain_passes"]) > 1.0 for r in explained)
+    assert all(float(r["fastest_plain_passes"]) > 1.0 for r in explained)
+    # eager explains with hooks around torch's own plain pass; the session, whose small steps run on one
+    # thread, can undercut torch's plain pass at batch 1 (every op of which wakes the other threads)
+    assert all(float(r["plain_passes"]) > 1.0 for r in explained if r["path"] == "eager")
     two = next(r for r in rows if r["path"] == "session-2x1thread" and r["batch"] == "8")
     assert int(two["images"]) == 16  # two concurrent calls of 8
     text = (tmp_path / "bench" / "bench.md").read_text()
     assert "auto+contention batch 8: measured at batch 1 only" in text
     assert "cost only" in text and "GFLOP/s" in text and "one explanation =" in text
     assert "predicted" in text and "Pathway pass against sparsity" in text
+    assert "generator.encoder" in text and " µs |" in text  # the session's generator phases, in µs
     for path in gpu_only:  # said why, not silently dropped
         assert f"embedded {path} batch 1: needs a CUDA GPU" in text
     native = {r["batch"]: float(r["median_ms"]) for r in rows if r["path"] == "native"}
@@ -75,6 +79,15 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert all(r["native_auto_ms"] > 0 and r["eager_pathway_ms"] > 0 for r in sweep)
     assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
     assert (tmp_path / "bench" / "sparsity.png").stat().st_size > 0
+
+
+def test_bench_plot_without_a_plain_row(tmp_path: Path) -> None:
+    """`--paths session` alone has no plain pass to count in: the plot falls back to ms per image."""
+    from pathrt.benchmarks.harness import Row, _plot
+
+    rows = [Row("embedded", "session", batch, ms, ms, ms, 3, 1e6, batch) for batch, ms in ((1, 2.0), (8, 6.0))]
+    _plot(rows, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 0
 
 
 def test_bench_models_time_the_eager_reference_as_eager(tmp_path: Path) -> None:

@@ -33,7 +33,13 @@ def test_profile_command_on_the_session(tmp_path: Path) -> None:
                              "--repeats", "2", "--workdir", str(tmp_path / "no-demo"), "--out", str(out)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _check(out, ["plain", "generator", "pathway"])["backend"] == "session"
+    data = _check(out, ["plain", "generator", "pathway"])
+    assert data["backend"] == "session"
+    # the generator's own phases, in µs, fit inside the generator phase
+    generator_ms = next(p["ms"] for p in data["phases"] if p["name"] == "generator")
+    assert set(data["generator_phases_us"]) == {"rfe_convs", "rfe_tail", "encoder", "decoder"}
+    assert 0 < sum(data["generator_phases_us"].values()) <= 1e3 * generator_ms * 1.5
+    assert "The generator's own phases" in (out / "profile.md").read_text()
 
 
 @pytest.mark.parametrize(("backend", "phases"), [("native", ["plain", "generator", "pathway"]),

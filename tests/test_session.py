@@ -84,8 +84,12 @@ def test_session_outputs_and_layouts(resnet_bundle) -> None:
     out = session.explain(x)
     assert set(out) == {"logits", "scores", "masks", "packed", "counts", "pathway_logits", "classes", "Y", "O",
                         "timings"}
-    assert set(out["timings"]) == {"plain_ms", "generator_ms", "pathway_ms"}
+    generator_phases = {"generator.rfe_convs_us", "generator.rfe_tail_us", "generator.encoder_us",
+                        "generator.decoder_us"}
+    assert set(out["timings"]) == {"plain_ms", "generator_ms", "pathway_ms", *generator_phases}
     assert all(v > 0 for v in out["timings"].values())
+    # the generator's phases are its parts: together within its own wall time
+    assert sum(out["timings"][k] for k in generator_phases) <= 1e3 * out["timings"]["generator_ms"]
     assert torch.equal(out["packed"], ops.pack_masks(out["masks"])) and torch.equal(out["counts"], out["masks"].sum(1))
     assert torch.equal(out["classes"], out["logits"].argmax(1))
     torch.testing.assert_close(out["Y"], out["logits"].softmax(1).gather(1, out["classes"][:, None]).squeeze(1))

@@ -324,8 +324,14 @@ struct ExplainSession::Impl {
   }
 
   // Pooled pathway-layer features -> (head logits, scores, masks, packed, counts).
+  // Records the generator's phases in `r` (microseconds).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator(
-      const std::vector<at::Tensor>& features) const {
+      const std::vector<at::Tensor>& features, ExplainResult& r) const {
+    using clock = std::chrono::steady_clock;
+    const auto us = [](clock::time_point a, clock::time_point b) {
+      return std::chrono::duration<double, std::micro>(b - a).count();
+    };
+    const auto t0 = clock::now();
     std::vector<at::Tensor> maps;
     for (size_t l = 0; l < features.size(); ++l) {
       maps.push_back(stems[l].first(features[l], stems[l].second, {}, true));
@@ -346,9 +352,18 @@ struct ExplainSession::Impl {
         for (size_t i = 0; i < members.size(); ++i) maps[members[i]] = y.narrow(0, static_cast<int64_t>(i) * n, n);
       }
     }
+    const auto t1 = clock::now();
     auto z = rfe_tail_cpu(maps, cls, tail[0], tail[1], tail[2], tail[3], tail[4], tail_eps);
+    const auto t2 = clock::now();
     for (const auto& params : encoder) z = pdn_encoder_layer_cpu(z, params, attention_heads, encoder_eps);
-    return rpd_decode_cpu(z, rpd, heads, rpd_eps);
+    const auto t3 = clock::now();
+    auto out = rpd_decode_cpu(z, rpd, heads, rpd_eps);
+    const auto t4 = clock::now();
+    r.rfe_convs_us = us(t0, t1);
+    r.rfe_tail_us = us(t1, t2);
+    r.encoder_us = us(t2, t3);
+    r.decoder_us = us(t3, t4);
+    return out;
   }
 
   // The bundle's policy: the first rule whose measure is at most its limit, else dense (as PlanRunner._choose).
@@ -482,7 +497,7 @@ struct ExplainSession::Impl {
     at::Tensor head;
     {
       const ThreadLimit limit(threads.width(images.size(0) * generator_work));
-      std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features);
+      std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features, r);
     }
     const auto t2 = clock::now();
     std::vector<at::Tensor> masks;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import platform
 import statistics
@@ -334,6 +335,9 @@ def _phases_section(rows: list[Row], context: dict) -> str:
         cells = []
         for name, v in phases.items():
             guess = predicted.get(name)
+            if name.endswith("_us"):  # the generator's own phases: microseconds, no prediction
+                cells.append(f"{v:.0f} µs")
+                continue
             cell = f"{v:.2f}" + (f" ({v / unit:.2f}×)" if unit else "")
             if guess:
                 cell += f" / predicted {guess:.2f}"
@@ -343,10 +347,11 @@ def _phases_section(rows: list[Row], context: dict) -> str:
                                   f"predicted {guess:.2f} ms ({v / guess:.2f}×)")
             cells.append(cell)
         lines.append([model, path, batch, *cells])
-    names = [k.removesuffix("_ms") for k in next(iter(context["phases"].values()))]
+    names = [k.removesuffix("_ms").removesuffix("_us") for k in next(iter(context["phases"].values()))]
     context["prediction_misses"] = misses
     return ("Phases (median ms per call, × fastest plain pass of the batch, and the prediction made before "
-            f"timing: FLOPs at the matmul rate + {context['op_us']:.1f} µs per op):\n\n" +
+            f"timing: FLOPs at the matmul rate + {context['op_us']:.1f} µs per op; then the generator's own "
+            "phases in µs: RFE convs, RFE tail, PDN encoder layers, RPD decoder with heads and threshold):\n\n" +
             markdown_table(["model", "path", "batch", *names], lines) + "\n\n" +
             ("Predictions missed by more than 20%:\n" + "\n".join(f"- {m}" for m in misses) + "\n\n"
              if misses else ""))
@@ -370,14 +375,16 @@ def _plot(rows: list[Row], path: Path) -> None:
         paths = list(dict.fromkeys(r.path for r in mine))
         batches = sorted({r.batch for r in mine})
         width = 0.8 / max(1, len(batches))
+        # in fastest plain passes; in ms per image when no plain path was run for this model
+        in_passes = any(math.isfinite(r.fastest_plain_passes) for r in mine)
         for i, batch in enumerate(batches):
-            values = [next((r.fastest_plain_passes for r in mine if r.path == p and r.batch == batch), 0)
-                      for p in paths]
+            values = [next((r.fastest_plain_passes if in_passes else _per_image(r)
+                            for r in mine if r.path == p and r.batch == batch), 0) for p in paths]
             ax.bar([j + i * width for j in range(len(paths))], values, width, label=f"batch {batch}")
         ax.set_xticks([j + width * (len(batches) - 1) / 2 for j in range(len(paths))], paths, rotation=30,
                       fontsize=7, ha="right")
         ax.set_yscale("log")
-        ax.set_ylabel("cost (fastest plain passes)")
+        ax.set_ylabel("cost (fastest plain passes)" if in_passes else "ms per image (no plain path run)")
         ax.set_title(model, fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -132,12 +132,16 @@ def run_profile(model: BenchModel, backend_name: str, batch: int, out: Path, *, 
     work = _phase_work(model, batch)
     calls = _phase_calls(model, backend, x)
     times: dict[str, list[float]] = {}
+    generator_us: dict[str, list[float]] = {}  # the session's generator phases
 
     def one_call(record: dict[str, list[float]]) -> None:
         if isinstance(backend.engine, SessionBackend):  # the session times its own phases
             timings = backend.engine.session.explain(x)["timings"]
             for name in ("plain", "generator", "pathway"):
                 record.setdefault(name, []).append(timings[f"{name}_ms"])
+            for key, us in timings.items():
+                if key.startswith("generator."):
+                    generator_us.setdefault(key.removeprefix("generator.").removesuffix("_us"), []).append(us)
             return
         for name, call in calls or [("whole (one ONNX Runtime call)", lambda: backend.explain(x))]:
             with record_function(f"pathrt.{name}"):
@@ -174,13 +178,19 @@ def run_profile(model: BenchModel, backend_name: str, batch: int, out: Path, *, 
         [[e.key, f"{e.count / repeats:.0f}", f"{e.self_cpu_time_total / repeats:.1f}",
           f"{100 * e.self_cpu_time_total / total:.1f}%", f"{e.self_cpu_time_total / max(e.count, 1):.1f}"]
          for e in averages])
+    generator_phases = {name: statistics.median(values) for name, values in generator_us.items()}
+    names = ("rfe_convs", "rfe_tail", "encoder", "decoder")
+    generator_table = ("\n\nThe generator's own phases (the session's timings, median µs per call):\n\n" +
+                       markdown_table([n.replace("_", " ") for n in names],
+                                      [[f"{generator_phases[n]:.0f}" for n in names]])
+                       if generator_phases else "")
     text = (f"# pathrt profile: {model.name}, backend {backend.backend}, batch {batch}\n\n"
             f"{backend.backend_reason}. {repeats} profiled calls after {warmup} warm-up calls; this machine: "
             f"{peak / 1e9:.1f} GFLOP/s float32 matmul, {bandwidth / 1e9:.1f} GB/s copy bandwidth.\n\n"
-            f"## Phases\n\n{phase_table}\n\n## Ops (self CPU time, top {ops})\n\n{op_table}\n\n"
+            f"## Phases\n\n{phase_table}{generator_table}\n\n## Ops (self CPU time, top {ops})\n\n{op_table}\n\n"
             "Trace: trace.json (open in https://ui.perfetto.dev or chrome://tracing).\n")
     (out / "profile.md").write_text(text, encoding="utf-8")
     write_json(out / "profile.json", {"model": model.name, "backend": backend.backend, "batch": batch,
                                       "matmul_gflops_per_s": peak / 1e9, "bandwidth_gb_per_s": bandwidth / 1e9,
-                                      "phases": [asdict(p) for p in phases]})
+                                      "phases": [asdict(p) for p in phases], "generator_phases_us": generator_phases})
     return text

@@ -33,6 +33,9 @@ struct ExplainResult {
   double plain_ms = 0.0;      // wall time of the three phases of this call
   double generator_ms = 0.0;
   double pathway_ms = 0.0;
+  // the generator's own phases, in microseconds: RFE convs (1x1 stems, shared 3x3/2 block), RFE tail
+  // (pooling, token projection, LayerNorm), PDN encoder layers, RPD decoder (GRU, heads, DAQ threshold)
+  double rfe_convs_us = 0.0, rfe_tail_us = 0.0, encoder_us = 0.0, decoder_us = 0.0;
 };
 
 struct SessionInfo {
