@@ -7,8 +7,11 @@ with one busy process per core beside it (measured, `pathrt bench`'s contention 
 OMP_WAIT_POLICY once, when torch loads, so it can only be chosen before `import torch`:
 
 * the `pathrt` command (and its server) sets OMP_WAIT_POLICY=PASSIVE unless you set it yourself:
-  safe on shared hosts, at a measured ~1.5-2 ms cost per batch-1 call on a quiet one
-  (OMP_WAIT_POLICY=ACTIVE pathrt ... restores spinning for a dedicated machine);
+  safe on shared hosts. Waking a sleeping thread costs ~80 us per parallel region, so the C++
+  session runs every step too small to pay for that on the calling thread alone
+  (`pathrt._C.thread_policy()`), and a batch-1 call costs about what it costs with spinning
+  threads; Python-side backends still pay it per op (OMP_WAIT_POLICY=ACTIVE pathrt ... restores
+  spinning for a dedicated machine);
 * a program that imports pathrt as a library keeps its own environment: set OMP_WAIT_POLICY before
   starting Python (or before importing torch).
 

@@ -40,6 +40,9 @@ def test_profile_command_on_the_session(tmp_path: Path) -> None:
     assert set(data["generator_phases_us"]) == {"rfe_convs", "rfe_tail", "encoder", "decoder"}
     assert 0 < sum(data["generator_phases_us"].values()) <= 1e3 * generator_ms * 1.5
     assert "The generator's own phases" in (out / "profile.md").read_text()
+    # the session's phases are ranges of the trace (Perfetto shows which ops belong to which phase)
+    names = {e.get("name") for e in json.loads((out / "trace.json").read_text())["traceEvents"]}
+    assert {"pathrt.session.plain", "pathrt.session.generator", "pathrt.session.pathway"} <= names
 
 
 @pytest.mark.parametrize(("backend", "phases"), [("native", ["plain", "generator", "pathway"]),

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <chrono>
@@ -491,22 +492,30 @@ struct ExplainSession::Impl {
     const auto ms = [](clock::time_point a, clock::time_point b) {
       return std::chrono::duration<double, std::milli>(b - a).count();
     };
+    // Each phase is a torch.profiler range too (pathrt profile's trace shows them; free when off).
     const auto t0 = clock::now();
-    r.logits = plain(images, features, values, threads);
+    {
+      RECORD_FUNCTION("pathrt.session.plain", std::vector<c10::IValue>());
+      r.logits = plain(images, features, values, threads);
+    }
     const auto t1 = clock::now();
     at::Tensor head;
     {
+      RECORD_FUNCTION("pathrt.session.generator", std::vector<c10::IValue>());
       const ThreadLimit limit(threads.width(images.size(0) * generator_work));
       std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features, r);
     }
     const auto t2 = clock::now();
-    std::vector<at::Tensor> masks;
-    int64_t offset = 0;
-    for (const int64_t c : info.channels) {
-      masks.push_back(r.masks.narrow(1, offset, c).contiguous());
-      offset += c;
+    {
+      RECORD_FUNCTION("pathrt.session.pathway", std::vector<c10::IValue>());
+      std::vector<at::Tensor> masks;
+      int64_t offset = 0;
+      for (const int64_t c : info.channels) {
+        masks.push_back(r.masks.narrow(1, offset, c).contiguous());
+        offset += c;
+      }
+      r.pathway_logits = pathway(values, masks, threads).contiguous();
     }
-    r.pathway_logits = pathway(values, masks, threads).contiguous();
     const auto t3 = clock::now();
     r.plain_ms = ms(t0, t1);
     r.generator_ms = ms(t1, t2);
