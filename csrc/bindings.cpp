@@ -115,6 +115,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "thread_policy",
       [] {
+        at::init_num_threads();
         const int threads = pathrt::max_threads();
         py::dict out;
         out["threads"] = threads;

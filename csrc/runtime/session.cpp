@@ -21,7 +21,6 @@
 #include "pathrt/packed_conv.h"
 #include "pathrt/threads.h"
 
-
 namespace pathrt {
 
 namespace {
@@ -793,6 +792,7 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
   }
   // A dry run on one zero image checks every weight shape against the plan before the first call.
   try {
+    at::init_num_threads();
     const auto& shape = impl_->info.input_shape;
     impl_->run(at::zeros({1, shape[0], shape[1], shape[2]}));
   } catch (const c10::Error& e) {
@@ -867,6 +867,7 @@ void check_images(const at::Tensor& images, const std::vector<int64_t>& shape) {
 
 ExplainResult ExplainSession::explain(const at::Tensor& images) const {
   check_images(images, impl_->info.input_shape);
+  at::init_num_threads();  // this thread's OpenMP and MKL counts from torch's setting, once per call
   ThreadLimit limit(impl_->info.num_threads);
   at::AutoGradMode no_grad(false);
   return impl_->run(images.scalar_type() == at::kFloat ? images : images.to(at::kFloat));

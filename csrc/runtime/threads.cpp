@@ -33,7 +33,6 @@ constexpr double kWorkPerWakeUs = 256e3;
 }  // namespace
 
 ThreadLimit::ThreadLimit(int threads) {
-  at::init_num_threads();
 #ifdef _OPENMP
   previous_ = omp_get_max_threads();
   if (threads > 0) omp_set_num_threads(threads);
@@ -50,7 +49,6 @@ ThreadLimit::~ThreadLimit() {
 
 int max_threads() {
 #ifdef _OPENMP
-  at::init_num_threads();
   return omp_get_max_threads();
 #else
   return 1;

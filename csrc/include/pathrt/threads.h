@@ -11,6 +11,8 @@ namespace pathrt {
 
 // Sets the OpenMP and MKL thread counts of the calling thread for one scope (both are per calling
 // thread, so concurrent callers do not interfere) and restores them after; threads <= 0 keeps them.
+// Cheap (no at::init_num_threads, which re-applies torch.set_num_threads' count when it was called):
+// call that once per call on the calling thread first.
 class ThreadLimit {
  public:
   explicit ThreadLimit(int threads);
@@ -22,7 +24,7 @@ class ThreadLimit {
   int previous_ = 0, mkl_previous_ = -1;
 };
 
-// The OpenMP threads a call on this thread would use.
+// The OpenMP threads a parallel region on this thread would use now.
 int max_threads();
 
 // Median wall time of an empty parallel region on `threads` threads, in microseconds (measured on
