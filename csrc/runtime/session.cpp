@@ -216,6 +216,17 @@ class MaskStats {
 
 bool ends_in_relu(const Step& s) { return s.op == Op::Relu || s.relu; }
 
+// A conv step's output pixels over the batch (N x H_out x W_out) for input x.
+int64_t conv_pixels(const Step& s, const at::Tensor& x) {
+  return x.size(0) * ((x.size(2) + 2 * s.padding[0] - s.weight.size(2)) / s.stride[0] + 1) *
+         ((x.size(3) + 2 * s.padding[1] - s.weight.size(3)) / s.stride[1] + 1);
+}
+
+using Clock = std::chrono::steady_clock;
+double elapsed_ms(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
 }  // namespace
 
 struct ExplainSession::Impl {
@@ -251,8 +262,7 @@ struct ExplainSession::Impl {
     constexpr int64_t kElementWork = 16;
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
-      case Op::Conv:
-        return x.size(0) * x.size(2) * x.size(3) / (s.stride[0] * s.stride[1]) * s.weight.numel();
+      case Op::Conv: return conv_pixels(s, x) * s.weight.numel();
       case Op::Linear: return x.size(0) * s.weight.numel();
       default: return x.numel() * kElementWork;
     }
@@ -327,11 +337,7 @@ struct ExplainSession::Impl {
   // Records the generator's phases in `r` (microseconds).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator(
       const std::vector<at::Tensor>& features, ExplainResult& r) const {
-    using clock = std::chrono::steady_clock;
-    const auto us = [](clock::time_point a, clock::time_point b) {
-      return std::chrono::duration<double, std::micro>(b - a).count();
-    };
-    const auto t0 = clock::now();
+    const auto t0 = Clock::now();
     std::vector<at::Tensor> maps;
     for (size_t l = 0; l < features.size(); ++l) {
       maps.push_back(stems[l].first(features[l], stems[l].second, {}, true));
@@ -352,17 +358,17 @@ struct ExplainSession::Impl {
         for (size_t i = 0; i < members.size(); ++i) maps[members[i]] = y.narrow(0, static_cast<int64_t>(i) * n, n);
       }
     }
-    const auto t1 = clock::now();
+    const auto t1 = Clock::now();
     auto z = rfe_tail_cpu(maps, cls, tail[0], tail[1], tail[2], tail[3], tail[4], tail_eps);
-    const auto t2 = clock::now();
+    const auto t2 = Clock::now();
     for (const auto& params : encoder) z = pdn_encoder_layer_cpu(z, params, attention_heads, encoder_eps);
-    const auto t3 = clock::now();
+    const auto t3 = Clock::now();
     auto out = rpd_decode_cpu(z, rpd, heads, rpd_eps);
-    const auto t4 = clock::now();
-    r.rfe_convs_us = us(t0, t1);
-    r.rfe_tail_us = us(t1, t2);
-    r.encoder_us = us(t2, t3);
-    r.decoder_us = us(t3, t4);
+    const auto t4 = Clock::now();
+    r.rfe_convs_us = 1e3 * elapsed_ms(t0, t1);
+    r.rfe_tail_us = 1e3 * elapsed_ms(t1, t2);
+    r.encoder_us = 1e3 * elapsed_ms(t2, t3);
+    r.decoder_us = 1e3 * elapsed_ms(t3, t4);
     return out;
   }
 
@@ -437,16 +443,13 @@ struct ExplainSession::Impl {
       std::optional<ThreadLimit> limit;
       at::Tensor y;
       if (s.op == Op::Conv) {
-        const at::Tensor& input = values[s.inputs[0]];
-        const int64_t kh = s.weight.size(2), kw = s.weight.size(3);
-        const int64_t pixels = input.size(0) * ((input.size(2) + 2 * s.padding[0] - kh) / s.stride[0] + 1) *
-                               ((input.size(3) + 2 * s.padding[1] - kw) / s.stride[1] + 1);
+        const int64_t pixels = conv_pixels(s, values[s.inputs[0]]);
         const auto strategy = choose(s, stats, pixels);
         // a sparse conv's work is its kept share of the dense conv's
         const double kept = strategy == Strategy::Sparse  ? stats.mean_kept_product(s.in_mask, s.out_mask)
                             : strategy == Strategy::Union ? stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask)
                                                           : 1.0;
-        limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(work(s, values)))));
+        limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(pixels * s.weight.numel()))));
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
         if (strategy != Strategy::Sparse || !in_mask.defined()) clean(s.inputs[0]);
@@ -487,24 +490,20 @@ struct ExplainSession::Impl {
     const ThreadLimit serial(1);
     std::vector<at::Tensor> features(info.channels.size()), values(num_values);
     ExplainResult r;
-    using clock = std::chrono::steady_clock;
-    const auto ms = [](clock::time_point a, clock::time_point b) {
-      return std::chrono::duration<double, std::milli>(b - a).count();
-    };
     // Each phase is a torch.profiler range too (pathrt profile's trace shows them; free when off).
-    const auto t0 = clock::now();
+    const auto t0 = Clock::now();
     {
       RECORD_FUNCTION("pathrt.session.plain", std::vector<c10::IValue>());
       r.logits = plain(images, features, values, threads);
     }
-    const auto t1 = clock::now();
+    const auto t1 = Clock::now();
     at::Tensor head;
     {
       RECORD_FUNCTION("pathrt.session.generator", std::vector<c10::IValue>());
       const ThreadLimit limit(threads.width(images.size(0) * generator_work));
       std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features, r);
     }
-    const auto t2 = clock::now();
+    const auto t2 = Clock::now();
     {
       RECORD_FUNCTION("pathrt.session.pathway", std::vector<c10::IValue>());
       std::vector<at::Tensor> masks;
@@ -515,10 +514,10 @@ struct ExplainSession::Impl {
       }
       r.pathway_logits = pathway(values, masks, threads).contiguous();
     }
-    const auto t3 = clock::now();
-    r.plain_ms = ms(t0, t1);
-    r.generator_ms = ms(t1, t2);
-    r.pathway_ms = ms(t2, t3);
+    const auto t3 = Clock::now();
+    r.plain_ms = elapsed_ms(t0, t1);
+    r.generator_ms = elapsed_ms(t1, t2);
+    r.pathway_ms = elapsed_ms(t2, t3);
     r.logits = r.logits.contiguous();
     r.classes = r.logits.argmax(1);
     const auto index = r.classes.unsqueeze(1);
@@ -750,7 +749,7 @@ ExplainSession::ExplainSession(const std::string& bundle_path, int num_threads)
     : ExplainSession(Buffer{read_bundle(bundle_path), bundle_path}, num_threads) {}
 
 ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make_unique<Impl>()) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   if (num_threads < 0) throw InputError("num_threads must be >= 0 (0: the process default)");
   const std::string& data = bundle.data;
   const std::string& bundle_path = bundle.name;
@@ -778,9 +777,9 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     impl_->policy = parse_policy(meta.at("conv_strategies"));
     const auto tensors = read_tensors(data, header, 8 + header_len);
     const std::string recorded = meta.at("tensors_fingerprint").as_string("tensors_fingerprint");
-    const auto digest_start = std::chrono::steady_clock::now();
+    const auto digest_start = Clock::now();
     const std::string actual = tensors_fingerprint(tensors);
-    impl_->info.digest_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - digest_start).count();
+    impl_->info.digest_ms = elapsed_ms(digest_start, Clock::now());
     if (actual != recorded) {
       throw BundleError("its tensors were modified after it was written (digest " + actual.substr(0, 12) +
                         "…, the bundle records " + recorded.substr(0, 12) + "…); write it again with `pathrt bundle`");
@@ -799,7 +798,7 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
     throw BundleError("bundle " + bundle_path + " is inconsistent: its tensors do not fit its plan (" +
                       e.what_without_backtrace() + ")");
   }
-  impl_->info.load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  impl_->info.load_ms = elapsed_ms(start, Clock::now());
 }
 
 ExplainSession::~ExplainSession() = default;

@@ -179,10 +179,9 @@ def run_profile(model: BenchModel, backend_name: str, batch: int, out: Path, *, 
           f"{100 * e.self_cpu_time_total / total:.1f}%", f"{e.self_cpu_time_total / max(e.count, 1):.1f}"]
          for e in averages])
     generator_phases = {name: statistics.median(values) for name, values in generator_us.items()}
-    names = ("rfe_convs", "rfe_tail", "encoder", "decoder")
     generator_table = ("\n\nThe generator's own phases (the session's timings, median µs per call):\n\n" +
-                       markdown_table([n.replace("_", " ") for n in names],
-                                      [[f"{generator_phases[n]:.0f}" for n in names]])
+                       markdown_table([n.replace("_", " ") for n in generator_phases],
+                                      [[f"{us:.0f}" for us in generator_phases.values()]])
                        if generator_phases else "")
     text = (f"# pathrt profile: {model.name}, backend {backend.backend}, batch {batch}\n\n"
             f"{backend.backend_reason}. {repeats} profiled calls after {warmup} warm-up calls; this machine: "
