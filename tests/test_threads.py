@@ -14,14 +14,14 @@ import torch
 
 from pathrt.errors import InputError
 from pathrt.runtime import Explainer
-from pathrt.threads import invoked_as_command
+from pathrt.threads import COMMAND_WAIT_POLICY, invoked_as_command
 from tests.conftest import torchvision_target, varied_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _environment(*args: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    clean = {k: v for k, v in os.environ.items() if k not in COMMAND_WAIT_POLICY}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**clean, **env})
 
@@ -34,17 +34,23 @@ def test_invoked_as_command_knows_the_console_script_and_module_form() -> None:
     assert not invoked_as_command(["python"])
 
 
-def test_the_command_does_not_spin_but_a_library_user_decides() -> None:
-    """`pathrt` sets OMP_WAIT_POLICY=PASSIVE before torch loads unless the user chose; importing pathrt
-    as a library leaves the environment alone."""
+def test_the_command_spins_briefly_but_a_library_user_decides() -> None:
+    """`pathrt` sets OMP_WAIT_POLICY=PASSIVE with GOMP_SPINCOUNT=3000 before torch loads unless the
+    user chose either (then it sets neither); importing pathrt as a library leaves the environment
+    alone."""
     command = _environment("-m", "pathrt.cli", "info", "--json")
     assert command.returncode == 0, command.stderr
-    assert json.loads(command.stdout)["threads"]["omp_wait_policy"] == "PASSIVE"
+    assert json.loads(command.stdout)["threads"]["wait_policy"] == {"OMP_WAIT_POLICY": "PASSIVE",
+                                                                     "GOMP_SPINCOUNT": "3000"}
     chosen = _environment("-m", "pathrt.cli", "info", "--json", OMP_WAIT_POLICY="ACTIVE")
-    assert json.loads(chosen.stdout)["threads"]["omp_wait_policy"] == "ACTIVE"
-    library = _environment("-c", "import os, pathrt; print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert json.loads(chosen.stdout)["threads"]["wait_policy"] == {"OMP_WAIT_POLICY": "ACTIVE",
+                                                                    "GOMP_SPINCOUNT": None}
+    spin = _environment("-m", "pathrt.cli", "info", GOMP_SPINCOUNT="0")
+    assert "OMP_WAIT_POLICY unset, GOMP_SPINCOUNT 0" in spin.stdout
+    library = _environment("-c", "import os, pathrt; print(os.environ.get('OMP_WAIT_POLICY'), "
+                                 "os.environ.get('GOMP_SPINCOUNT'))")
     assert library.returncode == 0, library.stderr
-    assert library.stdout.strip() == "None"
+    assert library.stdout.strip() == "None None"
 
 
 def test_onnx_runtime_sessions_use_torchs_threads_without_spinning() -> None:
@@ -92,15 +98,17 @@ print(json.dumps({"policy": policy, "reports": reports, "after": after, "one": _
 
 
 def test_the_session_runs_small_steps_on_one_thread_when_threads_sleep() -> None:
-    """Under PASSIVE (the command's policy) waking the other threads costs tens of microseconds, so the
-    session runs the steps whose work is below the measured threshold on the caller's thread alone:
-    at batch 1 nearly all of ResNet-18's, at batch 16 some of each. Both still equal eager (SPEC §8),
-    and the caller's thread count is restored after the call."""
-    done = _environment("-c", _SLEEPING_THREADS, OMP_WAIT_POLICY="PASSIVE")
+    """When idle threads sleep (PASSIVE after a spin of ~100 us here: GOMP_SPINCOUNT=10000) waking
+    them costs tens of microseconds, so the session runs the steps whose work is below the measured
+    threshold on the caller's thread alone: at batch 1 nearly all of ResNet-18's, at batch 16 some
+    of each. Both still equal eager (SPEC §8), and the caller's thread count is restored after the
+    call. The wake-up is measured after 1 ms of serial work, as a parallel step after serial ones
+    meets the team: a spin shorter than that must not pass for spinning threads (~1 us)."""
+    done = _environment("-c", _SLEEPING_THREADS, OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="10000")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     policy = result["policy"]
-    assert policy["threads"] == 2 and policy["wake_us"] > 0
+    assert policy["threads"] == 2 and policy["wake_us"] > 10
     assert policy["parallel_work"] == int(256e3 * policy["wake_us"])
     for ok, description in result["reports"]:
         assert ok, description

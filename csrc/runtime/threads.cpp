@@ -65,6 +65,7 @@ double wake_cost_us(int threads) {
 #ifdef _OPENMP
   const ThreadLimit limit(threads);
   constexpr int kWarmup = 8, kRegions = 31;
+  constexpr auto kIdle = std::chrono::milliseconds(1);
   std::vector<double> us;
   std::atomic<int> joined{0};
   for (int i = 0; i < kWarmup + kRegions; ++i) {
@@ -73,9 +74,12 @@ double wake_cost_us(int threads) {
     joined.fetch_add(1, std::memory_order_relaxed);  // nothing else: the cost is waking and joining the team
     const double t = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     if (i >= kWarmup) us.push_back(t);
-    // let the team go back to sleep (as between two ops) before the next region
+    // Work on this thread alone for a while, as a serial step does, before the next region: with
+    // a short spin (the pathrt command's GOMP_SPINCOUNT) the team is asleep again and a parallel
+    // step after serial ones pays the full wake-up; only threads that spin longer than kIdle
+    // (ACTIVE, or libgomp's default ~3 ms) answer at once.
     const auto idle = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - idle < std::chrono::microseconds(100)) {
+    while (std::chrono::steady_clock::now() - idle < kIdle) {
     }
   }
   std::nth_element(us.begin(), us.begin() + kRegions / 2, us.end());

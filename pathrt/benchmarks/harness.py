@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import platform
 import statistics
 import time
@@ -39,6 +38,7 @@ from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
 from pathrt.report import markdown_table
 from pathrt.runtime import Explainer
 from pathrt.targets import capture_features, create_target, load_target, pathway_forward
+from pathrt.threads import describe_wait_policy
 from pathrt.version import __version__
 
 DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton", "onnxruntime", "auto", "auto+contention",
@@ -217,10 +217,10 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
     peak = matmul_flops_per_second()
     op_cost = op_seconds()
     context = {"device": device_name(), "torch": torch.__version__, "pathrt": __version__,
-               "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+               "threads": torch.get_num_threads(), "wait_policy": describe_wait_policy(),
                "matmul_gflops_per_s": peak / 1e9, "op_us": 1e6 * op_cost, "notes": {}, "explanation_flops": {},
                "skipped": [], "phases": {}, "predicted": {}}
-    log(f"device: {context['device']}; OMP_WAIT_POLICY {context['omp_wait_policy']}; measured float32 matmul: "
+    log(f"device: {context['device']}; {context['wait_policy']}; measured float32 matmul: "
         f"{peak / 1e9:.1f} GFLOP/s; one small op {1e6 * op_cost:.1f} µs")
     rows: list[Row] = []
     for model in models:
@@ -299,7 +299,7 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
                       for name, f in context["explanation_flops"].items())
     skipped = "\n".join(f"- {s}" for s in context["skipped"]) or "- none"
     (out / "bench.md").write_text(
-        f"# pathrt bench\n\nDevice: {context['device']}; OMP_WAIT_POLICY {context['omp_wait_policy']}; "
+        f"# pathrt bench\n\nDevice: {context['device']}; {context['wait_policy']}; "
         f"torch {context['torch']}; pathrt {context['pathrt']}; "
         f"measured float32 matmul {context['matmul_gflops_per_s']:.1f} GFLOP/s (% of matmul peak uses nominal "
         f"FLOPs: above 100% means fewer real FLOPs, e.g. Winograd convolutions).\n\nModels:\n{notes}\n\n"

@@ -52,6 +52,7 @@ from pathrt.runtime.explainer import Explainer
 from pathrt.runtime.explanation import Explanation
 from pathrt.targets import load_target
 from pathrt.targets.spec import PathwaySpec
+from pathrt.threads import worker_wait_policy
 
 MANIFEST_FORMAT = "pathrt.ray_explain"
 DIGITS = "digits-test"
@@ -340,7 +341,7 @@ def explain_dataset(target: str | os.PathLike[str], generator: str | os.PathLike
                 fn_constructor_kwargs={"target": str(target), "generator": str(generator), "backend": backend,
                                        "threads": threads, "out": str(folder.resolve()), "kind": source.kind,
                                        "root": source.root},
-                runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+                runtime_env={"env_vars": worker_wait_policy()})
             try:
                 for row in dataset.iter_rows():
                     if row["error"]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from typing import Any
 
 import torch
 
 from pathrt.kernels import native as extension
 from pathrt.runtime.backends import device_backends
+from pathrt.threads import describe_wait_policy, wait_policy
 from pathrt.version import __version__
 
 
@@ -28,7 +28,7 @@ def environment() -> dict[str, Any]:
         "pathrt": __version__,
         "versions": {name: _version(name) for name in ("torch", "torchvision", "triton", "onnx", "onnxruntime")},
         "torch_cuda_build": torch.version.cuda,
-        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "threads": {"torch": torch.get_num_threads(), "wait_policy": wait_policy()},
         "cuda_devices": cuda_devices,
         "extension": {"loaded": extension.EXTENSION is not None, "error": extension.EXTENSION_ERROR, "build": build},
         "cuda_kernels_compiled": bool(build and build["cuda"]),
@@ -46,7 +46,7 @@ def format_environment(env: dict[str, Any]) -> str:
     cuda = f"CUDA build {env['torch_cuda_build']}" if env["torch_cuda_build"] else "CPU-only build"
     lines.append(f"  torch: {cuda}; CUDA devices: {env['cuda_devices'] or 'none'}")
     threads = env["threads"]
-    lines.append(f"  threads: {threads['torch']}; OMP_WAIT_POLICY {threads['omp_wait_policy'] or 'unset (spinning)'}")
+    lines.append(f"  threads: {threads['torch']}; {describe_wait_policy(threads['wait_policy'])}")
     ext = env["extension"]
     if not ext["loaded"]:
         lines.append(f"extension pathrt._C: NOT loaded ({ext['error']}); ops use the plain-PyTorch reference")

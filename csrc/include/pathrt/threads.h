@@ -1,8 +1,9 @@
 // Threads of the native explain path. A parallel region wakes the other OpenMP threads: ~1 us when
-// they spin (OMP_WAIT_POLICY=ACTIVE), ~60 us when they sleep (PASSIVE, which the pathrt command sets
-// for shared hosts), more than many of a batch-1 explanation's ops take on one thread. So the session
-// runs each step on one thread unless its work pays for the wake-up: `parallel_work` measures the
-// wake-up once per process and thread count and turns it into a work threshold.
+// they still spin (OMP_WAIT_POLICY=ACTIVE, or within GOMP_SPINCOUNT of the last region), 40-80 us
+// when they sleep (the pathrt command lets them spin briefly, then sleep, for shared hosts), more
+// than many of a batch-1 explanation's ops take on one thread. So the session runs each step on one
+// thread unless its work pays for the wake-up: `parallel_work` measures the wake-up after serial
+// work once per process and thread count and turns it into a work threshold.
 #pragma once
 
 #include <cstdint>
@@ -27,8 +28,8 @@ class ThreadLimit {
 // The OpenMP threads a parallel region on this thread would use now.
 int max_threads();
 
-// Median wall time of an empty parallel region on `threads` threads, in microseconds (measured on
-// first use per thread count, then cached for the process).
+// Median wall time of an empty parallel region on `threads` threads after 1 ms of work on the calling
+// thread alone, in microseconds (measured on first use per thread count, then cached for the process).
 double wake_cost_us(int threads);
 
 // The least work (multiply-add equivalents) for which a step runs on `threads` threads rather than
