@@ -9,7 +9,7 @@ from __future__ import annotations
 # isort: off
 from pathrt.threads import choose_wait_policy
 
-choose_wait_policy()  # before torch loads OpenMP: the pathrt command's threads spin briefly, then sleep (pathrt.threads)
+choose_wait_policy()  # before torch loads OpenMP: the command's threads spin briefly, then sleep (pathrt.threads)
 
 import torch  # noqa: F401  (torch must be imported before the compiled extension)
 
