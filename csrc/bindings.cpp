@@ -119,17 +119,12 @@ PYBIND11_MODULE(_C, m) {
         const int threads = pathrt::max_threads();
         py::dict out;
         out["threads"] = threads;
-        const auto wake = pathrt::wake_cost(threads);
-        const auto work = pathrt::parallel_work(threads);
-        out["wake_us"] = wake.asleep_us;
-        out["wake_awake_us"] = wake.awake_us;
-        out["parallel_work"] = work.asleep;
-        out["parallel_work_awake"] = work.awake;
+        out["wake_us"] = pathrt::wake_cost_us(threads);
+        out["parallel_work"] = pathrt::parallel_work(threads);
         return out;
       },
       "The session's thread policy on this thread: OpenMP threads, the measured wake-up of a parallel region "
-      "(us) after serial work and right after another region, and the least work (multiply-adds) a step "
-      "needs to run on all threads rather than one, after a serial step and after a parallel one.");
+      "(us) and the least work (multiply-adds) a step needs to run on all threads rather than one.");
   m.def(
       "bundle_format",
       [] {

@@ -103,21 +103,17 @@ def test_the_session_runs_small_steps_on_one_thread_when_threads_sleep() -> None
     threshold on the caller's thread alone: at batch 1 nearly all of ResNet-18's, at batch 16 some
     of each. Both still equal eager (SPEC §8), and the caller's thread count is restored after the
     call. The wake-up is measured after 1 ms of serial work, as a parallel step after serial ones
-    meets the team: a spin shorter than that must not pass for spinning threads (~1 us); and right
-    after another region, as the next of a chain of parallel steps meets it: then the spin answers."""
+    meets the team: a spin shorter than that must not pass for spinning threads (~1 us)."""
     done = _environment("-c", _SLEEPING_THREADS, OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="10000")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     policy = result["policy"]
     assert policy["threads"] == 2 and policy["wake_us"] > 10
-    assert 0 < policy["wake_awake_us"] < policy["wake_us"] / 4  # right after a region the spin keeps them awake
     assert policy["parallel_work"] == int(256e3 * policy["wake_us"])
-    assert policy["parallel_work_awake"] == int(256e3 * policy["wake_awake_us"])
     for ok, description in result["reports"]:
         assert ok, description
     assert result["after"] == 2
-    assert result["one"] == {"threads": 1, "wake_us": 0.0, "wake_awake_us": 0.0, "parallel_work": 0,
-                             "parallel_work_awake": 0}
+    assert result["one"] == {"threads": 1, "wake_us": 0.0, "parallel_work": 0}
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])

@@ -249,34 +249,11 @@ struct ExplainSession::Impl {
   double tail_eps = 1e-5, encoder_eps = 1e-5, rpd_eps = 1e-5;
   int64_t generator_work = 0;  // multiply-adds per image
 
-  // The threads of one call's steps, in order: a step runs on `count` threads when its work pays for
-  // waking them, on one otherwise. Right after a parallel step the team is still awake if idle
-  // threads spin (the pathrt command's GOMP_SPINCOUNT), so a chain of parallel steps pays the full
-  // wake-up once. A step after serial ones therefore goes parallel at half the asleep threshold: it
-  // pays the wake-up for itself and the next step, which in a CNN does about as much work.
-  // Measured against the plain threshold (2-core machine, GOMP_SPINCOUNT=3000, medians of
-  // interleaved runs): ResNet-18@64 batch 1 10.0 -> 8.7 ms (its convs are 9.4M multiply-adds each,
-  // just below the asleep threshold of ~10.5M), the trained embedded model batch 1 1.75 -> 1.86 ms
-  // (its one 9.4M conv wakes the team for 4.7M convs at 8x8 and 4x4 that gain little), batch 64
-  // unchanged within noise.
-  class Threads {
-   public:
-    Threads(int count, ParallelWork min_work) : count_(count), min_work_(min_work) {}
-    int width(int64_t work) {
-      awake_ = count_ > 1 && (awake_ ? work >= min_work_.awake : 2 * work >= min_work_.asleep);
-      return awake_ ? count_ : 1;
-    }
-    // A unit of many small ops (the generator): no lookahead, as each of them may find the team asleep
-    // (the lookahead made the generator of ResNet-18@64 at batch 1 0.80 -> 1.07 ms).
-    int width_after_serial(int64_t work) {
-      awake_ = count_ > 1 && work >= min_work_.asleep;
-      return awake_ ? count_ : 1;
-    }
-
-   private:
-    int count_;
-    ParallelWork min_work_;
-    bool awake_ = false;
+  // The threads of one call: steps with at least `min_work` run on `count`, the others on one.
+  struct Threads {
+    int count = 1;
+    int64_t min_work = 0;
+    int width(int64_t work) const { return work >= min_work ? count : 1; }
   };
 
   // A step's work in multiply-add equivalents: a conv's or linear's multiply-adds, kElementWork per
@@ -332,7 +309,7 @@ struct ExplainSession::Impl {
 
   // Runs every step: logits, pooled pathway-layer features and the values the pathway pass reuses.
   at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep,
-                   Threads& threads) const {
+                   const Threads& threads) const {
     std::vector<at::Tensor> values(num_values);
     values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 0; i < steps.size(); ++i) {
@@ -448,7 +425,7 @@ struct ExplainSession::Impl {
     return out.index_copy_(1, keep_out, y);
   }
 
-  at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks, Threads& threads) const {
+  at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks, const Threads& threads) const {
     std::set<int64_t> dirty;
     for (const int64_t v : chain) {
       if (values[v].defined()) dirty.insert(v);
@@ -509,7 +486,7 @@ struct ExplainSession::Impl {
   // waking them (pathrt/threads.h); everything else (mask statistics, softmax, ...) on this one.
   ExplainResult run(const at::Tensor& images) const {
     const int count = max_threads();
-    Threads threads(count, parallel_work(count));
+    const Threads threads{count, parallel_work(count)};
     const ThreadLimit serial(1);
     std::vector<at::Tensor> features(info.channels.size()), values(num_values);
     ExplainResult r;
@@ -523,7 +500,7 @@ struct ExplainSession::Impl {
     at::Tensor head;
     {
       RECORD_FUNCTION("pathrt.session.generator", std::vector<c10::IValue>());
-      const ThreadLimit limit(threads.width_after_serial(images.size(0) * generator_work));
+      const ThreadLimit limit(threads.width(images.size(0) * generator_work));
       std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features, r);
     }
     const auto t2 = Clock::now();

@@ -55,52 +55,42 @@ int max_threads() {
 #endif
 }
 
-WakeCost wake_cost(int threads) {
+double wake_cost_us(int threads) {
   static std::mutex mutex;
-  static std::map<int, WakeCost> measured;
-  if (threads <= 1) return {};
+  static std::map<int, double> measured;
+  if (threads <= 1) return 0.0;
   std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = measured.find(threads); it != measured.end()) return it->second;
-  WakeCost cost;
+  double cost = 0.0;
 #ifdef _OPENMP
   const ThreadLimit limit(threads);
   constexpr int kWarmup = 8, kRegions = 31;
   constexpr auto kIdle = std::chrono::milliseconds(1);
-  std::vector<double> asleep, awake;
+  std::vector<double> us;
   std::atomic<int> joined{0};
-  const auto region_us = [&joined] {
+  for (int i = 0; i < kWarmup + kRegions; ++i) {
     const auto start = std::chrono::steady_clock::now();
 #pragma omp parallel
     joined.fetch_add(1, std::memory_order_relaxed);  // nothing else: the cost is waking and joining the team
-    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-  };
-  for (int i = 0; i < kWarmup + kRegions; ++i) {
-    // Work on this thread alone for a while, as a serial step does: with a short spin (the pathrt
-    // command's GOMP_SPINCOUNT) the team is asleep again; only threads that spin longer than kIdle
-    // (ACTIVE, or libgomp's default ~3 ms) answer at once. The region right after finds the team
-    // as a parallel step right after another does.
+    const double t = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    if (i >= kWarmup) us.push_back(t);
+    // Work on this thread alone for a while, as a serial step does, before the next region: with
+    // a short spin (the pathrt command's GOMP_SPINCOUNT) the team is asleep again and a parallel
+    // step after serial ones pays the full wake-up; only threads that spin longer than kIdle
+    // (ACTIVE, or libgomp's default ~3 ms) answer at once.
     const auto idle = std::chrono::steady_clock::now();
     while (std::chrono::steady_clock::now() - idle < kIdle) {
     }
-    const double first = region_us(), second = region_us();
-    if (i >= kWarmup) {
-      asleep.push_back(first);
-      awake.push_back(second);
-    }
   }
-  const auto median = [](std::vector<double>& v) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  };
-  cost = {median(asleep), median(awake)};
+  std::nth_element(us.begin(), us.begin() + kRegions / 2, us.end());
+  cost = us[kRegions / 2];
 #endif
   measured[threads] = cost;
   return cost;
 }
 
-ParallelWork parallel_work(int threads) {
-  const WakeCost cost = wake_cost(threads);
-  return {static_cast<int64_t>(kWorkPerWakeUs * cost.asleep_us), static_cast<int64_t>(kWorkPerWakeUs * cost.awake_us)};
+int64_t parallel_work(int threads) {
+  return threads <= 1 ? 0 : static_cast<int64_t>(kWorkPerWakeUs * wake_cost_us(threads));
 }
 
 }  // namespace pathrt

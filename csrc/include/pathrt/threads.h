@@ -2,9 +2,8 @@
 // they still spin (OMP_WAIT_POLICY=ACTIVE, or within GOMP_SPINCOUNT of the last region), 40-80 us
 // when they sleep (the pathrt command lets them spin briefly, then sleep, for shared hosts), more
 // than many of a batch-1 explanation's ops take on one thread. So the session runs each step on one
-// thread unless its work pays for the wake-up: `parallel_work` measures the wake-up once per process
-// and thread count, after serial work and right after a parallel region, and turns it into work
-// thresholds.
+// thread unless its work pays for the wake-up: `parallel_work` measures the wake-up after serial
+// work once per process and thread count and turns it into a work threshold.
 #pragma once
 
 #include <cstdint>
@@ -29,22 +28,12 @@ class ThreadLimit {
 // The OpenMP threads a parallel region on this thread would use now.
 int max_threads();
 
-// The wall time of an empty parallel region on `threads` threads, in microseconds: `asleep` after
-// 1 ms of work on the calling thread alone (as a parallel step after serial ones meets the team),
-// `awake` right after another region (as consecutive parallel steps do: as `asleep` unless idle
-// threads spin, OMP_WAIT_POLICY=ACTIVE or GOMP_SPINCOUNT). Medians of 31, measured on first use per
-// thread count, then cached for the process; zero on one thread.
-struct WakeCost {
-  double asleep_us = 0.0, awake_us = 0.0;
-};
-WakeCost wake_cost(int threads);
+// Median wall time of an empty parallel region on `threads` threads after 1 ms of work on the calling
+// thread alone, in microseconds (measured on first use per thread count, then cached for the process).
+double wake_cost_us(int threads);
 
 // The least work (multiply-add equivalents) for which a step runs on `threads` threads rather than
-// one, kWorkPerWakeUs per microsecond of wake-up: `asleep` after a serial step, `awake` right after a
-// parallel one; 0 on one thread.
-struct ParallelWork {
-  int64_t asleep = 0, awake = 0;
-};
-ParallelWork parallel_work(int threads);
+// one: kWorkPerWakeUs per microsecond of wake-up; 0 on one thread.
+int64_t parallel_work(int threads);
 
 }  // namespace pathrt
