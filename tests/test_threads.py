@@ -102,7 +102,7 @@ def test_the_session_runs_small_steps_on_one_thread_when_threads_sleep() -> None
     them costs tens of microseconds, so the session runs the steps whose work is below the measured
     threshold on the caller's thread alone: at batch 1 nearly all of ResNet-18's, at batch 16 some
     of each. Both still equal eager (SPEC §8), and the caller's thread count is restored after the
-    call. The wake-up is measured after 1 ms of serial work, as a parallel step after serial ones
+    call. The wake-up is measured after 300 us of serial work, as a parallel step after serial ones
     meets the team: a spin shorter than that must not pass for spinning threads (~1 us)."""
     done = _environment("-c", _SLEEPING_THREADS, OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="10000")
     assert done.returncode == 0, done.stderr

@@ -65,7 +65,7 @@ double wake_cost_us(int threads) {
 #ifdef _OPENMP
   const ThreadLimit limit(threads);
   constexpr int kWarmup = 8, kRegions = 31;
-  constexpr auto kIdle = std::chrono::milliseconds(1);
+  constexpr auto kIdle = std::chrono::microseconds(300);
   std::vector<double> us;
   std::atomic<int> joined{0};
   for (int i = 0; i < kWarmup + kRegions; ++i) {
@@ -75,9 +75,10 @@ double wake_cost_us(int threads) {
     const double t = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     if (i >= kWarmup) us.push_back(t);
     // Work on this thread alone for a while, as a serial step does, before the next region: with
-    // a short spin (the pathrt command's GOMP_SPINCOUNT) the team is asleep again and a parallel
-    // step after serial ones pays the full wake-up; only threads that spin longer than kIdle
-    // (ACTIVE, or libgomp's default ~3 ms) answer at once.
+    // a short spin (the pathrt command's GOMP_SPINCOUNT=3000) the team is asleep again and a
+    // parallel step after serial ones pays the full wake-up; only threads that spin longer than
+    // kIdle (ACTIVE, or libgomp's default ~3 ms) answer at once. 300 us, not longer: after 1 ms
+    // PASSIVE's wake-up measured 260 us instead of 80 (deeper sleep), off kWorkPerWakeUs's calibration.
     const auto idle = std::chrono::steady_clock::now();
     while (std::chrono::steady_clock::now() - idle < kIdle) {
     }

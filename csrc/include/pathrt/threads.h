@@ -28,7 +28,7 @@ class ThreadLimit {
 // The OpenMP threads a parallel region on this thread would use now.
 int max_threads();
 
-// Median wall time of an empty parallel region on `threads` threads after 1 ms of work on the calling
+// Median wall time of an empty parallel region on `threads` threads after 300 us of work on the calling
 // thread alone, in microseconds (measured on first use per thread count, then cached for the process).
 double wake_cost_us(int threads);
 
