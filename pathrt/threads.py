@@ -38,12 +38,11 @@ def invoked_as_command(argv: list[str] | None = None) -> bool:
     return len(argv) >= 2 and Path(argv[1]).name == "pathrt"
 
 
-def choose_wait_policy() -> dict[str, str | None]:
+def choose_wait_policy() -> None:
     """Sets the command's wait policy (COMMAND_WAIT_POLICY) for the pathrt command when neither the
-    user (either variable) nor an earlier torch import decided it; returns the policy in effect."""
+    user (either variable) nor an earlier torch import decided it (`wait_policy()` reads the result)."""
     if "torch" not in sys.modules and invoked_as_command() and not COMMAND_WAIT_POLICY.keys() & os.environ.keys():
         os.environ.update(COMMAND_WAIT_POLICY)
-    return wait_policy()
 
 
 def wait_policy() -> dict[str, str | None]:

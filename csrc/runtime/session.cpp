@@ -372,10 +372,17 @@ struct ExplainSession::Impl {
     return out;
   }
 
+  // How a pathway-pass conv runs, and the share of the dense conv's multiply-adds it computes (the
+  // measure of the rule that chose it: each rule's measure is its strategy's FLOP fraction; 1 for dense).
+  struct Choice {
+    Strategy strategy = Strategy::Dense;
+    double kept = 1.0;
+  };
+
   // The bundle's policy: the first rule whose measure is at most its limit, else dense (as PlanRunner._choose).
   // `pixels`: the conv's output pixels over the batch (N x H_out x W_out).
-  Strategy choose(const Step& s, MaskStats& stats, int64_t pixels) const {
-    if (s.in_mask < 0 && s.out_mask < 0) return Strategy::Dense;
+  Choice choose(const Step& s, MaskStats& stats, int64_t pixels) const {
+    if (s.in_mask < 0 && s.out_mask < 0) return {};
     for (const auto& rule : policy) {
       if (pixels < rule.min_batch_pixels) continue;
       const double value = rule.measure == Measure::MeanKeptProduct
@@ -384,10 +391,10 @@ struct ExplainSession::Impl {
       // One sample's union is its own channels: the sparse kernel computes the same conv with one
       // weight gather instead of three copies (as PlanRunner._choose).
       if (value <= rule.limit) {
-        return rule.strategy == Strategy::Union && stats.batch() == 1 ? Strategy::Sparse : rule.strategy;
+        return {rule.strategy == Strategy::Union && stats.batch() == 1 ? Strategy::Sparse : rule.strategy, value};
       }
     }
-    return Strategy::Dense;
+    return {};
   }
 
   at::Tensor union_conv(const Step& s, at::Tensor x, at::Tensor residual, const std::vector<at::Tensor>& masks,
@@ -444,11 +451,7 @@ struct ExplainSession::Impl {
       at::Tensor y;
       if (s.op == Op::Conv) {
         const int64_t pixels = conv_pixels(s, values[s.inputs[0]]);
-        const auto strategy = choose(s, stats, pixels);
-        // a sparse conv's work is its kept share of the dense conv's
-        const double kept = strategy == Strategy::Sparse  ? stats.mean_kept_product(s.in_mask, s.out_mask)
-                            : strategy == Strategy::Union ? stats.union_fraction(s.in_mask) * stats.union_fraction(s.out_mask)
-                                                          : 1.0;
+        const auto [strategy, kept] = choose(s, stats, pixels);
         limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(pixels * s.weight.numel()))));
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();

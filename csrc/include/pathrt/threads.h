@@ -25,7 +25,8 @@ class ThreadLimit {
   int previous_ = 0, mkl_previous_ = -1;
 };
 
-// The OpenMP threads a parallel region on this thread would use now.
+// The OpenMP threads a parallel region on this thread would use now. Not at::get_num_threads: on a
+// thread's first use that re-applies torch's count (lazy init) and would undo a ThreadLimit.
 int max_threads();
 
 // Median wall time of an empty parallel region on `threads` threads after 300 us of work on the calling
