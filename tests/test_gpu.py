@@ -140,10 +140,20 @@ def _no_phase_left() -> list[str]:
 
 
 def test_gpu_check_kills_a_phase_past_its_cap(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--dry-run", "--phases", "env",
-                           "parity", "--cap", "parity=3"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    """A phase stuck past its cap is killed and reported. The parity phase is made to hang (a
+    sitecustomize that sleeps in that phase's process only): a real one stops itself at its own
+    deadline (cap - 5 s, already past at a 3 s cap) once its imports are done, so whether the kill
+    came first depended on how fast torch imported."""
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    (hang / "sitecustomize.py").write_text(
+        "import sys, time\nif '--phase' in sys.argv and 'parity' in sys.argv:\n    time.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(hang), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--dry-run", "--phases",
+                           "env", "parity", "--cap", "parity=3"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| env | ok |" in summary and "| parity | timeout |" in summary and "killed after its cap of 3 s" in summary
     assert done.stdout.rstrip().endswith(summary.rstrip().splitlines()[-1])  # the summary is printed last
     assert not _no_phase_left()
