@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from pathrt import bundle_format
+from pathrt import bundle_format, wrap_model
 from pathrt.cli import main as cli_main
 from pathrt.errors import ArtifactError, BundleError, IncompatibleArtifactError, InputError
 from pathrt.generator import save_generator
@@ -66,6 +66,29 @@ def test_session_packs_conv_weights_per_batch_shape(embedded) -> None:
     x = embedded.preprocess(load_digits("test").images[:10])
     for n in [*range(1, 11), 1, 2]:
         assert_parity(eager.explain(x[:n]), session.explain(x[:n]))
+
+
+def test_session_small_batch_generator_on_odd_sizes() -> None:
+    """The session's small-batch generator (csrc/include/pathrt/small_generator.h: batches up to 8 run
+    through packed 16-wide weight panels in blocks of 6 rows) on sizes that fill no panel or block: 5 and
+    10 channels, d_r = 7, d = 18 over 3 heads. Batches 1-3 and 8 take that path, 9 the ATen one; every
+    batch equals eager."""
+    from pathrt.generator import GeneratorConfig, PathwayGenerator
+    from tests.user_models import random_tiny_net
+
+    target = wrap_model(random_tiny_net(width=5), (3, 32, 32), ["a", "b", "c", "d"])
+    torch.manual_seed(0)
+    generator = PathwayGenerator(target.spec, GeneratorConfig(d=18, d_r=7, heads=3, depth=1, head_bias=0.0)).eval()
+    with torch.no_grad():
+        for head in generator.rpd.heads:
+            head[-1].weight.mul_(20.0)
+    eager = Explainer(target, generator, backend="eager")
+    session = Explainer(target, generator, backend="session")
+    x = torch.randn(9, 3, 32, 32)
+    for n in (1, 2, 3, 8, 9):
+        expected, got = eager.explain(x[:n]), session.explain(x[:n])
+        assert 0 < int(got.masks.sum()) < got.masks.numel()  # masks that keep some neurons, not all
+        assert_parity(expected, got)
 
 
 @pytest.fixture(scope="module")

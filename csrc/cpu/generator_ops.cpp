@@ -15,11 +15,10 @@
 
 #include "pathrt/generator_checks.h"
 #include "pathrt/generator_math.h"
+#include "pathrt/generator_rows.h"
 #include "pathrt/kernels.h"
 
 namespace pathrt {
-
-namespace {
 
 // Per-ISA variants of the transcendental-heavy loops, picked at load time (portable build, no -march).
 #define PATHRT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -45,6 +44,8 @@ PATHRT_CLONES void attention_rows(const float* base, int64_t t, int64_t d, int64
     attention_row(base + i * 3 * d, base + d, base + 2 * d, 3 * d, t, dh, scale, scores, out + i * d);
   }
 }
+
+namespace {
 
 // Rows per parallel task for row-wise loops over d values.
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, d)); }

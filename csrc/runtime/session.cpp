@@ -19,6 +19,7 @@
 #include "pathrt/digest.h"
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
+#include "pathrt/small_generator.h"
 #include "pathrt/threads.h"
 
 namespace pathrt {
@@ -237,16 +238,11 @@ struct ExplainSession::Impl {
   bool chain_relu = false;
   std::vector<StrategyRule> policy;  // in order; none applies: dense
   std::vector<int64_t> plain_last_read, pathway_last_read;  // per value: the last step that reads it
-  // generator
-  std::vector<std::vector<int64_t>> pool_sizes;
-  std::vector<int64_t> repeats;
-  std::vector<std::pair<PackedConv, at::Tensor>> stems;  // 1x1 conv, bias
-  PackedConv shared;  // the shared 3x3/2 conv
-  at::Tensor shared_bias, cls;
-  std::vector<at::Tensor> tail, rpd, heads;
-  std::vector<std::vector<at::Tensor>> encoder;
-  int64_t attention_heads = 1;
-  double tail_eps = 1e-5, encoder_eps = 1e-5, rpd_eps = 1e-5;
+  // generator: its tensors, its convs packed for oneDNN (the ATen path) and the small-batch path
+  GeneratorWeights gen;
+  std::vector<PackedConv> stems;  // 1x1 convs
+  PackedConv shared;              // the shared 3x3/2 conv
+  std::optional<SmallGenerator> small;  // made after the dry run has checked the tensors' shapes
   int64_t generator_work = 0;  // multiply-adds per image
 
   // The threads of one call: steps with at least `min_work` run on `count`, the others on one.
@@ -328,7 +324,7 @@ struct ExplainSession::Impl {
   // The RFE's input pooling of pathway layer l, done in the plain pass right after the layer is
   // computed, while its output is still in cache (the generator's largest memory traffic).
   at::Tensor rfe_pool(const at::Tensor& x, size_t l) const {
-    const int64_t h = x.size(2), w = x.size(3), ph = pool_sizes[l][0], pw = pool_sizes[l][1];
+    const int64_t h = x.size(2), w = x.size(3), ph = gen.pool_sizes[l][0], pw = gen.pool_sizes[l][1];
     if (h == ph && w == pw) return x;
     return (h % ph == 0 && w % pw == 0) ? at::avg_pool2d(x, {h / ph, w / pw}) : at::adaptive_avg_pool2d(x, {ph, pw});
   }
@@ -340,30 +336,31 @@ struct ExplainSession::Impl {
     const auto t0 = Clock::now();
     std::vector<at::Tensor> maps;
     for (size_t l = 0; l < features.size(); ++l) {
-      maps.push_back(stems[l].first(features[l], stems[l].second, {}, true));
+      maps.push_back(stems[l](features[l], gen.stem_biases[l], {}, true));
     }
     // The shared 3x3/2 block: layers whose maps have the same size at the same repeat go through one
     // conv call together (one batch of N x layers), which halves the generator's conv calls.
-    const int64_t most = *std::max_element(repeats.begin(), repeats.end());
+    const int64_t most = *std::max_element(gen.repeats.begin(), gen.repeats.end());
     for (int64_t k = 0; k < most; ++k) {
       std::map<std::pair<int64_t, int64_t>, std::vector<size_t>> groups;
       for (size_t l = 0; l < maps.size(); ++l) {
-        if (repeats[l] > k) groups[{maps[l].size(2), maps[l].size(3)}].push_back(l);
+        if (gen.repeats[l] > k) groups[{maps[l].size(2), maps[l].size(3)}].push_back(l);
       }
       for (const auto& [size, members] : groups) {
         std::vector<at::Tensor> inputs;
         for (const size_t l : members) inputs.push_back(maps[l]);
-        const auto y = shared(inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0), shared_bias, {}, true);
+        const auto y = shared(inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0), gen.shared_bias, {}, true);
         const int64_t n = maps[members[0]].size(0);
         for (size_t i = 0; i < members.size(); ++i) maps[members[i]] = y.narrow(0, static_cast<int64_t>(i) * n, n);
       }
     }
     const auto t1 = Clock::now();
-    auto z = rfe_tail_cpu(maps, cls, tail[0], tail[1], tail[2], tail[3], tail[4], tail_eps);
+    const auto& tail = gen.tail;
+    auto z = rfe_tail_cpu(maps, gen.cls, tail[0], tail[1], tail[2], tail[3], tail[4], gen.tail_eps);
     const auto t2 = Clock::now();
-    for (const auto& params : encoder) z = pdn_encoder_layer_cpu(z, params, attention_heads, encoder_eps);
+    for (const auto& params : gen.encoder) z = pdn_encoder_layer_cpu(z, params, gen.attention_heads, gen.encoder_eps);
     const auto t3 = Clock::now();
-    auto out = rpd_decode_cpu(z, rpd, heads, rpd_eps);
+    auto out = rpd_decode_cpu(z, gen.rpd, gen.heads, gen.rpd_eps);
     const auto t4 = Clock::now();
     r.rfe_convs_us = 1e3 * elapsed_ms(t0, t1);
     r.rfe_tail_us = 1e3 * elapsed_ms(t1, t2);
@@ -503,8 +500,12 @@ struct ExplainSession::Impl {
     at::Tensor head;
     {
       RECORD_FUNCTION("pathrt.session.generator", std::vector<c10::IValue>());
-      const ThreadLimit limit(threads.width(images.size(0) * generator_work));
-      std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features, r);
+      if (small && images.size(0) <= SmallGenerator::kMaxBatch) {
+        std::tie(head, r.scores, r.masks, r.packed, r.counts) = (*small)(features, r);
+      } else {
+        const ThreadLimit limit(threads.width(images.size(0) * generator_work));
+        std::tie(head, r.scores, r.masks, r.packed, r.counts) = generator(features, r);
+      }
     }
     const auto t2 = Clock::now();
     {
@@ -670,14 +671,15 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
 
 void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<std::string, at::Tensor>& tensors) {
   const int64_t layers = static_cast<int64_t>(impl.info.channels.size());
+  GeneratorWeights& w = impl.gen;
   if (gen.at("layers").as_int("generator layers", 1, 1024) != layers) {
     throw BundleError("bundle: the generator's layer count differs from the pathway spec's");
   }
   for (const auto& size : gen.at("pool_sizes").as_array("pool_sizes")) {
-    impl.pool_sizes.push_back(size.int_list("pool_sizes", 2, 1, 1 << 16));
+    w.pool_sizes.push_back(size.int_list("pool_sizes", 2, 1, 1 << 16));
   }
-  impl.repeats = gen.at("repeats").int_list("repeats", layers, 0, 64);
-  if (static_cast<int64_t>(impl.pool_sizes.size()) != layers) throw BundleError("bundle: pool_sizes per layer");
+  w.repeats = gen.at("repeats").int_list("repeats", layers, 0, 64);
+  if (static_cast<int64_t>(w.pool_sizes.size()) != layers) throw BundleError("bundle: pool_sizes per layer");
   // every tensor by the name the writer recorded (names are declared in bundle.schema.json, not here)
   const Json& names = gen.at("tensors");
   const auto& stems = names.at("stem").as_array("stem");
@@ -687,38 +689,41 @@ void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<
   }
   for (const auto& stem : stems) {
     const auto pair = named(tensors, stem, 2, "stem");
-    impl.stems.emplace_back(PackedConv(pair[0], {1, 1}, {0, 0}), pair[1]);
+    impl.stems.emplace_back(pair[0], std::vector<int64_t>{1, 1}, std::vector<int64_t>{0, 0});
+    w.stem_weights.push_back(pair[0]);
+    w.stem_biases.push_back(pair[1]);
   }
   const auto shared = named(tensors, names.at("shared"), 2, "shared");
   impl.shared = PackedConv(shared[0], {2, 2}, {1, 1});
-  impl.shared_bias = shared[1];
-  impl.cls = tensor(tensors, names.at("cls").as_string("cls"));
-  impl.tail = named(tensors, names.at("tail"), 5, "tail");
+  w.shared_weight = shared[0];
+  w.shared_bias = shared[1];
+  w.cls = tensor(tensors, names.at("cls").as_string("cls"));
+  w.tail = named(tensors, names.at("tail"), 5, "tail");
   const int64_t depth = gen.at("depth").as_int("depth", 0, 64);
   const auto& encoder = names.at("encoder").as_array("encoder");
   if (static_cast<int64_t>(encoder.size()) != depth) throw BundleError("bundle generator: encoder tensors per layer");
-  for (const auto& layer : encoder) impl.encoder.push_back(named(tensors, layer, 12, "encoder"));
-  impl.rpd = named(tensors, names.at("rpd"), 6, "rpd");
+  for (const auto& layer : encoder) w.encoder.push_back(named(tensors, layer, 12, "encoder"));
+  w.rpd = named(tensors, names.at("rpd"), 6, "rpd");
   for (const auto& head : head_names) {
-    for (auto& t : named(tensors, head, 4, "head")) impl.heads.push_back(std::move(t));
+    for (auto& t : named(tensors, head, 4, "head")) w.heads.push_back(std::move(t));
   }
-  impl.attention_heads = gen.at("heads").as_int("heads", 1, 4096);
-  impl.tail_eps = gen.at("tail_eps").as_number("tail_eps");
-  impl.encoder_eps = gen.at("encoder_eps").as_number("encoder_eps");
-  impl.rpd_eps = gen.at("rpd_eps").as_number("rpd_eps");
-  for (const double eps : {impl.tail_eps, impl.encoder_eps, impl.rpd_eps}) {
+  w.attention_heads = gen.at("heads").as_int("heads", 1, 4096);
+  w.tail_eps = gen.at("tail_eps").as_number("tail_eps");
+  w.encoder_eps = gen.at("encoder_eps").as_number("encoder_eps");
+  w.rpd_eps = gen.at("rpd_eps").as_number("rpd_eps");
+  for (const double eps : {w.tail_eps, w.encoder_eps, w.rpd_eps}) {
     if (!(eps > 0 && eps < 1)) throw BundleError("bundle generator: a LayerNorm eps outside (0, 1)");
   }
   // Multiply-adds per image: the convs over their pooled maps, every matrix once per token.
   int64_t work = 0, matrices = 0;
   for (int64_t l = 0; l < layers; ++l) {
-    const int64_t area = impl.pool_sizes[l][0] * impl.pool_sizes[l][1];
-    work += area * impl.stems[l].first.weight().numel() + impl.repeats[l] * area / 4 * impl.shared.weight().numel();
+    const int64_t area = w.pool_sizes[l][0] * w.pool_sizes[l][1];
+    work += area * impl.stems[l].weight().numel() + w.repeats[l] * area / 4 * impl.shared.weight().numel();
   }
-  for (const auto* group : {&impl.tail, &impl.rpd, &impl.heads}) {
+  for (const auto* group : {&w.tail, &w.rpd, &w.heads}) {
     for (const auto& t : *group) matrices += t.dim() == 2 ? t.numel() : 0;
   }
-  for (const auto& layer : impl.encoder) {
+  for (const auto& layer : w.encoder) {
     for (const auto& t : layer) matrices += t.dim() == 2 ? t.numel() : 0;
   }
   impl.generator_work = work + (layers + 1) * matrices;
@@ -800,6 +805,11 @@ ExplainSession::ExplainSession(Buffer bundle, int num_threads) : impl_(std::make
   } catch (const c10::Error& e) {
     throw BundleError("bundle " + bundle_path + " is inconsistent: its tensors do not fit its plan (" +
                       e.what_without_backtrace() + ")");
+  }
+  try {
+    impl_->small.emplace(impl_->gen);
+  } catch (const BundleError& e) {
+    throw BundleError("cannot load bundle " + bundle_path + ": " + e.what());
   }
   impl_->info.load_ms = elapsed_ms(start, Clock::now());
 }
