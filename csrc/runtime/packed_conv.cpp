@@ -39,9 +39,12 @@ const c10::OperatorHandle* binary_op() {
 }
 
 const std::vector<int64_t> kOnes = {1, 1};
-// Below this many multiply-adds per call at::conv2d was as fast or faster (measured on 2 cores: 4.7M
-// MACs 59 vs 73 us, 9.4M 109 vs 94 us at batch 1; within 10% either way at batch 64).
-constexpr int64_t kMinPackedMacs = int64_t{8} << 20;
+// Below this many multiply-adds per call at::conv2d is as fast. Measured at batch 1 on one thread
+// (at::conv2d on channels-last against packed): the embedded model's 0.9M-4.7M convs 46 / 40 us
+// (3->32 at 32x32), 68 / 69 (32->64 at 16x16), 95 / 68 (64->128 at 8x8), 221 / 80 (128->256 at 4x4);
+// its batch-1 plain pass 0.61-0.66 ms with 8M here, 0.56-0.58 with 0.5M, ResNet-18@64's 4.1 / 3.8;
+// batch 64 within noise. (An earlier 8M came from 2-thread timings of other shapes: 4.7M 59 vs 73 us.)
+constexpr int64_t kMinPackedMacs = int64_t{1} << 19;
 
 }  // namespace
 
@@ -101,8 +104,8 @@ at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
 at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual,
                                   bool relu) const {
   const std::optional<at::Tensor> b = bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
-  // oneDNN's per-call setup (~50-90 us here) outweighs its faster kernel on small convs (the
-  // generator's, and late layers at batch 1): those run through at::conv2d.
+  // oneDNN's per-call setup outweighs its faster kernel on the smallest convs (the generator's above
+  // SmallGenerator's batches, ResNet's 1x1 downsamples at batch 1): those run through at::conv2d.
   const int64_t macs = x.size(0) * x.size(2) * x.size(3) * plain_.numel() / (stride_[0] * stride_[1]);
   if (!packed_ || macs < kMinPackedMacs) {
     auto y = at::conv2d(x, plain_, b, stride_, padding_);
