@@ -252,31 +252,16 @@ struct ExplainSession::Impl {
     int width(int64_t work) const { return work >= min_work ? count : 1; }
   };
 
-  // A step's work in multiply-add equivalents: a conv's or linear's multiply-adds (plus its weight's
-  // streaming, weight_work), kElementWork per element of an elementwise or pooling step (memory-bound:
-  // ~10x a multiply-add in a GEMM kernel).
+  // A step's work in multiply-add equivalents: a conv's or linear's multiply-adds, kElementWork per
+  // element of an elementwise or pooling step (memory-bound: ~10x a multiply-add in a GEMM kernel).
   static int64_t work(const Step& s, const std::vector<at::Tensor>& values) {
     constexpr int64_t kElementWork = 16;
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
-      case Op::Conv: return conv_pixels(s, x) * s.weight.numel() + weight_work(s, 1.0);
-      case Op::Linear: return x.size(0) * s.weight.numel() + weight_work(s, 1.0);
+      case Op::Conv: return conv_pixels(s, x) * s.weight.numel();
+      case Op::Linear: return x.size(0) * s.weight.numel();
       default: return x.numel() * kElementWork;
     }
-  }
-
-  // A weight larger than a core's L2 (2 MiB here) cannot stay cached from one call to the next: each call
-  // streams it from memory, and at small batches that, not its multiply-adds, is the step's time. Measured
-  // at batch 1, one thread against two (ResNet-18@64): 512->512 3x3 at 2x2, 9.4 MB, 9.4M multiply-adds:
-  // 415-430 us against 260-326 (a cached conv of the same multiply-adds: 105-110 us against 68-70);
-  // 256->512 3x3/2, 4.7 MB: 354 against 113. So such a weight adds kStreamedByteWork multiply-add
-  // equivalents per byte read (`kept`: the share of it the step reads): a core's conv rate over its
-  // streaming bandwidth, 81 GMAC/s / 22 GB/s.
-  static int64_t weight_work(const Step& s, double kept) {
-    constexpr int64_t kCachedWeightBytes = int64_t{2} << 20;
-    constexpr double kStreamedByteWork = 3.7;
-    const int64_t bytes = s.weight.numel() * static_cast<int64_t>(sizeof(float));
-    return bytes > kCachedWeightBytes ? static_cast<int64_t>(kStreamedByteWork * kept * static_cast<double>(bytes)) : 0;
   }
 
   at::Tensor dense(const Step& s, const std::vector<at::Tensor>& values) const {
@@ -464,8 +449,7 @@ struct ExplainSession::Impl {
       if (s.op == Op::Conv) {
         const int64_t pixels = conv_pixels(s, values[s.inputs[0]]);
         const auto [strategy, kept] = choose(s, stats, pixels);
-        limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(pixels * s.weight.numel())) +
-                                    weight_work(s, kept)));
+        limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(pixels * s.weight.numel()))));
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
         if (strategy != Strategy::Sparse || !in_mask.defined()) clean(s.inputs[0]);
