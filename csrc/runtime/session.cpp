@@ -839,6 +839,19 @@ std::string dtype_name(at::ScalarType type) {
   return "torch." + (it != names.end() ? std::string(it->second) : std::string(c10::toString(type)));
 }
 
+// Whether every value is finite: x * 0 is 0 for a finite x and NaN for an Inf or NaN, so one vectorized
+// sum answers for a contiguous float32 batch (~1 us at batch 1 where isfinite + all + item took ~15);
+// other layouts and dtypes answer through ATen.
+bool all_finite(const at::Tensor& images) {
+  if (images.scalar_type() != at::kFloat || !images.is_contiguous()) return at::isfinite(images).all().item<bool>();
+  const float* p = images.data_ptr<float>();
+  float zero = 0.0f;
+  const int64_t n = images.numel();
+#pragma omp simd reduction(+ : zero)
+  for (int64_t i = 0; i < n; ++i) zero += p[i] * 0.0f;
+  return zero == 0.0f;
+}
+
 // The checks of the Python API (Explainer.batches, Explainer.chunks, pathway.check_images), in its
 // order and with its messages, so both APIs refuse a bad batch alike.
 void check_images(const at::Tensor& images, const std::vector<int64_t>& shape) {
@@ -866,6 +879,7 @@ void check_images(const at::Tensor& images, const std::vector<int64_t>& shape) {
     throw InputError("images are " + dtype_name(images.scalar_type()) + "; pathrt explains floating-point images "
                      "normalized with target.preprocess (e.g. target.preprocess(uint8_images.float() / 255))");
   }
+  if (all_finite(images)) return;
   const auto finite = at::isfinite(images).flatten(1).all(1);
   if (!finite.all().item<bool>()) {
     const auto bad = at::nonzero(finite.logical_not()).flatten();
