@@ -134,13 +134,17 @@ class Explainer:
         """(rows, images[rows]) per chunk, cast to the model's floating dtype (float64/float16 images
         give the float32 result). The whole batch is checked first (`check_images`: shape, dtype,
         finite values, scanned a chunk at a time), so a bad image fails the call before any output."""
-        device, dtype = self._context.device, self._context.dtype
-        bounds = self.batches(images)
+        dtype = self._context.dtype
+        for rows in self.checked_batches(images):
+            yield rows, images[rows].to(dtype)
+
+    def checked_batches(self, images: torch.Tensor) -> list[slice]:
+        """`batches`, after checking the whole batch (device, then `check_images`)."""
+        bounds, device = self.batches(images), self._context.device
         if images.device != device:
             raise InputError(f"images are on {images.device}, the model on {device}; move them with .to('{device}')")
         check_images(images, self.spec, chunk=self.max_batch_size)
-        for rows in bounds:
-            yield rows, images[rows].to(dtype)
+        return bounds
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -162,6 +166,9 @@ class Explainer:
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction).
         Runs in chunks of max_batch_size; memory beyond one chunk's is the result itself."""
+        bounds = self.checked_batches(images)
+        if len(bounds) == 1:  # one chunk, the low-latency case: no iterator, no assembly, no slicing
+            return self._explain_chunk(images.to(self._context.dtype), target)
         return Explanation.assemble(self.explain_iter(images, target), len(images))
 
     def explain_iter(self, images: torch.Tensor, target: ClassSpec = None) -> Iterator[Explanation]:
