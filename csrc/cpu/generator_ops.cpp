@@ -45,10 +45,8 @@ PATHRT_CLONES void attention_rows(const float* base, int64_t t, int64_t d, int64
   }
 }
 
-namespace {
-
 // Rows per parallel task for row-wise loops over d values.
-int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, d)); }
+static int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, d)); }
 
 // y[r] = LayerNorm(x[r]) (+ add_bias before normalizing, in place on x) for `rows` rows of d values.
 void layer_norm_rows(float* x, const float* add_bias, const float* w, const float* b, float eps, int64_t rows,
@@ -63,6 +61,8 @@ void layer_norm_rows(float* x, const float* add_bias, const float* w, const floa
     }
   });
 }
+
+namespace {
 
 void add_bias_rows(float* x, const float* bias, int64_t rows, int64_t d, bool apply_gelu) {
   at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {

@@ -166,10 +166,11 @@ class Explainer:
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction).
         Runs in chunks of max_batch_size; memory beyond one chunk's is the result itself."""
-        bounds = self.checked_batches(images)
-        if len(bounds) == 1:  # one chunk, the low-latency case: no iterator, no assembly, no slicing
-            return self._explain_chunk(images.to(self._context.dtype), target)
-        return Explanation.assemble(self.explain_iter(images, target), len(images))
+        bounds, dtype = self.checked_batches(images), self._context.dtype
+        if len(bounds) == 1:  # one chunk, the low-latency case: no assembly, no slicing
+            return self._explain_chunk(images.to(dtype), target)
+        return Explanation.assemble((self._explain_chunk(images[rows].to(dtype), self.rows_of(target, rows))
+                                     for rows in bounds), len(images))
 
     def explain_iter(self, images: torch.Tensor, target: ClassSpec = None) -> Iterator[Explanation]:
         """`explain` one chunk of max_batch_size images at a time, for results too large to hold (save

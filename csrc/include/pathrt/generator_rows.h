@@ -16,4 +16,9 @@ void gru_row(const float* gi, const float* gh, const float* h, int64_t d, float*
 // out gets t rows of dh values, d floats apart; scores holds t floats.
 void attention_rows(const float* base, int64_t t, int64_t d, int64_t dh, float scale, float* scores, float* out);
 
+// y[r] = LayerNorm(x[r]) for `rows` rows of d values (weight w, bias b); add_bias, when given, is added
+// to each x row in place before normalizing.
+void layer_norm_rows(float* x, const float* add_bias, const float* w, const float* b, float eps, int64_t rows,
+                     int64_t d, float* y);
+
 }  // namespace pathrt
