@@ -98,6 +98,7 @@ CONV_CASES = [
     (4, 8, 7, 7, 6, 1, 2, 0),  # a ResNet downsample
     (2, 5, 9, 9, 3, 7, 2, 3),  # a ResNet stem
     (5, 4, 3, 3, 2, 3, 1, 1),
+    (1, 16, 4, 4, 7, 3, 2, 1),  # 4 output pixels: dot products, weight rows in place when all inputs are kept
 ]
 
 

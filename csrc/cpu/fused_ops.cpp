@@ -3,13 +3,15 @@
 //   masked_bias_relu(_) relu(x + bias[c]) * mask[n, c], removed channels 0 or fill[c], out of place and
 //                       in place;
 //   pathway_conv2d      a per-sample channel-sparse convolution: removed output channels are never
-//                       computed, removed input channels never read (gather + GEMM per sample).
+//                       computed, removed input channels never read (gather + GEMM per group of samples
+//                       with equal masks; dot products over the kept weights for a few pixels).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <string>
 #include <tuple>
@@ -142,6 +144,47 @@ static void gather_columns(const float* x, at::IntArrayRef strides, const std::v
   }
 }
 
+namespace {
+
+using V8 = float __attribute__((vector_size(32)));
+using V8Unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
+constexpr int64_t kVec = 8;            // floats per vector: dot-product rows are padded to a multiple
+constexpr int64_t kBlockOuts = 4;      // weight rows per register block
+constexpr int64_t kBlockPixels = 3;    // pixel rows per block: 12 accumulators, 7 loads per 12 FMAs
+constexpr int64_t kDotMaxPixels = 16;  // runs of at most this many output pixels take the dot products
+
+inline float lane_sum(V8 v) {
+  float lanes[kVec];
+  std::memcpy(lanes, &v, sizeof(v));
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
+// y[a * width + p] = w[a] . cols[p] over `ld` floats (a multiple of kVec), for the kBlockOuts weight
+// rows (the first `outs` are stored) and each of the `width` pixel rows of cols. For convs with a few
+// output pixels (ResNet's layer 3 and 4 at batch 1), where gathering the kept weights for a GEMM costs
+// more than the arithmetic: each kept weight is read once, in place when every input channel is kept.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void dot_rows(
+    const float* const* w, int64_t outs, const float* cols, int64_t width, int64_t ld, float* y) {
+  for (int64_t p0 = 0; p0 < width; p0 += kBlockPixels) {
+    const float* c[kBlockPixels];
+    for (int64_t p = 0; p < kBlockPixels; ++p) c[p] = cols + std::min(p0 + p, width - 1) * ld;  // tails recompute
+    V8 acc[kBlockOuts][kBlockPixels] = {};
+    for (int64_t k = 0; k < ld; k += kVec) {
+      V8 cv[kBlockPixels];
+      for (int64_t p = 0; p < kBlockPixels; ++p) cv[p] = *reinterpret_cast<const V8Unaligned*>(c[p] + k);
+      for (int64_t a = 0; a < kBlockOuts; ++a) {
+        const V8 wv = *reinterpret_cast<const V8Unaligned*>(w[a] + k);
+        for (int64_t p = 0; p < kBlockPixels; ++p) acc[a][p] += wv * cv[p];
+      }
+    }
+    for (int64_t p = 0; p < std::min(kBlockPixels, width - p0); ++p) {
+      for (int64_t a = 0; a < outs; ++a) y[a * width + p0 + p] = lane_sum(acc[a][p]);
+    }
+  }
+}
+
+}  // namespace
+
 // The batch's samples grouped by equal (in, out) mask rows, in order of first appearance, each group
 // cut into runs whose gathered columns fit in about 8 MB. Trained generators repeat masks heavily
 // (13-89 distinct per layer over 359 test digits), so one GEMM serves many samples.
@@ -194,6 +237,45 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const bool* omp = om.defined() ? om.data_ptr<bool>() : nullptr;
   float* op = out.data_ptr<float>();
 
+  // The kept weights of output channel o, (j, tap) order, to dst.
+  const auto gather_weights = [&](int64_t o, const std::vector<int64_t>& in_idx, float* dst) {
+    for (size_t j = 0; j < in_idx.size(); ++j) {
+      const float* src = wp + (o * g.c_in + in_idx[j]) * taps;
+      std::copy(src, src + taps, dst + static_cast<int64_t>(j) * taps);
+    }
+  };
+  // ybuf (kout, width) = the kept weights . the columns (depth, width), as dot products over pixel rows;
+  // blocks of kBlockOuts outputs split over threads when the run has enough work.
+  const auto dot_products = [&](const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx,
+                                int64_t width, const std::vector<float>& cols, std::vector<float>& ybuf) {
+    const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
+    const int64_t depth = kin * taps, ld = (depth + kVec - 1) / kVec * kVec;
+    std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);  // the columns as zero-padded pixel rows
+    for (int64_t k = 0; k < depth; ++k) {
+      for (int64_t p = 0; p < width; ++p) rows[p * ld + k] = cols[k * width + p];
+    }
+    const bool in_place = kin == g.c_in && ld == depth;  // OIHW rows are already (j, tap) ordered
+    const int64_t blocks = (kout + kBlockOuts - 1) / kBlockOuts;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kBlockOuts * ld * width));
+    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<float> gathered(static_cast<size_t>(in_place ? 0 : kBlockOuts * ld), 0.0f);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t a0 = b * kBlockOuts, outs = std::min(kBlockOuts, kout - a0);
+        const float* w[kBlockOuts];
+        for (int64_t a = 0; a < kBlockOuts; ++a) {
+          const int64_t o = out_idx[a0 + std::min(a, outs - 1)];  // a short block repeats its last row
+          if (in_place) {
+            w[a] = wp + o * depth;
+          } else {
+            gather_weights(o, in_idx, gathered.data() + a * ld);  // the padding stays zero
+            w[a] = gathered.data() + a * ld;
+          }
+        }
+        dot_rows(w, outs, rows.data(), width, ld, ybuf.data() + a0 * width);
+      }
+    });
+  };
+
   const auto runs = mask_groups(imp, omp, g);
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
@@ -207,23 +289,22 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       if (kout == 0) continue;
       const int64_t depth = kin * taps, width = count * cols_per_row;
       cols.resize(std::max<int64_t>(1, depth * width));
-      wbuf.resize(std::max<int64_t>(1, kout * depth));
+      if (width > kDotMaxPixels) wbuf.resize(std::max<int64_t>(1, kout * depth));
       ybuf.resize(kout * width);
       for (int64_t t = 0; t < count; ++t) {
         gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row);
       }
-      for (int64_t a = 0; a < kout; ++a) {
-        for (int64_t j = 0; j < kin; ++j) {
-          const float* src = wp + (out_idx[a] * g.c_in + in_idx[j]) * taps;
-          std::copy(src, src + taps, wbuf.data() + a * depth + j * taps);
-        }
-      }
-      auto y = at::from_blob(ybuf.data(), {kout, width}, xc.options());
-      if (depth == 0) {
-        y.zero_();
+      if (width <= kDotMaxPixels) {
+        dot_products(in_idx, out_idx, width, cols, ybuf);
       } else {
-        at::mm_out(y, at::from_blob(wbuf.data(), {kout, depth}, xc.options()),
-                   at::from_blob(cols.data(), {depth, width}, xc.options()));
+        for (int64_t a = 0; a < kout; ++a) gather_weights(out_idx[a], in_idx, wbuf.data() + a * depth);
+        auto y = at::from_blob(ybuf.data(), {kout, width}, xc.options());
+        if (depth == 0) {
+          y.zero_();
+        } else {
+          at::mm_out(y, at::from_blob(wbuf.data(), {kout, depth}, xc.options()),
+                     at::from_blob(cols.data(), {depth, width}, xc.options()));
+        }
       }
       for (int64_t t = 0; t < count; ++t) {
         const int64_t s = members[t];
