@@ -91,6 +91,22 @@ def test_session_small_batch_generator_on_odd_sizes() -> None:
         assert_parity(expected, got)
 
 
+def test_session_runs_the_classifier_once_for_both_passes() -> None:
+    """The joint tail (csrc/runtime/session.cpp, Impl::joint_from): the steps after the last pathway layer
+    read one value both passes make, so they run once on both passes' values stacked. VGG-11's three
+    linears run 3 times per call on 2N rows, not 6 times on N, and both passes' logits equal eager's."""
+    target = torchvision_target("vgg11_bn")
+    generator = varied_generator(target.spec)
+    session = Explainer(target, generator, backend="session")
+    x = torch.randn(2, 3, 64, 64)
+    session.explain(x)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        got = session.explain(x)
+    linears = [e for e in prof.events() if e.name == "aten::linear"]
+    assert [e.input_shapes[0][0] for e in linears] == [4, 4, 4]
+    assert_parity(Explainer(target, generator, backend="eager").explain(x), got)
+
+
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory: pytest.TempPathFactory):
     target = torchvision_target("resnet18")

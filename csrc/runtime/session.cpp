@@ -238,6 +238,11 @@ struct ExplainSession::Impl {
   bool chain_relu = false;
   std::vector<StrategyRule> policy;  // in order; none applies: dense
   std::vector<int64_t> plain_last_read, pathway_last_read;  // per value: the last step that reads it
+  // The joint tail: steps [joint_from, end) read one value made before them (joint_input), which both
+  // passes make, and no mask; they run once, in the pathway phase, on both passes' joint_input stacked.
+  // A classifier's weights are then read once per call (VGG-11's 3 linears: half its batch-1 time).
+  // Without such a tail, joint_from is the step count and joint_input the output.
+  int64_t joint_from = 0, joint_input = 0;
   // generator: its tensors, its convs packed for oneDNN (the ATen path) and the small-batch path
   GeneratorWeights gen;
   std::vector<PackedConv> stems;  // 1x1 convs
@@ -303,12 +308,13 @@ struct ExplainSession::Impl {
     return masked_bias_relu_cpu(y, std::nullopt, m);
   }
 
-  // Runs every step: logits, pooled pathway-layer features and the values the pathway pass reuses.
+  // Runs the steps before the joint tail: its input (the logits without a tail), pooled pathway-layer
+  // features and the values the pathway pass reuses.
   at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep,
                    const Threads& threads) const {
     std::vector<at::Tensor> values(num_values);
     values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
-    for (size_t i = 0; i < steps.size(); ++i) {
+    for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
       const ThreadLimit limit(threads.width(work(s, values)));
       values[s.output] = dense(s, values);
@@ -318,6 +324,21 @@ struct ExplainSession::Impl {
       }
     }
     for (const int64_t v : saved) keep[v] = values[v];
+    return values[joint_input];
+  }
+
+  // The joint tail on both passes' input stacked (plain rows first): both passes' logits, stacked.
+  at::Tensor joint_tail(const at::Tensor& plain_input, const at::Tensor& pathway_input, const Threads& threads) const {
+    std::vector<at::Tensor> values(num_values);
+    values[joint_input] = at::cat({plain_input, pathway_input}, 0);
+    for (size_t i = static_cast<size_t>(joint_from); i < steps.size(); ++i) {
+      const Step& s = steps[i];
+      const ThreadLimit limit(threads.width(work(s, values)));
+      values[s.output] = dense(s, values);
+      for (const int64_t v : s.inputs) {
+        if (plain_last_read[v] == static_cast<int64_t>(i) && v != output) values[v].reset();
+      }
+    }
     return values[output];
   }
 
@@ -441,7 +462,7 @@ struct ExplainSession::Impl {
     };
     MaskStats stats(masks);
     clean(output);  // a model that ends inside its first pathway layer's chain
-    for (size_t i = 0; i < steps.size(); ++i) {
+    for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
       if (!s.pathway_pass) continue;
       std::optional<ThreadLimit> limit;
@@ -479,7 +500,7 @@ struct ExplainSession::Impl {
         if (pathway_last_read[v] == static_cast<int64_t>(i) && v != output) values[v].reset();
       }
     }
-    return values[output];
+    return values[joint_input];
   }
 
   // One call. Each step, and the generator as a whole, runs on all threads only when its work pays for
@@ -492,9 +513,10 @@ struct ExplainSession::Impl {
     ExplainResult r;
     // Each phase is a torch.profiler range too (pathrt profile's trace shows them; free when off).
     const auto t0 = Clock::now();
+    at::Tensor plain_tail_input;  // the logits when there is no joint tail
     {
       RECORD_FUNCTION("pathrt.session.plain", std::vector<c10::IValue>());
-      r.logits = plain(images, features, values, threads);
+      plain_tail_input = plain(images, features, values, threads);
     }
     const auto t1 = Clock::now();
     at::Tensor head;
@@ -516,7 +538,16 @@ struct ExplainSession::Impl {
         masks.push_back(r.masks.narrow(1, offset, c).contiguous());
         offset += c;
       }
-      r.pathway_logits = pathway(values, masks, threads).contiguous();
+      auto pathway_tail_input = pathway(values, masks, threads);
+      if (joint_from < static_cast<int64_t>(steps.size())) {
+        const auto both = joint_tail(plain_tail_input, pathway_tail_input, threads);
+        const int64_t n = images.size(0);
+        r.logits = both.narrow(0, 0, n);
+        r.pathway_logits = both.narrow(0, n, n).contiguous();
+      } else {
+        r.logits = plain_tail_input;
+        r.pathway_logits = pathway_tail_input.contiguous();
+      }
     }
     const auto t3 = Clock::now();
     r.plain_ms = elapsed_ms(t0, t1);
@@ -579,6 +610,33 @@ std::vector<at::Tensor> named(const std::map<std::string, at::Tensor>& tensors, 
 int64_t optional_layer(const Json& entry, const char* key, int64_t layers) {
   const Json& v = entry.at(key);
   return v.is_null() ? -1 : v.as_int(key, 0, layers - 1);
+}
+
+// The longest joint tail (see Impl::joint_from) that holds a conv or linear, whose input the pathway pass
+// makes too; none: joint_from = the step count, joint_input = the output.
+void find_joint_tail(ExplainSession::Impl& impl) {
+  const int64_t count = static_cast<int64_t>(impl.steps.size());
+  std::vector<int64_t> maker(impl.num_values, -1);  // the step that makes each value
+  for (int64_t i = 0; i < count; ++i) maker[impl.steps[i].output] = i;
+  impl.joint_from = count;
+  impl.joint_input = impl.output;
+  bool weighted = false;
+  for (int64_t t = count - 1; t >= 0; --t) {
+    const Step& s = impl.steps[t];
+    if (!s.pathway_pass || s.pathway >= 0 || s.in_mask >= 0 || s.out_mask >= 0 || impl.chain.count(s.output)) break;
+    weighted = weighted || s.op == Op::Conv || s.op == Op::Linear;
+    std::set<int64_t> outside;  // what steps [t, count) read from before t
+    for (int64_t i = t; i < count; ++i) {
+      for (const int64_t v : impl.steps[i].inputs) {
+        if (maker[v] < t) outside.insert(v);
+      }
+    }
+    if (outside.size() != 1 || !weighted) continue;
+    const int64_t v = *outside.begin();
+    if (maker[v] < 0 || !impl.steps[maker[v]].pathway_pass || impl.chain.count(v)) continue;
+    impl.joint_from = t;
+    impl.joint_input = v;
+  }
 }
 
 void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std::string, at::Tensor>& tensors) {
@@ -667,6 +725,7 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       if (impl.steps[i].pathway_pass) impl.pathway_last_read[v] = static_cast<int64_t>(i);
     }
   }
+  find_joint_tail(impl);
 }
 
 void load_generator(ExplainSession::Impl& impl, const Json& gen, const std::map<std::string, at::Tensor>& tensors) {

@@ -30,7 +30,9 @@ struct ExplainResult {
   at::Tensor classes;         // int64 (N,): the predicted class argmax(logits)
   at::Tensor y;               // float32 (N,): softmax(logits)[class]
   at::Tensor o;               // float32 (N,): softmax(pathway_logits)[class]
-  double plain_ms = 0.0;      // wall time of the three phases of this call
+  // wall time of the three phases of this call; the steps after the last pathway layer that both passes
+  // run alike (a classifier) run once for both, in the pathway phase (ExplainSession's joint tail)
+  double plain_ms = 0.0;
   double generator_ms = 0.0;
   double pathway_ms = 0.0;
   // the generator's own phases, in microseconds: RFE convs (1x1 stems, shared 3x3/2 block), RFE tail
