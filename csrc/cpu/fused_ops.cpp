@@ -115,28 +115,56 @@ static void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>&
   }
 }
 
+constexpr int64_t kMinPlanarRow = 16;
+
 // im2col restricted to the kept input channels: row (j, dy, dx), column (oy, ox), rows `ld` floats
 // apart (several samples' columns lie side by side). `x` points at one sample; strides (channel,
-// row, column) cover NCHW and channels-last layouts.
+// row, column) cover NCHW and channels-last layouts. A channels-last sample's kept channels may first
+// be copied to planes (`planes`, one pass over the sample), so that every row below copies runs of a
+// plane row instead of reading one float per pixel of a channels-last sample nine times over.
 static void gather_columns(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& in_idx,
-                           const ConvGeometry& g, int64_t ld, float* cols) {
-  const int64_t s_c = strides[1], s_h = strides[2], s_w = strides[3];
-  for (size_t j = 0; j < in_idx.size(); ++j) {
-    const float* plane = x + in_idx[j] * s_c;
+                           const ConvGeometry& g, int64_t ld, float* cols, std::vector<float>& planes) {
+  const int64_t kin = static_cast<int64_t>(in_idx.size());
+  int64_t s_c = strides[1], s_h = strides[2], s_w = strides[3];
+  // Channels innermost and output rows of 16 or more: compact the kept channels into planes. Shorter
+  // rows copy too little per run to repay the extra pass (8x8 maps: 64 -> 79 us; 16x16: 450 -> 390).
+  const bool planar = s_c < s_w && g.wo >= kMinPlanarRow;
+  if (planar) {
+    planes.resize(static_cast<size_t>(kin * g.h * g.w));
+    for (int64_t iy = 0; iy < g.h; ++iy) {
+      for (int64_t ix = 0; ix < g.w; ++ix) {
+        const float* pixel = x + iy * s_h + ix * s_w;
+        float* dst = planes.data() + iy * g.w + ix;
+        for (int64_t j = 0; j < kin; ++j) dst[j * g.h * g.w] = pixel[in_idx[j] * s_c];
+      }
+    }
+    x = planes.data();
+    s_c = g.h * g.w;
+    s_h = g.w;
+    s_w = 1;
+  }
+  for (int64_t j = 0; j < kin; ++j) {
+    const float* plane = x + (planar ? j : in_idx[j]) * s_c;
     for (int64_t dy = 0; dy < g.kh; ++dy) {
       for (int64_t dx = 0; dx < g.kw; ++dx) {
-        float* row = cols + ((static_cast<int64_t>(j) * g.kh + dy) * g.kw + dx) * ld;
+        float* row = cols + ((j * g.kh + dy) * g.kw + dx) * ld;
+        // the output columns whose input column lies inside the image: [lo, hi)
+        const int64_t lo = std::min(g.wo, std::max<int64_t>(0, (g.pw - dx + g.sw - 1) / g.sw));
+        const int64_t hi = g.w - 1 + g.pw - dx < 0 ? 0 : std::min(g.wo, (g.w - 1 + g.pw - dx) / g.sw + 1);
         for (int64_t oy = 0; oy < g.ho; ++oy) {
           float* dst = row + oy * g.wo;
           const int64_t iy = conv_input_coord(oy, dy, g.sh, g.ph, g.h);
-          if (iy < 0) {
+          if (iy < 0 || hi <= lo) {
             std::fill(dst, dst + g.wo, 0.0f);
             continue;
           }
-          const float* src = plane + iy * s_h;
-          for (int64_t ox = 0; ox < g.wo; ++ox) {
-            const int64_t ix = conv_input_coord(ox, dx, g.sw, g.pw, g.w);
-            dst[ox] = ix < 0 ? 0.0f : src[ix * s_w];
+          std::fill(dst, dst + lo, 0.0f);
+          std::fill(dst + hi, dst + g.wo, 0.0f);
+          const float* src = plane + iy * s_h + (lo * g.sw - g.pw + dx) * s_w;
+          if (g.sw == 1 && s_w == 1) {
+            std::memcpy(dst + lo, src, static_cast<size_t>(hi - lo) * sizeof(float));
+          } else {
+            for (int64_t ox = lo; ox < hi; ++ox) dst[ox] = src[(ox - lo) * g.sw * s_w];
           }
         }
       }
@@ -279,7 +307,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto runs = mask_groups(imp, omp, g);
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
-    std::vector<float> cols, wbuf, ybuf;
+    std::vector<float> cols, wbuf, ybuf, planes;
     for (int64_t r = begin; r < end; ++r) {
       const auto& members = runs[r];
       const int64_t first = members[0], count = static_cast<int64_t>(members.size());
@@ -292,7 +320,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       if (width > kDotMaxPixels) wbuf.resize(std::max<int64_t>(1, kout * depth));
       ybuf.resize(kout * width);
       for (int64_t t = 0; t < count; ++t) {
-        gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row);
+        gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, planes);
       }
       if (width <= kDotMaxPixels) {
         dot_products(in_idx, out_idx, width, cols, ybuf);
