@@ -186,5 +186,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("load_ms", [](const pathrt::ExplainSession& s) { return s.info().load_ms; },
                              "Wall time of loading and checking the bundle (read from bytes: without the file read).")
       .def_property_readonly("digest_ms", [](const pathrt::ExplainSession& s) { return s.info().digest_ms; },
-                             "Of load_ms: the SHA-256 check of the bundle's tensors.");
+                             "Of load_ms: the SHA-256 check of the bundle's tensors.")
+      .def_property_readonly("joint_tail_steps", [](const pathrt::ExplainSession& s) { return s.info().joint_tail_steps; },
+                             "How many of the plan's last steps (a classifier) run once, in the pathway phase, "
+                             "on both passes' values stacked (0: none).");
 }

@@ -80,6 +80,23 @@ def test_native_runs_no_hooks_and_reuses_layer_one(embedded: Target) -> None:
         assert tuple(runner.weights[convs[0].module][0].shape) not in mode.weights
 
 
+def test_steps_flops_counts_dense_convs_and_linears() -> None:
+    """PlanRunner.steps_flops (what `pathrt bench` moves to the pathway phase for the session's joint
+    tail): 2 x multiply-adds of the planned steps from `start` on, here VGG-11's three linears and,
+    from the last conv on, that conv too."""
+    target = torchvision_target("vgg11_bn")
+    runner = Explainer(target, varied_generator(target.spec), backend="native").engine.runner
+    steps = runner.plan.steps
+    first_linear = next(i for i, s in enumerate(steps) if s.op == "linear")
+    linears = [m for m in target.model.modules() if isinstance(m, nn.Linear)]
+    assert runner.steps_flops(first_linear) == 2.0 * sum(m.weight.numel() for m in linears)
+    last_conv = max(i for i, s in enumerate(steps) if s.op == "conv2d")
+    conv = [m for m in target.model.modules() if isinstance(m, nn.Conv2d)][-1]
+    h, w = runner.shapes[steps[last_conv].output][2:]
+    assert runner.steps_flops(last_conv) == runner.steps_flops(first_linear) + 2.0 * conv.weight.numel() * h * w
+    assert runner.steps_flops(len(steps)) == 0.0
+
+
 def test_plan_of_resnet_fuses_residual_epilogues_and_limits_downsample() -> None:
     target = create_target("resnet18", 10, (3, 64, 64))
     plan = build_plan(canonized_copy(target.model), target.spec)

@@ -637,6 +637,7 @@ void find_joint_tail(ExplainSession::Impl& impl) {
     impl.joint_from = t;
     impl.joint_input = v;
   }
+  impl.info.joint_tail_steps = count - impl.joint_from;
 }
 
 void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std::string, at::Tensor>& tensors) {

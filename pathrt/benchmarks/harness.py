@@ -175,7 +175,8 @@ def predict_phases(model: BenchModel, flops: dict[str, Any], batch: int, rate: f
     rate plus a fixed cost per op (`op_seconds`). The plain pass runs one op per plan step; the
     generator one per stem conv, shared-conv group, GEMM and fused loop of its encoder and decoder;
     the pathway pass one per step after layer 1 plus the mask statistics of each masked conv (2), at
-    the FLOPs the channel-sparse kernels do at the measured layer sparsity."""
+    the FLOPs the channel-sparse kernels do at the measured layer sparsity. The session's joint tail
+    (its last steps, run once for both passes) moves from the plain phase to the pathway phase."""
     native = model.backend("native")
     runner = native.engine.runner if not isinstance(native, str) else None  # type: ignore[attr-defined]
     generator = model.explainer.generator
@@ -186,6 +187,13 @@ def predict_phases(model: BenchModel, flops: dict[str, Any], batch: int, rate: f
     pathway_steps = list(runner.plan.steps[runner.resume:]) if runner else []
     pathway_ops = len(pathway_steps) + 2 * sum(s.op == "conv2d" for s in pathway_steps)
     pathway_flops = flops.get("pathway_native_predicted", flops["pathway"])
+    session = model.backend("session")
+    tail = session.engine.session.joint_tail_steps if runner and not isinstance(session, str) else 0  # type: ignore[attr-defined]
+    if tail:
+        moved = runner.steps_flops(len(runner.plan.steps) - tail)
+        plain_ops -= tail
+        flops = {**flops, "plain": flops["plain"] - moved}
+        pathway_flops += moved
     return {"plain_ms": 1e3 * (flops["plain"] * batch / rate + plain_ops * op_cost),
             "generator_ms": 1e3 * (flops["generator"] * batch / rate + generator_ops * op_cost),
             "pathway_ms": 1e3 * (pathway_flops * batch / rate + pathway_ops * op_cost)}

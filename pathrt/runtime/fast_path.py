@@ -134,18 +134,30 @@ class PlanRunner:
         for i in range(self.resume, len(self.plan.steps)):
             step = self.plan.steps[i]
             if step.op == "conv2d":
-                weight = self.weights[step.module][0]  # type: ignore[index]
-                out = self.shapes[step.output]
-                dense = 2.0 * weight[0].numel() * math.prod(out[1:])
                 fraction = (kept[step.in_mask] if step.in_mask is not None else 1.0) * \
                     (kept[step.out_mask] if step.out_mask is not None else 1.0)
-                total += dense * fraction
+                total += self._conv_flops(step) * fraction
             elif step.op == "linear" and i not in self.skip:
                 weight = self.weights[step.module][0]  # type: ignore[index]
                 pool = self.folded_pools.get(step.module)  # type: ignore[arg-type]
                 inputs = math.prod(self.shapes[pool.inputs[0]][1:]) if pool is not None else weight.shape[1]
                 total += 2.0 * weight.shape[0] * inputs
         return total
+
+    def steps_flops(self, start: int) -> float:
+        """FLOPs per image of the plan's steps from `start` on, dense (convs and linears as planned)."""
+        total = 0.0
+        for step in self.plan.steps[start:]:
+            if step.op == "conv2d":
+                total += self._conv_flops(step)
+            elif step.op == "linear":
+                total += 2.0 * self.weights[step.module][0].numel()  # type: ignore[index]
+        return total
+
+    def _conv_flops(self, step: Step) -> float:
+        """A conv step's dense FLOPs per image."""
+        weight = self.weights[step.module][0]  # type: ignore[index]
+        return 2.0 * weight[0].numel() * math.prod(self.shapes[step.output][1:])
 
     def _unmasked_chain(self) -> tuple[int, set[int]]:
         """Where the pathway pass starts, and the plain-pass values it reuses before masking.

@@ -50,6 +50,7 @@ struct SessionInfo {
   int num_threads = 0;               // 0: the process default
   double load_ms = 0.0;              // wall time of loading and checking the bundle (dry run included)
   double digest_ms = 0.0;            // of which: the SHA-256 of its tensors
+  int64_t joint_tail_steps = 0;      // the plan's last steps, run once for both passes (0: none)
 };
 
 // The plan contract this reader implements (pathrt/bundle.schema.json): its format version, the plan
