@@ -22,7 +22,16 @@ from torch import nn
 
 from pathrt.errors import IncompatibleArtifactError, InputError
 from pathrt.generator import PathwayGenerator, load_generator
-from pathrt.runtime.backends import CONCURRENT, MASKS, REGISTRY, Backend, BackendContext, BackendOptions, select
+from pathrt.runtime.backends import (
+    CHECKS_IMAGES,
+    CONCURRENT,
+    MASKS,
+    REGISTRY,
+    Backend,
+    BackendContext,
+    BackendOptions,
+    select,
+)
 from pathrt.runtime.explanation import Explanation
 from pathrt.runtime.ops import pack_masks
 from pathrt.targets import Target, load_target, pathway_forward
@@ -108,10 +117,12 @@ class Explainer:
         generator, _ = load_generator(generator_path, target_fingerprint=target.fingerprint, spec=target.spec)
         return cls(target, generator, **kwargs)
 
-    def resolve_classes(self, target: ClassSpec, logits: torch.Tensor) -> torch.Tensor:
-        """The explained class per row: `target` checked and broadcast, or the prediction when None."""
+    def resolve_classes(self, target: ClassSpec, logits: torch.Tensor,
+                        predicted: torch.Tensor | None = None) -> torch.Tensor:
+        """The explained class per row: `target` checked and broadcast, or the prediction when None
+        (`predicted` when the backend computed it, else the logits' argmax)."""
         if target is None:
-            return logits.argmax(1)
+            return predicted if predicted is not None else logits.argmax(1)
         classes = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
         if classes.numel() == 1:
             classes = classes.expand(len(logits))
@@ -166,8 +177,13 @@ class Explainer:
     def explain(self, images: torch.Tensor, target: ClassSpec = None) -> Explanation:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction).
         Runs in chunks of max_batch_size; memory beyond one chunk's is the result itself."""
-        bounds, dtype = self.checked_batches(images), self._context.dtype
-        if len(bounds) == 1:  # one chunk, the low-latency case: no assembly, no slicing
+        dtype = self._context.dtype
+        if len(self.batches(images)) == 1 and images.dtype == dtype and CHECKS_IMAGES in self.engine.capabilities:
+            # one chunk the backend checks itself, the low-latency case: no second check, no assembly
+            # (each torch op here costs 10-30 us after a call has left the caches cold)
+            return self._explain_chunk(images, target)
+        bounds = self.checked_batches(images)
+        if len(bounds) == 1:  # one chunk: no assembly, no slicing
             return self._explain_chunk(images.to(dtype), target)
         return Explanation.assemble((self._explain_chunk(images[rows].to(dtype), self.rows_of(target, rows))
                                      for rows in bounds), len(images))
@@ -182,7 +198,7 @@ class Explainer:
     def _explain_chunk(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
         out = self._run(self.engine, lambda: self.engine.explain(x))
         return Explanation(self.spec, out.masks, out.packed, out.scores, out.logits, out.pathway_logits,
-                           self.resolve_classes(target, out.logits), self.backend, self.backend_reason)
+                           self.resolve_classes(target, out.logits, out.predicted), self.backend, self.backend_reason)
 
     def _run(self, backend: Backend, call: Callable[[], _T]) -> _T:
         """`call()`, holding the hooks lock unless `backend` keeps its state local."""

@@ -57,7 +57,7 @@ class Explanation:
             raise InputError("Explanation.scores, logits and pathway_logits must be floating point")
         if self.classes.dtype != torch.int64 or self.classes.dim() != 1:
             raise InputError(f"Explanation.classes must be a 1-d int64 tensor, got {self.classes.dtype}")
-        if n and not 0 <= int(self.classes.min()) <= int(self.classes.max()) < self.logits.shape[1]:
+        if n and not 0 <= (bounds := self.classes.aminmax()).min.item() <= bounds.max.item() < self.logits.shape[1]:
             raise InputError(f"Explanation.classes must lie in [0, {self.logits.shape[1]})")
 
     def __len__(self) -> int:

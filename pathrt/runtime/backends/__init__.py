@@ -17,6 +17,7 @@ import torch
 
 from pathrt.errors import InputError
 from pathrt.runtime.backends.base import (
+    CHECKS_IMAGES,
     CONCURRENT,
     MASKS,
     Backend,
@@ -40,8 +41,8 @@ AUTO_ORDER = ("session", "native", "triton", "eager")
 OPTIONAL = {"onnx": "pathrt.export (pip install pathrt[onnx])"}  # registered by higher layers
 BACKENDS = (*REGISTRY, *OPTIONAL, "auto")
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CONCURRENT", "MASKS", "REGISTRY", "Backend", "BackendContext", "BackendOptions",
-           "ChunkResult", "Unavailable", "device_backends", "register_backend", "select"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS_IMAGES", "CONCURRENT", "MASKS", "REGISTRY", "Backend", "BackendContext",
+           "BackendOptions", "ChunkResult", "Unavailable", "device_backends", "register_backend", "select"]
 
 
 def register_backend(backend: type[Backend]) -> None:

@@ -33,6 +33,8 @@ from pathrt.targets.spec import PathwaySpec
 
 MASKS = "masks"  # capability: explain_with_masks (the pathway pass for given masks)
 CONCURRENT = "concurrent"  # capability: calls keep all state local (no shared hooks): no lock needed
+# capability: explain() refuses a bad batch itself, with check_images' checks, order and messages
+CHECKS_IMAGES = "checks_images"
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,14 @@ class Unavailable:
 @dataclass(frozen=True)
 class ChunkResult:
     """A backend's output for one chunk: bool masks and scores (N, K), packed masks (N, ceil(K/8)),
-    plain and pathway logits (N, classes)."""
+    plain and pathway logits (N, classes), and the predicted classes when the backend has them."""
 
     masks: torch.Tensor
     packed: torch.Tensor
     scores: torch.Tensor
     logits: torch.Tensor
     pathway_logits: torch.Tensor
+    predicted: torch.Tensor | None = None
 
 
 @dataclass

@@ -15,7 +15,15 @@ from pathrt.errors import BundleError, IncompatibleArtifactError
 from pathrt.generator import PathwayGenerator
 from pathrt.kernels import native as extension
 from pathrt.opspec import parity
-from pathrt.runtime.backends.base import CONCURRENT, MASKS, Backend, BackendContext, ChunkResult, Unavailable
+from pathrt.runtime.backends.base import (
+    CHECKS_IMAGES,
+    CONCURRENT,
+    MASKS,
+    Backend,
+    BackendContext,
+    ChunkResult,
+    Unavailable,
+)
 from pathrt.runtime.backends.eager import EagerBackend
 from pathrt.runtime.backends.native import NativeBackend
 from pathrt.runtime.bundle import bundle_bytes, read_bundle_meta
@@ -25,14 +33,14 @@ from pathrt.targets.plan import PlanError
 
 class SessionBackend(Backend):
     name = "session"
-    capabilities = frozenset({MASKS, CONCURRENT})
+    capabilities = frozenset({MASKS, CONCURRENT, CHECKS_IMAGES})  # the C++ check_images: same checks and messages
 
     def __init__(self, device: torch.device, session: Any, masks_runner: NativeBackend | None, reason: str) -> None:
         super().__init__(device, reason)
         self.session = session  # pathrt._C.ExplainSession
         self.masks_runner = masks_runner
         if masks_runner is None:
-            self.capabilities = frozenset({CONCURRENT})
+            self.capabilities = frozenset({CONCURRENT, CHECKS_IMAGES})
 
     @classmethod
     def unavailable_on(cls, device: torch.device) -> str | None:
@@ -64,7 +72,8 @@ class SessionBackend(Backend):
 
     def explain(self, x: torch.Tensor) -> ChunkResult:
         out = self.session.explain(x)
-        return ChunkResult(out["masks"], out["packed"], out["scores"], out["logits"], out["pathway_logits"])
+        return ChunkResult(out["masks"], out["packed"], out["scores"], out["logits"], out["pathway_logits"],
+                           out["classes"])
 
     def explain_with_masks(self, x: torch.Tensor, masks: torch.Tensor,
                            fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
