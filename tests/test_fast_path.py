@@ -82,14 +82,18 @@ def test_native_runs_no_hooks_and_reuses_layer_one(embedded: Target) -> None:
 
 def test_steps_flops_counts_dense_convs_and_linears() -> None:
     """PlanRunner.steps_flops (what `pathrt bench` moves to the pathway phase for the session's joint
-    tail): 2 x multiply-adds of the planned steps from `start` on, here VGG-11's three linears and,
-    from the last conv on, that conv too."""
+    tail): 2 x multiply-adds of the steps from `start` on as they run, here VGG-11's three linears, the
+    first with the 2x2 -> 7x7 adaptive pool folded into it (2048 inputs, not 25088), and from the last
+    conv on, that conv too."""
     target = torchvision_target("vgg11_bn")
     runner = Explainer(target, varied_generator(target.spec), backend="native").engine.runner
     steps = runner.plan.steps
     first_linear = next(i for i, s in enumerate(steps) if s.op == "linear")
     linears = [m for m in target.model.modules() if isinstance(m, nn.Linear)]
-    assert runner.steps_flops(first_linear) == 2.0 * sum(m.weight.numel() for m in linears)
+    assert runner.folded_pools.keys() == {steps[first_linear].module}
+    folded_inputs = 512 * 2 * 2
+    assert runner.steps_flops(first_linear) == 2.0 * (linears[0].out_features * folded_inputs +
+                                                      sum(m.weight.numel() for m in linears[1:]))
     last_conv = max(i for i, s in enumerate(steps) if s.op == "conv2d")
     conv = [m for m in target.model.modules() if isinstance(m, nn.Conv2d)][-1]
     h, w = runner.shapes[steps[last_conv].output][2:]

@@ -240,7 +240,8 @@ struct ExplainSession::Impl {
   std::vector<int64_t> plain_last_read, pathway_last_read;  // per value: the last step that reads it
   // The joint tail: steps [joint_from, end) read one value made before them (joint_input), which both
   // passes make, and no mask; they run once, in the pathway phase, on both passes' joint_input stacked.
-  // A classifier's weights are then read once per call (VGG-11's 3 linears: half its batch-1 time).
+  // A classifier's weights are then read once per call (VGG-11@64's 3 linears, 117 MB after the pool
+  // fold: a quarter of its batch-1 time).
   // Without such a tail, joint_from is the step count and joint_input the output.
   int64_t joint_from = 0, joint_input = 0;
   // generator: its tensors, its convs packed for oneDNN (the ATen path) and the small-batch path
@@ -623,7 +624,10 @@ void find_joint_tail(ExplainSession::Impl& impl) {
   bool weighted = false;
   for (int64_t t = count - 1; t >= 0; --t) {
     const Step& s = impl.steps[t];
-    if (!s.pathway_pass || s.pathway >= 0 || s.in_mask >= 0 || s.out_mask >= 0 || impl.chain.count(s.output)) break;
+    if (!s.pathway_pass || s.pathway >= 0 || s.in_mask >= 0 || s.out_mask >= 0 || impl.chain.count(s.output) ||
+        impl.saved.count(s.output)) {
+      break;
+    }
     weighted = weighted || s.op == Op::Conv || s.op == Op::Linear;
     std::set<int64_t> outside;  // what steps [t, count) read from before t
     for (int64_t i = t; i < count; ++i) {

@@ -189,8 +189,9 @@ def predict_phases(model: BenchModel, flops: dict[str, Any], batch: int, rate: f
     pathway_flops = flops.get("pathway_native_predicted", flops["pathway"])
     session = model.backend("session")
     tail = session.engine.session.joint_tail_steps if runner and not isinstance(session, str) else 0  # type: ignore[attr-defined]
-    if tail:
-        moved = runner.steps_flops(len(runner.plan.steps) - tail)
+    if tail:  # the session's plan is the runner's without the steps folded into a linear
+        kept_steps = [i for i in range(len(runner.plan.steps)) if i not in runner.skip]
+        moved = runner.steps_flops(kept_steps[-tail])
         plain_ops -= tail
         flops = {**flops, "plain": flops["plain"] - moved}
         pathway_flops += moved

@@ -130,34 +130,29 @@ class PlanRunner:
         """Predicted FLOPs of one image's pathway pass when layer l keeps the fraction kept[l] of its
         channels: each conv after layer 1 costs its dense FLOPs × kept(in) × kept(out) (what the
         channel-sparse kernel computes), linears their dense FLOPs (after pool folding)."""
-        total = 0.0
-        for i in range(self.resume, len(self.plan.steps)):
-            step = self.plan.steps[i]
-            if step.op == "conv2d":
-                fraction = (kept[step.in_mask] if step.in_mask is not None else 1.0) * \
-                    (kept[step.out_mask] if step.out_mask is not None else 1.0)
-                total += self._conv_flops(step) * fraction
-            elif step.op == "linear" and i not in self.skip:
-                weight = self.weights[step.module][0]  # type: ignore[index]
-                pool = self.folded_pools.get(step.module)  # type: ignore[arg-type]
-                inputs = math.prod(self.shapes[pool.inputs[0]][1:]) if pool is not None else weight.shape[1]
-                total += 2.0 * weight.shape[0] * inputs
-        return total
+        return sum(self._step_flops(i, kept) for i in range(self.resume, len(self.plan.steps)))
 
     def steps_flops(self, start: int) -> float:
-        """FLOPs per image of the plan's steps from `start` on, dense (convs and linears as planned)."""
-        total = 0.0
-        for step in self.plan.steps[start:]:
-            if step.op == "conv2d":
-                total += self._conv_flops(step)
-            elif step.op == "linear":
-                total += 2.0 * self.weights[step.module][0].numel()  # type: ignore[index]
-        return total
+        """FLOPs per image of the plan's steps from `start` on, dense, as they run (folded pools: the
+        linear's folded weight, as the bundle stores it)."""
+        return sum(self._step_flops(i) for i in range(start, len(self.plan.steps)))
 
-    def _conv_flops(self, step: Step) -> float:
-        """A conv step's dense FLOPs per image."""
-        weight = self.weights[step.module][0]  # type: ignore[index]
-        return 2.0 * weight[0].numel() * math.prod(self.shapes[step.output][1:])
+    def _step_flops(self, i: int, kept: list[float] | None = None) -> float:
+        """Step i's FLOPs per image: a conv's dense FLOPs × kept(in) × kept(out) (1 without `kept`), a
+        linear's after pool folding; 0 for the rest and for steps folded away."""
+        step = self.plan.steps[i]
+        if step.op == "conv2d":
+            fraction = 1.0 if kept is None else \
+                (kept[step.in_mask] if step.in_mask is not None else 1.0) * \
+                (kept[step.out_mask] if step.out_mask is not None else 1.0)
+            weight = self.weights[step.module][0]  # type: ignore[index]
+            return 2.0 * weight[0].numel() * math.prod(self.shapes[step.output][1:]) * fraction
+        if step.op == "linear" and i not in self.skip:
+            weight = self.weights[step.module][0]  # type: ignore[index]
+            pool = self.folded_pools.get(step.module)  # type: ignore[arg-type]
+            inputs = math.prod(self.shapes[pool.inputs[0]][1:]) if pool is not None else weight.shape[1]
+            return 2.0 * weight.shape[0] * inputs
+        return 0.0
 
     def _unmasked_chain(self) -> tuple[int, set[int]]:
         """Where the pathway pass starts, and the plain-pass values it reuses before masking.
