@@ -317,7 +317,6 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       if (kout == 0) continue;
       const int64_t depth = kin * taps, width = count * cols_per_row;
       cols.resize(std::max<int64_t>(1, depth * width));
-      if (width > kDotMaxPixels) wbuf.resize(std::max<int64_t>(1, kout * depth));
       ybuf.resize(kout * width);
       for (int64_t t = 0; t < count; ++t) {
         gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, planes);
@@ -325,6 +324,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       if (width <= kDotMaxPixels) {
         dot_products(in_idx, out_idx, width, cols, ybuf);
       } else {
+        wbuf.resize(std::max<int64_t>(1, kout * depth));
         for (int64_t a = 0; a < kout; ++a) gather_weights(out_idx[a], in_idx, wbuf.data() + a * depth);
         auto y = at::from_blob(ybuf.data(), {kout, width}, xc.options());
         if (depth == 0) {

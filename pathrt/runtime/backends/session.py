@@ -40,7 +40,7 @@ class SessionBackend(Backend):
         self.session = session  # pathrt._C.ExplainSession
         self.masks_runner = masks_runner
         if masks_runner is None:
-            self.capabilities = frozenset({CONCURRENT, CHECKS_IMAGES})
+            self.capabilities = self.capabilities - {MASKS}
 
     @classmethod
     def unavailable_on(cls, device: torch.device) -> str | None:
