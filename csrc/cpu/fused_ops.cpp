@@ -3,8 +3,9 @@
 //   masked_bias_relu(_) relu(x + bias[c]) * mask[n, c], removed channels 0 or fill[c], out of place and
 //                       in place;
 //   pathway_conv2d      a per-sample channel-sparse convolution: removed output channels are never
-//                       computed, removed input channels never read (gather + GEMM per group of samples
-//                       with equal masks; dot products over the kept weights for a few pixels).
+//                       computed, removed input channels never read (a GEMM per group of samples with
+//                       equal masks, over shifted padded planes at stride 1 and gathered columns
+//                       otherwise; dot products over the kept weights for a few pixels).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -20,6 +21,12 @@
 #include "pathrt/epilogue.h"
 #include "pathrt/fused_checks.h"
 #include "pathrt/kernels.h"
+
+// BLAS's sgemm (column-major, 32-bit sizes), which torch's x86 builds export from MKL; weak, so a build
+// without it loads and gathers columns instead.
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*)
+    __attribute__((weak));
 
 namespace pathrt {
 
@@ -172,6 +179,36 @@ static void gather_columns(const float* x, at::IntArrayRef strides, const std::v
   }
 }
 
+// A stride-1 conv as kh * kw GEMMs over the kept input channels, zero-padded: output (oy, ox) of sample t
+// is column t * sample + oy * row + ox, and tap (dy, dx) reads the planes at that column + dy * row + dx.
+// The columns past a row's wo (and between samples) are computed and dropped: 12% more multiply-adds at
+// 16x16, where this replaces an im2col that wrote every kept input nine times (a 256-channel 16x16 conv
+// at batch 64: 20.1-20.9 -> 17.6-18.4 ms on 2 threads).
+struct Shifted {
+  int64_t row, sample, columns, plane;  // floats per padded row, per sample, GEMM columns, per plane
+  Shifted(const ConvGeometry& g, int64_t count)
+      : row(g.w + 2 * g.pw), sample((g.h + 2 * g.ph) * row), columns((count - 1) * sample + g.ho * row),
+        plane(count * sample + g.kw - 1) {}  // the last tap reads kw - 1 floats past the last sample
+};
+
+// The kept channels of the `members` samples of x (strides: any layout) as zero-padded planes.
+static void padded_planes(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& members,
+                          const std::vector<int64_t>& in_idx, const ConvGeometry& g, const Shifted& sh,
+                          std::vector<float>& planes) {
+  const int64_t kin = static_cast<int64_t>(in_idx.size());
+  planes.assign(static_cast<size_t>(kin * sh.plane), 0.0f);
+  for (size_t t = 0; t < members.size(); ++t) {
+    const float* sample = x + members[t] * strides[0];
+    for (int64_t iy = 0; iy < g.h; ++iy) {
+      for (int64_t ix = 0; ix < g.w; ++ix) {
+        const float* pixel = sample + iy * strides[2] + ix * strides[3];
+        float* dst = planes.data() + static_cast<int64_t>(t) * sh.sample + (iy + g.ph) * sh.row + ix + g.pw;
+        for (int64_t j = 0; j < kin; ++j) dst[j * sh.plane] = pixel[in_idx[j] * strides[1]];
+      }
+    }
+  }
+}
+
 namespace {
 
 using V8 = float __attribute__((vector_size(32)));
@@ -305,9 +342,29 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   };
 
   const auto runs = mask_groups(imp, omp, g);
+  const bool shifted = sgemm_ != nullptr && g.sh == 1 && g.sw == 1 && g.wo >= kMinPlanarRow;
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
+    const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx, int64_t ld,
+                              int64_t sample, int64_t row_stride) {
+      const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
+      for (int64_t t = 0; t < count; ++t) {
+        const int64_t s = members[t];
+        for (int64_t a = 0; a < kout; ++a) {
+          const int64_t o = out_idx[a];
+          const float bv = bp ? bp[o] : 0.0f;
+          const float* acc = ybuf.data() + a * ld + t * sample;
+          for (int64_t oy = 0; oy < g.ho; ++oy) {
+            const int64_t row = s * os[0] + o * os[1] + oy * os[2];
+            const int64_t res_row = s * rs[0] + o * rs[1] + oy * rs[2];
+            for (int64_t ox = 0; ox < g.wo; ++ox) {
+              op[row + ox * os[3]] = bias_act(acc[oy * row_stride + ox], bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
+            }
+          }
+        }
+      }
+    };
     for (int64_t r = begin; r < end; ++r) {
       const auto& members = runs[r];
       const int64_t first = members[0], count = static_cast<int64_t>(members.size());
@@ -316,6 +373,34 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
       if (kout == 0) continue;
       const int64_t depth = kin * taps, width = count * cols_per_row;
+      if (shifted && kin > 0) {
+        const Shifted sh(g, count);
+        padded_planes(xp, xs, members, in_idx, g, sh, planes);
+        wbuf.resize(static_cast<size_t>(taps * kout * kin));
+        for (int64_t a = 0; a < kout; ++a) {  // per tap, (kout, kin) row-major
+          for (int64_t j = 0; j < kin; ++j) {
+            const float* src = wp + (out_idx[a] * g.c_in + in_idx[j]) * taps;
+            for (int64_t tap = 0; tap < taps; ++tap) wbuf[(tap * kout + a) * kin + j] = src[tap];
+          }
+        }
+        ybuf.resize(static_cast<size_t>(kout * sh.columns));
+        // ybuf (kout, columns) += tap's weights (kout, kin) . the planes shifted by the tap (kin, columns),
+        // in BLAS's column-major terms: ybuf^T (columns, kout) = planes^T (columns, kin) . weights^T.
+        const int m = static_cast<int>(sh.columns), n = static_cast<int>(kout), k = static_cast<int>(kin);
+        const int lda = static_cast<int>(sh.plane);
+        const char no = 'N';
+        const float one = 1.0f;
+        for (int64_t dy = 0; dy < g.kh; ++dy) {
+          for (int64_t dx = 0; dx < g.kw; ++dx) {
+            const int64_t tap = dy * g.kw + dx;
+            const float beta = tap == 0 ? 0.0f : 1.0f;
+            sgemm_(&no, &no, &m, &n, &k, &one, planes.data() + dy * sh.row + dx, &lda, wbuf.data() + tap * kout * kin,
+                   &k, &beta, ybuf.data(), &m);
+          }
+        }
+        epilogue(members, out_idx, sh.columns, sh.sample, sh.row);
+        continue;
+      }
       cols.resize(std::max<int64_t>(1, depth * width));
       ybuf.resize(kout * width);
       for (int64_t t = 0; t < count; ++t) {
@@ -334,21 +419,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                      at::from_blob(cols.data(), {depth, width}, xc.options()));
         }
       }
-      for (int64_t t = 0; t < count; ++t) {
-        const int64_t s = members[t];
-        for (int64_t a = 0; a < kout; ++a) {
-          const int64_t o = out_idx[a];
-          const float bv = bp ? bp[o] : 0.0f;
-          const float* acc = ybuf.data() + a * width + t * cols_per_row;
-          for (int64_t oy = 0; oy < g.ho; ++oy) {
-            const int64_t row = s * os[0] + o * os[1] + oy * os[2];
-            const int64_t res_row = s * rs[0] + o * rs[1] + oy * rs[2];
-            for (int64_t ox = 0; ox < g.wo; ++ox) {
-              op[row + ox * os[3]] = bias_act(acc[oy * g.wo + ox], bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
-            }
-          }
-        }
-      }
+      epilogue(members, out_idx, width, cols_per_row, g.wo);
     }
   };
   // One group run per task; with fewer runs than threads, run them in turn and let the GEMM thread.
