@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "pathrt/buffer_pool.h"
 #include "pathrt/session.h"
 #include "pathrt/threads.h"
 
@@ -125,6 +126,20 @@ PYBIND11_MODULE(_C, m) {
       },
       "The session's thread policy on this thread: OpenMP threads, the measured wake-up of a parallel region "
       "(us) and the least work (multiply-adds) a step needs to run on all threads rather than one.");
+  m.def(
+      "buffer_pool",
+      [] {
+        const auto s = pathrt::buffer_pool_stats();
+        py::dict out;
+        out["installed"] = s.installed;
+        out["held_bytes"] = s.held_bytes;
+        out["free_bytes"] = s.free_bytes;
+        out["blocks"] = s.blocks;
+        out["min_block_bytes"] = pathrt::kMinPooledBytes;
+        return out;
+      },
+      "The pool of large CPU buffers that session calls reuse across calls: whether it is torch's CPU "
+      "allocator now, bytes held (in use and free), bytes free, blocks, and the least size it pools.");
   m.def(
       "bundle_format",
       [] {

@@ -68,6 +68,35 @@ def test_session_packs_conv_weights_per_batch_shape(embedded) -> None:
         assert_parity(eager.explain(x[:n]), session.explain(x[:n]))
 
 
+def test_session_reuses_large_buffers_across_calls(embedded) -> None:
+    """A session call's activations of 16 MB or more take blocks freed by earlier calls instead of fresh
+    pages (pathrt/buffer_pool.h): a second call of the same batch allocates nothing new and gives the
+    same results, allocations outside a call never enter the pool, and blocks that the last two calls
+    did not use go back to the system."""
+    from pathrt.data import load_digits
+
+    pool = extension.EXTENSION.buffer_pool  # type: ignore[union-attr]
+    generator = varied_generator(embedded.spec)
+    session = Explainer(embedded, generator, backend="session")
+    images = load_digits("test").images
+    big = embedded.preprocess(images[:160])  # the first conv's output: 160 x 32 x 32 x 32 floats, 21 MB
+    first = session.explain(big)
+    after_first = pool()
+    assert after_first["installed"] and after_first["blocks"] > 0
+    assert after_first["free_bytes"] == after_first["held_bytes"]  # nothing pooled outlives the call
+    second = session.explain(big)
+    assert pool()["held_bytes"] == after_first["held_bytes"]
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.masks, second.masks)
+    assert_parity(Explainer(embedded, generator, backend="eager").explain(big), second)
+    outside = torch.empty(64 << 20, dtype=torch.uint8)
+    assert pool()["held_bytes"] == after_first["held_bytes"] and outside.numel() > 0
+    small = embedded.preprocess(images[:4])
+    session.explain(small)
+    assert pool()["held_bytes"] == after_first["held_bytes"]  # the last call before this one used them
+    session.explain(small)
+    assert pool()["held_bytes"] == 0
+
+
 def test_session_small_batch_generator_on_odd_sizes() -> None:
     """The session's small-batch generator (csrc/include/pathrt/small_generator.h: batches up to 8 run
     through packed 16-wide weight panels in blocks of 6 rows) on sizes that fill no panel or block: 5 and

@@ -20,6 +20,7 @@
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
 #include "pathrt/small_generator.h"
+#include "pathrt/buffer_pool.h"
 #include "pathrt/threads.h"
 
 namespace pathrt {
@@ -960,6 +961,7 @@ ExplainResult ExplainSession::explain(const at::Tensor& images) const {
   at::init_num_threads();  // this thread's OpenMP and MKL counts from torch's setting, once per call
   ThreadLimit limit(impl_->info.num_threads);
   at::AutoGradMode no_grad(false);
+  const BufferScope buffers;  // large activations reuse the blocks of the last calls (pathrt/buffer_pool.h)
   return impl_->run(images.scalar_type() == at::kFloat ? images : images.to(at::kFloat));
 }
 
