@@ -1,13 +1,17 @@
-// PackedConv (pathrt/packed_conv.h): torch's mkldnn prepacked convolution ops through the dispatcher.
+// PackedConv (pathrt/packed_conv.h): torch's mkldnn prepacked convolution ops through the dispatcher, and
+// the batched GEMM conv for small output maps.
 #include "pathrt/packed_conv.h"
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include <algorithm>
+#include <cstring>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -47,6 +51,55 @@ const std::vector<int64_t> kOnes = {1, 1};
 constexpr int64_t kMinPackedMacs = int64_t{1} << 19;
 
 }  // namespace
+
+bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  const int64_t ho = (x.size(2) + 2 * padding[0] - weight.size(2)) / stride[0] + 1;
+  const int64_t wo = (x.size(3) + 2 * padding[1] - weight.size(3)) / stride[1] + 1;
+  const int64_t pixels = ho * wo;
+  return x.size(0) >= kMinGemmImages && x.size(0) * pixels >= kMinGemmRows &&
+         (pixels <= kGemmPixels || (pixels <= kGemmPixelsLargeWeight && weight.numel() >= kLargeWeight));
+}
+
+at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
+                       bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto w = weight.contiguous(at::MemoryFormat::ChannelsLast);  // (O, kh, kw, C) in memory
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), wd = input.size(3);
+  const int64_t o = w.size(0), kh = w.size(2), kw = w.size(3);
+  const int64_t ho = (h + 2 * padding[0] - kh) / stride[0] + 1, wo = (wd + 2 * padding[1] - kw) / stride[1] + 1;
+  const int64_t rows = n * ho * wo, depth = kh * kw * c;
+  auto cols = at::empty({rows, depth}, input.options());
+  const float* xp = input.data_ptr<float>();
+  float* cp = cols.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, depth)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t s = r / (ho * wo), oy = r / wo % ho, ox = r % wo;
+      float* dst = cp + r * depth;
+      for (int64_t dy = 0; dy < kh; ++dy) {
+        const int64_t iy = oy * stride[0] - padding[0] + dy;
+        for (int64_t dx = 0; dx < kw; ++dx, dst += c) {
+          const int64_t ix = ox * stride[1] - padding[1] + dx;
+          if (iy < 0 || iy >= h || ix < 0 || ix >= wd) {
+            std::fill(dst, dst + c, 0.0f);
+          } else {
+            std::memcpy(dst, xp + ((s * h + iy) * wd + ix) * c, static_cast<size_t>(c) * sizeof(float));
+          }
+        }
+      }
+    }
+  });
+  auto out = at::empty({n, ho, wo, o}, input.options());
+  auto out2d = out.view({rows, o});
+  const auto w2d = at::from_blob(const_cast<float*>(w.data_ptr<float>()), {o, depth}, input.options()).t();
+  if (bias.defined()) {
+    at::addmm_out(out2d, bias, cols, w2d);
+  } else {
+    at::mm_out(out2d, cols, w2d);
+  }
+  if (residual.defined()) out2d.add_(residual.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({rows, o}));
+  if (relu) out2d.relu_();
+  return out.permute({0, 3, 1, 2});
+}
 
 // The weight packed per input shape, most recently used first.
 struct PackedConv::Cache {
@@ -112,6 +165,7 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     if (residual.defined()) y.add_(residual);
     return relu ? y.relu_() : y;
   }
+  if (gemm_conv_pays(x, plain_, stride_, padding_)) return gemm_conv2d(x, plain_, bias, residual, relu, stride_, padding_);
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   const auto weight = packed_for(input);
   if (residual.defined()) {

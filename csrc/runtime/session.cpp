@@ -430,8 +430,10 @@ struct ExplainSession::Impl {
       if (bias.defined()) bias = bias.index_select(0, keep_out);
       if (residual.defined()) residual = residual.index_select(1, keep_out);
     }
-    auto y = at::conv2d(x, weight.contiguous(at::MemoryFormat::ChannelsLast), {}, s.stride, s.padding);
-    if (residual.defined()) y.add_(residual);
+    const bool gemm = gemm_conv_pays(x, weight, s.stride, s.padding);
+    auto y = gemm ? gemm_conv2d(x, weight, {}, residual, false, s.stride, s.padding)
+                  : at::conv2d(x, weight.contiguous(at::MemoryFormat::ChannelsLast), {}, s.stride, s.padding);
+    if (residual.defined() && !gemm) y.add_(residual);
     if (s.pathway >= 0 && s.relu) {
       const auto m = keep_out.defined() ? masks[s.pathway].index_select(1, keep_out) : masks[s.pathway];
       if (y.is_contiguous(y.suggest_memory_format())) {

@@ -46,6 +46,26 @@ class PackedConv {
   std::shared_ptr<Cache> cache_;
 };
 
+// A conv on small output maps as one GEMM over the whole batch: oneDNN runs a batch image by image,
+// and a map of a few pixels does too little arithmetic per weight to hide streaming a weight larger
+// than the L2 again for every image (ResNet-18@64's 512->512 3x3 at 2x2, batch 64: 10.7 ms in
+// oneDNN's packed conv, 62 GMAC/s on 2 cores). The im2col of the batch (rows: output pixels,
+// (tap, channel) columns, copied as channel runs from channels-last input) times the channels-last
+// weight read as a (O, kh*kw*C) matrix reads every weight once per call; bias by the GEMM, residual and
+// ReLU after it; channels-last out. Measured in the session (2 threads, interleaved): ResNet-18@64's
+// plain phase at batch 64 82 -> 53.6 ms, at 16 22.8 -> 16.3, at 4 7.6 -> 6.9, its pathway phase at
+// 64 45 -> 34 ms (union convs); at batch 1 slower (plain 3.8 -> 4.7 ms: MKL's GEMM of 4 rows against
+// oneDNN's), and so are VGG-11@64's 4x4 convs at batches 1 and 2 (plain 5.1 -> 5.9 and 9.3 -> 9.6 ms;
+// 16.0 -> 15.7 at 4): hence kMinGemmImages. At 4x4 it pays only for weights larger than the L2
+// (VGG-11@64's 512->512: plain 211 -> 202 ms at batch 64; the embedded model's 128->256 at 4x4 was
+// slower, 9.1 -> 9.7).
+constexpr int64_t kMinGemmImages = 4, kMinGemmRows = 16, kGemmPixels = 4, kGemmPixelsLargeWeight = 16;
+constexpr int64_t kLargeWeight = int64_t{1} << 20;  // floats: 4 MB
+bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
+// conv(x, weight) + bias (+ residual) (then ReLU) as above; x and weight NCHW or channels-last, float.
+at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
+                       bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding);
+
 // Whether PackedConv uses oneDNN in this build (torch built with MKLDNN, a CPU with its kernels).
 bool packed_convs_available();
 
