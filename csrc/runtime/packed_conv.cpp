@@ -60,14 +60,41 @@ bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArray
          (pixels <= kGemmPixels || (pixels <= kGemmPixelsLargeWeight && weight.numel() >= kLargeWeight));
 }
 
-at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
-                       bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding) {
-  const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+at::Tensor gemm_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in) {
   const auto w = weight.contiguous(at::MemoryFormat::ChannelsLast);  // (O, kh, kw, C) in memory
+  const int64_t o = w.size(0), c = w.size(1), taps = w.size(2) * w.size(3);
+  if (!keep_out.defined() && !keep_in.defined()) return w.permute({0, 2, 3, 1}).reshape({o, taps * c});
+  const auto out_idx = keep_out.defined() ? keep_out.contiguous() : at::arange(o, keep_in.options());
+  const auto in_idx = keep_in.defined() ? keep_in.contiguous() : at::arange(c, out_idx.options());
+  const int64_t kout = out_idx.numel(), kin = in_idx.numel();
+  auto rows = at::empty({kout, taps * kin}, w.options());
+  const float* wp = w.data_ptr<float>();
+  const int64_t* op = out_idx.data_ptr<int64_t>();
+  const int64_t* ip = in_idx.data_ptr<int64_t>();
+  float* rp = rows.data_ptr<float>();
+  at::parallel_for(0, kout, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, taps * kin)), [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const float* src = wp + (op[a] * taps + t) * c;
+        float* dst = rp + (a * taps + t) * kin;
+        for (int64_t j = 0; j < kin; ++j) dst[j] = src[ip[j]];
+      }
+    }
+  });
+  return rows;
+}
+
+at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const at::Tensor& keep_in, int64_t kh,
+                       int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
+                       c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), wd = input.size(3);
-  const int64_t o = w.size(0), kh = w.size(2), kw = w.size(3);
+  const auto in_idx = keep_in.defined() ? keep_in.contiguous() : at::Tensor();
+  const int64_t kin = in_idx.defined() ? in_idx.numel() : c;
+  const int64_t* ip = in_idx.defined() ? in_idx.data_ptr<int64_t>() : nullptr;
+  const int64_t o = weight_rows.size(0), depth = kh * kw * kin;
   const int64_t ho = (h + 2 * padding[0] - kh) / stride[0] + 1, wo = (wd + 2 * padding[1] - kw) / stride[1] + 1;
-  const int64_t rows = n * ho * wo, depth = kh * kw * c;
+  const int64_t rows = n * ho * wo;
   auto cols = at::empty({rows, depth}, input.options());
   const float* xp = input.data_ptr<float>();
   float* cp = cols.data_ptr<float>();
@@ -77,12 +104,17 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
       float* dst = cp + r * depth;
       for (int64_t dy = 0; dy < kh; ++dy) {
         const int64_t iy = oy * stride[0] - padding[0] + dy;
-        for (int64_t dx = 0; dx < kw; ++dx, dst += c) {
+        for (int64_t dx = 0; dx < kw; ++dx, dst += kin) {
           const int64_t ix = ox * stride[1] - padding[1] + dx;
           if (iy < 0 || iy >= h || ix < 0 || ix >= wd) {
-            std::fill(dst, dst + c, 0.0f);
+            std::fill(dst, dst + kin, 0.0f);
+            continue;
+          }
+          const float* pixel = xp + ((s * h + iy) * wd + ix) * c;
+          if (ip == nullptr) {
+            std::memcpy(dst, pixel, static_cast<size_t>(kin) * sizeof(float));
           } else {
-            std::memcpy(dst, xp + ((s * h + iy) * wd + ix) * c, static_cast<size_t>(c) * sizeof(float));
+            for (int64_t j = 0; j < kin; ++j) dst[j] = pixel[ip[j]];
           }
         }
       }
@@ -90,11 +122,10 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
   });
   auto out = at::empty({n, ho, wo, o}, input.options());
   auto out2d = out.view({rows, o});
-  const auto w2d = at::from_blob(const_cast<float*>(w.data_ptr<float>()), {o, depth}, input.options()).t();
   if (bias.defined()) {
-    at::addmm_out(out2d, bias, cols, w2d);
+    at::addmm_out(out2d, bias, cols, weight_rows.t());
   } else {
-    at::mm_out(out2d, cols, w2d);
+    at::mm_out(out2d, cols, weight_rows.t());
   }
   if (residual.defined()) out2d.add_(residual.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({rows, o}));
   if (relu) out2d.relu_();
@@ -165,7 +196,10 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     if (residual.defined()) y.add_(residual);
     return relu ? y.relu_() : y;
   }
-  if (gemm_conv_pays(x, plain_, stride_, padding_)) return gemm_conv2d(x, plain_, bias, residual, relu, stride_, padding_);
+  if (gemm_conv_pays(x, plain_, stride_, padding_)) {
+    return gemm_conv2d(x, gemm_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu, stride_,
+                       padding_);
+  }
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   const auto weight = packed_for(input);
   if (residual.defined()) {
