@@ -342,6 +342,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   };
 
   const auto runs = mask_groups(imp, omp, g);
+  // Shifted planes for output rows of kMinPlanarRow or more, as the planar im2col: narrower rows would
+  // compute many dropped padding columns (a quarter more at 8x8).
   const bool shifted = sgemm_ != nullptr && g.sh == 1 && g.sw == 1 && g.wo >= kMinPlanarRow;
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
