@@ -60,7 +60,7 @@ bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArray
          (pixels <= kGemmPixels || (pixels <= kGemmPixelsLargeWeight && weight.numel() >= kLargeWeight));
 }
 
-at::Tensor gemm_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in) {
+at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in) {
   const auto w = weight.contiguous(at::MemoryFormat::ChannelsLast);  // (O, kh, kw, C) in memory
   const int64_t o = w.size(0), c = w.size(1), taps = w.size(2) * w.size(3);
   if (!keep_out.defined() && !keep_in.defined()) return w.permute({0, 2, 3, 1}).reshape({o, taps * c});
@@ -197,7 +197,7 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     return relu ? y.relu_() : y;
   }
   if (gemm_conv_pays(x, plain_, stride_, padding_)) {
-    return gemm_conv2d(x, gemm_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu, stride_,
+    return gemm_conv2d(x, kept_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu, stride_,
                        padding_);
   }
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);

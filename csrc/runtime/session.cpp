@@ -16,11 +16,11 @@
 #include <optional>
 #include <set>
 
+#include "pathrt/buffer_pool.h"
 #include "pathrt/digest.h"
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
 #include "pathrt/small_generator.h"
-#include "pathrt/buffer_pool.h"
 #include "pathrt/threads.h"
 
 namespace pathrt {
@@ -460,18 +460,15 @@ struct ExplainSession::Impl {
       if (bias.defined()) bias = bias.index_select(0, keep_out);
       if (residual.defined()) residual = select_channels(residual, keep_out);
     }
+    const auto rows = kept_weight(s.conv.weight(), keep_out, keep_in);  // (kout, kh * kw * kin)
+    const int64_t kh = s.weight.size(2), kw = s.weight.size(3);
     at::Tensor y;
-    if (gemm_conv_pays(x, s.weight, s.stride, s.padding)) {  // the kept channels straight from the weight and x
-      y = gemm_conv2d(x, gemm_weight(s.conv.weight(), keep_out, keep_in), keep_in, s.weight.size(2),
-                      s.weight.size(3), {}, residual, false, s.stride, s.padding);
+    if (gemm_conv_pays(x, s.weight, s.stride, s.padding)) {  // x's kept channels go straight into the im2col
+      y = gemm_conv2d(x, rows, keep_in, kh, kw, {}, residual, false, s.stride, s.padding);
     } else {
-      at::Tensor weight = s.weight;
-      if (keep_in.defined()) {
-        x = select_channels(x, keep_in);
-        weight = weight.index_select(1, keep_in);
-      }
-      if (keep_out.defined()) weight = weight.index_select(0, keep_out);
-      y = at::conv2d(x, weight.contiguous(at::MemoryFormat::ChannelsLast), {}, s.stride, s.padding);
+      if (keep_in.defined()) x = select_channels(x, keep_in);
+      const auto weight = rows.view({rows.size(0), kh, kw, x.size(1)}).permute({0, 3, 1, 2});  // channels-last
+      y = at::conv2d(x, weight, {}, s.stride, s.padding);
       if (residual.defined()) y.add_(residual);
     }
     if (s.pathway >= 0 && s.relu) {

@@ -62,10 +62,11 @@ class PackedConv {
 constexpr int64_t kMinGemmImages = 4, kMinGemmRows = 16, kGemmPixels = 4, kGemmPixelsLargeWeight = 16;
 constexpr int64_t kLargeWeight = int64_t{1} << 20;  // floats: 4 MB
 bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
-// The GEMM's weight: rows keep_out of the (O, C, kh, kw) weight, each its (tap, channel) values over
-// the channels keep_in (undefined: all; a view of a channels-last weight when both are).
-at::Tensor gemm_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in);
-// conv(x's channels keep_in (undefined: all), weight_rows from gemm_weight) + bias (+ residual) (then
+// The kept weights as gemm_conv2d's matrix: rows keep_out of the (O, C, kh, kw) weight, each its (tap,
+// channel) values over the channels keep_in (undefined: all; a view of a channels-last weight when both
+// are), gathered in one pass; viewed (kout, kh, kw, kin), a channels-last conv weight.
+at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in);
+// conv(x's channels keep_in (undefined: all), weight_rows from kept_weight) + bias (+ residual) (then
 // ReLU) as above, kh x kw kernel; x NCHW or channels-last, float; channels-last out.
 at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const at::Tensor& keep_in, int64_t kh,
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
