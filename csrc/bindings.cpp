@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "pathrt/buffer_pool.h"
+#include "pathrt/kernels.h"
 #include "pathrt/session.h"
 #include "pathrt/threads.h"
 
@@ -162,6 +163,7 @@ PYBIND11_MODULE(_C, m) {
   input_error = py::object(errors.attr("InputError")).release().ptr();
   m.attr("BundleError") = py::handle(bundle_error);
   m.attr("InputError") = py::handle(input_error);
+  m.attr("DOT_MAX_PIXELS") = pathrt::kDotMaxPixels;
   py::register_exception_translator([](std::exception_ptr error) {
     try {
       if (error) std::rethrow_exception(error);

@@ -197,3 +197,16 @@ def test_both_executors_follow_the_policy_they_are_given(embedded, policy: list[
     out = _open(_join(header, json.dumps({**meta, "conv_strategies": policy}), body)).explain(x)
     report = parity.compare(out, eager)
     assert report.ok, report.describe()
+
+
+def test_union_runs_as_sparse_on_the_pixels_the_cxx_kernel_reads_in_place() -> None:
+    """The executors' shared rule: union runs as sparse at one sample, and on CPU on as many output
+    pixels as the C++ sparse kernel's in-place dot products serve (the session applies that bound)."""
+    from pathrt.kernels import native
+
+    limit = bundle_format.UNION_AS_SPARSE_MAX_PIXELS["cpu"]
+    assert limit == native.EXTENSION.DOT_MAX_PIXELS
+    assert bundle_format.union_runs_as_sparse("cpu", 4, limit)
+    assert not bundle_format.union_runs_as_sparse("cpu", 4, limit + 1)
+    assert bundle_format.union_runs_as_sparse("cuda", 1, 4096)
+    assert not bundle_format.union_runs_as_sparse("cuda", 2, 8)

@@ -5,13 +5,15 @@
 //   pathway_conv2d      a per-sample channel-sparse convolution: removed output channels are never
 //                       computed, removed input channels never read (a GEMM per group of samples with
 //                       equal masks, over shifted padded planes at stride 1 and gathered columns
-//                       otherwise; dot products over the kept weights for a few pixels).
+//                       otherwise; for a few pixels, dot products over the kept weights read in place:
+//                       OIHW rows, or an input-major weight's kept-input rows).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -212,40 +214,117 @@ static void padded_planes(const float* x, at::IntArrayRef strides, const std::ve
 namespace {
 
 using V8 = float __attribute__((vector_size(32)));
-using V8Unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
-constexpr int64_t kVec = 8;            // floats per vector: dot-product rows are padded to a multiple
+using V16 = float __attribute__((vector_size(64)));
+constexpr int64_t kRowAlign = 16;      // floats: pixel rows (and in-place weight rows) are a multiple
 constexpr int64_t kBlockOuts = 4;      // weight rows per register block
-constexpr int64_t kBlockPixels = 3;    // pixel rows per block: 12 accumulators, 7 loads per 12 FMAs
-constexpr int64_t kDotMaxPixels = 16;  // runs of at most this many output pixels take the dot products
+constexpr int64_t kSlabOuts = kInputMajorBlock;  // outputs per block of the input-major kernel
 
-inline float lane_sum(V8 v) {
-  float lanes[kVec];
-  std::memcpy(lanes, &v, sizeof(v));
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+template <typename V>
+[[gnu::always_inline]] inline float lane_sum(const V& v) {
+  constexpr int lanes = sizeof(V) / sizeof(float);
+  float l[lanes];
+  std::memcpy(l, &v, sizeof(V));
+  for (int width = lanes / 2; width > 0; width /= 2) {
+    for (int i = 0; i < width; ++i) l[i] += l[i + width];
+  }
+  return l[0];
 }
 
-// y[a * width + p] = w[a] . cols[p] over `ld` floats (a multiple of kVec), for the kBlockOuts weight
-// rows (the first `outs` are stored) and each of the `width` pixel rows of cols. For convs with a few
-// output pixels (ResNet's layer 3 and 4 at batch 1), where gathering the kept weights for a GEMM costs
-// more than the arithmetic: each kept weight is read once, in place when every input channel is kept.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void dot_rows(
-    const float* const* w, int64_t outs, const float* cols, int64_t width, int64_t ld, float* y) {
-  for (int64_t p0 = 0; p0 < width; p0 += kBlockPixels) {
-    const float* c[kBlockPixels];
-    for (int64_t p = 0; p < kBlockPixels; ++p) c[p] = cols + std::min(p0 + p, width - 1) * ld;  // tails recompute
-    V8 acc[kBlockOuts][kBlockPixels] = {};
-    for (int64_t k = 0; k < ld; k += kVec) {
-      V8 cv[kBlockPixels];
-      for (int64_t p = 0; p < kBlockPixels; ++p) cv[p] = *reinterpret_cast<const V8Unaligned*>(c[p] + k);
+// y[a * width + p] = w[a] . rows[p] over `ld` floats (a multiple of kRowAlign), for the kBlockOuts weight
+// rows (the first `outs` are stored) and each of the `width` pixel rows, kPixels at a time (tails
+// recompute the last row). Inlined into one function per instruction set below.
+template <typename V, int64_t kPixels>
+[[gnu::always_inline]] inline void dot_rows_body(const float* const* w, int64_t outs, const float* rows, int64_t width,
+                                                 int64_t ld, float* y) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(float);
+  for (int64_t p0 = 0; p0 < width; p0 += kPixels) {
+    const float* c[kPixels];
+    for (int64_t p = 0; p < kPixels; ++p) c[p] = rows + std::min(p0 + p, width - 1) * ld;
+    V acc[kBlockOuts][kPixels] = {};
+    for (int64_t k = 0; k < ld; k += lanes) {
+      V cv[kPixels];
+      for (int64_t p = 0; p < kPixels; ++p) std::memcpy(&cv[p], c[p] + k, sizeof(V));
       for (int64_t a = 0; a < kBlockOuts; ++a) {
-        const V8 wv = *reinterpret_cast<const V8Unaligned*>(w[a] + k);
-        for (int64_t p = 0; p < kBlockPixels; ++p) acc[a][p] += wv * cv[p];
+        V wv;
+        std::memcpy(&wv, w[a] + k, sizeof(V));
+        for (int64_t p = 0; p < kPixels; ++p) acc[a][p] += wv * cv[p];
       }
     }
-    for (int64_t p = 0; p < std::min(kBlockPixels, width - p0); ++p) {
+    for (int64_t p = 0; p < std::min(kPixels, width - p0); ++p) {
       for (int64_t a = 0; a < outs; ++a) y[a * width + p0 + p] = lane_sum(acc[a][p]);
     }
   }
+}
+
+// AVX-512: 16 accumulators of 16 floats, 8 loads per 16 FMAs (twice AVX2's multiply-adds per cycle).
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void dot_rows_avx512(const float* const* w, int64_t outs,
+                                                                          const float* rows, int64_t width,
+                                                                          int64_t ld, float* y) {
+  dot_rows_body<V16, 4>(w, outs, rows, width, ld, y);
+}
+// AVX2: 12 accumulators of 8 floats, 7 loads per 12 FMAs.
+__attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* const* w, int64_t outs, const float* rows,
+                                                      int64_t width, int64_t ld, float* y) {
+  dot_rows_body<V8, 3>(w, outs, rows, width, ld, y);
+}
+void dot_rows_baseline(const float* const* w, int64_t outs, const float* rows, int64_t width, int64_t ld, float* y) {
+  dot_rows_body<V8, 3>(w, outs, rows, width, ld, y);
+}
+
+// y[p * ldy + o] = sum over k < depth of w[offsets[k] + o] * rows[p * ld + k], for the kSlabOuts outputs o
+// and each of the `width` pixel rows, kPixels at a time: an input-major weight's rows (one per kept
+// input channel and tap) scaled by the pixels' values, vectors over the outputs. Reads only the kept
+// inputs' weights, contiguously, for convs whose input is sparse and output dense (each ResNet block's
+// second conv), where OIHW rows hold the kept inputs scattered.
+template <typename V, int64_t kPixels>
+[[gnu::always_inline]] inline void slab_rows_body(const float* w, const int64_t* offsets, int64_t depth,
+                                                  const float* rows, int64_t ld, int64_t width, float* y,
+                                                  int64_t ldy) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(float), vecs = kSlabOuts / lanes;
+  for (int64_t p0 = 0; p0 < width; p0 += kPixels) {
+    const float* c[kPixels];
+    for (int64_t p = 0; p < kPixels; ++p) c[p] = rows + std::min(p0 + p, width - 1) * ld;  // tails recompute
+    V acc[vecs][kPixels] = {};
+    for (int64_t k = 0; k < depth; ++k) {
+      const float* wk = w + offsets[k];
+      for (int64_t v = 0; v < vecs; ++v) {
+        V wv;
+        std::memcpy(&wv, wk + v * lanes, sizeof(V));
+        for (int64_t p = 0; p < kPixels; ++p) acc[v][p] += wv * c[p][k];
+      }
+    }
+    for (int64_t p = 0; p < std::min(kPixels, width - p0); ++p) {
+      for (int64_t v = 0; v < vecs; ++v) std::memcpy(y + (p0 + p) * ldy + v * lanes, &acc[v][p], sizeof(V));
+    }
+  }
+}
+
+// AVX-512: 4 x 4 accumulators, 4 loads and 4 broadcasts per 16 FMAs; AVX2: 8 x 1.
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void slab_rows_avx512(const float* w, const int64_t* offsets,
+                                                                           int64_t depth, const float* rows,
+                                                                           int64_t ld, int64_t width, float* y,
+                                                                           int64_t ldy) {
+  slab_rows_body<V16, 4>(w, offsets, depth, rows, ld, width, y, ldy);
+}
+__attribute__((target("avx2,fma"))) void slab_rows_avx2(const float* w, const int64_t* offsets, int64_t depth,
+                                                       const float* rows, int64_t ld, int64_t width, float* y,
+                                                       int64_t ldy) {
+  slab_rows_body<V8, 1>(w, offsets, depth, rows, ld, width, y, ldy);
+}
+void slab_rows_baseline(const float* w, const int64_t* offsets, int64_t depth, const float* rows, int64_t ld,
+                        int64_t width, float* y, int64_t ldy) {
+  slab_rows_body<V8, 1>(w, offsets, depth, rows, ld, width, y, ldy);
+}
+
+// The best of a kernel's three builds for this CPU; PATHRT_CPU_KERNELS=avx2 or =baseline caps the choice
+// (the tests run every build on an AVX-512 machine that way).
+template <typename Fn>
+Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
+  const char* cap = std::getenv("PATHRT_CPU_KERNELS");
+  const std::string level = cap ? cap : "";
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (__builtin_cpu_supports("avx512f") && level.empty()) return avx512;
+  return has_avx2 && level != "baseline" ? avx2 : baseline;
 }
 
 }  // namespace
@@ -285,7 +364,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                               at::IntArrayRef padding, bool relu) {
   const ConvGeometry g = check_pathway_conv2d(x, weight, bias, residual, in_mask, out_mask, stride, padding);
   const auto format = dense_format(x);  // the output keeps x's layout (NCHW or channels-last)
-  const auto xc = x.contiguous(format), wc = weight.contiguous();
+  const auto xc = x.contiguous(format);
   const auto bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   const auto rc = residual.has_value() ? residual->contiguous(format) : at::Tensor();
   const auto im = in_mask.has_value() ? in_mask->contiguous() : at::Tensor();
@@ -295,12 +374,23 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto rs = rc.defined() ? rc.strides() : os;
   const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;
   const float* xp = xc.data_ptr<float>();
-  const float* wp = wc.data_ptr<float>();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
   const bool* imp = im.defined() ? im.data_ptr<bool>() : nullptr;
   const bool* omp = om.defined() ? om.data_ptr<bool>() : nullptr;
   float* op = out.data_ptr<float>();
+  const auto runs = mask_groups(imp, omp, g);
+  // Shifted planes for output rows of kMinPlanarRow or more, as the planar im2col: narrower rows would
+  // compute many dropped padding columns (a quarter more at 8x8).
+  const bool shifted = sgemm_ != nullptr && g.sh == 1 && g.sw == 1 && g.wo >= kMinPlanarRow;
+  // An input-major weight ((C_in, kH, kW, C_out) in memory) is read in place when every run takes the dot
+  // products, by the input-major kernel; any other layout, or a wider run, reads OIHW rows.
+  const bool dots_only = !shifted && std::all_of(runs.begin(), runs.end(), [&](const std::vector<int64_t>& run) {
+    return static_cast<int64_t>(run.size()) * g.ho * g.wo <= kDotMaxPixels;
+  });
+  const bool input_major = dots_only && g.c_out % kSlabOuts == 0 && weight.permute({1, 2, 3, 0}).is_contiguous();
+  const auto wc = input_major ? weight : weight.contiguous();
+  const float* wp = wc.data_ptr<float>();
 
   // The kept weights of output channel o, (j, tap) order, to dst.
   const auto gather_weights = [&](int64_t o, const std::vector<int64_t>& in_idx, float* dst) {
@@ -309,17 +399,54 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       std::copy(src, src + taps, dst + static_cast<int64_t>(j) * taps);
     }
   };
-  // ybuf (kout, width) = the kept weights . the columns (depth, width), as dot products over pixel rows;
-  // blocks of kBlockOuts outputs split over threads when the run has enough work.
-  const auto dot_products = [&](const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx,
-                                int64_t width, const std::vector<float>& cols, std::vector<float>& ybuf) {
+  // ybuf = the kept weights . the members' pixel rows (kept inputs, (channel, tap) order, zero-padded):
+  // (width, C_out) by the input-major kernel, else (kout, width) by dot products. In place, when at
+  // least half the inputs are kept, the kept outputs' OIHW rows are read as they are, over every input
+  // channel, the removed ones' columns zero: a few pixels do too little arithmetic per weight to repay
+  // copying the kept weights out. Blocks of outputs split over threads when the run has enough work.
+  const auto dot_products = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
+                                const std::vector<int64_t>& out_idx, int64_t width, std::vector<float>& ybuf) {
     const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
-    const int64_t depth = kin * taps, ld = (depth + kVec - 1) / kVec * kVec;
-    std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);  // the columns as zero-padded pixel rows
-    for (int64_t k = 0; k < depth; ++k) {
-      for (int64_t p = 0; p < width; ++p) rows[p * ld + k] = cols[k * width + p];
+    const bool in_place = !input_major && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
+    const int64_t depth = (in_place ? g.c_in : kin) * taps, ld = (depth + kRowAlign - 1) / kRowAlign * kRowAlign;
+    std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);
+    for (size_t t = 0; t < members.size(); ++t) {
+      const float* sample = xp + members[t] * xs[0];
+      for (int64_t oy = 0; oy < g.ho; ++oy) {
+        for (int64_t ox = 0; ox < g.wo; ++ox) {
+          float* row = rows.data() + (static_cast<int64_t>(t) * cols_per_row + oy * g.wo + ox) * ld;
+          for (int64_t dy = 0; dy < g.kh; ++dy) {
+            const int64_t iy = conv_input_coord(oy, dy, g.sh, g.ph, g.h);
+            for (int64_t dx = 0; dx < g.kw && iy >= 0; ++dx) {
+              const int64_t ix = conv_input_coord(ox, dx, g.sw, g.pw, g.w);
+              if (ix < 0) continue;
+              const float* pixel = sample + iy * xs[2] + ix * xs[3];
+              float* col = row + dy * g.kw + dx;
+              for (int64_t j = 0; j < kin; ++j) col[(in_place ? in_idx[j] : j) * taps] = pixel[in_idx[j] * xs[1]];
+            }
+          }
+        }
+      }
     }
-    const bool in_place = kin == g.c_in && ld == depth;  // OIHW rows are already (j, tap) ordered
+    if (input_major) {
+      ybuf.resize(static_cast<size_t>(width * g.c_out));
+      std::vector<int64_t> offsets(static_cast<size_t>(depth));  // of the kept inputs' weight rows
+      for (int64_t k = 0; k < depth; ++k) offsets[k] = (in_idx[k / taps] * taps + k % taps) * g.c_out;
+      std::vector<int64_t> slabs;  // the blocks of kSlabOuts outputs that hold a kept one
+      for (const int64_t o : out_idx) {
+        if (slabs.empty() || slabs.back() != o / kSlabOuts) slabs.push_back(o / kSlabOuts);
+      }
+      const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kSlabOuts * depth * width));
+      at::parallel_for(0, static_cast<int64_t>(slabs.size()), grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t o0 = slabs[b] * kSlabOuts;
+          static const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
+          slab_rows(wp + o0, offsets.data(), depth, rows.data(), ld, width, ybuf.data() + o0, g.c_out);
+        }
+      });
+      return;
+    }
+    ybuf.resize(static_cast<size_t>(kout * width));
     const int64_t blocks = (kout + kBlockOuts - 1) / kBlockOuts;
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kBlockOuts * ld * width));
     at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
@@ -336,32 +463,29 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
             w[a] = gathered.data() + a * ld;
           }
         }
+        static const auto dot_rows = for_this_cpu(dot_rows_avx512, dot_rows_avx2, dot_rows_baseline);
         dot_rows(w, outs, rows.data(), width, ld, ybuf.data() + a0 * width);
       }
     });
   };
 
-  const auto runs = mask_groups(imp, omp, g);
-  // Shifted planes for output rows of kMinPlanarRow or more, as the planar im2col: narrower rows would
-  // compute many dropped padding columns (a quarter more at 8x8).
-  const bool shifted = sgemm_ != nullptr && g.sh == 1 && g.sw == 1 && g.wo >= kMinPlanarRow;
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
-    const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx, int64_t ld,
-                              int64_t sample, int64_t row_stride) {
+    // out = bias_act(the accumulator of kept output a (channel o) at pixel (oy, ox) of member t): value(a, o, t, oy, ox).
+    const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx,
+                              const auto& value) {
       const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
       for (int64_t t = 0; t < count; ++t) {
         const int64_t s = members[t];
         for (int64_t a = 0; a < kout; ++a) {
           const int64_t o = out_idx[a];
           const float bv = bp ? bp[o] : 0.0f;
-          const float* acc = ybuf.data() + a * ld + t * sample;
           for (int64_t oy = 0; oy < g.ho; ++oy) {
             const int64_t row = s * os[0] + o * os[1] + oy * os[2];
             const int64_t res_row = s * rs[0] + o * rs[1] + oy * rs[2];
             for (int64_t ox = 0; ox < g.wo; ++ox) {
-              op[row + ox * os[3]] = bias_act(acc[oy * row_stride + ox], bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
+              op[row + ox * os[3]] = bias_act(value(a, o, t, oy, ox), bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
             }
           }
         }
@@ -400,17 +524,26 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                    &k, &beta, ybuf.data(), &m);
           }
         }
-        epilogue(members, out_idx, sh.columns, sh.sample, sh.row);
+        epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
+          return ybuf[a * sh.columns + t * sh.sample + oy * sh.row + ox];
+        });
         continue;
       }
-      cols.resize(std::max<int64_t>(1, depth * width));
-      ybuf.resize(kout * width);
-      for (int64_t t = 0; t < count; ++t) {
-        gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, planes);
-      }
+      const auto pixel = [&](int64_t t, int64_t oy, int64_t ox) { return t * cols_per_row + oy * g.wo + ox; };
       if (width <= kDotMaxPixels) {
-        dot_products(in_idx, out_idx, width, cols, ybuf);
+        dot_products(members, in_idx, out_idx, width, ybuf);
+        if (input_major) {
+          epilogue(members, out_idx, [&](int64_t, int64_t o, int64_t t, int64_t oy, int64_t ox) {
+            return ybuf[pixel(t, oy, ox) * g.c_out + o];
+          });
+          continue;
+        }
       } else {
+        ybuf.resize(static_cast<size_t>(kout * width));
+        cols.resize(std::max<int64_t>(1, depth * width));
+        for (int64_t t = 0; t < count; ++t) {
+          gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, planes);
+        }
         wbuf.resize(std::max<int64_t>(1, kout * depth));
         for (int64_t a = 0; a < kout; ++a) gather_weights(out_idx[a], in_idx, wbuf.data() + a * depth);
         auto y = at::from_blob(ybuf.data(), {kout, width}, xc.options());
@@ -421,7 +554,9 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                      at::from_blob(cols.data(), {depth, width}, xc.options()));
         }
       }
-      epilogue(members, out_idx, width, cols_per_row, g.wo);
+      epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
+        return ybuf[a * width + pixel(t, oy, ox)];
+      });
     }
   };
   // One group run per task; with fewer runs than threads, run them in turn and let the GEMM thread.

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathrt import opspec
-from pathrt.bundle_format import FALLBACK_STRATEGY, STRATEGIES, StrategyRule, conv_strategies
+from pathrt.bundle_format import FALLBACK_STRATEGY, STRATEGIES, StrategyRule, conv_strategies, union_runs_as_sparse
 from pathrt.runtime import ops
 from pathrt.targets.plan import ZERO_PRESERVING, Plan, Step, batchnorm_affine, build_plan
 from pathrt.targets.spec import PathwaySpec
@@ -115,6 +115,7 @@ class PlanRunner:
                 if step.op == "conv2d":
                     self.conv_weights[step.module] = m.weight.detach().contiguous(memory_format=self.memory_format)
         device = next(iter(self.weights.values()))[0].device if self.weights else torch.device("cpu")
+        self.device_type = device.type
         self.policy = policy if policy is not None else conv_strategies(device.type)
         self.first = self.plan.pathway_steps[0]
         self.last_read = {v: i for i, s in enumerate(self.plan.steps) for v in s.inputs}
@@ -303,10 +304,12 @@ class PlanRunner:
         pixels = stats.batch * math.prod(self.shapes[step.output][2:])
         for rule in self.policy:
             if pixels >= rule.min_batch_pixels and stats.measure(rule.measure, step) <= rule.limit:
-                # (sparse also when nothing is kept: the sparse kernel handles empty sets). One sample's union
-                # is its own channels: the sparse kernel computes the same conv there with one weight gather
-                # instead of three copies (ResNet-18@64, batch 1: pathway pass 11.4 -> see the issue-16 note)
-                return "sparse" if rule.name == "union" and stats.batch == 1 else rule.name
+                # (sparse also when nothing is kept: the sparse kernel handles empty sets). Union runs as sparse
+                # at one sample (the same channels, one weight gather instead of three copies) and, on CPU, on
+                # a few pixels (the bundle_format.UNION_AS_SPARSE_MAX_PIXELS rule)
+                if rule.name == "union" and union_runs_as_sparse(self.device_type, stats.batch, pixels):
+                    return "sparse"
+                return rule.name
         return FALLBACK_STRATEGY
 
     def _conv(self, step: Step, values: dict[int, torch.Tensor], masks: list[torch.Tensor], stats: _MaskStats,
