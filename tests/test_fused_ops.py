@@ -140,17 +140,25 @@ def _input_major(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
 
 
-# (case, weight layout): gathered weights; kept OIHW rows in place over every input (16 inputs, at
-# least half kept); an input-major weight read in place (64 outputs, at most 16 output pixels per run)
+def _laid_out(weight: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "input_major":
+        return _input_major(weight)
+    return weight.contiguous(memory_format=CL) if layout == "channels_last" else weight
+
+
+# (case, weight layout): gathered weights; kept OIHW or channels-last rows in place over every input
+# (16 inputs, at least half kept); an input-major weight read in place (64 outputs, at most 16 output
+# pixels per run)
 NEVER_READ_CASES = [(CONV_CASES[1], "oihw"), ((1, 16, 4, 4, 7, 3, 2, 1), "oihw"),
-                    ((2, 12, 4, 4, 64, 3, 2, 1), "input_major"), ((1, 6, 4, 4, 128, 3, 1, 1), "input_major")]
+                    ((1, 16, 4, 4, 7, 3, 2, 1), "channels_last"), ((2, 12, 4, 4, 64, 3, 2, 1), "input_major"),
+                    ((1, 6, 4, 4, 128, 3, 1, 1), "input_major")]
 
 
 @pytest.mark.parametrize(("case", "weight_layout"), NEVER_READ_CASES)
 def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(case, weight_layout: str) -> None:
     x, weight, bias, _, in_mask, out_mask, s, p = _conv_inputs(case, "nchw", 0.6, 0.5, False)
     poisoned = torch.where(in_mask[:, :, None, None], x, torch.tensor(float("nan")))
-    w = _input_major(weight) if weight_layout == "input_major" else weight
+    w = _laid_out(weight, weight_layout)
     out = ops.pathway_conv2d(poisoned, w, bias, None, in_mask, out_mask, s, p, relu=False)
     assert not out.isnan().any()  # the NaN channels were never read
     assert (out[~out_mask] == 0).all()  # removed outputs are exact zeros, not relu(bias)
@@ -158,24 +166,27 @@ def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(
     torch.testing.assert_close(out, ref)
 
 
-INPUT_MAJOR_CASES = [
-    (1, 12, 4, 4, 64, 3, 1, 1),  # 16 output pixels: read in place by the input-major kernel
-    (3, 8, 4, 4, 128, 3, 2, 1),  # 4 per sample, runs of up to 12: in place
-    (1, 20, 2, 2, 64, 1, 1, 0),  # a 1x1 kernel
+WEIGHT_LAYOUT_CASES = [
+    (1, 12, 4, 4, 64, 3, 1, 1),  # 16 output pixels: read in place (input-major: by its own kernel)
+    (3, 16, 4, 4, 128, 3, 2, 1),  # 4 per sample, runs of up to 12: in place
+    (1, 32, 2, 2, 64, 1, 1, 0),  # a 1x1 kernel
     (2, 4, 8, 8, 64, 3, 1, 1),  # 64 per sample: copied to OIHW for the GEMMs
-    (1, 4, 4, 4, 48, 3, 1, 1),  # outputs not a multiple of 64: copied to OIHW
+    (1, 4, 4, 4, 48, 3, 1, 1),  # outputs not a multiple of 64: input-major copied to OIHW
 ]
 
 
-@pytest.mark.parametrize("case", INPUT_MAJOR_CASES)
+@pytest.mark.parametrize("case", WEIGHT_LAYOUT_CASES)
+@pytest.mark.parametrize("weight_layout", ["input_major", "channels_last"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize(("in_p", "out_p", "residual"), [(1.0, 1.0, False), (0.4, 1.0, True), (0.5, 0.4, False),
+@pytest.mark.parametrize(("in_p", "out_p", "residual"), [(1.0, 1.0, False), (0.6, 1.0, True), (0.5, 0.4, False),
                                                          (0.0, 1.0, True)])
-def test_pathway_conv2d_input_major_weight(case, layout: str, in_p: float, out_p: float, residual: bool) -> None:
-    """A weight laid out (C_in, kH, kW, C_out) in memory gives the OIHW weight's result, whichever kernel
-    reads it."""
+def test_pathway_conv2d_weight_layouts(case, weight_layout: str, layout: str, in_p: float, out_p: float,
+                                       residual: bool) -> None:
+    """A weight laid out (C_in, kH, kW, C_out) or channels-last in memory gives the OIHW weight's result,
+    whichever kernel reads it."""
     args = _conv_inputs(case, layout, in_p, out_p, residual)
-    out = ops.pathway_conv2d(args[0], _input_major(args[1]), *args[2:6], stride=args[6], padding=args[7], relu=True)
+    out = ops.pathway_conv2d(args[0], _laid_out(args[1], weight_layout), *args[2:6], stride=args[6],
+                             padding=args[7], relu=True)
     ref = opspec.pathway_conv2d_reference(*args, True)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
@@ -188,12 +199,14 @@ def test_pathway_conv2d_dot_products_of_every_instruction_set(level: str) -> Non
         "import torch\n"
         "from pathrt import opspec\n"
         "from pathrt.runtime import ops\n"
-        "from tests.test_fused_ops import _conv_inputs, _input_major\n"
-        "for case, major in [((1, 16, 4, 4, 7, 3, 2, 1), False), ((3, 6, 5, 4, 7, 3, 2, 1), False),\n"
-        "                    ((1, 12, 4, 4, 64, 3, 1, 1), True), ((3, 8, 4, 4, 128, 3, 2, 1), True)]:\n"
+        "from tests.test_fused_ops import _conv_inputs, _laid_out\n"
+        "for case, layout in [((1, 16, 4, 4, 7, 3, 2, 1), 'oihw'), ((3, 6, 5, 4, 7, 3, 2, 1), 'oihw'),\n"
+        "                     ((1, 16, 4, 4, 7, 3, 2, 1), 'channels_last'),\n"
+        "                     ((1, 12, 4, 4, 64, 3, 1, 1), 'input_major'),\n"
+        "                     ((3, 8, 4, 4, 128, 3, 2, 1), 'input_major')]:\n"
         "    for in_p, out_p in [(1.0, 0.5), (0.6, 0.5), (0.4, 1.0)]:\n"
         "        x, w, b, r, im, om, s, p = _conv_inputs(case, 'channels_last', in_p, out_p, True)\n"
-        "        out = ops.pathway_conv2d(x, _input_major(w) if major else w, b, r, im, om, s, p, relu=True)\n"
+        "        out = ops.pathway_conv2d(x, _laid_out(w, layout), b, r, im, om, s, p, relu=True)\n"
         "        ref = opspec.pathway_conv2d_reference(x, w, b, r, im, om, s, p, True)\n"
         "        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)\n"
         "print('ok')\n"

@@ -383,31 +383,40 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // Shifted planes for output rows of kMinPlanarRow or more, as the planar im2col: narrower rows would
   // compute many dropped padding columns (a quarter more at 8x8).
   const bool shifted = sgemm_ != nullptr && g.sh == 1 && g.sw == 1 && g.wo >= kMinPlanarRow;
-  // An input-major weight ((C_in, kH, kW, C_out) in memory) is read in place when every run takes the dot
-  // products, by the input-major kernel; any other layout, or a wider run, reads OIHW rows.
+  // The weight is read in its layout: OIHW, channels-last or input-major ((C_in, kH, kW, C_out) in memory,
+  // read by the input-major kernel) when every run takes the dot products; otherwise OIHW (a copy of
+  // any other layout).
   const bool dots_only = !shifted && std::all_of(runs.begin(), runs.end(), [&](const std::vector<int64_t>& run) {
     return static_cast<int64_t>(run.size()) * g.ho * g.wo <= kDotMaxPixels;
   });
   const bool input_major = dots_only && g.c_out % kSlabOuts == 0 && weight.permute({1, 2, 3, 0}).is_contiguous();
-  const auto wc = input_major ? weight : weight.contiguous();
+  const bool as_is = input_major || weight.is_contiguous() ||
+                     (dots_only && weight.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const auto wc = as_is ? weight : weight.contiguous();
   const float* wp = wc.data_ptr<float>();
+  // weight (o, i, tap) lies at wp + o * ws[0] + i * ws[1] + tap_at[tap]
+  const auto ws = wc.strides();
+  std::vector<int64_t> tap_at(static_cast<size_t>(taps));
+  for (int64_t tap = 0; tap < taps; ++tap) tap_at[tap] = tap / g.kw * ws[2] + tap % g.kw * ws[3];
 
   // The kept weights of output channel o, (j, tap) order, to dst.
   const auto gather_weights = [&](int64_t o, const std::vector<int64_t>& in_idx, float* dst) {
     for (size_t j = 0; j < in_idx.size(); ++j) {
-      const float* src = wp + (o * g.c_in + in_idx[j]) * taps;
-      std::copy(src, src + taps, dst + static_cast<int64_t>(j) * taps);
+      const float* src = wp + o * ws[0] + in_idx[j] * ws[1];
+      for (int64_t tap = 0; tap < taps; ++tap) dst[static_cast<int64_t>(j) * taps + tap] = src[tap_at[tap]];
     }
   };
-  // ybuf = the kept weights . the members' pixel rows (kept inputs, (channel, tap) order, zero-padded):
-  // (width, C_out) by the input-major kernel, else (kout, width) by dot products. In place, when at
-  // least half the inputs are kept, the kept outputs' OIHW rows are read as they are, over every input
-  // channel, the removed ones' columns zero: a few pixels do too little arithmetic per weight to repay
-  // copying the kept weights out. Blocks of outputs split over threads when the run has enough work.
+  // ybuf = the kept weights . the members' pixel rows (kept inputs, zero-padded): (width, C_out) by the
+  // input-major kernel, else (kout, width) by dot products. In place, when at least half the inputs are
+  // kept, the kept outputs' rows of an OIHW or channels-last weight are read as they are, over every
+  // input channel, the pixel rows in the same (channel, tap) or (tap, channel) order with the removed
+  // channels' columns zero: a few pixels do too little arithmetic per weight to repay copying the kept
+  // weights out. Blocks of outputs split over threads when the run has enough work.
   const auto dot_products = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
                                 const std::vector<int64_t>& out_idx, int64_t width, std::vector<float>& ybuf) {
     const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
-    const bool in_place = !input_major && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
+    const bool in_place = !input_major && ws[0] == g.c_in * taps && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
+    const int64_t column_step = in_place ? ws[1] : taps;  // between kept channels in a pixel row
     const int64_t depth = (in_place ? g.c_in : kin) * taps, ld = (depth + kRowAlign - 1) / kRowAlign * kRowAlign;
     std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);
     for (size_t t = 0; t < members.size(); ++t) {
@@ -421,8 +430,9 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
               const int64_t ix = conv_input_coord(ox, dx, g.sw, g.pw, g.w);
               if (ix < 0) continue;
               const float* pixel = sample + iy * xs[2] + ix * xs[3];
-              float* col = row + dy * g.kw + dx;
-              for (int64_t j = 0; j < kin; ++j) col[(in_place ? in_idx[j] : j) * taps] = pixel[in_idx[j] * xs[1]];
+              const int64_t tap = dy * g.kw + dx;
+              float* col = row + (in_place ? tap_at[tap] : tap);
+              for (int64_t j = 0; j < kin; ++j) col[(in_place ? in_idx[j] : j) * column_step] = pixel[in_idx[j] * xs[1]];
             }
           }
         }
@@ -431,7 +441,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     if (input_major) {
       ybuf.resize(static_cast<size_t>(width * g.c_out));
       std::vector<int64_t> offsets(static_cast<size_t>(depth));  // of the kept inputs' weight rows
-      for (int64_t k = 0; k < depth; ++k) offsets[k] = (in_idx[k / taps] * taps + k % taps) * g.c_out;
+      for (int64_t k = 0; k < depth; ++k) offsets[k] = in_idx[k / taps] * ws[1] + tap_at[k % taps];
       std::vector<int64_t> slabs;  // the blocks of kSlabOuts outputs that hold a kept one
       for (const int64_t o : out_idx) {
         if (slabs.empty() || slabs.back() != o / kSlabOuts) slabs.push_back(o / kSlabOuts);
@@ -457,7 +467,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         for (int64_t a = 0; a < kBlockOuts; ++a) {
           const int64_t o = out_idx[a0 + std::min(a, outs - 1)];  // a short block repeats its last row
           if (in_place) {
-            w[a] = wp + o * depth;
+            w[a] = wp + o * ws[0];
           } else {
             gather_weights(o, in_idx, gathered.data() + a * ld);  // the padding stays zero
             w[a] = gathered.data() + a * ld;
@@ -505,8 +515,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         wbuf.resize(static_cast<size_t>(taps * kout * kin));
         for (int64_t a = 0; a < kout; ++a) {  // per tap, (kout, kin) row-major
           for (int64_t j = 0; j < kin; ++j) {
-            const float* src = wp + (out_idx[a] * g.c_in + in_idx[j]) * taps;
-            for (int64_t tap = 0; tap < taps; ++tap) wbuf[(tap * kout + a) * kin + j] = src[tap];
+            const float* src = wp + out_idx[a] * ws[0] + in_idx[j] * ws[1];
+            for (int64_t tap = 0; tap < taps; ++tap) wbuf[(tap * kout + a) * kin + j] = src[tap_at[tap]];
           }
         }
         ybuf.resize(static_cast<size_t>(kout * sh.columns));

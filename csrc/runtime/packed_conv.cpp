@@ -2,6 +2,8 @@
 // the batched GEMM conv for small output maps.
 #include "pathrt/packed_conv.h"
 
+#include "pathrt/kernels.h"
+
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -58,6 +60,12 @@ bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArray
   const int64_t pixels = ho * wo;
   return x.size(0) >= kMinGemmImages && x.size(0) * pixels >= kMinGemmRows &&
          (pixels <= kGemmPixels || (pixels <= kGemmPixelsLargeWeight && weight.numel() >= kLargeWeight));
+}
+
+bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  const int64_t ho = (x.size(2) + 2 * padding[0] - weight.size(2)) / stride[0] + 1;
+  const int64_t wo = (x.size(3) + 2 * padding[1] - weight.size(3)) / stride[1] + 1;
+  return x.size(0) < kMinGemmImages && ho * wo <= kGemmPixels && weight.numel() >= kLargeWeight;
 }
 
 at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in) {
@@ -195,6 +203,10 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     auto y = at::conv2d(x, plain_, b, stride_, padding_);
     if (residual.defined()) y.add_(residual);
     return relu ? y.relu_() : y;
+  }
+  if (dot_conv_pays(x, plain_, stride_, padding_)) {  // plain_'s channels-last rows, read in place
+    return pathway_conv2d_cpu(x, plain_, b, residual.defined() ? std::optional<at::Tensor>(residual) : std::nullopt,
+                              std::nullopt, std::nullopt, stride_, padding_, relu);
   }
   if (gemm_conv_pays(x, plain_, stride_, padding_)) {
     return gemm_conv2d(x, kept_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu, stride_,

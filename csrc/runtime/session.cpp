@@ -299,12 +299,16 @@ struct ExplainSession::Impl {
   };
 
   // A step's work in multiply-add equivalents: a conv's or linear's multiply-adds, kElementWork per
-  // element of an elementwise or pooling step (memory-bound: ~10x a multiply-add in a GEMM kernel).
+  // element of an elementwise or pooling step (memory-bound: ~10x a multiply-add in a GEMM kernel). A
+  // conv counts at least kWeightWork per weight: on a few pixels it is bound by reading its weight, ~10
+  // multiply-adds' time per float (one core reads 21 GB/s and multiply-adds ~50 G/s), and two threads
+  // read it nearly twice as fast (ResNet-18@64's 2x2 512->512 convs at batch 1 through dot_conv_pays:
+  // plain pass 3.58 ms with them on one thread, 3.27 on two).
   static int64_t work(const Step& s, const std::vector<at::Tensor>& values) {
-    constexpr int64_t kElementWork = 16;
+    constexpr int64_t kElementWork = 16, kWeightWork = 10;
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
-      case Op::Conv: return conv_pixels(s, x) * s.weight.numel();
+      case Op::Conv: return std::max(conv_pixels(s, x), kWeightWork) * s.weight.numel();
       case Op::Linear: return x.size(0) * s.weight.numel();
       default: return x.numel() * kElementWork;
     }

@@ -18,12 +18,12 @@ at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Ten
 void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
                                   const c10::optional<at::Tensor>& fill = c10::nullopt);
 
-// pathway_conv2d reads the weight in its memory layout: OIHW (other layouts are copied to it), or
-// input-major ((C_in, kH, kW, C_out) in memory, C_out a multiple of kInputMajorBlock), which it reads in place when
-// every group of samples with equal masks has at most kDotMaxPixels output pixels (batch x H x W): there
-// it reads only the kept inputs' weights, contiguously, where OIHW rows hold them scattered (a conv whose
-// input is sparse and output dense). Runs of at most kDotMaxPixels pixels take dot products over the
-// kept weights in place; wider ones, GEMMs.
+// pathway_conv2d computes runs of equal-mask samples of at most kDotMaxPixels output pixels (batch x H x
+// W) as dot products over the kept weights read in place, wider ones as GEMMs. It reads the weight in
+// its memory layout: OIHW always; channels-last and input-major ((C_in, kH, kW, C_out) in memory, C_out a
+// multiple of kInputMajorBlock) when every run takes the dot products, any other layout as an OIHW copy.
+// Input-major rows hold each kept input's weights contiguously, where OIHW rows hold them scattered:
+// for convs whose input alone is masked.
 constexpr int64_t kDotMaxPixels = 16, kInputMajorBlock = 64;
 at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                               const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_mask,

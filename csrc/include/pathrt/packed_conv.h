@@ -72,6 +72,15 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding);
 
+// A conv of at most kGemmPixels output pixels per image over fewer than kMinGemmImages images, whose
+// weight is larger than the L2: oneDNN streams the weight from memory once per image at a few
+// multiply-adds per weight, on one thread per image at batch 1. pathway_conv2d's dot products read it
+// once per call, in place (the channels-last rows), on every thread the call has. Measured on 2 cores
+// with a 512->512 3x3 weight at 2x2: batch 1 459 -> 393 us on 1 thread, 359 -> 301 on 2; batch 2
+// 631 -> 370 and batch 3 705 -> 486 us on 2; ResNet-18@64's plain pass at batch 1 3.75 -> 3.27 ms.
+// At 3x3 and 4x4 maps oneDNN is faster (525 against 668 us and 643 against 898 on 1 thread).
+bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
+
 // Whether PackedConv uses oneDNN in this build (torch built with MKLDNN, a CPU with its kernels).
 bool packed_convs_available();
 
