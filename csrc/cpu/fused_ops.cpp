@@ -415,7 +415,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto dot_products = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
                                 const std::vector<int64_t>& out_idx, int64_t width, std::vector<float>& ybuf) {
     const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
-    const bool in_place = !input_major && ws[0] == g.c_in * taps && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
+    const bool in_place =
+        !input_major && ws[0] == g.c_in * taps && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
     const int64_t column_step = in_place ? ws[1] : taps;  // between kept channels in a pixel row
     const int64_t depth = (in_place ? g.c_in : kin) * taps, ld = (depth + kRowAlign - 1) / kRowAlign * kRowAlign;
     std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);
@@ -432,7 +433,9 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
               const float* pixel = sample + iy * xs[2] + ix * xs[3];
               const int64_t tap = dy * g.kw + dx;
               float* col = row + (in_place ? tap_at[tap] : tap);
-              for (int64_t j = 0; j < kin; ++j) col[(in_place ? in_idx[j] : j) * column_step] = pixel[in_idx[j] * xs[1]];
+              for (int64_t j = 0; j < kin; ++j) {
+                col[(in_place ? in_idx[j] : j) * column_step] = pixel[in_idx[j] * xs[1]];
+              }
             }
           }
         }
@@ -482,7 +485,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
-    // out = bias_act(the accumulator of kept output a (channel o) at pixel (oy, ox) of member t): value(a, o, t, oy, ox).
+    // out = bias_act(value(a, o, t, oy, ox)): the accumulator of kept output a (channel o) at pixel
+    // (oy, ox) of member t.
     const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx,
                               const auto& value) {
       const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());

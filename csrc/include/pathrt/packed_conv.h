@@ -73,7 +73,7 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
                        c10::IntArrayRef stride, c10::IntArrayRef padding);
 
 // A conv of at most kGemmPixels output pixels per image over fewer than kMinGemmImages images, whose
-// weight is larger than the L2: oneDNN streams the weight from memory once per image at a few
+// weight is over 4 MB (kLargeWeight, twice the L2): oneDNN streams the weight once per image at a few
 // multiply-adds per weight, on one thread per image at batch 1. pathway_conv2d's dot products read it
 // once per call, in place (the channels-last rows), on every thread the call has. Measured on 2 cores
 // with a 512->512 3x3 weight at 2x2: batch 1 459 -> 393 us on 1 thread, 359 -> 301 on 2; batch 2
