@@ -6,6 +6,9 @@
 
 #include <cmath>
 #include <cstdint>
+#if defined(__SSE__) && !defined(__CUDA_ARCH__)
+#include <xmmintrin.h>
+#endif
 
 #include "pathrt/bitops.h"
 
@@ -31,10 +34,23 @@ PATHRT_HD uint8_t threshold_pack_byte(const float* logits, float* scores, bool* 
   return bits;
 }
 
+// max(v, 0), 0 for NaN. On x86 hosts one MAXSS: GCC compiled `v > 0 ? v : 0` to a branch, mispredicted
+// on half of the values (VGG-11's sparse 64->128 conv at 32x32, batch 1: 50k values took 285 us in its
+// epilogue), and fmaxf to a libm call.
+PATHRT_HD float relu_value(float v) {
+#if defined(__CUDA_ARCH__)
+  return fmaxf(v, 0.0f);
+#elif defined(__SSE__)
+  return _mm_cvtss_f32(_mm_max_ss(_mm_set_ss(v), _mm_setzero_ps()));  // v > 0 ? v : 0
+#else
+  return v > 0.0f ? v : 0.0f;
+#endif
+}
+
 // The conv epilogue: acc + bias (+ residual), then ReLU when asked.
 PATHRT_HD float bias_act(float acc, float bias, float residual, bool relu) {
   const float v = acc + bias + residual;
-  return relu ? (v > 0.0f ? v : 0.0f) : v;
+  return relu ? relu_value(v) : v;
 }
 
 // relu(x + bias) * mask, the pathway pass's epilogue for one value; a zero mask gives exactly
