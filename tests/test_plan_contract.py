@@ -202,10 +202,8 @@ def test_both_executors_follow_the_policy_they_are_given(embedded, policy: list[
 def test_union_runs_as_sparse_on_the_pixels_the_cxx_kernel_reads_in_place() -> None:
     """The executors' shared rule: union runs as sparse at one sample, and on CPU on as many output
     pixels as the C++ sparse kernel's in-place dot products serve (the session applies that bound)."""
-    from pathrt.kernels import native
-
     limit = bundle_format.UNION_AS_SPARSE_MAX_PIXELS["cpu"]
-    assert limit == native.EXTENSION.DOT_MAX_PIXELS
+    assert limit == extension.EXTENSION.DOT_MAX_PIXELS  # type: ignore[union-attr]
     assert bundle_format.union_runs_as_sparse("cpu", 4, limit)
     assert not bundle_format.union_runs_as_sparse("cpu", 4, limit + 1)
     assert bundle_format.union_runs_as_sparse("cuda", 1, 4096)

@@ -320,12 +320,17 @@ void slab_rows_baseline(const float* w, const int64_t* offsets, int64_t depth, c
 // (the tests run every build on an AVX-512 machine that way).
 template <typename Fn>
 Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
+  __builtin_cpu_init();  // needed before __builtin_cpu_supports in a static initializer
   const char* cap = std::getenv("PATHRT_CPU_KERNELS");
   const std::string level = cap ? cap : "";
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (__builtin_cpu_supports("avx512f") && level.empty()) return avx512;
   return has_avx2 && level != "baseline" ? avx2 : baseline;
 }
+
+// Chosen once, when the library loads.
+const auto dot_rows = for_this_cpu(dot_rows_avx512, dot_rows_avx2, dot_rows_baseline);
+const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
 
 }  // namespace
 
@@ -453,7 +458,6 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       at::parallel_for(0, static_cast<int64_t>(slabs.size()), grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t o0 = slabs[b] * kSlabOuts;
-          static const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
           slab_rows(wp + o0, offsets.data(), depth, rows.data(), ld, width, ybuf.data() + o0, g.c_out);
         }
       });
@@ -476,7 +480,6 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
             w[a] = gathered.data() + a * ld;
           }
         }
-        static const auto dot_rows = for_this_cpu(dot_rows_avx512, dot_rows_avx2, dot_rows_baseline);
         dot_rows(w, outs, rows.data(), width, ld, ybuf.data() + a0 * width);
       }
     });

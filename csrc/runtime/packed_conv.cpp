@@ -2,6 +2,7 @@
 // the batched GEMM conv for small output maps.
 #include "pathrt/packed_conv.h"
 
+#include "pathrt/epilogue.h"
 #include "pathrt/kernels.h"
 
 #include <ATen/Context.h>
@@ -54,18 +55,25 @@ constexpr int64_t kMinPackedMacs = int64_t{1} << 19;
 
 }  // namespace
 
+namespace {
+
+// Output pixels per image of a conv of x with weight.
+int64_t map_pixels(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  return conv_output_size(x.size(2), weight.size(2), stride[0], padding[0]) *
+         conv_output_size(x.size(3), weight.size(3), stride[1], padding[1]);
+}
+
+}  // namespace
+
 bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
-  const int64_t ho = (x.size(2) + 2 * padding[0] - weight.size(2)) / stride[0] + 1;
-  const int64_t wo = (x.size(3) + 2 * padding[1] - weight.size(3)) / stride[1] + 1;
-  const int64_t pixels = ho * wo;
+  const int64_t pixels = map_pixels(x, weight, stride, padding);
   return x.size(0) >= kMinGemmImages && x.size(0) * pixels >= kMinGemmRows &&
          (pixels <= kGemmPixels || (pixels <= kGemmPixelsLargeWeight && weight.numel() >= kLargeWeight));
 }
 
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
-  const int64_t ho = (x.size(2) + 2 * padding[0] - weight.size(2)) / stride[0] + 1;
-  const int64_t wo = (x.size(3) + 2 * padding[1] - weight.size(3)) / stride[1] + 1;
-  return x.size(0) < kMinGemmImages && ho * wo <= kGemmPixels && weight.numel() >= kLargeWeight;
+  return x.size(0) < kMinGemmImages && map_pixels(x, weight, stride, padding) <= kGemmPixels &&
+         weight.numel() >= kLargeWeight;
 }
 
 at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in) {
@@ -101,7 +109,7 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
   const int64_t kin = in_idx.defined() ? in_idx.numel() : c;
   const int64_t* ip = in_idx.defined() ? in_idx.data_ptr<int64_t>() : nullptr;
   const int64_t o = weight_rows.size(0), depth = kh * kw * kin;
-  const int64_t ho = (h + 2 * padding[0] - kh) / stride[0] + 1, wo = (wd + 2 * padding[1] - kw) / stride[1] + 1;
+  const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(wd, kw, stride[1], padding[1]);
   const int64_t rows = n * ho * wo;
   auto cols = at::empty({rows, depth}, input.options());
   const float* xp = input.data_ptr<float>();
@@ -111,10 +119,10 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
       const int64_t s = r / (ho * wo), oy = r / wo % ho, ox = r % wo;
       float* dst = cp + r * depth;
       for (int64_t dy = 0; dy < kh; ++dy) {
-        const int64_t iy = oy * stride[0] - padding[0] + dy;
+        const int64_t iy = conv_input_coord(oy, dy, stride[0], padding[0], h);
         for (int64_t dx = 0; dx < kw; ++dx, dst += kin) {
-          const int64_t ix = ox * stride[1] - padding[1] + dx;
-          if (iy < 0 || iy >= h || ix < 0 || ix >= wd) {
+          const int64_t ix = conv_input_coord(ox, dx, stride[1], padding[1], wd);
+          if (iy < 0 || ix < 0) {
             std::fill(dst, dst + kin, 0.0f);
             continue;
           }

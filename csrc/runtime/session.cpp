@@ -147,36 +147,25 @@ at::Tensor channel_mask(const at::Tensor& y, const at::Tensor& mask) {
   return y * mask.to(y.scalar_type()).view({mask.size(0), mask.size(1), 1, 1});
 }
 
-// Channels `keep` of x, (N, k, H, W) channels-last, in one pass over its pixels (index_select along the
-// channels of a channels-last tensor wrote NCHW through a generic gather: 0.9 ms for ResNet-18@64's
-// layer 1 at batch 64, against 0.2).
-at::Tensor select_channels(const at::Tensor& x, const at::Tensor& keep) {
+// Channels between a channels-last tensor and its kept channels `keep`, in one pass over the pixels:
+// gathered (out channel j = x's channel keep[j]) or placed (out channel keep[j] = x's channel j, the
+// other `channels` 0). index_select along the channels of a channels-last tensor wrote NCHW through a
+// generic gather: 0.9 ms for ResNet-18@64's layer 1 at batch 64, against 0.2.
+at::Tensor move_channels(const at::Tensor& x, const at::Tensor& keep, int64_t channels, bool place) {
   const auto in = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c = in.size(1), k = keep.numel(), pixels = in.size(0) * in.size(2) * in.size(3);
-  auto out = at::empty({in.size(0), k, in.size(2), in.size(3)}, in.options(), at::MemoryFormat::ChannelsLast);
+  auto out = at::empty({in.size(0), channels, in.size(2), in.size(3)}, in.options(), at::MemoryFormat::ChannelsLast);
   const float* src = in.data_ptr<float>();
   const int64_t* idx = keep.data_ptr<int64_t>();
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, k)), [&](int64_t p0, int64_t p1) {
+  at::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, channels)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      for (int64_t j = 0; j < k; ++j) dst[p * k + j] = src[p * c + idx[j]];
-    }
-  });
-  return out;
-}
-
-// y (N, k, H, W) as channels `keep` of an (N, c, H, W) channels-last tensor whose other channels are 0.
-at::Tensor place_channels(const at::Tensor& y, const at::Tensor& keep, int64_t c) {
-  const auto in = y.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t k = keep.numel(), pixels = in.size(0) * in.size(2) * in.size(3);
-  auto out = at::empty({in.size(0), c, in.size(2), in.size(3)}, in.options(), at::MemoryFormat::ChannelsLast);
-  const float* src = in.data_ptr<float>();
-  const int64_t* idx = keep.data_ptr<int64_t>();
-  float* dst = out.data_ptr<float>();
-  at::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, c)), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      std::fill(dst + p * c, dst + (p + 1) * c, 0.0f);
-      for (int64_t j = 0; j < k; ++j) dst[p * c + idx[j]] = src[p * k + j];
+      if (!place) {
+        for (int64_t j = 0; j < k; ++j) dst[p * channels + j] = src[p * c + idx[j]];
+        continue;
+      }
+      std::fill(dst + p * channels, dst + (p + 1) * channels, 0.0f);
+      for (int64_t j = 0; j < k; ++j) dst[p * channels + idx[j]] = src[p * c + j];
     }
   });
   return out;
@@ -468,7 +457,7 @@ struct ExplainSession::Impl {
     at::Tensor bias = s.bias;
     if (keep_out.defined()) {
       if (bias.defined()) bias = bias.index_select(0, keep_out);
-      if (residual.defined()) residual = select_channels(residual, keep_out);
+      if (residual.defined()) residual = move_channels(residual, keep_out, keep_out.numel(), false);
     }
     const auto rows = kept_weight(s.conv.weight(), keep_out, keep_in);  // (kout, kh * kw * kin)
     const int64_t kh = s.weight.size(2), kw = s.weight.size(3);
@@ -476,7 +465,7 @@ struct ExplainSession::Impl {
     if (gemm_conv_pays(x, s.weight, s.stride, s.padding)) {  // x's kept channels go straight into the im2col
       y = gemm_conv2d(x, rows, keep_in, kh, kw, {}, residual, false, s.stride, s.padding);
     } else {
-      if (keep_in.defined()) x = select_channels(x, keep_in);
+      if (keep_in.defined()) x = move_channels(x, keep_in, keep_in.numel(), false);
       const auto weight = rows.view({rows.size(0), kh, kw, x.size(1)}).permute({0, 3, 1, 2});  // channels-last
       y = at::conv2d(x, weight, {}, s.stride, s.padding);
       if (residual.defined()) y.add_(residual);
@@ -496,7 +485,7 @@ struct ExplainSession::Impl {
       }
     }
     if (!keep_out.defined()) return y;
-    return place_channels(y, keep_out, s.weight.size(0));
+    return move_channels(y, keep_out, s.weight.size(0), true);
   }
 
   at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks, const Threads& threads) const {
