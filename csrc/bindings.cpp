@@ -1,6 +1,6 @@
 // The pybind11 module pathrt._C: host helpers and the ExplainSession class. Tensor ops are
 // registered with the dispatcher (TORCH_LIBRARY_IMPL in cpu/ and cuda/) and reached through
-// torch.ops.pathrt, never from here.
+// torch.ops.pathrt; the session's internal direct conv is bound here only for tests and measurements.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/extension.h>
@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "pathrt/buffer_pool.h"
+#include "pathrt/direct_conv.h"
 #include "pathrt/kernels.h"
 #include "pathrt/session.h"
 #include "pathrt/threads.h"
@@ -141,6 +142,26 @@ PYBIND11_MODULE(_C, m) {
       },
       "The pool of large CPU buffers that session calls reuse across calls: whether it is torch's CPU "
       "allocator now, bytes held (in use and free), bytes free, blocks, and the least size it pools.");
+  m.def(
+      "direct_conv2d",
+      [](const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         const std::optional<at::Tensor>& residual, bool relu, std::vector<int64_t> stride,
+         std::vector<int64_t> padding) {
+        py::gil_scoped_release release;
+        return pathrt::direct_conv2d(x, pathrt::direct_conv_weight(weight), bias.value_or(at::Tensor()),
+                                     residual.value_or(at::Tensor()), relu, stride, padding);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"), py::arg("relu"), py::arg("stride"),
+      py::arg("padding"),
+      "The session's direct conv (csrc/include/pathrt/direct_conv.h) on an OIHW weight, blocked on each call: "
+      "for tests and measurements. Channels-last out.");
+  m.def(
+      "direct_conv_pays",
+      [](const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding) {
+        return pathrt::direct_conv_pays(x, weight, stride, padding);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
+      "Whether the session's dense convs run conv(x, weight) through the direct conv.");
   m.def(
       "bundle_format",
       [] {

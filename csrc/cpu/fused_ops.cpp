@@ -5,21 +5,23 @@
 //   pathway_conv2d      a per-sample channel-sparse convolution: removed output channels are never
 //                       computed, removed input channels never read (a GEMM per group of samples with
 //                       equal masks, over shifted padded planes at stride 1 and gathered columns
-//                       otherwise; for a few pixels, dot products over the kept weights read in place:
-//                       OIHW rows, or an input-major weight's kept-input rows).
+//                       otherwise; for 1-3 samples and up to 16M multiply-adds the direct conv of
+//                       pathrt/direct_conv.h; for a few pixels, dot products over the kept weights read
+//                       in place: OIHW rows, or an input-major weight's kept-input rows).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "pathrt/cpu_dispatch.h"
+#include "pathrt/direct_conv.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/fused_checks.h"
 #include "pathrt/kernels.h"
@@ -316,18 +318,6 @@ void slab_rows_baseline(const float* w, const int64_t* offsets, int64_t depth, c
   slab_rows_body<V8, 1>(w, offsets, depth, rows, ld, width, y, ldy);
 }
 
-// The best of a kernel's three builds for this CPU; PATHRT_CPU_KERNELS=avx2 or =baseline caps the choice
-// (the tests run every build on an AVX-512 machine that way).
-template <typename Fn>
-Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
-  __builtin_cpu_init();  // needed before __builtin_cpu_supports in a static initializer
-  const char* cap = std::getenv("PATHRT_CPU_KERNELS");
-  const std::string level = cap ? cap : "";
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (__builtin_cpu_supports("avx512f") && level.empty()) return avx512;
-  return has_avx2 && level != "baseline" ? avx2 : baseline;
-}
-
 // Chosen once, when the library loads.
 const auto dot_rows = for_this_cpu(dot_rows_avx512, dot_rows_avx2, dot_rows_baseline);
 const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
@@ -485,6 +475,64 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     });
   };
 
+  // The members' conv through the direct kernel (pathrt/direct_conv.h): the kept inputs zero-padded
+  // channels-last, the kept weights blocked by outputs (padded to a multiple of 16 with zero rows), and
+  // the kept outputs' bias and residual gathered (pixel, output) for the kernel's epilogue.
+  const auto direct = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
+                          const std::vector<int64_t>& out_idx, std::vector<float>& wbuf, std::vector<float>& planes,
+                          std::vector<float>& ybuf) {
+    const int64_t count = static_cast<int64_t>(members.size()), kin = static_cast<int64_t>(in_idx.size());
+    const int64_t kout = static_cast<int64_t>(out_idx.size()), depth = kin * taps, width = count * cols_per_row;
+    const int64_t outs = (kout + 15) / 16 * 16, block = direct_block(outs);
+    const int64_t hp = g.h + 2 * g.ph, wpad = g.w + 2 * g.pw;
+    wbuf.assign(static_cast<size_t>(outs * depth), 0.0f);
+    for (int64_t a0 = 0; a0 < kout; a0 += block) {  // each input's taps of a block's outputs: whole lines
+      float* dst = wbuf.data() + a0 * depth;
+      for (int64_t j = 0; j < kin; ++j) {
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          float* row = dst + (tap * kin + j) * block;
+          for (int64_t a = a0; a < std::min(a0 + block, kout); ++a) {
+            row[a - a0] = wp[out_idx[a] * ws[0] + in_idx[j] * ws[1] + tap_at[tap]];
+          }
+        }
+      }
+    }
+    planes.assign(static_cast<size_t>(count * hp * wpad * kin), 0.0f);
+    for (int64_t t = 0; t < count; ++t) {
+      const float* sample = xp + members[t] * xs[0];
+      for (int64_t iy = 0; iy < g.h; ++iy) {
+        for (int64_t ix = 0; ix < g.w; ++ix) {
+          const float* src = sample + iy * xs[2] + ix * xs[3];
+          float* dst = planes.data() + ((t * hp + iy + g.ph) * wpad + ix + g.pw) * kin;
+          for (int64_t j = 0; j < kin; ++j) dst[j] = src[in_idx[j] * xs[1]];
+        }
+      }
+    }
+    std::vector<float> kept_bias(static_cast<size_t>(outs), 0.0f), kept_residual;
+    for (int64_t a = 0; a < kout && bp != nullptr; ++a) kept_bias[a] = bp[out_idx[a]];
+    if (rp != nullptr) kept_residual.assign(static_cast<size_t>(width * outs), 0.0f);
+    ybuf.resize(static_cast<size_t>(width * outs));
+    const auto each_pixel = [&](const auto& body) {  // body(the pixel's ybuf row offset, its sample, oy, ox)
+      for (int64_t t = 0; t < count; ++t) {
+        for (int64_t oy = 0; oy < g.ho; ++oy) {
+          for (int64_t ox = 0; ox < g.wo; ++ox) body((t * cols_per_row + oy * g.wo + ox) * outs, members[t], oy, ox);
+        }
+      }
+    };
+    if (rp != nullptr) {
+      each_pixel([&](int64_t row, int64_t sample, int64_t oy, int64_t ox) {
+        const float* src = rp + sample * rs[0] + oy * rs[2] + ox * rs[3];
+        for (int64_t a = 0; a < kout; ++a) kept_residual[row + a] = src[out_idx[a] * rs[1]];
+      });
+    }
+    direct_conv_raw(planes.data(), count, hp, wpad, kin, wbuf.data(), outs, block, g.kh, g.kw, g.ho, g.wo, g.sh,
+                    g.sw, kept_bias.data(), rp != nullptr ? kept_residual.data() : nullptr, relu, ybuf.data());
+    each_pixel([&](int64_t row, int64_t sample, int64_t oy, int64_t ox) {
+      float* dst = op + sample * os[0] + oy * os[2] + ox * os[3];
+      for (int64_t a = 0; a < kout; ++a) dst[out_idx[a] * os[1]] = ybuf[row + a];
+    });
+  };
+
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
@@ -516,6 +564,10 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
       if (kout == 0) continue;
       const int64_t depth = kin * taps, width = count * cols_per_row;
+      if (kin > 0 && width > kDotMaxPixels && direct_conv_fits(count, cols_per_row, kout * depth * width)) {
+        direct(members, in_idx, out_idx, wbuf, planes, ybuf);
+        continue;
+      }
       if (shifted && kin > 0) {
         const Shifted sh(g, count);
         padded_planes(xp, xs, members, in_idx, g, sh, planes);

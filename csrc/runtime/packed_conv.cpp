@@ -2,6 +2,7 @@
 // the batched GEMM conv for small output maps.
 #include "pathrt/packed_conv.h"
 
+#include "pathrt/direct_conv.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/kernels.h"
 
@@ -173,7 +174,9 @@ at::Tensor reorder(const at::Tensor& weight, const std::vector<int64_t>& padding
 PackedConv::PackedConv(const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding)
     : plain_(weight.contiguous(at::MemoryFormat::ChannelsLast)), stride_(std::move(stride)),
       padding_(std::move(padding)), cache_(std::make_shared<Cache>()) {
-  if (!packed_convs_available() || weight.scalar_type() != at::kFloat || weight.dim() != 4) return;
+  if (weight.scalar_type() != at::kFloat || weight.dim() != 4) return;
+  if (weight.is_cpu() && weight.size(0) % 16 == 0 && weight.numel() < kLargeWeight) direct_ = direct_conv_weight(weight.contiguous());
+  if (!packed_convs_available()) return;
   try {
     reorder(weight.contiguous(), padding_, stride_, std::nullopt);  // can oneDNN take this weight at all?
     packed_ = true;
@@ -206,6 +209,9 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
   const std::optional<at::Tensor> b = bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
   // oneDNN's per-call setup outweighs its faster kernel on the smallest convs (the generator's above
   // SmallGenerator's batches, ResNet's 1x1 downsamples at batch 1): those run through at::conv2d.
+  if (direct_.defined() && direct_conv_pays(x, plain_, stride_, padding_)) {
+    return direct_conv2d(x, direct_, bias, residual, relu, stride_, padding_);
+  }
   const int64_t macs = x.size(0) * x.size(2) * x.size(3) * plain_.numel() / (stride_[0] * stride_[1]);
   if (!packed_ || macs < kMinPackedMacs) {
     auto y = at::conv2d(x, plain_, b, stride_, padding_);

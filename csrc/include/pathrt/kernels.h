@@ -19,9 +19,11 @@ void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>
                                   const c10::optional<at::Tensor>& fill = c10::nullopt);
 
 // pathway_conv2d computes runs of equal-mask samples of at most kDotMaxPixels output pixels (batch x H x
-// W) as dot products over the kept weights read in place, wider ones as GEMMs. It reads the weight in
-// its memory layout: OIHW always; channels-last and input-major ((C_in, kH, kW, C_out) in memory, C_out a
-// multiple of kInputMajorBlock) when every run takes the dot products, any other layout as an OIHW copy.
+// W) as dot products over the kept weights read in place, wider runs of 1-3 samples through the direct
+// conv (pathrt/direct_conv.h) while they do at most kDirectMaxMacs multiply-adds, others as GEMMs. It
+// reads the weight in its memory layout: OIHW always; channels-last and input-major ((C_in, kH, kW, C_out)
+// in memory, C_out a multiple of kInputMajorBlock) when every run takes the dot products, any other layout
+// as an OIHW copy.
 // Input-major rows hold each kept input's weights contiguously, where OIHW rows hold them scattered:
 // for convs whose input alone is masked.
 constexpr int64_t kDotMaxPixels = 16, kInputMajorBlock = 64;

@@ -5,7 +5,10 @@
 // instead reorders the weight on every call. Measured on 2 cores at batch 1: ResNet-18@64's convs
 // 4.6 ms packed against 6.4 ms through at::conv2d (weight-bandwidth bound layers gain most); at
 // batch 64 within 10% either way. Small convs (below kMinPackedMacs) keep at::conv2d, whose im2col
-// kernel has less per-call setup. Without oneDNN it runs at::conv2d.
+// kernel has less per-call setup. Without oneDNN it runs at::conv2d. Convs of 1-3 images that
+// direct_conv_pays picks run through pathrt's direct conv (pathrt/direct_conv.h) on a second copy of
+// the weight, blocked at load for it (weights under kLargeWeight whose outputs are a multiple of 16):
+// at batch 1 oneDNN's per-call setup is a large share of such a conv.
 //
 // The packed layout oneDNN wants depends on the input's shape (on AVX2: Acdb32a at batch 1, a padded
 // Acdb24a at batch 4): a weight packed for no shape in particular was reordered again on every call
@@ -41,6 +44,7 @@ class PackedConv {
   at::Tensor packed_for(const at::Tensor& input) const;
 
   at::Tensor plain_;
+  at::Tensor direct_;  // blocked for direct_conv2d (pathrt/direct_conv.h), where its shape allows
   std::vector<int64_t> stride_, padding_;
   bool packed_ = false;
   std::shared_ptr<Cache> cache_;

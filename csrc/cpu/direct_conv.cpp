@@ -1,0 +1,179 @@
+// The direct conv (pathrt/direct_conv.h): register tiles over a zero-padded channels-last input and a
+// weight blocked by outputs, built for AVX-512, AVX2 and the baseline (pathrt/cpu_dispatch.h).
+#include "pathrt/direct_conv.h"
+
+#include "pathrt/cpu_dispatch.h"
+#include "pathrt/epilogue.h"
+#include "pathrt/packed_conv.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace pathrt {
+
+namespace {
+
+using V8 = float __attribute__((vector_size(32)));
+using V16 = float __attribute__((vector_size(64)));
+constexpr int64_t kTilePixels = 48;  // output pixels per parallel task: a multiple of every kernel's kPixels
+
+// One conv's geometry and pointers, shared by the tasks.
+struct Direct {
+  const float* x;      // padded input, (n, hp, wp, c) contiguous
+  const float* w;      // blocked weight, (o / block, taps, c, block)
+  const float* bias;   // (o,) or null
+  const float* residual;  // (pixels, o) or null
+  float* y;            // (pixels, o)
+  int64_t c, o, block, taps, hp, wp, ho, wo, sh, sw;
+  std::vector<int64_t> tap_offsets;  // floats from a window's first input pixel to each tap's
+  bool relu;
+
+  const float* window(int64_t pixel) const {
+    const int64_t image = pixel / (ho * wo), oy = pixel / wo % ho, ox = pixel % wo;
+    return x + ((image * hp + oy * sh) * wp + ox * sw) * c;
+  }
+};
+
+// Output pixels [p0, p1) of output block `b`, kVecs vectors of outputs x kPixels pixels at a time
+// (tails recompute the last pixel): per input value, kVecs weight loads and kPixels broadcasts feed
+// kVecs * kPixels multiply-adds.
+template <typename V, int64_t kVecs, int64_t kPixels>
+[[gnu::always_inline]] inline void direct_body(const Direct& d, int64_t b, int64_t p0, int64_t p1) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(float), width = kVecs * lanes;
+  const float* wb = d.w + b * d.taps * d.c * d.block;
+  const V zero = {};
+  for (int64_t sub = 0; sub < d.block; sub += width) {
+    for (int64_t q0 = p0; q0 < p1; q0 += kPixels) {
+      const float* px[kPixels];
+      for (int64_t p = 0; p < kPixels; ++p) px[p] = d.window(std::min(q0 + p, p1 - 1));
+      V acc[kVecs][kPixels] = {};
+      for (int64_t t = 0; t < d.taps; ++t) {
+        const float* wt = wb + t * d.c * d.block + sub;
+        const int64_t offset = d.tap_offsets[t];
+        for (int64_t ci = 0; ci < d.c; ++ci) {
+          V wv[kVecs];
+          for (int64_t v = 0; v < kVecs; ++v) std::memcpy(&wv[v], wt + ci * d.block + v * lanes, sizeof(V));
+          for (int64_t p = 0; p < kPixels; ++p) {
+            const float xv = px[p][offset + ci];
+            for (int64_t v = 0; v < kVecs; ++v) acc[v][p] += wv[v] * xv;
+          }
+        }
+      }
+      for (int64_t p = 0; p < std::min(kPixels, p1 - q0); ++p) {
+        for (int64_t v = 0; v < kVecs; ++v) {
+          const int64_t oc = b * d.block + sub + v * lanes, at = (q0 + p) * d.o + oc;
+          V r = acc[v][p], add;
+          if (d.bias != nullptr) {
+            std::memcpy(&add, d.bias + oc, sizeof(V));
+            r += add;
+          }
+          if (d.residual != nullptr) {
+            std::memcpy(&add, d.residual + at, sizeof(V));
+            r += add;
+          }
+          if (d.relu) r = r > zero ? r : zero;  // epilogue.h's bias_act: 0 for NaN too
+          std::memcpy(d.y + at, &r, sizeof(V));
+        }
+      }
+    }
+  }
+}
+
+// AVX-512: 4 x 6 accumulators for 64-output blocks, 2 x 12 for 32, 1 x 12 for 16.
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void direct_avx512(const Direct& d, int64_t b, int64_t p0,
+                                                                        int64_t p1) {
+  if (d.block == 64) {
+    direct_body<V16, 4, 6>(d, b, p0, p1);
+  } else if (d.block == 32) {
+    direct_body<V16, 2, 12>(d, b, p0, p1);
+  } else {
+    direct_body<V16, 1, 12>(d, b, p0, p1);
+  }
+}
+// AVX2: 2 x 6 accumulators over 16 outputs at a time.
+__attribute__((target("avx2,fma"))) void direct_avx2(const Direct& d, int64_t b, int64_t p0, int64_t p1) {
+  direct_body<V8, 2, 6>(d, b, p0, p1);
+}
+void direct_baseline(const Direct& d, int64_t b, int64_t p0, int64_t p1) { direct_body<V8, 2, 6>(d, b, p0, p1); }
+
+const auto direct_tile = for_this_cpu(direct_avx512, direct_avx2, direct_baseline);
+
+}  // namespace
+
+int64_t direct_block(int64_t outputs) {
+  for (const int64_t block : {64, 32}) {
+    if (outputs % block == 0) return block;
+  }
+  return 16;
+}
+
+bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs) {
+  return images < kMinGemmImages && pixels > kGemmPixels && macs <= kDirectMaxMacs;
+}
+
+void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
+                     int64_t o, int64_t block, int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t sh, int64_t sw,
+                     const float* bias, const float* residual, bool relu, float* y) {
+  Direct d{padded, blocked, bias, residual, y, c, o, block, kh * kw, hp, wp, ho, wo, sh, sw, {}, relu};
+  for (int64_t dy = 0; dy < kh; ++dy) {
+    for (int64_t dx = 0; dx < kw; ++dx) d.tap_offsets.push_back((dy * wp + dx) * c);
+  }
+  const int64_t pixels = n * ho * wo, tiles = (pixels + kTilePixels - 1) / kTilePixels, blocks = o / block;
+  // Tasks by output block first: a thread's share of the tasks reads its own blocks of the weight.
+  at::parallel_for(0, blocks * tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = t % tiles * kTilePixels;
+      direct_tile(d, t / tiles, p0, std::min(p0 + kTilePixels, pixels));
+    }
+  });
+}
+
+bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
+                      c10::IntArrayRef padding) {
+  if (weight.dim() != 4 || x.dim() != 4 || !x.is_cpu() || !weight.is_cpu() || x.scalar_type() != at::kFloat ||
+      weight.scalar_type() != at::kFloat || weight.size(0) % 16 != 0 || x.size(0) >= kMinGemmImages ||
+      weight.numel() >= kLargeWeight) {
+    return false;
+  }
+  const int64_t pixels = conv_output_size(x.size(2), weight.size(2), stride[0], padding[0]) *
+                         conv_output_size(x.size(3), weight.size(3), stride[1], padding[1]);
+  return direct_conv_fits(x.size(0), pixels, x.size(0) * pixels * weight.numel());
+}
+
+at::Tensor direct_conv_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.size(0) % 16 == 0,
+              "direct_conv_weight: a float (O, C, kh, kw) weight with O a multiple of 16, got ", weight.sizes());
+  const int64_t o = weight.size(0), block = direct_block(o);
+  return weight.reshape({o / block, block, weight.size(1), weight.size(2), weight.size(3)})
+      .permute({0, 3, 4, 2, 1})
+      .contiguous();
+}
+
+at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& blocked, const at::Tensor& bias,
+                         const at::Tensor& residual, bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && blocked.dim() == 5 && blocked.size(3) == x.size(1),
+              "direct_conv2d: a float NCHW input whose channels match the blocked weight's, got ", x.sizes(), " and ",
+              blocked.sizes());
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t kh = blocked.size(1), kw = blocked.size(2), block = blocked.size(4), o = blocked.size(0) * block;
+  const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(w, kw, stride[1], padding[1]);
+  at::Tensor input;  // (n, hp, wp, c): the padding as zeros, so windows need no bounds checks
+  if (padding[0] == 0 && padding[1] == 0) {
+    input = x.permute({0, 2, 3, 1}).contiguous();
+  } else {
+    input = at::zeros({n, h + 2 * padding[0], w + 2 * padding[1], c}, x.options());
+    input.narrow(1, padding[0], h).narrow(2, padding[1], w).copy_(x.permute({0, 2, 3, 1}));
+  }
+  auto out = at::empty({n, ho, wo, o}, x.options());
+  const at::Tensor res = residual.defined() ? residual.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
+  const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+  direct_conv_raw(input.data_ptr<float>(), n, input.size(1), input.size(2), c, blocked.data_ptr<float>(), o, block, kh,
+                  kw, ho, wo, stride[0], stride[1], b.defined() ? b.data_ptr<float>() : nullptr,
+                  res.defined() ? res.data_ptr<float>() : nullptr, relu, out.data_ptr<float>());
+  return out.permute({0, 3, 1, 2});
+}
+
+}  // namespace pathrt

@@ -1,0 +1,21 @@
+// One kernel built three times (AVX-512, AVX2 + FMA, the compiler's baseline) and the best build for
+// this CPU chosen once, when the library loads. PATHRT_CPU_KERNELS=avx2 or =baseline caps the choice,
+// so the tests run every build on an AVX-512 machine.
+#pragma once
+
+#include <cstdlib>
+#include <string>
+
+namespace pathrt {
+
+template <typename Fn>
+Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
+  __builtin_cpu_init();  // needed before __builtin_cpu_supports in a static initializer
+  const char* cap = std::getenv("PATHRT_CPU_KERNELS");
+  const std::string level = cap ? cap : "";
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (__builtin_cpu_supports("avx512f") && level.empty()) return avx512;
+  return has_avx2 && level != "baseline" ? avx2 : baseline;
+}
+
+}  // namespace pathrt
