@@ -11,6 +11,7 @@
 #include "pathrt/buffer_pool.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/kernels.h"
+#include "pathrt/packed_conv.h"
 #include "pathrt/session.h"
 #include "pathrt/threads.h"
 

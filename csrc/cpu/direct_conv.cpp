@@ -131,18 +131,6 @@ void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int
   });
 }
 
-bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
-                      c10::IntArrayRef padding) {
-  if (weight.dim() != 4 || x.dim() != 4 || !x.is_cpu() || !weight.is_cpu() || x.scalar_type() != at::kFloat ||
-      weight.scalar_type() != at::kFloat || weight.size(0) % 16 != 0 || x.size(0) >= kMinGemmImages ||
-      weight.numel() >= kLargeWeight) {
-    return false;
-  }
-  const int64_t pixels = conv_output_size(x.size(2), weight.size(2), stride[0], padding[0]) *
-                         conv_output_size(x.size(3), weight.size(3), stride[1], padding[1]);
-  return direct_conv_fits(x.size(0), pixels, x.size(0) * pixels * weight.numel());
-}
-
 at::Tensor direct_conv_weight(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.size(0) % 16 == 0,
               "direct_conv_weight: a float (O, C, kh, kw) weight with O a multiple of 16, got ", weight.sizes());

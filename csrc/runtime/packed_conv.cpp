@@ -64,12 +64,25 @@ int64_t map_pixels(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayR
          conv_output_size(x.size(3), weight.size(3), stride[1], padding[1]);
 }
 
+// Whether direct_conv_weight can block `weight` for the direct conv, and the session keeps it so.
+bool direct_weight(const at::Tensor& weight) {
+  return weight.dim() == 4 && weight.is_cpu() && weight.scalar_type() == at::kFloat && weight.size(0) % 16 == 0 &&
+         weight.numel() < kLargeWeight;
+}
+
 }  // namespace
 
 bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   const int64_t pixels = map_pixels(x, weight, stride, padding);
   return x.size(0) >= kMinGemmImages && x.size(0) * pixels >= kMinGemmRows &&
          (pixels <= kGemmPixels || (pixels <= kGemmPixelsLargeWeight && weight.numel() >= kLargeWeight));
+}
+
+bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
+                      c10::IntArrayRef padding) {
+  if (!direct_weight(weight) || x.dim() != 4 || !x.is_cpu() || x.scalar_type() != at::kFloat) return false;
+  const int64_t pixels = map_pixels(x, weight, stride, padding);
+  return direct_conv_fits(x.size(0), pixels, x.size(0) * pixels * weight.numel());
 }
 
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
@@ -175,7 +188,7 @@ PackedConv::PackedConv(const at::Tensor& weight, std::vector<int64_t> stride, st
     : plain_(weight.contiguous(at::MemoryFormat::ChannelsLast)), stride_(std::move(stride)),
       padding_(std::move(padding)), cache_(std::make_shared<Cache>()) {
   if (weight.scalar_type() != at::kFloat || weight.dim() != 4) return;
-  if (weight.is_cpu() && weight.size(0) % 16 == 0 && weight.numel() < kLargeWeight) direct_ = direct_conv_weight(weight.contiguous());
+  if (direct_weight(weight)) direct_ = direct_conv_weight(weight.contiguous());
   if (!packed_convs_available()) return;
   try {
     reorder(weight.contiguous(), padding_, stride_, std::nullopt);  // can oneDNN take this weight at all?

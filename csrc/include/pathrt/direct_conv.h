@@ -12,7 +12,8 @@
 // 82, 128->128 at 8x8 119 / 125, 128->256 at 4x4 65 / 89; ResNet-18@64's stem 119 / 149, 64->64 at
 // 16x16 107 / 126, 128->256 stride 2 57 / 89. Above ~16M multiply-adds oneDNN's kernel is as fast or
 // faster (VGG-11@64's 64->128 at 32x32: 891 against 827; 256->256 at 16x16 2040 against 1584): hence
-// kDirectMaxMacs. Weights over kLargeWeight stream from memory and take the GEMM or dot-product paths.
+// kDirectMaxMacs. Weights over kLargeWeight stream from memory and take the GEMM or dot-product paths
+// (the session's rule for its dense convs: direct_conv_pays in pathrt/packed_conv.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,11 +26,6 @@ constexpr int64_t kDirectMaxMacs = int64_t{1} << 24;
 // direct: fewer than kMinGemmImages images, more than kGemmPixels pixels (fewer take the dot products), at
 // most kDirectMaxMacs multiply-adds.
 bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs);
-
-// Whether conv(x, weight) runs direct: fewer than kMinGemmImages images, more than kGemmPixels output
-// pixels each (fewer take the dot products), at most kDirectMaxMacs multiply-adds, a weight under
-// kLargeWeight whose output channels are a multiple of 16.
-bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
 // The output block of a weight with `outputs` output channels (a multiple of 16): 64, 32 or 16.
 int64_t direct_block(int64_t outputs);

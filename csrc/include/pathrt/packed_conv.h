@@ -85,6 +85,11 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
 // At 3x3 and 4x4 maps oneDNN is faster (525 against 668 us and 643 against 898 on 1 thread).
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
+// Whether conv(x, weight) runs through the direct conv (pathrt/direct_conv.h): a float CPU weight under
+// kLargeWeight whose output channels are a multiple of 16 (direct_conv_weight can block it), and a conv
+// that direct_conv_fits.
+bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
+
 // Whether PackedConv uses oneDNN in this build (torch built with MKLDNN, a CPU with its kernels).
 bool packed_convs_available();
 
