@@ -36,7 +36,7 @@ build: $(DEPS)
 
 # The extension rebuilt with AddressSanitizer + UndefinedBehaviorSanitizer (CPU kernels, session,
 # bundle reader) and the op and session tests run against it; any report fails the run.
-SANITIZE_TESTS ?= tests/test_ops.py tests/test_fused_ops.py tests/test_generator_ops.py tests/test_session.py
+SANITIZE_TESTS ?= tests/test_ops.py tests/test_fused_ops.py tests/test_generator_ops.py tests/test_session.py tests/test_call_pool.py
 sanitize: $(DEPS)
 	rm -rf build/sanitize
 	PATHRT_SANITIZE=1 PATHRT_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/sanitize --build-temp build/sanitize/tmp

@@ -6,9 +6,14 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include <chrono>
 #include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include "pathrt/buffer_pool.h"
+#include "pathrt/call_pool.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
@@ -64,6 +69,7 @@ py::dict build_info() {
   info["cuda_archs"] = "";
 #endif
   info["cpu_features"] = cpu_features();
+  info["call_pool"] = pathrt::call_pool::stats().enabled;
   return info;
 }
 
@@ -143,6 +149,46 @@ PYBIND11_MODULE(_C, m) {
       },
       "The pool of large CPU buffers that session calls reuse across calls: whether it is torch's CPU "
       "allocator now, bytes held (in use and free), bytes free, blocks, and the least size it pools.");
+  m.def(
+      "call_pool",
+      [] {
+        const auto s = pathrt::call_pool::stats();
+        py::dict out;
+        out["enabled"] = s.enabled;
+        out["jobs"] = s.jobs;
+        out["helper_chunks"] = s.helper_chunks;
+        out["late"] = s.late;
+        out["suspended_scopes"] = s.suspended_scopes;
+        return out;
+      },
+      "The session calls' helper pool (csrc/include/pathrt/call_pool.h), this process so far: whether it is on "
+      "(PATHRT_CALL_POOL), loops it ran, chunks its helpers ran, late helpers, and calls it sat out after one.");
+  m.def(
+      "call_pool_loop",
+      [](int threads, int64_t n, int64_t grain, double caller_us, double helper_us, int64_t fail_at) {
+        py::gil_scoped_release release;
+        std::vector<int> runs(static_cast<size_t>(std::max<int64_t>(0, n))), on_helper(runs.size());
+        const auto caller = std::this_thread::get_id();
+        {
+          const pathrt::CallScope scope(threads);
+          const pathrt::ThreadLimit serial(1);
+          pathrt::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+            const bool helper = std::this_thread::get_id() != caller;
+            for (int64_t i = begin; i < end; ++i) {
+              if (i == fail_at) throw std::runtime_error("call_pool_loop: failing at " + std::to_string(i));
+              std::this_thread::sleep_for(std::chrono::duration<double, std::micro>(helper ? helper_us : caller_us));
+              ++runs[static_cast<size_t>(i)];
+              on_helper[static_cast<size_t>(i)] = helper;
+            }
+          });
+        }
+        return std::make_pair(runs, on_helper);
+      },
+      py::arg("threads"), py::arg("n"), py::arg("grain"), py::arg("caller_us") = 0.0, py::arg("helper_us") = 0.0,
+      py::arg("fail_at") = -1,
+      "Test only: one pathrt::parallel_for over range(n) inside a session call's scope on `threads` threads, "
+      "each index sleeping caller_us on the calling thread and helper_us on a helper (and raising at fail_at). "
+      "Returns per index the times it ran and whether a helper ran it.");
   m.def(
       "direct_conv2d",
       [](const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

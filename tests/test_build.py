@@ -25,6 +25,7 @@ def test_build_info_describes_the_extension() -> None:
     assert info is not None
     assert info["torch"] == torch.__version__.split("+")[0]
     assert info["openmp"] is not None and info["openmp_max_threads"] >= 1
+    assert info["call_pool"] == (os.environ.get("PATHRT_CALL_POOL") != "0")
     assert isinstance(info["cpu_features"]["avx2"], bool)
     assert info["cuda"] == CUDA_TOOLCHAIN, "setup.py must compile the CUDA kernels wherever nvcc exists"
     if info["cuda"]:

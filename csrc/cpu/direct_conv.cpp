@@ -2,6 +2,7 @@
 // weight blocked by outputs, built for AVX-512, AVX2 and the baseline (pathrt/cpu_dispatch.h).
 #include "pathrt/direct_conv.h"
 
+#include "pathrt/call_pool.h"
 #include "pathrt/cpu_dispatch.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/packed_conv.h"
@@ -123,7 +124,7 @@ void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int
   }
   const int64_t pixels = n * ho * wo, tiles = (pixels + kTilePixels - 1) / kTilePixels, blocks = o / block;
   // Tasks by output block first: a thread's share of the tasks reads its own blocks of the weight.
-  at::parallel_for(0, blocks * tiles, 1, [&](int64_t t0, int64_t t1) {
+  pathrt::parallel_for(0, blocks * tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = t % tiles * kTilePixels;
       direct_tile(d, t / tiles, p0, std::min(p0 + kTilePixels, pixels));

@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "pathrt/call_pool.h"
 #include "pathrt/cpu_dispatch.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/epilogue.h"
@@ -47,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
   bool* m_out = masks.data_ptr<bool>();
   uint8_t* p_out = packed.data_ptr<uint8_t>();
   int64_t* c_out = counts.data_ptr<int64_t>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       int64_t kept = 0;
       for (int64_t byte = 0; byte < nbytes; ++byte) {
@@ -75,7 +76,7 @@ static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at:
   const float* fp = f.defined() ? f.data_ptr<float>() : nullptr;
   float* dst = out.data_ptr<float>();
   if (channels_last(x)) {  // NHWC: one pixel's channels are contiguous
-    at::parallel_for(0, n * plane, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, c)), [&](int64_t begin, int64_t end) {
+    pathrt::parallel_for(0, n * plane, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, c)), [&](int64_t begin, int64_t end) {
       for (int64_t px = begin; px < end; ++px) {
         const float* mrow = mp + (px / plane) * c;
         for (int64_t ch = 0; ch < c; ++ch) {
@@ -85,7 +86,7 @@ static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at:
     });
     return;
   }
-  at::parallel_for(0, n * c, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane)), [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, n * c, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const float mv = mp[p];
       const float bv = bp ? bp[p % c] : 0.0f;
@@ -445,7 +446,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         if (slabs.empty() || slabs.back() != o / kSlabOuts) slabs.push_back(o / kSlabOuts);
       }
       const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kSlabOuts * depth * width));
-      at::parallel_for(0, static_cast<int64_t>(slabs.size()), grain, [&](int64_t b0, int64_t b1) {
+      pathrt::parallel_for(0, static_cast<int64_t>(slabs.size()), grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t o0 = slabs[b] * kSlabOuts;
           slab_rows(wp + o0, offsets.data(), depth, rows.data(), ld, width, ybuf.data() + o0, g.c_out);
@@ -456,7 +457,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     ybuf.resize(static_cast<size_t>(kout * width));
     const int64_t blocks = (kout + kBlockOuts - 1) / kBlockOuts;
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kBlockOuts * ld * width));
-    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    pathrt::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
       std::vector<float> gathered(static_cast<size_t>(in_place ? 0 : kBlockOuts * ld), 0.0f);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t a0 = b * kBlockOuts, outs = std::min(kBlockOuts, kout - a0);
@@ -630,8 +631,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   };
   // One group run per task; with fewer runs than threads, run them in turn and let the GEMM thread.
   const int64_t tasks = static_cast<int64_t>(runs.size());
-  if (tasks >= at::get_num_threads()) {
-    at::parallel_for(0, tasks, 1, run_groups);
+  if (tasks >= parallel_width()) {
+    pathrt::parallel_for(0, tasks, 1, run_groups);
   } else {
     run_groups(0, tasks);
   }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "pathrt/call_pool.h"
 #include "pathrt/generator_checks.h"
 #include "pathrt/generator_math.h"
 #include "pathrt/generator_rows.h"
@@ -51,7 +52,7 @@ static int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 8192 / std::ma
 // y[r] = LayerNorm(x[r]) (+ add_bias before normalizing, in place on x) for `rows` rows of d values.
 void layer_norm_rows(float* x, const float* add_bias, const float* w, const float* b, float eps, int64_t rows,
                      int64_t d, float* y) {
-  at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* xr = x + r * d;
       if (add_bias) {
@@ -65,7 +66,7 @@ void layer_norm_rows(float* x, const float* add_bias, const float* w, const floa
 namespace {
 
 void add_bias_rows(float* x, const float* bias, int64_t rows, int64_t d, bool apply_gelu) {
-  at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) bias_act_row(x + r * d, bias, d, apply_gelu);
   });
 }
@@ -85,7 +86,7 @@ at::Tensor rfe_tail_cpu(at::TensorList maps, const at::Tensor& cls, const at::Te
     const int64_t plane = m.size(2) * m.size(3);
     const float* mp = m.data_ptr<float>();
     const float inv = 1.0f / static_cast<float>(plane);
-    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    pathrt::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         float* out = pp + (s * layers + l) * d_r;
         std::fill(out, out + d_r, 0.0f);
@@ -105,7 +106,7 @@ at::Tensor rfe_tail_cpu(at::TensorList maps, const at::Tensor& cls, const at::Te
   const float *cp = cc.data_ptr<float>(), *wp = nw.data_ptr<float>(), *bp = nb.data_ptr<float>(),
               *posp = pc.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, n * (layers + 1), row_grain(d), [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, n * (layers + 1), row_grain(d), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t s = r / (layers + 1), t = r % (layers + 1);
       if (t == 0) {
@@ -134,7 +135,7 @@ at::Tensor pdn_encoder_layer_cpu(const at::Tensor& x, at::TensorList params, int
   const float* qp = qkv.data_ptr<float>();
   float* ap = attn.data_ptr<float>();
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  at::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(t);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / heads, head = task % heads;
@@ -173,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpd_decod
     auto next = at::empty({n, d}, z.options());
     const float *ghp = gh.data_ptr<float>(), *hp = state.data_ptr<float>();
     float* np = next.data_ptr<float>();
-    at::parallel_for(0, n, row_grain(d), [&](int64_t begin, int64_t end) {
+    pathrt::parallel_for(0, n, row_grain(d), [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) gru_row(gip + (s * layers + l) * 3 * d, ghp + s * 3 * d, hp + s * d, d, np + s * d);
     });
     state = next;

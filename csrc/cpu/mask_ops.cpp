@@ -5,6 +5,7 @@
 
 #include "pathrt/mask_checks.h"
 #include "pathrt/bitops.h"
+#include "pathrt/call_pool.h"
 
 namespace pathrt {
 namespace {
@@ -16,7 +17,7 @@ at::Tensor pack_masks_cpu(const at::Tensor& masks) {
   auto out = at::empty({n, nbytes}, masks.options().dtype(at::kByte));
   const uint8_t* src = bytes.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
-  at::parallel_for(0, n * nbytes, 4096, [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, n * nbytes, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t row = idx / nbytes, byte = idx % nbytes;
       const int64_t first = byte * 8;
@@ -55,7 +56,7 @@ at::Tensor pairwise_iou_cpu(const at::Tensor& a, const at::Tensor& b) {
   row_counts(ac.data_ptr<uint8_t>(), n, nbytes, ca.data_ptr<int64_t>());
   row_counts(bc.data_ptr<uint8_t>(), m, nbytes, cb.data_ptr<int64_t>());
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, m * nbytes));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+  pathrt::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     iou_block(ac.data_ptr<uint8_t>(), bc.data_ptr<uint8_t>(), ca.data_ptr<int64_t>(),
               cb.data_ptr<int64_t>(), begin, end, m, nbytes, out.data_ptr<float>());
   });

@@ -2,6 +2,7 @@
 // the batched GEMM conv for small output maps.
 #include "pathrt/packed_conv.h"
 
+#include "pathrt/call_pool.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/kernels.h"
@@ -102,7 +103,7 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
   const int64_t* op = out_idx.data_ptr<int64_t>();
   const int64_t* ip = in_idx.data_ptr<int64_t>();
   float* rp = rows.data_ptr<float>();
-  at::parallel_for(0, kout, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, taps * kin)), [&](int64_t a0, int64_t a1) {
+  pathrt::parallel_for(0, kout, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, taps * kin)), [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
       for (int64_t t = 0; t < taps; ++t) {
         const float* src = wp + (op[a] * taps + t) * c;
@@ -128,7 +129,7 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
   auto cols = at::empty({rows, depth}, input.options());
   const float* xp = input.data_ptr<float>();
   float* cp = cols.data_ptr<float>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, depth)), [&](int64_t r0, int64_t r1) {
+  pathrt::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, depth)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t s = r / (ho * wo), oy = r / wo % ho, ox = r % wo;
       float* dst = cp + r * depth;

@@ -17,6 +17,7 @@
 #include <set>
 
 #include "pathrt/buffer_pool.h"
+#include "pathrt/call_pool.h"
 #include "pathrt/digest.h"
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
@@ -158,7 +159,7 @@ at::Tensor move_channels(const at::Tensor& x, const at::Tensor& keep, int64_t ch
   const float* src = in.data_ptr<float>();
   const int64_t* idx = keep.data_ptr<int64_t>();
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, channels)), [&](int64_t p0, int64_t p1) {
+  pathrt::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, channels)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       if (!place) {
         for (int64_t j = 0; j < k; ++j) dst[p * channels + j] = src[p * c + idx[j]];
@@ -542,11 +543,13 @@ struct ExplainSession::Impl {
     return values[joint_input];
   }
 
-  // One call. Each step, and the generator as a whole, runs on all threads only when its work pays for
-  // waking them (pathrt/threads.h); everything else (mask statistics, softmax, ...) on this one.
+  // One call. Each step, and the generator as a whole, runs on OpenMP's team of all threads only when
+  // its work pays for waking it (pathrt/threads.h); the other steps run on this thread, where pathrt's
+  // own kernels share their loops with the call pool's spinning helpers (pathrt/call_pool.h).
   ExplainResult run(const at::Tensor& images) const {
     const int count = max_threads();
     const Threads threads{count, parallel_work(count)};
+    const CallScope helpers(count);
     const ThreadLimit serial(1);
     std::vector<at::Tensor> features(info.channels.size()), values(num_values);
     ExplainResult r;

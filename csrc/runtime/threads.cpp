@@ -38,6 +38,7 @@ ThreadLimit::ThreadLimit(int threads) {
   if (threads > 0) omp_set_num_threads(threads);
 #endif
   if (threads > 0 && MKL_Set_Num_Threads_Local != nullptr) mkl_previous_ = MKL_Set_Num_Threads_Local(threads);
+  if (threads > 1) pause_.emplace();
 }
 
 ThreadLimit::~ThreadLimit() {

@@ -54,6 +54,8 @@ def format_environment(env: dict[str, Any]) -> str:
         b = ext["build"]
         lines.append(f"extension pathrt._C: loaded (gcc {b['compiler']}, C++ {b['cplusplus']}, "
                      f"OpenMP {b['openmp']} with {b['openmp_max_threads']} threads)")
+        pool = "on" if b["call_pool"] else "off (PATHRT_CALL_POOL=0)"
+        lines.append(f"  session call pool (helper threads that spin only within a call): {pool}")
         if b["cuda"]:
             archs = ", ".join(f"sm_{a.replace('.', '')}" for a in b["cuda_archs"].split(",") if a)
             usable = "yes" if env["cuda_kernels_usable"] else "no (no CUDA device here)"

@@ -7,13 +7,17 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+
+#include "pathrt/call_pool.h"
 
 namespace pathrt {
 
 // Sets the OpenMP and MKL thread counts of the calling thread for one scope (both are per calling
 // thread, so concurrent callers do not interfere) and restores them after; threads <= 0 keeps them.
 // Cheap (no at::init_num_threads, which re-applies torch.set_num_threads' count when it was called):
-// call that once per call on the calling thread first.
+// call that once per call on the calling thread first. Wider than one thread, it pauses the calling
+// thread's call pool (pathrt/call_pool.h) for the scope: OpenMP's team then owns the cores.
 class ThreadLimit {
  public:
   explicit ThreadLimit(int threads);
@@ -23,6 +27,7 @@ class ThreadLimit {
 
  private:
   int previous_ = 0, mkl_previous_ = -1;
+  std::optional<PoolPause> pause_;
 };
 
 // The OpenMP threads a parallel region on this thread would use now. Not at::get_num_threads: on a

@@ -1,0 +1,112 @@
+"""The call pool (csrc/include/pathrt/call_pool.h): helpers that spin only inside a session call run
+pathrt's narrow parallel loops; every index once, errors raised in the caller, a late helper (other
+work on its core) retired for a back-off, and session results bit-equal with the pool on and off."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pathrt import _C
+from pathrt.threads import COMMAND_WAIT_POLICY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_loop_runs_every_index_once_on_the_caller_and_a_helper() -> None:
+    for attempt in range(3):  # a late helper in an earlier test of this process sits out <= 2 s
+        before = _C.call_pool()
+        runs, on_helper = _C.call_pool_loop(2, 64, 1, caller_us=200.0, helper_us=200.0)
+        assert runs == [1] * 64
+        if any(on_helper) or attempt == 2:
+            break
+        time.sleep(2.1)
+    assert 0 < sum(on_helper) < 64  # dynamic chunks: both threads took some
+    after = _C.call_pool()
+    assert after["jobs"] == before["jobs"] + 1 and after["helper_chunks"] > before["helper_chunks"]
+
+
+def test_a_loop_within_its_grain_or_on_one_thread_stays_on_the_caller() -> None:
+    before = _C.call_pool()
+    assert _C.call_pool_loop(2, 8, 8) == ([1] * 8, [False] * 8)
+    assert _C.call_pool_loop(1, 64, 1) == ([1] * 64, [False] * 64)
+    assert _C.call_pool()["jobs"] == before["jobs"]
+
+
+def test_an_error_in_a_chunk_reaches_the_caller_and_the_pool_goes_on() -> None:
+    with pytest.raises(RuntimeError, match="failing at 40"):
+        _C.call_pool_loop(2, 64, 1, caller_us=50.0, helper_us=50.0, fail_at=40)
+    jobs = _C.call_pool()["jobs"]
+    runs, _ = _C.call_pool_loop(2, 64, 1, caller_us=50.0, helper_us=50.0)
+    assert runs == [1] * 64 and _C.call_pool()["jobs"] == jobs + 1
+
+
+def test_a_late_helper_is_waited_for_then_sits_out_a_back_off() -> None:
+    """A helper that holds a chunk far longer than the caller's (here it sleeps 20 ms per index, as a
+    descheduled thread would) makes the call wait for it, blocked; the next call runs alone."""
+    before = _C.call_pool()
+    for _ in range(5):  # the helper must have claimed a chunk: it wakes within a few ms
+        runs, on_helper = _C.call_pool_loop(2, 16, 1, caller_us=200.0, helper_us=20000.0)
+        assert runs == [1] * 16
+        if any(on_helper):
+            break
+    assert any(on_helper)
+    late = _C.call_pool()
+    assert late["late"] == before["late"] + 1
+    runs, on_helper = _C.call_pool_loop(2, 16, 1, caller_us=10.0, helper_us=10.0)
+    assert runs == [1] * 16 and not any(on_helper)
+    assert _C.call_pool()["suspended_scopes"] == late["suspended_scopes"] + 1
+
+
+_SESSION = """
+import hashlib, json, torch
+from pathrt import _C
+from pathrt.opspec import parity
+from pathrt.runtime import Explainer
+from tests.conftest import torchvision_target, varied_generator
+
+torch.set_num_threads(2)
+torch.manual_seed(0)  # the same random target in both processes
+target = torchvision_target("resnet18")
+generator = varied_generator(target.spec, seed=5)
+session, eager = Explainer(target, generator, backend="session"), Explainer(target, generator, backend="eager")
+out = {}
+for batch in (1, 2):
+    x = torch.randn(batch, *target.spec.input_shape, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        result = session.engine.session.explain(x)
+        report = parity.compare(result, eager.engine.explain(x))
+    digest = hashlib.sha256()
+    for key in ("masks", "logits", "pathway_logits", "scores"):
+        digest.update(result[key].contiguous().numpy().tobytes())
+    out[batch] = [report.ok, report.describe(), digest.hexdigest()]
+print(json.dumps({"results": out, "pool": _C.call_pool()}))
+"""
+
+
+def _session_run(pool: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in COMMAND_WAIT_POLICY}
+    env = {**clean, "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000", "PATHRT_CALL_POOL": pool}
+    done = subprocess.run([sys.executable, "-c", _SESSION], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_session_gives_the_same_bits_with_the_pool_on_and_off() -> None:
+    """ResNet-18 at batches 1 and 2 on 2 threads under the pathrt command's wait policy: with the pool,
+    its helpers run chunks of the session's loops; without (PATHRT_CALL_POOL=0) none run. The results
+    are bit-equal (each loop's chunks compute the same values wherever they run) and equal eager's."""
+    on, off = _session_run("1"), _session_run("0")
+    assert on["pool"]["enabled"] and on["pool"]["jobs"] > 0 and on["pool"]["helper_chunks"] > 0
+    assert not off["pool"]["enabled"] and off["pool"]["jobs"] == 0
+    for batch in ("1", "2"):
+        ok, description, digest = on["results"][batch]
+        assert ok, description
+        assert digest == off["results"][batch][2]
