@@ -33,6 +33,9 @@ using Clock = std::chrono::steady_clock;
 // The job word: generation (32 bits) | chunks (16) | next chunk to claim (16). One word, so that a
 // claim (a compare-exchange) fails for a helper holding a stale view of an earlier job.
 constexpr uint64_t kIndexBits = 16, kMaxChunks = (uint64_t{1} << kIndexBits) - 1;
+// A helper that found no chunk for this long within a call parks until the next job, so that a long
+// serial stretch of the call (the generator at batch 1) does not burn a core a neighbour could use.
+constexpr auto kIdleSpin = std::chrono::microseconds(100);
 constexpr int kChunksPerThread = 4;  // dynamic chunks, so a helper that starts late takes fewer
 constexpr auto kFirstBackoff = std::chrono::milliseconds(50), kMaxBackoff = std::chrono::milliseconds(2000);
 // How long the caller waits past its own chunks before it calls a helper late: twice its longest
@@ -76,6 +79,7 @@ class Pool {
 
   // Helpers spin for jobs (one notify if any sleeps).
   void spin() {
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
     spinning_.store(true, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       { const std::lock_guard<std::mutex> lock(mutex_); }
@@ -99,7 +103,11 @@ class Pool {
     done_.store(0, std::memory_order_relaxed);
     caller_waiting_.store(false, std::memory_order_relaxed);
     generation_ = (generation_ + 1) & 0xffffffffu;
-    state_.store(generation_ << 32 | static_cast<uint64_t>(chunks) << kIndexBits, std::memory_order_release);
+    state_.store(generation_ << 32 | static_cast<uint64_t>(chunks) << kIndexBits, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {  // a helper parked after kIdleSpin without work
+      { const std::lock_guard<std::mutex> lock(mutex_); }
+      wake_.notify_all();
+    }
     jobs.fetch_add(1, std::memory_order_relaxed);
     Clock::duration longest{0};
     bool ran = false;
@@ -177,9 +185,11 @@ class Pool {
     omp_set_num_threads(1);
 #endif
     if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(1);
-    while (!stop_.load(std::memory_order_acquire)) {
+    auto idle_since = Clock::now();
+    for (uint32_t polls = 1; !stop_.load(std::memory_order_acquire); ++polls) {
       if (!spinning_.load(std::memory_order_acquire)) {
-        sleep();
+        sleep(false);
+        idle_since = Clock::now();
         continue;
       }
       if (claim_and_run()) {
@@ -188,22 +198,35 @@ class Pool {
           { const std::lock_guard<std::mutex> lock(mutex_); }
           done_cv_.notify_all();
         }
+        idle_since = Clock::now();
         continue;
       }
       cpu_relax();
+      if (polls % 64 == 0 && Clock::now() - idle_since > kIdleSpin) {
+        sleep(true);
+        idle_since = Clock::now();
+      }
     }
   }
 
-  void sleep() {
+  // Sleeps until the pool spins again or, with `parked`, until a new job or a new call scope.
+  void sleep(bool parked) {
+    const uint64_t job = state_.load(std::memory_order_seq_cst) >> 32, epoch = epoch_.load(std::memory_order_seq_cst);
+    const auto woken = [&] {
+      if (stop_.load() || !spinning_.load(std::memory_order_seq_cst)) return stop_.load();
+      return !parked || state_.load(std::memory_order_seq_cst) >> 32 != job ||
+             epoch_.load(std::memory_order_seq_cst) != epoch;
+    };
     std::unique_lock<std::mutex> lock(mutex_);
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    while (!spinning_.load(std::memory_order_seq_cst) && !stop_.load()) wake_.wait(lock);
+    while (!woken()) wake_.wait(lock);
     sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
 
   std::vector<std::thread> threads_;
   std::atomic<bool> spinning_{false}, stop_{false}, caller_waiting_{false};
   std::atomic<int> sleepers_{0};
+  std::atomic<uint64_t> epoch_{0};  // call scopes begun: wakes parked helpers
   std::mutex mutex_, error_mutex_;
   std::condition_variable wake_, done_cv_;
   // The job: published by the release store of state_, read by a claimer after its acquire claim.
