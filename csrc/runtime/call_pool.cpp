@@ -34,8 +34,11 @@ using Clock = std::chrono::steady_clock;
 // claim (a compare-exchange) fails for a helper holding a stale view of an earlier job.
 constexpr uint64_t kIndexBits = 16, kMaxChunks = (uint64_t{1} << kIndexBits) - 1;
 // A helper that found no chunk for this long within a call parks until the next job, so that a long
-// serial stretch of the call (the generator at batch 1) does not burn a core a neighbour could use.
-constexpr auto kIdleSpin = std::chrono::microseconds(100);
+// serial stretch of the call does not burn a core a neighbour could use (VGG-11@64's batch 1 beside
+// two busy processes: 49-51 ms spinning throughout, 43-45 parked after 100 us). A parked helper takes
+// tens of microseconds to wake: 300 us spans the embedded model's batch-1 generator (~220 us; its
+// pathway phase 0.47 ms after a 100 us spin, 0.40-0.41 after 300, 0.38-0.40 without the pool).
+constexpr auto kIdleSpin = std::chrono::microseconds(300);
 constexpr int kChunksPerThread = 4;  // dynamic chunks, so a helper that starts late takes fewer
 constexpr auto kFirstBackoff = std::chrono::milliseconds(50), kMaxBackoff = std::chrono::milliseconds(2000);
 // How long the caller waits past its own chunks before it calls a helper late: twice its longest

@@ -218,27 +218,41 @@ at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
   return entries.front().second;
 }
 
+PackedConv::Kernel PackedConv::kernel_for(const at::Tensor& x) const {
+  if (direct_.defined() && direct_conv_pays(x, plain_, stride_, padding_)) return Kernel::Direct;
+  // oneDNN's per-call setup outweighs its faster kernel on the smallest convs (the generator's above
+  // SmallGenerator's batches, ResNet's 1x1 downsamples at batch 1): those run through at::conv2d.
+  const int64_t macs = x.size(0) * x.size(2) * x.size(3) * plain_.numel() / (stride_[0] * stride_[1]);
+  if (!packed_ || macs < kMinPackedMacs) return Kernel::Conv2d;
+  if (dot_conv_pays(x, plain_, stride_, padding_)) return Kernel::Dot;
+  if (gemm_conv_pays(x, plain_, stride_, padding_)) return Kernel::Gemm;
+  return Kernel::OneDnn;
+}
+
+bool PackedConv::own_kernels(const at::Tensor& x) const {
+  const Kernel kernel = kernel_for(x);
+  return kernel == Kernel::Direct || kernel == Kernel::Dot;
+}
+
 at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual,
                                   bool relu) const {
   const std::optional<at::Tensor> b = bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
-  // oneDNN's per-call setup outweighs its faster kernel on the smallest convs (the generator's above
-  // SmallGenerator's batches, ResNet's 1x1 downsamples at batch 1): those run through at::conv2d.
-  if (direct_.defined() && direct_conv_pays(x, plain_, stride_, padding_)) {
-    return direct_conv2d(x, direct_, bias, residual, relu, stride_, padding_);
-  }
-  const int64_t macs = x.size(0) * x.size(2) * x.size(3) * plain_.numel() / (stride_[0] * stride_[1]);
-  if (!packed_ || macs < kMinPackedMacs) {
-    auto y = at::conv2d(x, plain_, b, stride_, padding_);
-    if (residual.defined()) y.add_(residual);
-    return relu ? y.relu_() : y;
-  }
-  if (dot_conv_pays(x, plain_, stride_, padding_)) {  // plain_'s channels-last rows, read in place
-    return pathway_conv2d_cpu(x, plain_, b, residual.defined() ? std::optional<at::Tensor>(residual) : std::nullopt,
-                              std::nullopt, std::nullopt, stride_, padding_, relu);
-  }
-  if (gemm_conv_pays(x, plain_, stride_, padding_)) {
-    return gemm_conv2d(x, kept_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu, stride_,
-                       padding_);
+  switch (kernel_for(x)) {
+    case Kernel::Direct:
+      return direct_conv2d(x, direct_, bias, residual, relu, stride_, padding_);
+    case Kernel::Conv2d: {
+      auto y = at::conv2d(x, plain_, b, stride_, padding_);
+      if (residual.defined()) y.add_(residual);
+      return relu ? y.relu_() : y;
+    }
+    case Kernel::Dot:  // plain_'s channels-last rows, read in place
+      return pathway_conv2d_cpu(x, plain_, b, residual.defined() ? std::optional<at::Tensor>(residual) : std::nullopt,
+                                std::nullopt, std::nullopt, stride_, padding_, relu);
+    case Kernel::Gemm:
+      return gemm_conv2d(x, kept_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu,
+                         stride_, padding_);
+    case Kernel::OneDnn:
+      break;
   }
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   const auto weight = packed_for(input);

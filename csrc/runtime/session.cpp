@@ -304,6 +304,17 @@ struct ExplainSession::Impl {
     }
   }
 
+  // Whether a dense step runs on pathrt's own kernels with the call pool on: then it stays on this
+  // thread's OpenMP count of one and its loops take the pool's helpers, which answer in ~1 us, rather
+  // than OpenMP's team, which sleeps (ResNet-18@64's 2x2 512->512 convs at batch 1 widened to it).
+  static bool on_call_pool(const Step& s, const std::vector<at::Tensor>& values) {
+    return s.op == Op::Conv && call_pool::width() > 1 && s.conv.own_kernels(values[s.inputs[0]]);
+  }
+
+  static int dense_width(const Threads& threads, const Step& s, const std::vector<at::Tensor>& values) {
+    return on_call_pool(s, values) ? 1 : threads.width(work(s, values));
+  }
+
   at::Tensor dense(const Step& s, const std::vector<at::Tensor>& values) const {
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
@@ -351,7 +362,7 @@ struct ExplainSession::Impl {
     values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
-      const ThreadLimit limit(threads.width(work(s, values)));
+      const ThreadLimit limit(dense_width(threads, s, values));
       values[s.output] = dense(s, values);
       if (s.pathway >= 0) features[s.pathway] = rfe_pool(values[s.output], static_cast<size_t>(s.pathway));
       for (const int64_t v : s.inputs) {
@@ -368,7 +379,7 @@ struct ExplainSession::Impl {
     values[joint_input] = at::cat({plain_input, pathway_input}, 0);
     for (size_t i = static_cast<size_t>(joint_from); i < steps.size(); ++i) {
       const Step& s = steps[i];
-      const ThreadLimit limit(threads.width(work(s, values)));
+      const ThreadLimit limit(dense_width(threads, s, values));
       values[s.output] = dense(s, values);
       for (const int64_t v : s.inputs) {
         if (plain_last_read[v] == static_cast<int64_t>(i) && v != output) values[v].reset();
@@ -509,7 +520,8 @@ struct ExplainSession::Impl {
       if (s.op == Op::Conv) {
         const int64_t pixels = conv_pixels(s, values[s.inputs[0]]);
         const auto [strategy, kept] = choose(s, stats, pixels);
-        limit.emplace(threads.width(static_cast<int64_t>(kept * static_cast<double>(pixels * s.weight.numel()))));
+        const auto kept_work = static_cast<int64_t>(kept * static_cast<double>(pixels * s.weight.numel()));
+        limit.emplace(strategy == Strategy::Dense && on_call_pool(s, values) ? 1 : threads.width(kept_work));
         const at::Tensor in_mask = s.in_mask >= 0 ? masks[s.in_mask] : at::Tensor();
         const at::Tensor out_mask = s.out_mask >= 0 ? masks[s.out_mask] : at::Tensor();
         if (strategy != Strategy::Sparse || !in_mask.defined()) clean(s.inputs[0]);

@@ -37,10 +37,17 @@ class PackedConv {
 
   bool packed() const { return packed_; }
   const at::Tensor& weight() const { return plain_; }
+
+  // Whether conv(x) runs on pathrt's own kernels (the direct conv or the dot products), whose loops
+  // a session call shares with its call pool (pathrt/call_pool.h), rather than oneDNN's, at::conv2d's
+  // or MKL's, which thread through OpenMP.
+  bool own_kernels(const at::Tensor& x) const;
   static constexpr size_t kMaxPackedShapes = 8;
 
  private:
   struct Cache;
+  enum class Kernel { Direct, Conv2d, Dot, Gemm, OneDnn };
+  Kernel kernel_for(const at::Tensor& x) const;  // the rules below, in order
   at::Tensor packed_for(const at::Tensor& input) const;
 
   at::Tensor plain_;
