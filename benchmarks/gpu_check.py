@@ -11,7 +11,7 @@ output) and triton_kernels.csv (registers, spills, first-call compile time). Exi
 phase failed. --budget bounds the whole run (default 560 s: a device command may run 10 minutes).
 
 Without a GPU (or with --dry-run) the same script runs every phase that can: the CPU kernels and
-the float64 references, the Triton kernels under TRITON_INTERPRET=1 on small shapes, the standalone
+the CPU references, the Triton kernels under TRITON_INTERPRET=1 on small shapes, the standalone
 nvcc compile of the CUDA kernels for their ptxas report; what needs a GPU says it was skipped and why.
 
 This driver imports neither pathrt nor anything outside the standard library and torch: on a bare
@@ -305,7 +305,7 @@ def _info_report(ctx: Context) -> None:
 # ---------------------------------------------------------------- phase 2: op parity
 
 def phase_parity(ctx: Context) -> None:
-    """Every CUDA op and Triton kernel against float64 (`pathrt.benchmarks.gpu_parity`)."""
+    """Every CUDA op and Triton kernel against its CPU reference (`pathrt.benchmarks.gpu_parity`)."""
     import torch
 
     from pathrt.benchmarks import gpu_parity
@@ -345,7 +345,7 @@ def phase_parity(ctx: Context) -> None:
     for impl in sorted({r.impl for r in results}):
         mine = [r for r in results if r.impl == impl]
         worst = max(mine, key=lambda r: r.error / r.limit if r.limit else r.error)
-        ctx.say(f"{impl} on {device.type}: {sum(r.ok for r in mine)}/{len(mine)} cases agree with float64; "
+        ctx.say(f"{impl} on {device.type}: {sum(r.ok for r in mine)}/{len(mine)} cases agree with the CPU reference; "
                 f"worst {worst.op} {worst.error:.1e} (limit {worst.limit:g})")
     for r in bad[:8]:
         ctx.fail(f"{r.impl} {r.op} [{r.case}, batch {r.batch}]: {r.problem}")
