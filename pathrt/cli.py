@@ -373,7 +373,8 @@ def _cmd_profile(args: argparse.Namespace) -> None:
     from pathrt.benchmarks.profile import run_profile
 
     model = build_models([args.model], Path(args.workdir), args.sparsity, 1)[0]
-    print(run_profile(model, args.backend, args.batch, Path(args.out), warmup=args.warmup, repeats=args.repeats))
+    print(run_profile(model, args.backend, args.batch, Path(args.out), warmup=args.warmup, repeats=args.repeats,
+                      ops=args.ops))
     print(f"wrote {Path(args.out) / 'profile.md'}, profile.json and trace.json")
 
 
@@ -604,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--repeats", type=int, default=10)
     prof.add_argument("--sparsity", type=float, default=0.6, help="of the untrained generators (default 0.6)")
     prof.add_argument("--workdir", default="runs/demo", help="where `make demo` cached the trained embedded model")
+    prof.add_argument("--ops", type=int, default=25, help="rows of the op table (the session's steps are ops "
+                      "named pathrt.plain.<module> and pathrt.pathway.<module>; default 25)")
     prof.add_argument("--out", default="runs/profile")
     prof.set_defaults(run=_cmd_profile)
 

@@ -30,7 +30,8 @@ def _check(out: Path, phases: list[str]) -> dict:
 def test_profile_command_on_the_session(tmp_path: Path) -> None:
     out = tmp_path / "profile"
     result = subprocess.run([sys.executable, "-m", "pathrt.cli", "profile", "--backend", "session", "--batch", "2",
-                             "--repeats", "2", "--workdir", str(tmp_path / "no-demo"), "--out", str(out)],
+                             "--repeats", "2", "--ops", "200", "--workdir", str(tmp_path / "no-demo"),
+                             "--out", str(out)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     data = _check(out, ["plain", "generator", "pathway"])
@@ -43,6 +44,15 @@ def test_profile_command_on_the_session(tmp_path: Path) -> None:
     # the session's phases are ranges of the trace (Perfetto shows which ops belong to which phase)
     names = {e.get("name") for e in json.loads((out / "trace.json").read_text())["traceEvents"]}
     assert {"pathrt.session.plain", "pathrt.session.generator", "pathrt.session.pathway"} <= names
+    # and so is each step, named by the target's module: the convs of the plain pass, those after the
+    # first pathway layer on the pathway pass (it reuses the first conv's output), the classifier's
+    # linears in the joint tail; --ops 200 lists them all in the table
+    steps = {f"pathrt.plain.features.{i}" for i in (0, 4, 8, 11, 15)}
+    steps |= {f"pathrt.pathway.features.{i}" for i in (4, 8, 11, 15)}
+    steps |= {"pathrt.tail.classifier.0", "pathrt.tail.classifier.3"}
+    assert steps <= names
+    table = (out / "profile.md").read_text()
+    assert all(f"| {step} |" in table for step in steps)
 
 
 @pytest.mark.parametrize(("backend", "phases"), [("native", ["plain", "generator", "pathway"]),
@@ -58,5 +68,7 @@ def test_profile_refuses_bad_settings(tmp_path: Path) -> None:
     model = build_models(["embedded"], tmp_path / "no-demo", 0.6, 1)[0]
     with pytest.raises(InputError, match="--batch"):
         run_profile(model, "session", 0, tmp_path)
+    with pytest.raises(InputError, match="--ops"):
+        run_profile(model, "session", 1, tmp_path, ops=0)
     with pytest.raises(InputError, match="cannot run here"):
         run_profile(model, "triton", 1, tmp_path)

@@ -93,6 +93,10 @@ struct Step {
   Activation activation = Activation::Silu;
   double alpha = 0.0;  // LeakyReLU's negative slope
   std::vector<int64_t> kernel, stride, padding, output_size;
+  // The step's name in torch.profiler ranges (pathrt profile's per-step rows: pathrt.plain.<label>,
+  // pathrt.pathway.<label>, pathrt.tail.<label> for the joint tail on both passes): the target's module
+  // for a conv or linear, else the op and the step's index. Built only while a profiler records.
+  std::string label;
 };
 
 std::string read_bundle(const std::string& path) {
@@ -362,6 +366,7 @@ struct ExplainSession::Impl {
     values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
+      RECORD_FUNCTION("pathrt.plain." + s.label, std::vector<c10::IValue>());
       const ThreadLimit limit(dense_width(threads, s, values));
       values[s.output] = dense(s, values);
       if (s.pathway >= 0) features[s.pathway] = rfe_pool(values[s.output], static_cast<size_t>(s.pathway));
@@ -379,6 +384,7 @@ struct ExplainSession::Impl {
     values[joint_input] = at::cat({plain_input, pathway_input}, 0);
     for (size_t i = static_cast<size_t>(joint_from); i < steps.size(); ++i) {
       const Step& s = steps[i];
+      RECORD_FUNCTION("pathrt.tail." + s.label, std::vector<c10::IValue>());
       const ThreadLimit limit(dense_width(threads, s, values));
       values[s.output] = dense(s, values);
       for (const int64_t v : s.inputs) {
@@ -515,6 +521,7 @@ struct ExplainSession::Impl {
     for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
       if (!s.pathway_pass) continue;
+      RECORD_FUNCTION("pathrt.pathway." + s.label, std::vector<c10::IValue>());
       std::optional<ThreadLimit> limit;
       at::Tensor y;
       if (s.op == Op::Conv) {
@@ -760,6 +767,12 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       if (!(s.alpha >= -1000 && s.alpha <= 1000)) throw BundleError("bundle plan: an activation alpha outside [-1000, 1000]");
     }
     impl.num_values = std::max(impl.num_values, s.output + 1);
+    s.label = entry.at("op").as_string("op") + "." + std::to_string(impl.steps.size());
+    if (const Json* w = entry.find("weight")) {  // "target.<module>.weight"
+      const std::string& name = w->as_string("weight");
+      const size_t first = name.find('.'), last = name.rfind('.');
+      if (first != std::string::npos && last > first) s.label = name.substr(first + 1, last - first - 1);
+    }
     impl.steps.push_back(std::move(s));
   }
   if (impl.steps.empty()) throw BundleError("bundle plan: no steps");

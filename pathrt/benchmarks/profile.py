@@ -122,8 +122,8 @@ def run_profile(model: BenchModel, backend_name: str, batch: int, out: Path, *, 
                 repeats: int = 10, ops: int = 25) -> str:
     """Profiles `backend_name` explaining `batch` images of `model`; writes profile.md, profile.json
     and trace.json under `out`; returns profile.md's text."""
-    if batch < 1 or repeats < 1 or warmup < 0:
-        raise InputError("--batch and --repeats must be >= 1 and --warmup >= 0")
+    if batch < 1 or repeats < 1 or warmup < 0 or ops < 1:
+        raise InputError("--batch, --repeats and --ops must be >= 1 and --warmup >= 0")
     backend = model.backend(backend_name)
     if isinstance(backend, str):
         raise InputError(f"backend {backend_name!r} cannot run here: {backend}")
