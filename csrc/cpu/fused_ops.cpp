@@ -221,6 +221,7 @@ using V16 = float __attribute__((vector_size(64)));
 constexpr int64_t kRowAlign = 16;      // floats: pixel rows (and in-place weight rows) are a multiple
 constexpr int64_t kBlockOuts = 4;      // weight rows per register block
 constexpr int64_t kSlabOuts = kInputMajorBlock;  // outputs per block of the input-major kernel
+constexpr int64_t kSlabPrefetch = 16;  // rows ahead the input-major kernel prefetches
 
 template <typename V>
 [[gnu::always_inline]] inline float lane_sum(const V& v) {
@@ -290,6 +291,9 @@ template <typename V, int64_t kPixels>
     V acc[vecs][kPixels] = {};
     for (int64_t k = 0; k < depth; ++k) {
       const float* wk = w + offsets[k];
+      if (k + kSlabPrefetch < depth) {  // rows lie a row of the weight apart: too far for the prefetchers
+        for (int64_t line = 0; line < kSlabOuts; line += 16) __builtin_prefetch(w + offsets[k + kSlabPrefetch] + line);
+      }
       for (int64_t v = 0; v < vecs; ++v) {
         V wv;
         std::memcpy(&wv, wk + v * lanes, sizeof(V));
