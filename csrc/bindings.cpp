@@ -203,6 +203,20 @@ PYBIND11_MODULE(_C, m) {
       "The session's direct conv (csrc/include/pathrt/direct_conv.h) on an OIHW weight, blocked on each call: "
       "for tests and measurements. Channels-last out.");
   m.def(
+      "pathway_conv2d_blocked",
+      [](const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& in_mask,
+         const std::optional<at::Tensor>& out_mask, std::vector<int64_t> stride, std::vector<int64_t> padding,
+         bool relu) {
+        py::gil_scoped_release release;
+        return pathrt::pathway_conv2d_cpu(x, weight, bias, residual, in_mask, out_mask, stride, padding, relu,
+                                          pathrt::direct_conv_weight(weight.contiguous()));
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"), py::arg("in_mask"), py::arg("out_mask"),
+      py::arg("stride"), py::arg("padding"), py::arg("relu"),
+      "pathway_conv2d as the session runs it, given the weight blocked for the direct conv (blocked on each "
+      "call here): its direct-conv runs read the blocked weight in place. For tests and measurements.");
+  m.def(
       "direct_conv_pays",
       [](const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding) {
         return pathrt::direct_conv_pays(x, weight, stride, padding);

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathrt import opspec
+from pathrt import _C, opspec
 from pathrt.runtime import ops
 from tests.conftest import assert_masks_match, assert_python_ok
 
@@ -191,10 +191,38 @@ def test_pathway_conv2d_weight_layouts(case, weight_layout: str, layout: str, in
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
+# Runs the direct conv takes (1-3 images, more than 16 output pixels, outputs a multiple of 16): one run
+# (batch 1) reads the blocked weight in place; several runs do so when they keep most outputs, else
+# gather the kept weights.
+BLOCKED_CASES = [
+    ((1, 12, 8, 8, 32, 3, 1, 1), 0.5, 0.4),
+    ((1, 8, 9, 7, 48, 3, 2, 1), 0.6, 1.0),
+    ((3, 16, 6, 6, 64, 3, 1, 1), 0.5, 0.3),
+    ((3, 16, 6, 6, 64, 3, 1, 1), 0.4, 1.0),
+    ((2, 10, 7, 7, 16, 1, 1, 0), 0.7, 0.5),
+]
+
+
+@pytest.mark.parametrize(("case", "in_p", "out_p"), BLOCKED_CASES)
+@pytest.mark.parametrize("residual", [False, True])
+def test_pathway_conv2d_reads_a_blocked_weight_in_place(case, in_p: float, out_p: float, residual: bool) -> None:
+    """Given the direct conv's blocked weight (as the session passes its dense conv's), the result is the
+    reference's; removed input channels are never read and removed outputs are exact zeros."""
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(case, "channels_last", in_p, out_p, residual)
+    poisoned = torch.where(in_mask[:, :, None, None], x, torch.tensor(float("nan")))
+    out = _C.pathway_conv2d_blocked(poisoned, weight, bias, res, in_mask, out_mask, s, p, True)
+    assert not out.isnan().any()
+    if out_mask is not None:
+        assert (out[~out_mask] == 0).all()
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, s, p, True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("level", ["avx2", "baseline"])
 def test_pathway_conv2d_dot_products_of_every_instruction_set(level: str) -> None:
-    """The few-pixel kernels are built for AVX-512, AVX2 and the baseline, and the best one for the CPU
-    runs: PATHRT_CPU_KERNELS caps the choice, so the lower builds run here against the reference too."""
+    """The few-pixel kernels and the direct conv over kept channels are built for AVX-512, AVX2 and the
+    baseline, and the best one for the CPU runs: PATHRT_CPU_KERNELS caps the choice, so the lower builds
+    run here against the reference too."""
     code = (
         "import torch\n"
         "from pathrt import opspec\n"
@@ -209,6 +237,13 @@ def test_pathway_conv2d_dot_products_of_every_instruction_set(level: str) -> Non
         "        out = ops.pathway_conv2d(x, _laid_out(w, layout), b, r, im, om, s, p, relu=True)\n"
         "        ref = opspec.pathway_conv2d_reference(x, w, b, r, im, om, s, p, True)\n"
         "        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)\n"
+        "from pathrt import _C\n"
+        "from tests.test_fused_ops import BLOCKED_CASES\n"
+        "for case, in_p, out_p in BLOCKED_CASES:\n"
+        "    x, w, b, r, im, om, s, p = _conv_inputs(case, 'channels_last', in_p, out_p, True)\n"
+        "    out = _C.pathway_conv2d_blocked(x, w, b, r, im, om, s, p, True)\n"
+        "    ref = opspec.pathway_conv2d_reference(x, w, b, r, im, om, s, p, True)\n"
+        "    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)\n"
         "print('ok')\n"
     )
     assert_python_ok(code, env={"PATHRT_CPU_KERNELS": level})

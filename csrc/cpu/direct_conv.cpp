@@ -24,11 +24,12 @@ constexpr int64_t kTilePixels = 48;  // output pixels per parallel task: a multi
 // One conv's geometry and pointers, shared by the tasks.
 struct Direct {
   const float* x;      // padded input, (n, hp, wp, c) contiguous
-  const float* w;      // blocked weight, (o / block, taps, c, block)
+  const float* w;      // blocked weight, (o / block, taps, wc, block)
+  const int64_t* kept;  // the weight channel of each input channel (c of them), or null: the same (wc == c)
   const float* bias;   // (o,) or null
   const float* residual;  // (pixels, o) or null
   float* y;            // (pixels, o)
-  int64_t c, o, block, taps, hp, wp, ho, wo, sh, sw;
+  int64_t c, wc, o, block, taps, hp, wp, ho, wo, sh, sw;
   std::vector<int64_t> tap_offsets;  // floats from a window's first input pixel to each tap's
   bool relu;
 
@@ -40,11 +41,11 @@ struct Direct {
 
 // Output pixels [p0, p1) of output block `b`, kVecs vectors of outputs x kPixels pixels at a time
 // (tails recompute the last pixel): per input value, kVecs weight loads and kPixels broadcasts feed
-// kVecs * kPixels multiply-adds.
-template <typename V, int64_t kVecs, int64_t kPixels>
+// kVecs * kPixels multiply-adds. kKept: input channel ci reads the weight's channel d.kept[ci].
+template <typename V, int64_t kVecs, int64_t kPixels, bool kKept>
 [[gnu::always_inline]] inline void direct_body(const Direct& d, int64_t b, int64_t p0, int64_t p1) {
   constexpr int64_t lanes = sizeof(V) / sizeof(float), width = kVecs * lanes;
-  const float* wb = d.w + b * d.taps * d.c * d.block;
+  const float* wb = d.w + b * d.taps * d.wc * d.block;
   const V zero = {};
   for (int64_t sub = 0; sub < d.block; sub += width) {
     for (int64_t q0 = p0; q0 < p1; q0 += kPixels) {
@@ -52,11 +53,12 @@ template <typename V, int64_t kVecs, int64_t kPixels>
       for (int64_t p = 0; p < kPixels; ++p) px[p] = d.window(std::min(q0 + p, p1 - 1));
       V acc[kVecs][kPixels] = {};
       for (int64_t t = 0; t < d.taps; ++t) {
-        const float* wt = wb + t * d.c * d.block + sub;
+        const float* wt = wb + t * d.wc * d.block + sub;
         const int64_t offset = d.tap_offsets[t];
         for (int64_t ci = 0; ci < d.c; ++ci) {
+          const float* row = wt + (kKept ? d.kept[ci] : ci) * d.block;
           V wv[kVecs];
-          for (int64_t v = 0; v < kVecs; ++v) std::memcpy(&wv[v], wt + ci * d.block + v * lanes, sizeof(V));
+          for (int64_t v = 0; v < kVecs; ++v) std::memcpy(&wv[v], row + v * lanes, sizeof(V));
           for (int64_t p = 0; p < kPixels; ++p) {
             const float xv = px[p][offset + ci];
             for (int64_t v = 0; v < kVecs; ++v) acc[v][p] += wv[v] * xv;
@@ -84,23 +86,29 @@ template <typename V, int64_t kVecs, int64_t kPixels>
 }
 
 // AVX-512: 4 x 6 accumulators for 64-output blocks, 2 x 12 for 32, 1 x 12 for 16.
+template <bool kKept>
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void direct_avx512(const Direct& d, int64_t b, int64_t p0,
                                                                         int64_t p1) {
   if (d.block == 64) {
-    direct_body<V16, 4, 6>(d, b, p0, p1);
+    direct_body<V16, 4, 6, kKept>(d, b, p0, p1);
   } else if (d.block == 32) {
-    direct_body<V16, 2, 12>(d, b, p0, p1);
+    direct_body<V16, 2, 12, kKept>(d, b, p0, p1);
   } else {
-    direct_body<V16, 1, 12>(d, b, p0, p1);
+    direct_body<V16, 1, 12, kKept>(d, b, p0, p1);
   }
 }
 // AVX2: 2 x 6 accumulators over 16 outputs at a time.
+template <bool kKept>
 __attribute__((target("avx2,fma"))) void direct_avx2(const Direct& d, int64_t b, int64_t p0, int64_t p1) {
-  direct_body<V8, 2, 6>(d, b, p0, p1);
+  direct_body<V8, 2, 6, kKept>(d, b, p0, p1);
 }
-void direct_baseline(const Direct& d, int64_t b, int64_t p0, int64_t p1) { direct_body<V8, 2, 6>(d, b, p0, p1); }
+template <bool kKept>
+void direct_baseline(const Direct& d, int64_t b, int64_t p0, int64_t p1) {
+  direct_body<V8, 2, 6, kKept>(d, b, p0, p1);
+}
 
-const auto direct_tile = for_this_cpu(direct_avx512, direct_avx2, direct_baseline);
+const auto direct_tile = for_this_cpu(direct_avx512<false>, direct_avx2<false>, direct_baseline<false>);
+const auto direct_kept_tile = for_this_cpu(direct_avx512<true>, direct_avx2<true>, direct_baseline<true>);
 
 }  // namespace
 
@@ -117,17 +125,20 @@ bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs) {
 
 void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
                      int64_t o, int64_t block, int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t sh, int64_t sw,
-                     const float* bias, const float* residual, bool relu, float* y) {
-  Direct d{padded, blocked, bias, residual, y, c, o, block, kh * kw, hp, wp, ho, wo, sh, sw, {}, relu};
+                     const float* bias, const float* residual, bool relu, float* y, const int64_t* kept,
+                     int64_t weight_channels) {
+  Direct d{padded, blocked, kept, bias, residual, y, c, kept != nullptr ? weight_channels : c, o, block, kh * kw,
+           hp, wp, ho, wo, sh, sw, {}, relu};
   for (int64_t dy = 0; dy < kh; ++dy) {
     for (int64_t dx = 0; dx < kw; ++dx) d.tap_offsets.push_back((dy * wp + dx) * c);
   }
   const int64_t pixels = n * ho * wo, tiles = (pixels + kTilePixels - 1) / kTilePixels, blocks = o / block;
+  const auto& tile = kept != nullptr ? direct_kept_tile : direct_tile;
   // Tasks by output block first: a thread's share of the tasks reads its own blocks of the weight.
   pathrt::parallel_for(0, blocks * tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = t % tiles * kTilePixels;
-      direct_tile(d, t / tiles, p0, std::min(p0 + kTilePixels, pixels));
+      tile(d, t / tiles, p0, std::min(p0 + kTilePixels, pixels));
     }
   });
 }

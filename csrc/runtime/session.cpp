@@ -538,7 +538,7 @@ struct ExplainSession::Impl {
         if (strategy == Strategy::Sparse) {
           const bool few = s.input_major.defined() && pixels <= kDotMaxPixels;
           y = pathway_conv2d_cpu(values[s.inputs[0]], few ? s.input_major : s.weight, opt(s.bias), opt(residual), opt(in_mask),
-                                 opt(out_mask), s.stride, s.padding, s.relu);
+                                 opt(out_mask), s.stride, s.padding, s.relu, s.conv.blocked());
         } else if (strategy == Strategy::Union) {
           y = union_conv(s, values[s.inputs[0]], residual, masks, stats);
         } else if (s.pathway >= 0 && s.relu) {

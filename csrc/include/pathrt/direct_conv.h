@@ -32,10 +32,13 @@ int64_t direct_block(int64_t outputs);
 
 // The kernel on raw buffers: y (n * ho * wo, o) = conv of `padded` ((n, hp, wp, c), its zero padding
 // included) with `blocked` ((o / block, kh, kw, c, block)) + bias (+ residual, (n * ho * wo, o)) (then ReLU);
-// bias and residual may be null.
+// bias and residual may be null. With `kept`, `blocked` is (o / block, kh, kw, weight_channels, block) and
+// input channel i meets its channel kept[i]: a channel-sparse conv over the weight in place, with no copy
+// of the kept weights.
 void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
                      int64_t o, int64_t block, int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t sh, int64_t sw,
-                     const float* bias, const float* residual, bool relu, float* y);
+                     const float* bias, const float* residual, bool relu, float* y, const int64_t* kept = nullptr,
+                     int64_t weight_channels = 0);
 
 // An (O, C, kh, kw) float weight blocked for direct_conv2d: (O/B, kh, kw, C, B), B the largest of 64, 32,
 // 16 that divides O.

@@ -31,6 +31,12 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                               const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_mask,
                               const c10::optional<at::Tensor>& out_mask, at::IntArrayRef stride,
                               at::IntArrayRef padding, bool relu);
+// The same, given `blocked`: the weight as direct_conv_weight blocks it (pathrt/direct_conv.h), which
+// the direct conv's runs then read in place (undefined: none, as above).
+at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                              const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& in_mask,
+                              const c10::optional<at::Tensor>& out_mask, at::IntArrayRef stride,
+                              at::IntArrayRef padding, bool relu, const at::Tensor& blocked);
 
 at::Tensor rfe_tail_cpu(at::TensorList maps, const at::Tensor& cls, const at::Tensor& weight, const at::Tensor& bias,
                         const at::Tensor& norm_weight, const at::Tensor& norm_bias, const at::Tensor& position,

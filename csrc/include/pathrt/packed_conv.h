@@ -37,6 +37,8 @@ class PackedConv {
 
   bool packed() const { return packed_; }
   const at::Tensor& weight() const { return plain_; }
+  // The weight blocked for the direct conv (direct_conv_weight), or undefined where its shape does not allow.
+  const at::Tensor& blocked() const { return direct_; }
 
   // Whether conv(x) runs on pathrt's own kernels (the direct conv or the dot products), whose loops
   // a session call shares with its call pool (pathrt/call_pool.h), rather than oneDNN's, at::conv2d's
