@@ -270,9 +270,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 # `pathrt bench` settings: the full run's, and what --quick changes (explicit flags override both)
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"models": ["embedded", "vgg11", "resnet18"], "batches": [1, 8, 64], "repeats": 10, "budget": 5.0,
+    "full": {"models": ["embedded", "vgg11", "resnet18"], "batches": [1, 8, 64], "repeats": 10, "budget": 2.0,
              "sweep": [0.0, 0.5, 0.75, 0.9], "sweep_models": ["vgg11", "embedded"], "sweep_batch": 64},
-    "quick": {"models": ["embedded"], "batches": [1, 8], "repeats": 5, "budget": 2.0, "sweep": [0.0, 0.75],
+    "quick": {"models": ["embedded"], "batches": [1, 8], "repeats": 5, "budget": 0.1, "sweep": [0.0, 0.75],
               "sweep_models": ["embedded"], "sweep_batch": 8},
 }
 BENCH_TIMING = {"paths": None, "warmup": 2, "sparsity": 0.6, "dgr_max_batch": 8}  # both presets
@@ -561,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--paths", nargs="+", help="subset of the registered paths (default: all)")
     bench.add_argument("--warmup", type=int, help=f"untimed calls per row (default {BENCH_TIMING['warmup']})")
     bench.add_argument("--repeats", type=int, help=f"timed calls per row at least {preset('repeats')}")
-    bench.add_argument("--budget", type=float, help=f"seconds of repeats per row beyond the first 3 {preset('budget')}")
+    bench.add_argument("--budget", type=float, help=f"seconds of timed calls per row: more calls while they last "
+                       f"{preset('budget')}")
     bench.add_argument("--sparsity", type=float, help="sparsity of the untrained generators (cost only; default "
                        f"{BENCH_TIMING['sparsity']})")
     bench.add_argument("--dgr-max-batch", type=int, help="largest DGR batch on torchvision models (default "

@@ -102,6 +102,17 @@ def test_bench_models_time_the_eager_reference_as_eager(tmp_path: Path) -> None:
         assert model.backend("triton", "cuda") == "needs a CUDA GPU (none here)"
 
 
+def test_bench_rows_time_at_least_repeats_and_more_while_the_budget_lasts() -> None:
+    """--repeats is a floor and --budget extends a fast row: its median comes from many calls."""
+    from pathrt.benchmarks.harness import _time
+
+    calls = []
+    x = torch.zeros(1)
+    assert len(_time(calls.append, x, warmup=2, repeats=7, budget=0.0)) == 7 and len(calls) == 9
+    assert len(_time(lambda _: None, x, warmup=0, repeats=1, budget=0.0)) == 3
+    assert len(_time(lambda _: time.sleep(0.002), x, warmup=0, repeats=3, budget=0.2)) >= 10
+
+
 def test_bench_flags_override_quick_and_ignored_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """`--quick` is a preset that explicit flags override (the issue-21 gap: it ignored them); a flag
     the chosen mode would ignore is a clear error (exit 5), as is a data or export flag out of place."""

@@ -1,7 +1,8 @@
 """`pathrt bench`: times every path of `benchmarks.paths` on every model and batch size in one run.
 
-Each (model, path, batch) row: warm-up calls, then repeats (at least 3, more while the time budget
-lasts), reported as the median with 20/80 quantiles. Costs are given in units of the fastest plain
+Each (model, path, batch) row: warm-up calls, then timed calls (at least `repeats` and 3, more while
+the row's time budget lasts: a fast row's median then comes from hundreds of calls, not the first few),
+reported as the median with 20/80 quantiles. Costs are given in units of the fastest plain
 pass of the same model and batch on this machine (eager, ONNX Runtime or torch.compile with
 freezing, whichever was fastest in the same run: "× fastest plain"), of eager's plain pass, as
 speedups against the eager explain path, and as a fraction of this machine's measured float32
@@ -202,13 +203,15 @@ def predict_phases(model: BenchModel, flops: dict[str, Any], batch: int, rate: f
 
 def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int, repeats: int,
           budget: float) -> list[float]:
+    """Seconds of each timed call of fn(x): `warmup` untimed calls, then at least max(3, repeats) timed
+    ones, and more until `budget` seconds have passed since the first."""
     around = getattr(fn, "around", contextlib.nullcontext)  # e.g. the contention row's CPU load
     with torch.no_grad(), around():
         for _ in range(warmup):
             fn(x)
         times: list[float] = []
         start = time.perf_counter()
-        while len(times) < 3 or (len(times) < repeats and time.perf_counter() - start < budget):
+        while len(times) < max(3, repeats) or time.perf_counter() - start < budget:
             t0 = time.perf_counter()
             fn(x)
             times.append(time.perf_counter() - t0)
