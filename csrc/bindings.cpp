@@ -159,13 +159,15 @@ PYBIND11_MODULE(_C, m) {
         out["helper_chunks"] = s.helper_chunks;
         out["late"] = s.late;
         out["suspended_scopes"] = s.suspended_scopes;
+        out["preempted_scopes"] = s.preempted_scopes;
         return out;
       },
       "The session calls' helper pool (csrc/include/pathrt/call_pool.h), this process so far: whether it is on "
-      "(PATHRT_CALL_POOL), loops it ran, chunks its helpers ran, late helpers, and calls it sat out after one.");
+      "(PATHRT_CALL_POOL), loops it ran, chunks its helpers ran, late helpers, calls it sat out after a late "
+      "helper or a preempted call, and calls whose calling thread was preempted twice or more.");
   m.def(
       "call_pool_loop",
-      [](int threads, int64_t n, int64_t grain, double caller_us, double helper_us, int64_t fail_at) {
+      [](int threads, int64_t n, int64_t grain, double caller_us, double helper_us, int64_t fail_at, bool spin) {
         py::gil_scoped_release release;
         std::vector<int> runs(static_cast<size_t>(std::max<int64_t>(0, n))), on_helper(runs.size());
         const auto caller = std::this_thread::get_id();
@@ -176,7 +178,14 @@ PYBIND11_MODULE(_C, m) {
             const bool helper = std::this_thread::get_id() != caller;
             for (int64_t i = begin; i < end; ++i) {
               if (i == fail_at) throw std::runtime_error("call_pool_loop: failing at " + std::to_string(i));
-              std::this_thread::sleep_for(std::chrono::duration<double, std::micro>(helper ? helper_us : caller_us));
+              const std::chrono::duration<double, std::micro> wait(helper ? helper_us : caller_us);
+              if (spin) {
+                const auto start = std::chrono::steady_clock::now();
+                while (std::chrono::steady_clock::now() - start < wait) {
+                }
+              } else {
+                std::this_thread::sleep_for(wait);
+              }
               ++runs[static_cast<size_t>(i)];
               on_helper[static_cast<size_t>(i)] = helper;
             }
@@ -185,9 +194,10 @@ PYBIND11_MODULE(_C, m) {
         return std::make_pair(runs, on_helper);
       },
       py::arg("threads"), py::arg("n"), py::arg("grain"), py::arg("caller_us") = 0.0, py::arg("helper_us") = 0.0,
-      py::arg("fail_at") = -1,
+      py::arg("fail_at") = -1, py::arg("spin") = false,
       "Test only: one pathrt::parallel_for over range(n) inside a session call's scope on `threads` threads, "
-      "each index sleeping caller_us on the calling thread and helper_us on a helper (and raising at fail_at). "
+      "each index sleeping (or, with spin, busy for) caller_us on the calling thread and helper_us on a helper "
+      "(and raising at fail_at). "
       "Returns per index the times it ran and whether a helper ran it.");
   m.def(
       "direct_conv2d",

@@ -66,6 +66,37 @@ def test_a_late_helper_is_waited_for_then_sits_out_a_back_off() -> None:
     assert _C.call_pool()["suspended_scopes"] == late["suspended_scopes"] + 1
 
 
+_PREEMPTED = """
+import json, os, subprocess, sys, time
+from pathrt import _C
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})
+spin = "import os, time\\nos.sched_setaffinity(0, {%d})\\nend = time.monotonic() + 60\\nwhile time.monotonic() < end: pass"
+busy = subprocess.Popen([sys.executable, "-c", spin % cpu])
+try:
+    time.sleep(0.5)
+    before = _C.call_pool()
+    _C.call_pool_loop(2, 4, 4, caller_us=100000.0, spin=True)  # within its grain: 0.4 s busy on the caller
+    preempted = _C.call_pool()
+    runs, on_helper = _C.call_pool_loop(2, 16, 1)
+    print(json.dumps({"before": before, "preempted": preempted, "after": _C.call_pool(), "on_helper": on_helper}))
+finally:
+    busy.kill()
+    busy.wait()
+"""
+
+
+def test_a_call_preempted_by_other_work_makes_the_next_ones_sit_out() -> None:
+    """A busy process on the caller's only core preempts the call: the pool counts it and the next call
+    runs without helpers (and a session call on one thread, call_pool::contended)."""
+    done = subprocess.run([sys.executable, "-c", _PREEMPTED], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["preempted"]["preempted_scopes"] == out["before"]["preempted_scopes"] + 1
+    assert out["after"]["suspended_scopes"] == out["preempted"]["suspended_scopes"] + 1
+    assert not any(out["on_helper"])
+
+
 _SESSION = """
 import hashlib, json, torch
 from pathrt import _C

@@ -564,9 +564,10 @@ struct ExplainSession::Impl {
 
   // One call. Each step, and the generator as a whole, runs on OpenMP's team of all threads only when
   // its work pays for waking it (pathrt/threads.h); the other steps run on this thread, where pathrt's
-  // own kernels share their loops with the call pool's spinning helpers (pathrt/call_pool.h).
+  // own kernels share their loops with the call pool's spinning helpers (pathrt/call_pool.h). While the
+  // pool reports other work on the cores (call_pool::contended), every step runs on this thread.
   ExplainResult run(const at::Tensor& images) const {
-    const int count = max_threads();
+    const int count = call_pool::contended() ? 1 : max_threads();
     const Threads threads{count, parallel_work(count)};
     const CallScope helpers(count);
     const ThreadLimit serial(1);
