@@ -71,7 +71,8 @@ import json, os, subprocess, sys, time
 from pathrt import _C
 cpu = min(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {cpu})
-spin = "import os, time\\nos.sched_setaffinity(0, {%d})\\nend = time.monotonic() + 60\\nwhile time.monotonic() < end: pass"
+spin = ("import os, time\\nos.sched_setaffinity(0, {%d})\\nend = time.monotonic() + 60\\n"
+        "while time.monotonic() < end: pass")
 busy = subprocess.Popen([sys.executable, "-c", spin % cpu])
 try:
     time.sleep(0.5)
