@@ -164,7 +164,7 @@ PYBIND11_MODULE(_C, m) {
       },
       "The session calls' helper pool (csrc/include/pathrt/call_pool.h), this process so far: whether it is on "
       "(PATHRT_CALL_POOL), loops it ran, chunks its helpers ran, late helpers, calls it sat out after a late "
-      "helper or a preempted call, and calls whose calling thread was preempted twice or more.");
+      "helper or a preempted call, and calls whose calling thread was preempted twice or more while on a CPU under 3/4 of the time.");
   m.def(
       "call_pool_loop",
       [](int threads, int64_t n, int64_t grain, double caller_us, double helper_us, int64_t fail_at, bool spin) {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <ctime>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -45,14 +46,26 @@ constexpr auto kFirstBackoff = std::chrono::milliseconds(50), kMaxBackoff = std:
 // How long the caller waits past its own chunks before it calls a helper late: twice its longest
 // chunk plus kLateSlack (a helper woken or interrupted once is not late); kLateAlone when it ran none.
 constexpr auto kLateSlack = std::chrono::microseconds(100), kLateAlone = std::chrono::microseconds(1000);
-// A call whose calling thread the kernel preempted this often (involuntary context switches: another
-// runnable thread wanted its core) ran on a shared host. Measured on ResNet-18@64 at batch 1, 2 threads:
-// quiet, 987 of 1000 calls saw none and 13 one; beside one busy process per core nearly every call saw
-// 2 to 25. There the call on 2 threads took 13.9-15.1 ms against 8.9-9.4 on 1 (quiet: 4.7-5.4 and
-// 7.8-8.4): its other thread, descheduled, holds up each parallel step.
+// A call whose calling thread the kernel preempted (involuntary context switches: another runnable
+// thread wanted its core) at least kContendedPreemptions times and which ran on a CPU for less than
+// kContendedShare of its wall time met other work on the cores. Measured on ResNet-18@64 at batch 1, 2
+// threads: quiet, 987 of 1000 calls saw no preemption and 13 one; beside one busy process per core
+// nearly every call saw 2 to 25. There the call on 2 threads took 13.9-15.1 ms against 8.9-9.4 on 1
+// (quiet: 4.7-5.4 and 7.8-8.4): its other thread, descheduled, holds up each parallel step. The share:
+// a quiet batch-64 call is preempted a few times too (ResNet-18@64 up to 3 in 118 ms, VGG-11@64 up to
+// 14 in 422 ms: daemons, BLAS's own threads), briefly; with the count alone VGG-11@64 ran its next calls
+// on one thread (385 -> 711 ms).
 constexpr int64_t kContendedPreemptions = 2;
+constexpr double kContendedShare = 0.75;
 
 std::atomic<int64_t> jobs{0}, helper_chunks{0}, late_waits{0}, suspended_scopes{0}, preempted_scopes{0};
+
+// The calling thread's CPU time so far, in seconds.
+double cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
 
 // Involuntary context switches of the calling thread so far (0 where the OS does not count them).
 int64_t preemptions() {
@@ -264,6 +277,8 @@ struct Caller {
   bool active = false, late = false, used = false, in_job = false;
   int pauses = 0;
   int64_t preempted_at_start = 0;
+  double cpu_at_start = 0.0;
+  Clock::time_point started{};
   Clock::time_point suspended_until{};
   Clock::duration backoff = kFirstBackoff;
 
@@ -317,6 +332,8 @@ CallScope::CallScope(int threads) {
   c.active = true;
   c.late = c.used = false;
   c.preempted_at_start = preemptions();
+  c.cpu_at_start = cpu_seconds();
+  c.started = Clock::now();
   if (c.pauses == 0) pool.spin();
   active_ = true;
 }
@@ -326,7 +343,9 @@ CallScope::~CallScope() {
   Caller& c = caller;
   c.pool->rest();
   c.active = false;
-  if (preemptions() - c.preempted_at_start >= kContendedPreemptions) {
+  const double wall = std::chrono::duration<double>(Clock::now() - c.started).count();
+  if (preemptions() - c.preempted_at_start >= kContendedPreemptions &&
+      cpu_seconds() - c.cpu_at_start < kContendedShare * wall) {
     preempted_scopes.fetch_add(1, std::memory_order_relaxed);
     if (!c.late) c.suspend();
   } else if (c.used && !c.late) {
