@@ -509,8 +509,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     const bool in_place_direct = blocked.defined() && (runs.size() == 1 || 4 * kout >= 3 * g.c_out);
     const int64_t outs = in_place_direct ? g.c_out : (kout + 15) / 16 * 16;
     const int64_t block = in_place_direct ? blocked.size(4) : direct_block(outs);
-    const auto column = [&](int64_t a) { return in_place_direct ? a : out_idx[a]; };  // of the kernel's output a
-    const int64_t columns = in_place_direct ? g.c_out : kout;
+    const auto column = [&](int64_t a) { return in_place_direct ? out_idx[a] : a; };  // kept output a's in ybuf
     const int64_t hp = g.h + 2 * g.ph, wpad = g.w + 2 * g.pw;
     if (!in_place_direct) {
       wbuf.assign(static_cast<size_t>(outs * depth), 0.0f);
@@ -554,16 +553,16 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     if (rp != nullptr) {
       each_pixel([&](int64_t row, int64_t sample, int64_t oy, int64_t ox) {
         const float* src = rp + sample * rs[0] + oy * rs[2] + ox * rs[3];
-        for (int64_t a = 0; a < columns; ++a) kept_residual[row + a] = src[column(a) * rs[1]];
+        for (int64_t a = 0; a < kout; ++a) kept_residual[row + column(a)] = src[out_idx[a] * rs[1]];
       });
     }
     direct_conv_raw(planes.data(), count, hp, wpad, kin, in_place_direct ? blocked.data_ptr<float>() : wbuf.data(),
                     outs, block, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, in_place_direct ? bp : kept_bias.data(),
                     rp != nullptr ? kept_residual.data() : nullptr, relu, ybuf.data(),
-                    in_place_direct ? in_idx.data() : nullptr, g.c_in);
+                    in_place_direct && kin < g.c_in ? in_idx.data() : nullptr, g.c_in);
     each_pixel([&](int64_t row, int64_t sample, int64_t oy, int64_t ox) {
       float* dst = op + sample * os[0] + oy * os[2] + ox * os[3];
-      for (int64_t a = 0; a < kout; ++a) dst[out_idx[a] * os[1]] = ybuf[row + (in_place_direct ? out_idx[a] : a)];
+      for (int64_t a = 0; a < kout; ++a) dst[out_idx[a] * os[1]] = ybuf[row + column(a)];
     });
   };
 
