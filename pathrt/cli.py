@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--sparsity", type=float, default=0.6, help="of the untrained generators (default 0.6)")
     prof.add_argument("--workdir", default="runs/demo", help="where `make demo` cached the trained embedded model")
     prof.add_argument("--ops", type=int, default=25, help="rows of the op table (the session's steps are ops "
-                      "named pathrt.plain.<module> and pathrt.pathway.<module>; default 25)")
+                      "named pathrt.plain.<module>, pathrt.pathway.<module> and pathrt.tail.<module>; default 25)")
     prof.add_argument("--out", default="runs/profile")
     prof.set_defaults(run=_cmd_profile)
 

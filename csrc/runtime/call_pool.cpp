@@ -297,6 +297,7 @@ struct Caller {
   }
 
   bool usable() const { return active && !late && pauses == 0 && !in_job; }
+  bool suspended() const { return Clock::now() < suspended_until; }
 
   // A late helper was descheduled with a chunk (other work shares the cores): no helper for the rest
   // of this call, and none for a back-off that doubles while it keeps happening.
@@ -324,7 +325,7 @@ thread_local Caller caller;
 CallScope::CallScope(int threads) {
   Caller& c = caller;
   if (threads <= 1 || !enabled() || c.active || c.in_job) return;
-  if (Clock::now() < c.suspended_until) {
+  if (c.suspended()) {
     suspended_scopes.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -373,7 +374,7 @@ int width() {
   return c.usable() ? c.pool->helpers() + 1 : 0;
 }
 
-bool contended() { return enabled() && Clock::now() < caller.suspended_until; }
+bool contended() { return enabled() && caller.suspended(); }
 
 void run(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f) {
   Caller& c = caller;

@@ -95,7 +95,8 @@ struct Step {
   std::vector<int64_t> kernel, stride, padding, output_size;
   // The step's name in torch.profiler ranges (pathrt profile's per-step rows: pathrt.plain.<label>,
   // pathrt.pathway.<label>, pathrt.tail.<label> for the joint tail on both passes): the target's module
-  // for a conv or linear, else the op and the step's index. Built only while a profiler records.
+  // for a conv or linear, else the op and the step's index. Set at load; a range's name is joined
+  // only while a profiler records.
   std::string label;
 };
 

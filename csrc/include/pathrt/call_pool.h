@@ -9,10 +9,10 @@
 // Contention: a helper that is descheduled while it holds a chunk makes the caller wait. When the
 // caller waits well past its own chunks' time, it blocks instead of spinning, the pool stops for
 // the rest of the call and is suspended for a back-off (50 ms doubling to 2 s) before calls use it
-// again. A call whose calling thread the kernel preempted twice or more while it ran on a
-// CPU for under 3/4 of its time (other runnable work wanted its core), starts the same back-off; during it `contended()` holds and the session runs its steps on
-// one thread, OpenMP's too. PATHRT_CALL_POOL=0 turns it off (every loop then runs on
-// at::parallel_for, as before).
+// again. A call whose calling thread the kernel preempted twice or more while it ran on a CPU for
+// under 3/4 of its time (other runnable work wanted its core) starts the same back-off; during it
+// `contended()` holds and the session runs its steps on one thread, OpenMP's too. PATHRT_CALL_POOL=0
+// turns it off (every loop then runs on at::parallel_for, as before).
 #pragma once
 
 #include <ATen/Parallel.h>
