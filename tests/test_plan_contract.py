@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pathrt import bundle_format
+from pathrt.benchmarks.harness import generator_with_sparsity
 from pathrt.errors import BundleError
 from pathrt.generator import GeneratorConfig, PathwayGenerator
 from pathrt.kernels import native as extension
@@ -23,7 +24,7 @@ from pathrt.opspec import parity
 from pathrt.runtime import Explainer
 from pathrt.runtime.bundle import bundle_bytes
 from pathrt.targets import Target, build_spec
-from tests.conftest import ROOT, assert_parity, varied_generator
+from tests.conftest import ROOT, assert_parity, torchvision_target, varied_generator
 
 pytestmark = pytest.mark.skipif(extension.EXTENSION is None, reason="needs the compiled extension")
 
@@ -194,6 +195,26 @@ def test_both_executors_follow_the_policy_they_are_given(embedded, policy: list[
     native.engine.runner.policy = tuple(bundle_format.StrategyRule(**rule) for rule in policy)
     assert_parity(eager, native.explain(x))
     header, meta, body = _split(bundle_bytes(embedded, generator))
+    out = _open(_join(header, json.dumps({**meta, "conv_strategies": policy}), body)).explain(x)
+    report = parity.compare(out, eager)
+    assert report.ok, report.describe()
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_forced_union_convs_of_a_resnet_give_the_eager_result(fixed: bool) -> None:
+    """Union convs on ResNet-18's blocks (the session's one-pass union epilogue: bias, the residual's kept
+    channels read in place, ReLU, each sample's mask inside the union, the kept outputs placed), through
+    oneDNN at 4x4 and up and the batched GEMM conv at 2x2 (5 images: 20 pixels, past the sparse bound):
+    one mask for the whole batch (unions smaller than their layers) and masks varying per sample."""
+    target = torchvision_target("resnet18")
+    generator = (generator_with_sparsity(target.spec, 0.6) if fixed
+                 else varied_generator(target.spec, sparsity_bias=-1.0))
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    eager = Explainer(target, generator, backend="eager").explain(x)
+    if fixed:
+        assert bool((eager.masks == eager.masks[:1]).all()) and float(eager.masks.float().mean()) < 0.5
+    header, meta, body = _split(bundle_bytes(target, generator))
+    policy = [{"name": "union", "measure": "union_kept_product", "limit": 1.0}]
     out = _open(_join(header, json.dumps({**meta, "conv_strategies": policy}), body)).explain(x)
     report = parity.compare(out, eager)
     assert report.ok, report.describe()

@@ -64,40 +64,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
 }
 
 // out may alias x (the in-place variant); both contiguous in the same memory format.
+// masked_bias_relu_value over channels-last pixels [p0, p1) of c channels (`plane` pixels per sample),
+// per-channel bias and fill rows, the sample's mask row: a select instead of its branch, so that the
+// compiler vectorizes it (scalar, ResNet-18@64's layer-1 map at batch 64, 4 MB, took 535 us in place).
+PATHRT_CLONES static void masked_bias_relu_pixels(const float* x, const float* bias, const float* mask,
+                                                  const float* fill, int64_t p0, int64_t p1, int64_t plane, int64_t c,
+                                                  float* out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* m = mask + p / plane * c;
+    const float* src = x + p * c;
+    float* dst = out + p * c;
+#pragma omp simd
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float v = src[ch] + bias[ch];
+      dst[ch] = m[ch] == 0.0f ? fill[ch] : (v > 0.0f ? v : 0.0f) * m[ch];  // relu_value: NaN -> 0
+    }
+  }
+}
+
+// masked_bias_relu_value over one NCHW plane of a kept channel (mask != 0), vectorized as above.
+PATHRT_CLONES static void masked_bias_relu_plane(const float* x, float bias, float mask, int64_t count, float* out) {
+#pragma omp simd
+  for (int64_t e = 0; e < count; ++e) {
+    const float v = x[e] + bias;
+    out[e] = (v > 0.0f ? v : 0.0f) * mask;
+  }
+}
+
 static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
                                     const c10::optional<at::Tensor>& fill, at::Tensor& out) {
   const int64_t n = x.size(0), c = x.size(1), plane = x.size(2) * x.size(3);
   const auto m = mask.to(at::kFloat).contiguous();
-  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const auto f = fill.has_value() ? fill->contiguous() : at::Tensor();
+  const auto zeros = at::zeros({c}, x.options());
+  const auto b = bias.has_value() ? bias->contiguous() : zeros;
+  const auto f = fill.has_value() ? fill->contiguous() : zeros;
   const float* src = x.data_ptr<float>();
   const float* mp = m.data_ptr<float>();
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  const float* fp = f.defined() ? f.data_ptr<float>() : nullptr;
+  const float* bp = b.data_ptr<float>();
+  const float* fp = f.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   if (channels_last(x)) {  // NHWC: one pixel's channels are contiguous
     pathrt::parallel_for(0, n * plane, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, c)), [&](int64_t begin, int64_t end) {
-      for (int64_t px = begin; px < end; ++px) {
-        const float* mrow = mp + (px / plane) * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          dst[px * c + ch] = masked_bias_relu_value(src[px * c + ch], bp ? bp[ch] : 0.0f, mrow[ch], fp ? fp[ch] : 0.0f);
-        }
-      }
+      masked_bias_relu_pixels(src, bp, mp, fp, begin, end, plane, c, dst);
     });
     return;
   }
   pathrt::parallel_for(0, n * c, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const float mv = mp[p];
-      const float bv = bp ? bp[p % c] : 0.0f;
-      const float fv = fp ? fp[p % c] : 0.0f;
       float* o = dst + p * plane;
-      if (mv == 0.0f) {
-        std::fill(o, o + plane, fv);
-        continue;
+      if (mp[p] == 0.0f) {
+        std::fill(o, o + plane, fp[p % c]);
+      } else {
+        masked_bias_relu_plane(src + p * plane, bp[p % c], mp[p], plane, o);
       }
-      const float* i = src + p * plane;
-      for (int64_t e = 0; e < plane; ++e) o[e] = masked_bias_relu_value(i[e], bv, mv, fv);
     }
   });
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "pathrt/call_pool.h"
+#include "pathrt/cpu_dispatch.h"
 #include "pathrt/generator_checks.h"
 #include "pathrt/generator_math.h"
 #include "pathrt/generator_rows.h"
@@ -21,9 +22,7 @@
 
 namespace pathrt {
 
-// Per-ISA variants of the transcendental-heavy loops, picked at load time (portable build, no -march).
-#define PATHRT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-
+// The transcendental-heavy loops are PATHRT_CLONES (pathrt/cpu_dispatch.h): portable build, no -march.
 PATHRT_CLONES void bias_act_row(float* x, const float* bias, int64_t d, bool apply_gelu) {
   if (apply_gelu) {
 #pragma omp simd

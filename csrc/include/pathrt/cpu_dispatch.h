@@ -6,6 +6,10 @@
 #include <cstdlib>
 #include <string>
 
+// Loops left to the compiler's vectorizer, built per ISA level and picked by the loader (GCC's
+// target_clones; PATHRT_CPU_KERNELS does not cap these).
+#define PATHRT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
 namespace pathrt {
 
 template <typename Fn>

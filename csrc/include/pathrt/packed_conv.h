@@ -59,6 +59,12 @@ class PackedConv {
   std::shared_ptr<Cache> cache_;
 };
 
+// conv(x, weight) + bias (+ residual) (then ReLU) by oneDNN's conv with the bias, the residual add and
+// the ReLU fused (mkldnn::_convolution_pointwise), channels-last out: `weight` packed by PackedConv, or a
+// dense channels-last weight that oneDNN reorders on the call. Needs packed_convs_available().
+at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& residual, bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding);
+
 // A conv on small output maps as one GEMM over the whole batch: oneDNN runs a batch image by image,
 // and a map of a few pixels does too little arithmetic per weight to hide streaming a weight larger
 // than the L2 again for every image (ResNet-18@64's 512->512 3x3 at 2x2, batch 64: 10.7 ms in
@@ -99,7 +105,8 @@ bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayR
 // that direct_conv_fits.
 bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
-// Whether PackedConv uses oneDNN in this build (torch built with MKLDNN, a CPU with its kernels).
+// Whether PackedConv and onednn_conv2d use oneDNN in this build (torch built with MKLDNN, a CPU with its
+// kernels).
 bool packed_convs_available();
 
 }  // namespace pathrt
