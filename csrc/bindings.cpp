@@ -16,6 +16,7 @@
 #include "pathrt/call_pool.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/kernels.h"
+#include "pathrt/max_pool.h"
 #include "pathrt/packed_conv.h"
 #include "pathrt/session.h"
 #include "pathrt/threads.h"
@@ -226,6 +227,15 @@ PYBIND11_MODULE(_C, m) {
       py::arg("stride"), py::arg("padding"), py::arg("relu"),
       "pathway_conv2d as the session runs it, given the weight blocked for the direct conv (blocked on each "
       "call here): its direct-conv runs read the blocked weight in place. For tests and measurements.");
+  m.def(
+      "max_pool2d",
+      [](const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
+         bool ceil_mode) {
+        py::gil_scoped_release release;
+        return pathrt::max_pool2d_cpu(x, kernel, stride, padding, ceil_mode);
+      },
+      py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
+      "The session's max pooling (csrc/include/pathrt/max_pool.h): for tests and measurements.");
   m.def(
       "direct_conv_pays",
       [](const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding) {

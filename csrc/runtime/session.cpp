@@ -22,6 +22,7 @@
 #include "pathrt/digest.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/kernels.h"
+#include "pathrt/max_pool.h"
 #include "pathrt/packed_conv.h"
 #include "pathrt/small_generator.h"
 #include "pathrt/threads.h"
@@ -385,7 +386,7 @@ struct ExplainSession::Impl {
         return s.relu ? y.relu_() : y;
       }
       case Op::Relu: return at::relu(x);
-      case Op::MaxPool: return at::max_pool2d(x, s.kernel, s.stride, s.padding, {1, 1}, s.ceil_mode);
+      case Op::MaxPool: return max_pool2d_cpu(x, s.kernel, s.stride, s.padding, s.ceil_mode);
       case Op::AvgPool: return at::avg_pool2d(x, s.kernel, s.stride, s.padding, s.ceil_mode, true);
       case Op::AdaptiveAvgPool: return at::adaptive_avg_pool2d(x, s.output_size);
       case Op::Flatten: return at::flatten(x, s.start_dim);

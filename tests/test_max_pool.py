@@ -1,0 +1,51 @@
+"""The session's max pooling (csrc/include/pathrt/max_pool.h) against torch's on the windows plan ops
+give it: equal values bit for bit, a NaN winning its windows as in torch, inputs it does not cover
+handed to torch, and bad windows refused with a message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pathrt import _C
+
+# (batch, channels, height, width, kernel, stride, padding): VGG's 2x2/2, ResNet's 3x3/2 padded stem pool on
+# odd sizes, one channel, unequal kernels, strides and paddings along the axes, a window covering the map.
+CASES = [
+    (2, 32, 8, 8, (2, 2), (2, 2), (0, 0)),
+    (3, 64, 17, 15, (3, 3), (2, 2), (1, 1)),
+    (1, 1, 5, 6, (2, 2), (1, 1), (0, 0)),
+    (2, 24, 9, 7, (3, 2), (1, 2), (1, 0)),
+    (1, 40, 4, 4, (4, 4), (4, 4), (0, 0)),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_max_pool_equals_torch_on_channels_last_maps(case: tuple) -> None:
+    n, c, h, w, k, s, p = case
+    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, -1, -1] = float("-inf")
+    got = _C.max_pool2d(x, list(k), list(s), list(p))
+    want = F.max_pool2d(x, k, s, p)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.isnan(), want.isnan()) and bool(got.isnan().any())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_max_pool_hands_what_it_does_not_cover_to_torch() -> None:
+    x = torch.randn(2, 8, 7, 7, generator=torch.Generator().manual_seed(1))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    for y, ceil_mode in [(x, False), (channels_last.double(), False), (channels_last, True)]:  # NCHW, double, ceil
+        got = _C.max_pool2d(y, [2, 2], [2, 2], [0, 0], ceil_mode)
+        assert torch.equal(got, F.max_pool2d(y, 2, 2, 0, ceil_mode=ceil_mode))
+
+
+def test_max_pool_refuses_a_window_torch_refuses() -> None:
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="padding at most half the kernel"):
+        _C.max_pool2d(x, [2, 2], [2, 2], [2, 2])
+    with pytest.raises(RuntimeError, match="smaller than the 8x8 window"):
+        _C.max_pool2d(x, [8, 8], [1, 1], [0, 0])
