@@ -3,6 +3,7 @@
 #include "pathrt/packed_conv.h"
 
 #include "pathrt/call_pool.h"
+#include "pathrt/cpu_dispatch.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/kernels.h"
@@ -119,6 +120,60 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
   return rows;
 }
 
+// conv_epilogue over channels-last pixels [p0, p1) (`plane` per sample): out's channel keep[j]
+// (channel j when keep is null) = act(y's channel j + bias + residual), 0 where the sample's mask row
+// (null: none) removes it; with keep, out's other channels 0. (Placing y's channels first and then one
+// vectorized pass over out's rows was no faster: the pass is bound by memory, 20-30 GB/s.)
+PATHRT_CLONES static void conv_epilogue_pixels(const float* y, int64_t kout, const int64_t* keep, int64_t channels,
+                                                const float* bias, const float* residual, bool relu, const bool* mask,
+                                                int64_t p0, int64_t p1, int64_t plane, float* out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* src = y + p * kout;
+    const float* res = residual != nullptr ? residual + p * channels : nullptr;
+    const bool* m = mask != nullptr ? mask + p / plane * channels : nullptr;
+    float* dst = out + p * channels;
+    if (keep != nullptr) {
+      std::fill(dst, dst + channels, 0.0f);
+      for (int64_t j = 0; j < kout; ++j) {
+        const int64_t o = keep[j];
+        const float v = bias_act(src[j], bias[o], res != nullptr ? res[o] : 0.0f, relu);
+        dst[o] = m == nullptr || m[o] ? v : 0.0f;
+      }
+      continue;
+    }
+#pragma omp simd
+    for (int64_t o = 0; o < kout; ++o) {
+      float v = src[o] + bias[o] + (res != nullptr ? res[o] : 0.0f);
+      v = relu ? (v > 0.0f ? v : 0.0f) : v;  // relu_value as a select
+      dst[o] = m == nullptr || m[o] ? v : 0.0f;
+    }
+  }
+}
+
+at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t channels, const at::Tensor& bias,
+                          const at::Tensor& residual, bool relu, const at::Tensor& mask) {
+  const auto in = y.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t kout = in.size(1), plane = in.size(2) * in.size(3), pixels = in.size(0) * plane;
+  const auto b = bias.defined() ? bias.contiguous() : at::zeros({channels}, in.options());
+  const auto r = residual.defined() ? residual.contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+  const auto m = mask.defined() ? mask.contiguous() : at::Tensor();
+  const auto k = keep.defined() ? keep.contiguous() : at::Tensor();
+  auto out = keep.defined() ? at::empty({in.size(0), channels, in.size(2), in.size(3)}, in.options(),
+                                        at::MemoryFormat::ChannelsLast)
+                            : in;
+  const float* yp = in.data_ptr<float>();
+  const int64_t* kp = k.defined() ? k.data_ptr<int64_t>() : nullptr;
+  const float* bp = b.data_ptr<float>();
+  const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
+  const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;
+  float* op = out.data_ptr<float>();
+  pathrt::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, channels)),
+                       [&](int64_t p0, int64_t p1) {
+                         conv_epilogue_pixels(yp, kout, kp, channels, bp, rp, relu, mp, p0, p1, plane, op);
+                       });
+  return out;
+}
+
 at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const at::Tensor& keep_in, int64_t kh,
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding) {
@@ -157,14 +212,8 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
   });
   auto out = at::empty({n, ho, wo, o}, input.options());
   auto out2d = out.view({rows, o});
-  if (bias.defined()) {
-    at::addmm_out(out2d, bias, cols, weight_rows.t());
-  } else {
-    at::mm_out(out2d, cols, weight_rows.t());
-  }
-  if (residual.defined()) out2d.add_(residual.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({rows, o}));
-  if (relu) out2d.relu_();
-  return out.permute({0, 3, 1, 2});
+  at::mm_out(out2d, cols, weight_rows.t());
+  return conv_epilogue(out.permute({0, 3, 1, 2}), {}, o, bias, residual, relu, {});
 }
 
 // The weight packed per input shape, most recently used first.

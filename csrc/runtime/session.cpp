@@ -18,9 +18,7 @@
 
 #include "pathrt/buffer_pool.h"
 #include "pathrt/call_pool.h"
-#include "pathrt/cpu_dispatch.h"
 #include "pathrt/digest.h"
-#include "pathrt/epilogue.h"
 #include "pathrt/kernels.h"
 #include "pathrt/max_pool.h"
 #include "pathrt/packed_conv.h"
@@ -156,6 +154,30 @@ at::Tensor channel_mask(const at::Tensor& y, const at::Tensor& mask) {
   return y * mask.to(y.scalar_type()).view({mask.size(0), mask.size(1), 1, 1});
 }
 
+// x channels-last: a float NCHW batch of images transposed by plain loops, ATen's strided copy took
+// 0.55 ms for ResNet-18@64's batch of 64 (3 MB); anything else as x.contiguous.
+at::Tensor channels_last(const at::Tensor& x) {
+  if (x.dim() != 4 || x.scalar_type() != at::kFloat || !x.is_contiguous() ||
+      x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return x.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  pathrt::parallel_for(0, n * h, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, w * c)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t s = r / h, y = r % h;
+      float* row = dst + r * w * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float* plane_row = src + ((s * c + ch) * h + y) * w;
+        for (int64_t i = 0; i < w; ++i) row[i * c + ch] = plane_row[i];
+      }
+    }
+  });
+  return out;
+}
+
 // A channels-last tensor's channels `keep`, in one pass over the pixels. index_select along the channels
 // of a channels-last tensor wrote NCHW through a generic gather: 0.9 ms for ResNet-18@64's layer 1 at batch
 // 64, against 0.2.
@@ -171,66 +193,6 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& keep) {
       for (int64_t j = 0; j < k; ++j) dst[p * k + j] = src[p * c + idx[j]];
     }
   });
-  return out;
-}
-
-// A union conv's epilogue over channels-last pixels [p0, p1) (`plane` per sample): out's channel keep[j]
-// (channel j when keep is null) = act(y's channel j + bias + residual), 0 where the sample's mask row
-// (null: none) removes it; with keep, out's other channels 0. (Placing y's channels first and then one
-// vectorized pass over out's rows was no faster: the pass is bound by memory, 20-30 GB/s.)
-PATHRT_CLONES static void union_epilogue_pixels(const float* y, int64_t kout, const int64_t* keep, int64_t channels,
-                                                const float* bias, const float* residual, bool relu, const bool* mask,
-                                                int64_t p0, int64_t p1, int64_t plane, float* out) {
-  for (int64_t p = p0; p < p1; ++p) {
-    const float* src = y + p * kout;
-    const float* res = residual != nullptr ? residual + p * channels : nullptr;
-    const bool* m = mask != nullptr ? mask + p / plane * channels : nullptr;
-    float* dst = out + p * channels;
-    if (keep != nullptr) {
-      std::fill(dst, dst + channels, 0.0f);
-      for (int64_t j = 0; j < kout; ++j) {
-        const int64_t o = keep[j];
-        const float v = bias_act(src[j], bias[o], res != nullptr ? res[o] : 0.0f, relu);
-        dst[o] = m == nullptr || m[o] ? v : 0.0f;
-      }
-      continue;
-    }
-#pragma omp simd
-    for (int64_t o = 0; o < kout; ++o) {
-      float v = src[o] + bias[o] + (res != nullptr ? res[o] : 0.0f);
-      v = relu ? (v > 0.0f ? v : 0.0f) : v;  // relu_value as a select
-      dst[o] = m == nullptr || m[o] ? v : 0.0f;
-    }
-  }
-}
-
-// The end of a union conv in one pass: `y`, the conv of the kept inputs to the kept outputs `keep`
-// (undefined: every output) without bias, to the layer's (N, channels, H, W) channels-last output, with
-// bias, the residual's kept channels (read in place), the activation and the pathway mask (undefined:
-// none). It replaced gathering the residual's kept channels, the bias, ReLU and mask passes and placing
-// the kept channels, each a pass of its own (ResNet-18@64's pathway phase at batch 64 on 2 cores:
-// 36.6 -> 33.7 ms, medians of three interleaved runs).
-at::Tensor union_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t channels, const at::Tensor& bias,
-                          const at::Tensor& residual, bool relu, const at::Tensor& mask) {
-  const auto in = y.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t kout = in.size(1), plane = in.size(2) * in.size(3), pixels = in.size(0) * plane;
-  const auto b = bias.defined() ? bias.contiguous() : at::zeros({channels}, in.options());
-  const auto r = residual.defined() ? residual.contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
-  const auto m = mask.defined() ? mask.contiguous() : at::Tensor();
-  const auto k = keep.defined() ? keep.contiguous() : at::Tensor();
-  auto out = keep.defined() ? at::empty({in.size(0), channels, in.size(2), in.size(3)}, in.options(),
-                                        at::MemoryFormat::ChannelsLast)
-                            : in;
-  const float* yp = in.data_ptr<float>();
-  const int64_t* kp = k.defined() ? k.data_ptr<int64_t>() : nullptr;
-  const float* bp = b.data_ptr<float>();
-  const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
-  const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;
-  float* op = out.data_ptr<float>();
-  pathrt::parallel_for(0, pixels, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, channels)),
-                       [&](int64_t p0, int64_t p1) {
-                         union_epilogue_pixels(yp, kout, kp, channels, bp, rp, relu, mp, p0, p1, plane, op);
-                       });
   return out;
 }
 
@@ -421,7 +383,7 @@ struct ExplainSession::Impl {
   at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep,
                    const Threads& threads) const {
     std::vector<at::Tensor> values(num_values);
-    values[0] = x.contiguous(at::MemoryFormat::ChannelsLast);
+    values[0] = channels_last(x);
     for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
       RECORD_FUNCTION("pathrt.plain." + s.label, std::vector<c10::IValue>());
@@ -548,7 +510,7 @@ struct ExplainSession::Impl {
       }
       y = at::conv2d(x, weight, {}, s.stride, s.padding);
     }
-    return union_epilogue(y, keep_out, s.weight.size(0), s.bias, residual, s.relu, mask);
+    return conv_epilogue(y, keep_out, s.weight.size(0), s.bias, residual, s.relu, mask);
   }
 
   at::Tensor pathway(std::vector<at::Tensor>& values, const std::vector<at::Tensor>& masks, const Threads& threads) const {

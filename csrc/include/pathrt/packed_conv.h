@@ -65,13 +65,25 @@ class PackedConv {
 at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          const at::Tensor& residual, bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
+// The end of a conv computed without its bias, in one pass over the pixels: `y`, (N, kout, H, W), the
+// outputs `keep` (undefined: every output) of a conv with `channels` outputs, to its (N, channels, H, W)
+// channels-last output with bias (undefined: none), the residual's channels (read in place), ReLU when
+// asked and the pathway mask (N, channels) (undefined: none); the channels outside keep 0, in place on
+// y when keep is undefined. For a session union conv it replaced gathering the residual's kept channels,
+// the bias, ReLU and mask passes and placing the kept channels, each a pass of its own (ResNet-18@64's
+// pathway phase at batch 64 on 2 cores: 36.6 -> 33.7 ms, medians of three interleaved runs); for the
+// batched GEMM conv, GEMM's own bias (a copy of the bias to every row first) and the residual and ReLU
+// passes.
+at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t channels, const at::Tensor& bias,
+                         const at::Tensor& residual, bool relu, const at::Tensor& mask);
+
 // A conv on small output maps as one GEMM over the whole batch: oneDNN runs a batch image by image,
 // and a map of a few pixels does too little arithmetic per weight to hide streaming a weight larger
 // than the L2 again for every image (ResNet-18@64's 512->512 3x3 at 2x2, batch 64: 10.7 ms in
 // oneDNN's packed conv, 62 GMAC/s on 2 cores). The im2col of the batch (rows: output pixels,
 // (tap, channel) columns, copied as channel runs from channels-last input) times the channels-last
-// weight read as a (O, kh*kw*C) matrix reads every weight once per call; bias by the GEMM, residual and
-// ReLU after it; channels-last out. Measured in the session (2 threads, interleaved): ResNet-18@64's
+// weight read as a (O, kh*kw*C) matrix reads every weight once per call; bias, residual and ReLU by
+// conv_epilogue after it; channels-last out. Measured in the session (2 threads, interleaved): ResNet-18@64's
 // plain phase at batch 64 82 -> 53.6 ms, at 16 22.8 -> 16.3, at 4 7.6 -> 6.9, its pathway phase at
 // 64 45 -> 34 ms (union convs); at batch 1 slower (plain 3.8 -> 4.7 ms: MKL's GEMM of 4 rows against
 // oneDNN's), and so are VGG-11@64's 4x4 convs at batches 1 and 2 (plain 5.1 -> 5.9 and 9.3 -> 9.6 ms;
