@@ -125,8 +125,8 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
 // (null: none) removes it; with keep, out's other channels 0. (Placing y's channels first and then one
 // vectorized pass over out's rows was no faster: the pass is bound by memory, 20-30 GB/s.)
 PATHRT_CLONES static void conv_epilogue_pixels(const float* y, int64_t kout, const int64_t* keep, int64_t channels,
-                                                const float* bias, const float* residual, bool relu, const bool* mask,
-                                                int64_t p0, int64_t p1, int64_t plane, float* out) {
+                                               const float* bias, const float* residual, bool relu, const bool* mask,
+                                               int64_t p0, int64_t p1, int64_t plane, float* out) {
   for (int64_t p = p0; p < p1; ++p) {
     const float* src = y + p * kout;
     const float* res = residual != nullptr ? residual + p * channels : nullptr;
@@ -151,7 +151,7 @@ PATHRT_CLONES static void conv_epilogue_pixels(const float* y, int64_t kout, con
 }
 
 at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t channels, const at::Tensor& bias,
-                          const at::Tensor& residual, bool relu, const at::Tensor& mask) {
+                         const at::Tensor& residual, bool relu, const at::Tensor& mask) {
   const auto in = y.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t kout = in.size(1), plane = in.size(2) * in.size(3), pixels = in.size(0) * plane;
   const auto b = bias.defined() ? bias.contiguous() : at::zeros({channels}, in.options());
