@@ -93,14 +93,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # this process starts the DDP processes
         return launch(args.nproc, _without(_without(args.argv, "--nproc"), "--threads"), args.threads)
     world = World.from_env()
-    target = load_target(args.target)
-    train, val = _load_data(args, target.classes)
-    config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                     lambda_sp=args.lambda_sp, seed=args.seed, val_every=args.val_every,
-                                     checkpoint_every=args.checkpoint_every, target_fidelity=args.target_fidelity)
-    generator_config = GeneratorConfig.small() if args.small else GeneratorConfig()
-    _, history = train_generator(target, train, val, generator_config, config, out=args.out, resume=args.resume,
-                                 progress=not args.no_progress, world=world)
+    try:
+        target = load_target(args.target)
+        train, val = _load_data(args, target.classes)
+        config = GeneratorTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                         lambda_sp=args.lambda_sp, seed=args.seed, val_every=args.val_every,
+                                         checkpoint_every=args.checkpoint_every, target_fidelity=args.target_fidelity)
+        generator_config = GeneratorConfig.small() if args.small else GeneratorConfig()
+        _, history = train_generator(target, train, val, generator_config, config, out=args.out, resume=args.resume,
+                                     progress=not args.no_progress, world=world)
+    finally:
+        world.close()
     if not world.main:
         return None
     last = history[-1]

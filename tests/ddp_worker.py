@@ -54,8 +54,11 @@ def main() -> None:
         if step == args.kill_at and world.rank == min(1, world.size - 1):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    generator, history = train_generator(target, train, val, generator_config, config, out=args.out / "gen",
-                                         resume=args.resume, progress=False, callback=kill, world=world)
+    try:
+        generator, history = train_generator(target, train, val, generator_config, config, out=args.out / "gen",
+                                             resume=args.resume, progress=False, callback=kill, world=world)
+    finally:
+        world.close()
     save_file({k: v.contiguous() for k, v in generator.state_dict().items()},
               str(args.out / f"rank{world.rank}.safetensors"))
     (args.out / f"writes-rank{world.rank}.json").write_text(json.dumps({"writes": writes, "history": history}))
