@@ -63,7 +63,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> daq_threshold_pack_cp
   return {scores, masks, packed, counts};
 }
 
-// out may alias x (the in-place variant); both contiguous in the same memory format.
 // masked_bias_relu_value over channels-last pixels [p0, p1) of c channels (`plane` pixels per sample),
 // per-channel bias and fill rows, the sample's mask row: a select instead of its branch, so that the
 // compiler vectorizes it (scalar, ResNet-18@64's layer-1 map at batch 64, 4 MB, took 535 us in place).
@@ -77,7 +76,7 @@ PATHRT_CLONES static void masked_bias_relu_pixels(const float* x, const float* b
 #pragma omp simd
     for (int64_t ch = 0; ch < c; ++ch) {
       const float v = src[ch] + bias[ch];
-      dst[ch] = m[ch] == 0.0f ? fill[ch] : (v > 0.0f ? v : 0.0f) * m[ch];  // relu_value: NaN -> 0
+      dst[ch] = m[ch] == 0.0f ? fill[ch] : relu_select(v) * m[ch];
     }
   }
 }
@@ -87,10 +86,11 @@ PATHRT_CLONES static void masked_bias_relu_plane(const float* x, float bias, flo
 #pragma omp simd
   for (int64_t e = 0; e < count; ++e) {
     const float v = x[e] + bias;
-    out[e] = (v > 0.0f ? v : 0.0f) * mask;
+    out[e] = relu_select(v) * mask;
   }
 }
 
+// out may alias x (the in-place variant); both contiguous in the same memory format.
 static void masked_bias_relu_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& bias, const at::Tensor& mask,
                                     const c10::optional<at::Tensor>& fill, at::Tensor& out) {
   const int64_t n = x.size(0), c = x.size(1), plane = x.size(2) * x.size(3);

@@ -143,9 +143,8 @@ PATHRT_CLONES static void conv_epilogue_pixels(const float* y, int64_t kout, con
     }
 #pragma omp simd
     for (int64_t o = 0; o < kout; ++o) {
-      float v = src[o] + bias[o] + (res != nullptr ? res[o] : 0.0f);
-      v = relu ? (v > 0.0f ? v : 0.0f) : v;  // relu_value as a select
-      dst[o] = m == nullptr || m[o] ? v : 0.0f;
+      const float v = src[o] + bias[o] + (res != nullptr ? res[o] : 0.0f);
+      dst[o] = m == nullptr || m[o] ? (relu ? relu_select(v) : v) : 0.0f;
     }
   }
 }
@@ -307,8 +306,7 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     case Kernel::OneDnn:
       break;
   }
-  const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
-  return onednn_conv2d(input, packed_for(input), bias, residual, relu, stride_, padding_);
+  return onednn_conv2d(x, packed_for(x), bias, residual, relu, stride_, padding_);
 }
 
 at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

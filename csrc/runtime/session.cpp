@@ -156,7 +156,7 @@ at::Tensor channel_mask(const at::Tensor& y, const at::Tensor& mask) {
 
 // x channels-last: a float NCHW batch of images transposed by plain loops, ATen's strided copy took
 // 0.55 ms for ResNet-18@64's batch of 64 (3 MB); anything else as x.contiguous.
-at::Tensor channels_last(const at::Tensor& x) {
+at::Tensor to_channels_last(const at::Tensor& x) {
   if (x.dim() != 4 || x.scalar_type() != at::kFloat || !x.is_contiguous() ||
       x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -383,7 +383,7 @@ struct ExplainSession::Impl {
   at::Tensor plain(const at::Tensor& x, std::vector<at::Tensor>& features, std::vector<at::Tensor>& keep,
                    const Threads& threads) const {
     std::vector<at::Tensor> values(num_values);
-    values[0] = channels_last(x);
+    values[0] = to_channels_last(x);
     for (size_t i = 0; i < static_cast<size_t>(joint_from); ++i) {
       const Step& s = steps[i];
       RECORD_FUNCTION("pathrt.plain." + s.label, std::vector<c10::IValue>());
