@@ -400,7 +400,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto rc = residual.has_value() ? residual->contiguous(format) : at::Tensor();
   const auto im = in_mask.has_value() ? in_mask->contiguous() : at::Tensor();
   const auto om = out_mask.has_value() ? out_mask->contiguous() : at::Tensor();
-  auto out = at::empty({g.n, g.c_out, g.ho, g.wo}, xc.options(), format).zero_();
+  auto out = at::empty({g.n, g.c_out, g.ho, g.wo}, xc.options(), format);  // zeroed a sample at a time below
   const auto xs = xc.strides(), os = out.strides();
   const auto rs = rc.defined() ? rc.strides() : os;
   const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;
@@ -585,6 +585,19 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     });
   };
 
+  // One group run per task; with fewer runs than threads, the runs go in turn, the GEMM threads and
+  // so do a run's loops over its members (zero fill, im2col, epilogue: ResNet-18@64's downsample
+  // convs at batch 64, one run of 64 samples each, spent ~0.8 of their ~1 ms in them on one thread).
+  const int64_t tasks = static_cast<int64_t>(runs.size());
+  const bool member_loops = tasks < parallel_width();
+  // body(t0, t1) over members [0, count), on the call's threads when runs go in turn
+  const auto each_member = [&](int64_t count, const auto& body) {
+    if (member_loops) {
+      pathrt::parallel_for(0, count, 1, body);
+    } else {
+      body(0, count);
+    }
+  };
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
@@ -593,24 +606,44 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx,
                               const auto& value) {
       const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
-      for (int64_t t = 0; t < count; ++t) {
-        const int64_t s = members[t];
-        for (int64_t a = 0; a < kout; ++a) {
-          const int64_t o = out_idx[a];
-          const float bv = bp ? bp[o] : 0.0f;
-          for (int64_t oy = 0; oy < g.ho; ++oy) {
-            const int64_t row = s * os[0] + o * os[1] + oy * os[2];
-            const int64_t res_row = s * rs[0] + o * rs[1] + oy * rs[2];
-            for (int64_t ox = 0; ox < g.wo; ++ox) {
-              op[row + ox * os[3]] = bias_act(value(a, o, t, oy, ox), bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
+      each_member(count, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t s = members[t];
+          if (os[1] == 1) {  // channels-last: a pixel's kept outputs, then the next pixel (writes along rows)
+            for (int64_t oy = 0; oy < g.ho; ++oy) {
+              for (int64_t ox = 0; ox < g.wo; ++ox) {
+                float* dst = op + s * os[0] + oy * os[2] + ox * os[3];
+                const float* res = rp ? rp + s * rs[0] + oy * rs[2] + ox * rs[3] : nullptr;
+                for (int64_t a = 0; a < kout; ++a) {
+                  const int64_t o = out_idx[a];
+                  dst[o] = bias_act(value(a, o, t, oy, ox), bp ? bp[o] : 0.0f, res ? res[o * rs[1]] : 0.0f, relu);
+                }
+              }
+            }
+            continue;
+          }
+          for (int64_t a = 0; a < kout; ++a) {
+            const int64_t o = out_idx[a];
+            const float bv = bp ? bp[o] : 0.0f;
+            for (int64_t oy = 0; oy < g.ho; ++oy) {
+              const int64_t row = s * os[0] + o * os[1] + oy * os[2];
+              const int64_t res_row = s * rs[0] + o * rs[1] + oy * rs[2];
+              for (int64_t ox = 0; ox < g.wo; ++ox) {
+                op[row + ox * os[3]] = bias_act(value(a, o, t, oy, ox), bv, rp ? rp[res_row + ox * rs[3]] : 0.0f, relu);
+              }
             }
           }
         }
-      }
+      });
     };
     for (int64_t r = begin; r < end; ++r) {
       const auto& members = runs[r];
       const int64_t first = members[0], count = static_cast<int64_t>(members.size());
+      // Each sample's output block is zeroed by the thread that fills it, just before (then in its cache;
+      // one zero_ of the whole output first cost the embedded model's batch-64 pathway ~0.2 ms a layer).
+      each_member(count, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) std::fill_n(op + members[t] * os[0], os[0], 0.0f);
+      });
       kept_channels(imp ? imp + first * g.c_in : nullptr, g.c_in, in_idx);
       kept_channels(omp ? omp + first * g.c_out : nullptr, g.c_out, out_idx);
       const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
@@ -662,9 +695,12 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       } else {
         ybuf.resize(static_cast<size_t>(kout * width));
         cols.resize(std::max<int64_t>(1, depth * width));
-        for (int64_t t = 0; t < count; ++t) {
-          gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, planes);
-        }
+        each_member(count, [&](int64_t t0, int64_t t1) {
+          std::vector<float> scratch;  // gather_columns' planes, one per chunk
+          for (int64_t t = t0; t < t1; ++t) {
+            gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, scratch);
+          }
+        });
         wbuf.resize(std::max<int64_t>(1, kout * depth));
         for (int64_t a = 0; a < kout; ++a) gather_weights(out_idx[a], in_idx, wbuf.data() + a * depth);
         auto y = at::from_blob(ybuf.data(), {kout, width}, xc.options());
@@ -680,9 +716,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       });
     }
   };
-  // One group run per task; with fewer runs than threads, run them in turn and let the GEMM thread.
-  const int64_t tasks = static_cast<int64_t>(runs.size());
-  if (tasks >= parallel_width()) {
+  if (!member_loops) {
     pathrt::parallel_for(0, tasks, 1, run_groups);
   } else {
     run_groups(0, tasks);

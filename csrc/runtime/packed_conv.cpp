@@ -120,6 +120,26 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
   return rows;
 }
 
+at::Tensor kept_inputs(const at::Tensor& input_major, const at::Tensor& keep_in) {
+  const int64_t o = input_major.size(0), c = input_major.size(1), taps = input_major.size(2) * input_major.size(3);
+  TORCH_CHECK(input_major.permute({1, 2, 3, 0}).is_contiguous(), "kept_inputs: the weight is not input-major");
+  const auto in_idx = keep_in.contiguous();
+  const int64_t kin = in_idx.numel();
+  auto matrix = at::empty({taps * kin, o}, input_major.options());
+  const float* wp = input_major.data_ptr<float>();  // (C, kh, kw, O) in memory
+  const int64_t* ip = in_idx.data_ptr<int64_t>();
+  TORCH_CHECK(std::all_of(ip, ip + kin, [c](int64_t i) { return i >= 0 && i < c; }),
+              "kept_inputs: an input channel out of range");
+  float* mp = matrix.data_ptr<float>();
+  pathrt::parallel_for(0, taps * kin, std::max<int64_t>(1, (int64_t{1} << 14) / o), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {  // row r: tap r / kin of kept input r % kin
+      const int64_t t = r / kin, j = r % kin;
+      std::memcpy(mp + r * o, wp + (ip[j] * taps + t) * o, sizeof(float) * static_cast<size_t>(o));
+    }
+  });
+  return matrix;
+}
+
 // conv_epilogue over channels-last pixels [p0, p1) (`plane` per sample): out's channel keep[j]
 // (channel j when keep is null) = act(y's channel j + bias + residual), 0 where the sample's mask row
 // (null: none) removes it; with keep, out's other channels 0. (Placing y's channels first and then one
@@ -173,7 +193,7 @@ at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t ch
   return out;
 }
 
-at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const at::Tensor& keep_in, int64_t kh,
+at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, const at::Tensor& keep_in, int64_t kh,
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding) {
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -181,7 +201,8 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
   const auto in_idx = keep_in.defined() ? keep_in.contiguous() : at::Tensor();
   const int64_t kin = in_idx.defined() ? in_idx.numel() : c;
   const int64_t* ip = in_idx.defined() ? in_idx.data_ptr<int64_t>() : nullptr;
-  const int64_t o = weight_rows.size(0), depth = kh * kw * kin;
+  const int64_t o = weight_matrix.size(1), depth = kh * kw * kin;
+  TORCH_CHECK(weight_matrix.size(0) == depth, "gemm_conv2d: the weight matrix does not fit the kept inputs");
   const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(wd, kw, stride[1], padding[1]);
   const int64_t rows = n * ho * wo;
   auto cols = at::empty({rows, depth}, input.options());
@@ -211,7 +232,7 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_rows, const
   });
   auto out = at::empty({n, ho, wo, o}, input.options());
   auto out2d = out.view({rows, o});
-  at::mm_out(out2d, cols, weight_rows.t());
+  at::mm_out(out2d, cols, weight_matrix);
   return conv_epilogue(out.permute({0, 3, 1, 2}), {}, o, bias, residual, relu, {});
 }
 
@@ -301,7 +322,7 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
       return pathway_conv2d_cpu(x, plain_, b, residual.defined() ? std::optional<at::Tensor>(residual) : std::nullopt,
                                 std::nullopt, std::nullopt, stride_, padding_, relu);
     case Kernel::Gemm:
-      return gemm_conv2d(x, kept_weight(plain_, {}, {}), {}, plain_.size(2), plain_.size(3), bias, residual, relu,
+      return gemm_conv2d(x, kept_weight(plain_, {}, {}).t(), {}, plain_.size(2), plain_.size(3), bias, residual, relu,
                          stride_, padding_);
     case Kernel::OneDnn:
       break;
