@@ -178,9 +178,11 @@ class Explainer:
         """Pathways for `images` (N, C, H, W), explaining class `target` (default: H's prediction).
         Runs in chunks of max_batch_size; memory beyond one chunk's is the result itself."""
         dtype = self._context.dtype
-        if len(self.batches(images)) == 1 and images.dtype == dtype and CHECKS_IMAGES in self.engine.capabilities:
+        if (isinstance(images, torch.Tensor) and images.dim() == 4 and 0 < images.shape[0] <= self.max_batch_size
+                and images.dtype == dtype and CHECKS_IMAGES in self.engine.capabilities):
             # one chunk the backend checks itself, the low-latency case: no second check, no assembly
-            # (each torch op here costs 10-30 us after a call has left the caches cold)
+            # (each torch op here costs 10-30 us after a call has left the caches cold; so does len(images),
+            # a Python method of torch.Tensor; anything else goes the way below, which says what is wrong)
             return self._explain_chunk(images, target)
         bounds = self.checked_batches(images)
         if len(bounds) == 1:  # one chunk: no assembly, no slicing
@@ -197,8 +199,9 @@ class Explainer:
 
     def _explain_chunk(self, x: torch.Tensor, target: ClassSpec) -> Explanation:
         out = self._run(self.engine, lambda: self.engine.explain(x))
-        return Explanation(self.spec, out.masks, out.packed, out.scores, out.logits, out.pathway_logits,
-                           self.resolve_classes(target, out.logits, out.predicted), self.backend, self.backend_reason)
+        return Explanation.of_backend(self.spec, out.masks, out.packed, out.scores, out.logits, out.pathway_logits,
+                                      self.resolve_classes(target, out.logits, out.predicted), self.backend,
+                                      self.backend_reason)
 
     def _run(self, backend: Backend, call: Callable[[], _T]) -> _T:
         """`call()`, holding the hooks lock unless `backend` keeps its state local."""
