@@ -103,6 +103,7 @@ py::dict explain(const pathrt::ExplainSession& session, const py::object& given)
   timings["generator.rfe_tail_us"] = r.rfe_tail_us;
   timings["generator.encoder_us"] = r.encoder_us;
   timings["generator.decoder_us"] = r.decoder_us;
+  timings["threads"] = r.threads;
   out["timings"] = timings;
   return out;
 }

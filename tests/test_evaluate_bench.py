@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -70,6 +71,8 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert "cost only" in text and "GFLOP/s" in text and "one explanation =" in text
     assert "predicted" in text and "Pathway pass against sparsity" in text
     assert "generator.encoder" in text and " µs |" in text  # the session's generator phases, in µs
+    assert "generator.decoder | threads |" in text  # and the threads its calls ran on, a count, not a time
+    assert re.search(r" µs \| [12](\.5)? \|\n", text)
     for path in gpu_only:  # said why, not silently dropped
         assert f"embedded {path} batch 1: needs a CUDA GPU" in text
     native = {r["batch"]: float(r["median_ms"]) for r in rows if r["path"] == "native"}

@@ -156,8 +156,8 @@ def test_session_outputs_and_layouts(resnet_bundle) -> None:
                         "timings"}
     generator_phases = {"generator.rfe_convs_us", "generator.rfe_tail_us", "generator.encoder_us",
                         "generator.decoder_us"}
-    assert set(out["timings"]) == {"plain_ms", "generator_ms", "pathway_ms", *generator_phases}
-    assert all(v > 0 for v in out["timings"].values())
+    assert set(out["timings"]) == {"plain_ms", "generator_ms", "pathway_ms", *generator_phases, "threads"}
+    assert all(v > 0 for v in out["timings"].values()) and out["timings"]["threads"] == 1
     # the generator's phases are its parts: together within its own wall time
     assert sum(out["timings"][k] for k in generator_phases) <= 1e3 * out["timings"]["generator_ms"]
     assert torch.equal(out["packed"], ops.pack_masks(out["masks"])) and torch.equal(out["counts"], out["masks"].sum(1))

@@ -350,6 +350,9 @@ def _phases_section(rows: list[Row], context: dict) -> str:
             if name.endswith("_us"):  # the generator's own phases: microseconds, no prediction
                 cells.append(f"{v:.0f} µs")
                 continue
+            if name == "threads":  # the threads the call ran on, not a time
+                cells.append(f"{v:g}")
+                continue
             cell = f"{v:.2f}" + (f" ({v / unit:.2f}×)" if unit else "")
             if guess:
                 cell += f" / predicted {guess:.2f}"
@@ -363,7 +366,8 @@ def _phases_section(rows: list[Row], context: dict) -> str:
     context["prediction_misses"] = misses
     return ("Phases (median ms per call, × fastest plain pass of the batch, and the prediction made before "
             f"timing: FLOPs at the matmul rate + {context['op_us']:.1f} µs per op; then the generator's own "
-            "phases in µs: RFE convs, RFE tail, PDN encoder layers, RPD decoder with heads and threshold):\n\n" +
+            "phases in µs: RFE convs, RFE tail, PDN encoder layers, RPD decoder with heads and threshold; "
+            "last, the median of the threads each call ran on):\n\n" +
             markdown_table(["model", "path", "batch", *names], lines) + "\n\n" +
             ("Predictions missed by more than 20%:\n" + "\n".join(f"- {m}" for m in misses) + "\n\n"
              if misses else ""))

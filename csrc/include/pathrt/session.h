@@ -38,6 +38,7 @@ struct ExplainResult {
   // the generator's own phases, in microseconds: RFE convs (1x1 stems, shared 3x3/2 block), RFE tail
   // (pooling, token projection, LayerNorm), PDN encoder layers, RPD decoder (GRU, heads, DAQ threshold)
   double rfe_convs_us = 0.0, rfe_tail_us = 0.0, encoder_us = 0.0, decoder_us = 0.0;
+  int threads = 0;  // the threads this call ran on (1 while the call pool reports a contended host)
 };
 
 struct SessionInfo {
