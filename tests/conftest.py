@@ -37,7 +37,7 @@ def _seed() -> None:
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
     """Every test starts on the process's own torch thread count: a test that changes it (an actor built
-    in-process sets its own) once left every later test of the run on one thread, the suite ~2x slower."""
+    in-process sets its own) once left every later test of the run on one thread."""
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
