@@ -512,8 +512,54 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     });
   };
 
+  // One group run per task; with fewer runs than threads, the runs go in turn, the GEMM threads and
+  // so do a run's loops over its members (zero fill, im2col, epilogue: ResNet-18@64's downsample
+  // convs at batch 64, one run of 64 samples each, spent ~0.8 of their ~1 ms in them on one thread).
+  const int64_t tasks = static_cast<int64_t>(runs.size());
+  const bool member_loops = tasks < parallel_width();
+  // body(t0, t1) over members [0, count), on the call's threads when runs go in turn
+  const auto each_member = [&](int64_t count, const auto& body) {
+    if (member_loops) {
+      pathrt::parallel_for(0, count, 1, body);
+    } else {
+      body(0, count);
+    }
+  };
+  // out = bias_act(value(a, o, t, oy, ox)): the accumulator of kept output a (channel o) at pixel
+  // (oy, ox) of member t. The loops follow the output's layout so that writes go along its rows:
+  // channels-last walks pixels outer and kept outputs inner, NCHW the other way round.
+  const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx,
+                            const auto& value) {
+    const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
+    each_member(count, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t s = members[t];
+        // channel_stride: os[1], a compile-time 1 on the channels-last loops (the compiler then keeps
+        // their writes contiguous; a run-time stride there cost the embedded batch-64 session ~5%)
+        const auto emit = [&](int64_t a, int64_t oy, int64_t ox, auto channel_stride) {
+          const int64_t o = out_idx[a];
+          const float residual = rp ? rp[s * rs[0] + o * rs[1] + oy * rs[2] + ox * rs[3]] : 0.0f;
+          op[s * os[0] + o * channel_stride + oy * os[2] + ox * os[3]] =
+              bias_act(value(a, o, t, oy, ox), bp ? bp[o] : 0.0f, residual, relu);
+        };
+        if (os[1] == 1) {
+          for (int64_t oy = 0; oy < g.ho; ++oy) {
+            for (int64_t ox = 0; ox < g.wo; ++ox) {
+              for (int64_t a = 0; a < kout; ++a) emit(a, oy, ox, std::integral_constant<int64_t, 1>{});
+            }
+          }
+        } else {
+          for (int64_t a = 0; a < kout; ++a) {
+            for (int64_t oy = 0; oy < g.ho; ++oy) {
+              for (int64_t ox = 0; ox < g.wo; ++ox) emit(a, oy, ox, os[1]);
+            }
+          }
+        }
+      }
+    });
+  };
   // The members' conv through the direct kernel (pathrt/direct_conv.h) on the kept inputs, zero-padded
-  // channels-last; the kept outputs' bias and residual feed its epilogue, (pixel, output).
+  // channels-last, to ybuf (pixel, output); the kept outputs then go through the epilogue above.
   const auto direct = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
                           const std::vector<int64_t>& out_idx, std::vector<float>& wbuf, std::vector<float>& planes,
                           std::vector<float>& ybuf) {
@@ -556,85 +602,18 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         }
       }
     }
-    std::vector<float> kept_bias, kept_residual;
-    if (bp != nullptr && !in_place_direct) {
-      kept_bias.assign(static_cast<size_t>(outs), 0.0f);
-      for (int64_t a = 0; a < kout; ++a) kept_bias[a] = bp[out_idx[a]];
-    }
-    if (rp != nullptr) kept_residual.assign(static_cast<size_t>(width * outs), 0.0f);
     ybuf.resize(static_cast<size_t>(width * outs));
-    const auto each_pixel = [&](const auto& body) {  // body(the pixel's ybuf row offset, its sample, oy, ox)
-      for (int64_t t = 0; t < count; ++t) {
-        for (int64_t oy = 0; oy < g.ho; ++oy) {
-          for (int64_t ox = 0; ox < g.wo; ++ox) body((t * cols_per_row + oy * g.wo + ox) * outs, members[t], oy, ox);
-        }
-      }
-    };
-    if (rp != nullptr) {
-      each_pixel([&](int64_t row, int64_t sample, int64_t oy, int64_t ox) {
-        const float* src = rp + sample * rs[0] + oy * rs[2] + ox * rs[3];
-        for (int64_t a = 0; a < kout; ++a) kept_residual[row + column(a)] = src[out_idx[a] * rs[1]];
-      });
-    }
     direct_conv_raw(planes.data(), count, hp, wpad, kin, in_place_direct ? blocked.data_ptr<float>() : wbuf.data(),
-                    outs, block, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, in_place_direct ? bp : kept_bias.data(),
-                    rp != nullptr ? kept_residual.data() : nullptr, relu, ybuf.data(),
+                    outs, block, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, nullptr, nullptr, false, ybuf.data(),
                     in_place_direct && kin < g.c_in ? in_idx.data() : nullptr, g.c_in);
-    each_pixel([&](int64_t row, int64_t sample, int64_t oy, int64_t ox) {
-      float* dst = op + sample * os[0] + oy * os[2] + ox * os[3];
-      for (int64_t a = 0; a < kout; ++a) dst[out_idx[a] * os[1]] = ybuf[row + column(a)];
+    epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
+      return ybuf[(t * cols_per_row + oy * g.wo + ox) * outs + column(a)];
     });
   };
 
-  // One group run per task; with fewer runs than threads, the runs go in turn, the GEMM threads and
-  // so do a run's loops over its members (zero fill, im2col, epilogue: ResNet-18@64's downsample
-  // convs at batch 64, one run of 64 samples each, spent ~0.8 of their ~1 ms in them on one thread).
-  const int64_t tasks = static_cast<int64_t>(runs.size());
-  const bool member_loops = tasks < parallel_width();
-  // body(t0, t1) over members [0, count), on the call's threads when runs go in turn
-  const auto each_member = [&](int64_t count, const auto& body) {
-    if (member_loops) {
-      pathrt::parallel_for(0, count, 1, body);
-    } else {
-      body(0, count);
-    }
-  };
   auto run_groups = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
-    // out = bias_act(value(a, o, t, oy, ox)): the accumulator of kept output a (channel o) at pixel
-    // (oy, ox) of member t. The loops follow the output's layout so that writes go along its rows:
-    // channels-last walks pixels outer and kept outputs inner, NCHW the other way round.
-    const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx,
-                              const auto& value) {
-      const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
-      each_member(count, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t s = members[t];
-          // channel_stride: os[1], a compile-time 1 on the channels-last loops (the compiler then keeps
-          // their writes contiguous; a run-time stride there cost the embedded batch-64 session ~5%)
-          const auto emit = [&](int64_t a, int64_t oy, int64_t ox, auto channel_stride) {
-            const int64_t o = out_idx[a];
-            const float residual = rp ? rp[s * rs[0] + o * rs[1] + oy * rs[2] + ox * rs[3]] : 0.0f;
-            op[s * os[0] + o * channel_stride + oy * os[2] + ox * os[3]] =
-                bias_act(value(a, o, t, oy, ox), bp ? bp[o] : 0.0f, residual, relu);
-          };
-          if (os[1] == 1) {
-            for (int64_t oy = 0; oy < g.ho; ++oy) {
-              for (int64_t ox = 0; ox < g.wo; ++ox) {
-                for (int64_t a = 0; a < kout; ++a) emit(a, oy, ox, std::integral_constant<int64_t, 1>{});
-              }
-            }
-          } else {
-            for (int64_t a = 0; a < kout; ++a) {
-              for (int64_t oy = 0; oy < g.ho; ++oy) {
-                for (int64_t ox = 0; ox < g.wo; ++ox) emit(a, oy, ox, os[1]);
-              }
-            }
-          }
-        }
-      });
-    };
     for (int64_t r = begin; r < end; ++r) {
       const auto& members = runs[r];
       const int64_t first = members[0], count = static_cast<int64_t>(members.size());
