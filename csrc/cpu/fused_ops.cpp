@@ -405,6 +405,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto xs = xc.strides(), os = out.strides();
   const auto rs = rc.defined() ? rc.strides() : os;
   const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;
+  // member t's output pixel (oy, ox) among a run's columns
+  const auto pixel = [&](int64_t t, int64_t oy, int64_t ox) { return t * cols_per_row + oy * g.wo + ox; };
   const float* xp = xc.data_ptr<float>();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
@@ -456,7 +458,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       const float* sample = xp + members[t] * xs[0];
       for (int64_t oy = 0; oy < g.ho; ++oy) {
         for (int64_t ox = 0; ox < g.wo; ++ox) {
-          float* row = rows.data() + (static_cast<int64_t>(t) * cols_per_row + oy * g.wo + ox) * ld;
+          float* row = rows.data() + pixel(static_cast<int64_t>(t), oy, ox) * ld;
           for (int64_t dy = 0; dy < g.kh; ++dy) {
             const int64_t iy = conv_input_coord(oy, dy, g.sh, g.ph, g.h);
             for (int64_t dx = 0; dx < g.kw && iy >= 0; ++dx) {
@@ -607,7 +609,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                     outs, block, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, nullptr, nullptr, false, ybuf.data(),
                     in_place_direct && kin < g.c_in ? in_idx.data() : nullptr, g.c_in);
     epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
-      return ybuf[(t * cols_per_row + oy * g.wo + ox) * outs + column(a)];
+      return ybuf[pixel(t, oy, ox) * outs + column(a)];
     });
   };
 
@@ -661,7 +663,6 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         });
         continue;
       }
-      const auto pixel = [&](int64_t t, int64_t oy, int64_t ox) { return t * cols_per_row + oy * g.wo + ox; };
       if (width <= kDotMaxPixels) {
         dot_products(members, in_idx, out_idx, width, ybuf);
         if (input_major) {
