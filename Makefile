@@ -17,7 +17,7 @@ demo: build
 test: build
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: build
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

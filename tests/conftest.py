@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,9 @@ import torch
 import pathrt  # noqa: F401  (registers torch.ops.pathrt)
 
 ROOT = Path(__file__).resolve().parents[1]
+# A trained embedded target's stem that a pytest run hands to the pytest it starts (`make sanitize`), so
+# the nested run copies it instead of training its own (~30 s, more under the sanitizers).
+TRAINED_TARGET_ENV = "PATHRT_TEST_TRAINED_TARGET"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -101,11 +106,18 @@ def run_in_threads(calls: list, rounds: int = 3, timeout: float = 600) -> list[l
 
 @pytest.fixture(scope="session")
 def trained_target_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded default target trained with the default config once per session (~30 s)."""
+    """The embedded default target trained with the default config once per session (~30 s), or a copy
+    of the one that the parent run names in TRAINED_TARGET_ENV (training is seeded: the same target)."""
+    from pathrt.artifacts import artifact_paths
     from pathrt.data import load_digits
     from pathrt.targets.training import train_target
 
     stem = tmp_path_factory.mktemp("target") / "target"
+    given = os.environ.get(TRAINED_TARGET_ENV)
+    if given:
+        for src, dst in zip(artifact_paths(given), artifact_paths(stem), strict=True):
+            shutil.copyfile(src, dst)  # a copy: no nested test can change the parent's files
+        return stem
     train_target(load_digits("train"), load_digits("test"), out=stem, progress=False)
     return stem
 

@@ -14,7 +14,7 @@ import torch
 from pathrt import opspec
 from pathrt.kernels import native as extension
 from pathrt.runtime.info import environment, format_environment
-from tests.conftest import ROOT, assert_python_ok
+from tests.conftest import ROOT, TRAINED_TARGET_ENV, assert_python_ok
 
 NVCC = "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else shutil.which("nvcc")
 CUDA_TOOLCHAIN = NVCC is not None and torch.version.cuda is not None
@@ -114,9 +114,11 @@ def _check_cpp_example(program: Path, embedded, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_make_sanitize_reports_nothing() -> None:
-    """`make sanitize`: the extension with ASan + UBSan, the op and session tests against it, no report."""
-    result = subprocess.run(["make", "sanitize"], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+def test_make_sanitize_reports_nothing(trained_target_path: Path) -> None:
+    """`make sanitize`: the extension with ASan + UBSan, the op and session tests against it, no report.
+    The nested run copies this run's trained target rather than training its own."""
+    env = {**os.environ, TRAINED_TARGET_ENV: str(trained_target_path)}
+    result = subprocess.run(["make", "sanitize"], cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "ERROR: AddressSanitizer" not in output and "runtime error:" not in output, output[-5000:]
