@@ -45,6 +45,16 @@ def test_session_matches_eager_on_torchvision(arch: str, bias: float) -> None:
     assert_parity(eager.explain(x[:3]), session.explain(x[:3]))
 
 
+def test_session_gemm_conv_over_kernel_windows_matches_eager() -> None:
+    """At 32 images ResNet-18's 2x2 convs (stride 1 and 2) run one GEMM per kernel window inside the
+    input, skipping the padding's taps (gemm_conv2d, kMinWindowImages), in the plain pass and the union convs."""
+    target = torchvision_target("resnet18")
+    generator = varied_generator(target.spec, sparsity_bias=0.0)
+    x = torch.randn(32, 3, 64, 64)
+    assert_parity(Explainer(target, generator, backend="eager").explain(x),
+                  Explainer(target, generator, backend="session").explain(x))
+
+
 @pytest.mark.parametrize("bias", [0.0, -2.0])
 def test_session_matches_eager_on_embedded(embedded, bias: float) -> None:
     from pathrt.data import load_digits

@@ -17,8 +17,10 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <list>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string_view>
@@ -193,6 +195,19 @@ at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t ch
   return out;
 }
 
+namespace {
+
+// The kernel offsets [first, last) along one axis whose input coordinate, for output coordinate o, lies
+// inside the map (a contiguous range: the coordinate grows with the offset).
+std::pair<int64_t, int64_t> inside_taps(int64_t o, int64_t kernel, int64_t stride, int64_t pad, int64_t size) {
+  int64_t first = 0, last = kernel;
+  while (first < last && conv_input_coord(o, first, stride, pad, size) < 0) ++first;
+  while (last > first && conv_input_coord(o, last - 1, stride, pad, size) < 0) --last;
+  return {first, last};
+}
+
+}  // namespace
+
 at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, const at::Tensor& keep_in, int64_t kh,
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding) {
@@ -201,38 +216,78 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
   const auto in_idx = keep_in.defined() ? keep_in.contiguous() : at::Tensor();
   const int64_t kin = in_idx.defined() ? in_idx.numel() : c;
   const int64_t* ip = in_idx.defined() ? in_idx.data_ptr<int64_t>() : nullptr;
-  const int64_t o = weight_matrix.size(1), depth = kh * kw * kin;
-  TORCH_CHECK(weight_matrix.size(0) == depth, "gemm_conv2d: the weight matrix does not fit the kept inputs");
+  const int64_t o = weight_matrix.size(1);
+  TORCH_CHECK(weight_matrix.size(0) == kh * kw * kin, "gemm_conv2d: the weight matrix does not fit the kept inputs");
   const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(wd, kw, stride[1], padding[1]);
-  const int64_t rows = n * ho * wo;
-  auto cols = at::empty({rows, depth}, input.options());
+  // From kMinWindowImages images on, the output pixels are grouped by their kernel window inside the
+  // input, (dy0, dy1, dx0, dx1): on the small maps this conv takes, most taps of a padded kernel read
+  // zeros (at 2x2 with a 3x3 kernel, 5 of each pixel's 9), and each group's GEMM runs over its window's
+  // taps only. Below it, one GEMM over every tap (padding as zero columns) reads the weights once.
+  std::map<std::array<int64_t, 4>, std::vector<int64_t>> groups;
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    const auto [y0, y1] = n >= kMinWindowImages ? inside_taps(oy, kh, stride[0], padding[0], h) : std::pair{int64_t{0}, kh};
+    for (int64_t ox = 0; ox < wo; ++ox) {
+      const auto [x0, x1] = n >= kMinWindowImages ? inside_taps(ox, kw, stride[1], padding[1], wd) : std::pair{int64_t{0}, kw};
+      groups[{y0, y1, x0, x1}].push_back(oy * wo + ox);
+    }
+  }
+  auto out = at::empty({n, ho, wo, o}, input.options());
   const float* xp = input.data_ptr<float>();
-  float* cp = cols.data_ptr<float>();
-  pathrt::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, depth)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t s = r / (ho * wo), oy = r / wo % ho, ox = r % wo;
-      float* dst = cp + r * depth;
-      for (int64_t dy = 0; dy < kh; ++dy) {
-        const int64_t iy = conv_input_coord(oy, dy, stride[0], padding[0], h);
-        for (int64_t dx = 0; dx < kw; ++dx, dst += kin) {
-          const int64_t ix = conv_input_coord(ox, dx, stride[1], padding[1], wd);
-          if (iy < 0 || ix < 0) {
-            std::fill(dst, dst + kin, 0.0f);
-            continue;
-          }
-          const float* pixel = xp + ((s * h + iy) * wd + ix) * c;
-          if (ip == nullptr) {
-            std::memcpy(dst, pixel, static_cast<size_t>(kin) * sizeof(float));
-          } else {
-            for (int64_t j = 0; j < kin; ++j) dst[j] = pixel[ip[j]];
-          }
+  for (const auto& [window, members] : groups) {
+    const auto [y0, y1, x0, x1] = window;
+    const int64_t pixels = static_cast<int64_t>(members.size()), rows = n * pixels;
+    const int64_t width = (x1 - x0) * kin, depth = (y1 - y0) * width;
+    auto cols = at::empty({rows, depth}, input.options());
+    float* cp = cols.data_ptr<float>();
+    pathrt::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, depth)),
+                         [&](int64_t r0, int64_t r1) {
+                           for (int64_t r = r0; r < r1; ++r) {
+                             const int64_t s = r / pixels, p = members[r % pixels], oy = p / wo, ox = p % wo;
+                             float* dst = cp + r * depth;
+                             for (int64_t dy = y0; dy < y1; ++dy) {
+                               const int64_t iy = conv_input_coord(oy, dy, stride[0], padding[0], h);
+                               for (int64_t dx = x0; dx < x1; ++dx, dst += kin) {
+                                 const int64_t ix = conv_input_coord(ox, dx, stride[1], padding[1], wd);
+                                 if (iy < 0 || ix < 0) {
+                                   std::fill(dst, dst + kin, 0.0f);
+                                   continue;
+                                 }
+                                 const float* pixel = xp + ((s * h + iy) * wd + ix) * c;
+                                 if (ip == nullptr) {
+                                   std::memcpy(dst, pixel, static_cast<size_t>(kin) * sizeof(float));
+                                 } else {
+                                   for (int64_t j = 0; j < kin; ++j) dst[j] = pixel[ip[j]];
+                                 }
+                               }
+                             }
+                           }
+                         });
+    // One group of every pixel writes the output in place; the others go through y and are placed after.
+    const bool whole = groups.size() == 1;
+    auto y = whole ? out.view({rows, o}) : at::empty({rows, o}, input.options());
+    if (depth == 0) {
+      y.zero_();
+    } else if (x0 == 0 && x1 == kw) {  // whole kernel rows: the window's weights are one block of rows
+      at::mm_out(y, cols, weight_matrix.narrow(0, y0 * kw * kin, depth));
+    } else {  // one block of weight rows per kernel row of the window, accumulated
+      for (int64_t dy = y0; dy < y1; ++dy) {
+        const auto block = cols.narrow(1, (dy - y0) * width, width);
+        const auto weights = weight_matrix.narrow(0, (dy * kw + x0) * kin, width);
+        if (dy == y0) {
+          at::mm_out(y, block, weights);
+        } else {
+          y.addmm_(block, weights);
         }
       }
     }
-  });
-  auto out = at::empty({n, ho, wo, o}, input.options());
-  auto out2d = out.view({rows, o});
-  at::mm_out(out2d, cols, weight_matrix);
+    if (whole) break;
+    const float* yp = y.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t s = r / pixels, p = members[r % pixels];
+      std::memcpy(op + (s * ho * wo + p) * o, yp + r * o, static_cast<size_t>(o) * sizeof(float));
+    }
+  }
   return conv_epilogue(out.permute({0, 3, 1, 2}), {}, o, bias, residual, relu, {});
 }
 

@@ -92,6 +92,11 @@ at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t ch
 // slower, 9.1 -> 9.7).
 constexpr int64_t kMinGemmImages = 4, kMinGemmRows = 16, kGemmPixels = 4, kGemmPixelsLargeWeight = 16;
 constexpr int64_t kLargeWeight = int64_t{1} << 20;  // floats: 4 MB
+// gemm_conv2d skips the padding's taps from this many images on, one GEMM per kernel window (ResNet-18@64
+// at batch 64, session phases, 3 interleaved rounds: plain 73.9 -> 68.9 ms, pathway 33.3 -> 31.6); at 4
+// it was slower (plain 8.9 -> 9.2: the windows' weight blocks, 16/9 of the weight at 2x2, stream per GEMM
+// of a few rows) and at 16 no faster.
+constexpr int64_t kMinWindowImages = 32;
 bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 // The kept weights as gemm_conv2d's matrix: rows keep_out of the (O, C, kh, kw) weight, each its (tap,
 // channel) values over the channels keep_in (undefined: all; a view of a channels-last weight when both
@@ -103,8 +108,9 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
 // layer4.1.conv1, 208 of 512 inputs at batch 64: kept_weight's gather 824 us).
 at::Tensor kept_inputs(const at::Tensor& input_major, const at::Tensor& keep_in);
 // conv(x's channels keep_in (undefined: all), weight_matrix (kh * kw * kin, O): kept_inputs or
-// kept_weight transposed) + bias (+ residual) (then ReLU) as above, kh x kw kernel; x NCHW or
-// channels-last, float; channels-last out.
+// kept_weight transposed) + bias (+ residual) (then ReLU) as above, kh x kw kernel, over each output
+// pixel's taps inside the input only from kMinWindowImages images on; x NCHW or channels-last, float;
+// channels-last out.
 at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, const at::Tensor& keep_in, int64_t kh,
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding);
