@@ -223,11 +223,12 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
   // input, (dy0, dy1, dx0, dx1): on the small maps this conv takes, most taps of a padded kernel read
   // zeros (at 2x2 with a 3x3 kernel, 5 of each pixel's 9), and each group's GEMM runs over its window's
   // taps only. Below it, one GEMM over every tap (padding as zero columns) reads the weights once.
+  const bool windows = n >= kMinWindowImages;
   std::map<std::array<int64_t, 4>, std::vector<int64_t>> groups;
   for (int64_t oy = 0; oy < ho; ++oy) {
-    const auto [y0, y1] = n >= kMinWindowImages ? inside_taps(oy, kh, stride[0], padding[0], h) : std::pair{int64_t{0}, kh};
+    const auto [y0, y1] = windows ? inside_taps(oy, kh, stride[0], padding[0], h) : std::pair{int64_t{0}, kh};
     for (int64_t ox = 0; ox < wo; ++ox) {
-      const auto [x0, x1] = n >= kMinWindowImages ? inside_taps(ox, kw, stride[1], padding[1], wd) : std::pair{int64_t{0}, kw};
+      const auto [x0, x1] = windows ? inside_taps(ox, kw, stride[1], padding[1], wd) : std::pair{int64_t{0}, kw};
       groups[{y0, y1, x0, x1}].push_back(oy * wo + ox);
     }
   }

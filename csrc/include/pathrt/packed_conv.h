@@ -93,9 +93,9 @@ at::Tensor conv_epilogue(const at::Tensor& y, const at::Tensor& keep, int64_t ch
 constexpr int64_t kMinGemmImages = 4, kMinGemmRows = 16, kGemmPixels = 4, kGemmPixelsLargeWeight = 16;
 constexpr int64_t kLargeWeight = int64_t{1} << 20;  // floats: 4 MB
 // gemm_conv2d skips the padding's taps from this many images on, one GEMM per kernel window (ResNet-18@64
-// at batch 64, session phases, 3 interleaved rounds: plain 73.9 -> 68.9 ms, pathway 33.3 -> 31.6); at 4
-// it was slower (plain 8.9 -> 9.2: the windows' weight blocks, 16/9 of the weight at 2x2, stream per GEMM
-// of a few rows) and at 16 no faster.
+// at batch 64, session phases, means of 3 interleaved rounds: plain 73.9 -> 68.9 ms, pathway 33.4 -> 31.6);
+// at 4 it was slower (plain 8.9 -> 9.2: the windows' weight blocks, 16/9 of the weight at 2x2, stream per
+// GEMM of a few rows) and at 16 no faster.
 constexpr int64_t kMinWindowImages = 32;
 bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 // The kept weights as gemm_conv2d's matrix: rows keep_out of the (O, C, kh, kw) weight, each its (tap,
