@@ -20,11 +20,6 @@ namespace {
 using V8 = float __attribute__((vector_size(32)));
 using V16 = float __attribute__((vector_size(64)));
 constexpr int64_t kTilePixels = 48;  // output pixels per parallel task: a multiple of every kernel's kPixels
-// Floats ahead a task's first pixels prefetch the weight (2 KB), which streams from beyond the L2 there
-// (its later pixels find it in the L2). ResNet-18@64 at batch 1 on 2 cores, plain phase (its 4x4 and 8x8
-// convs), 11 interleaved pairs: median 2.38 -> 2.26 ms, faster in 9. The embedded model and VGG-11@64
-// at batch 1: the same within noise.
-constexpr int64_t kWeightPrefetch = 512;
 
 // One conv's geometry and pointers, shared by the tasks.
 struct Direct {
@@ -57,15 +52,17 @@ template <typename V, int64_t kVecs, int64_t kPixels, bool kKept>
       const float* px[kPixels];
       for (int64_t p = 0; p < kPixels; ++p) px[p] = d.window(std::min(q0 + p, p1 - 1));
       V acc[kVecs][kPixels] = {};
-      const bool fetch = !kKept && q0 == p0;  // kept rows lie scattered: no prefetch
+      // A task's first pixels prefetch the weight (kPrefetchAhead), which streams from beyond the L2 there;
+      // its later pixels find it in the L2, and kept rows lie scattered. ResNet-18@64 at batch 1 on 2 cores,
+      // plain phase (its 4x4 and 8x8 convs), 11 interleaved pairs: median 2.38 -> 2.26 ms, faster in 9;
+      // the embedded model and VGG-11@64 at batch 1: the same within noise.
+      const bool fetch = !kKept && q0 == p0;
       for (int64_t t = 0; t < d.taps; ++t) {
         const float* wt = wb + t * d.wc * d.block + sub;
         const int64_t offset = d.tap_offsets[t];
         for (int64_t ci = 0; ci < d.c; ++ci) {
           const float* row = wt + (kKept ? d.kept[ci] : ci) * d.block;
-          if (fetch) {
-            for (int64_t line = 0; line < width; line += 16) __builtin_prefetch(row + kWeightPrefetch + line);
-          }
+          if (fetch) prefetch_lines(row + kPrefetchAhead, width);
           V wv[kVecs];
           for (int64_t v = 0; v < kVecs; ++v) std::memcpy(&wv[v], row + v * lanes, sizeof(V));
           for (int64_t p = 0; p < kPixels; ++p) {

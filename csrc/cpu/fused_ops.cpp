@@ -242,12 +242,6 @@ constexpr int64_t kRowAlign = 16;      // floats: pixel rows (and in-place weigh
 constexpr int64_t kBlockOuts = 4;      // weight rows per register block
 constexpr int64_t kSlabOuts = kInputMajorBlock;  // outputs per block of the input-major kernel
 constexpr int64_t kSlabPrefetch = 16;  // rows ahead the input-major kernel prefetches
-// Floats ahead the dot products prefetch each weight row (2 KB): the hardware prefetchers alone left the
-// multiply-adds waiting on a weight streamed from beyond the L2. ResNet-18@64 at batch 1 on 2 cores, session
-// phases of 3 interleaved pairs: plain (its 2x2 512->512 convs) 2.42-2.62 -> 2.24-2.31 ms, pathway
-// 1.65-1.72 -> 1.58-1.64 (faster in each of 9 pairs; 256 and 1024 floats ahead gained less). VGG-11@64 at
-// batch 1, ResNet-18@64 at batch 64 and the embedded model at batch 1: the same within noise.
-constexpr int64_t kRowPrefetch = 512;
 
 template <typename V>
 [[gnu::always_inline]] inline float lane_sum(const V& v) {
@@ -274,8 +268,13 @@ template <typename V, int64_t kPixels>
     for (int64_t k = 0; k < ld; k += lanes) {
       V cv[kPixels];
       for (int64_t p = 0; p < kPixels; ++p) std::memcpy(&cv[p], c[p] + k, sizeof(V));
-      if (k % 16 == 0) {  // a line (16 floats) of each row
-        for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kRowPrefetch);
+      // A line of each row kPrefetchAhead on: the hardware prefetchers alone left the multiply-adds waiting
+      // on a weight streamed from beyond the L2. ResNet-18@64 at batch 1 on 2 cores, session phases of 3
+      // interleaved pairs: plain (its 2x2 512->512 convs) 2.42-2.62 -> 2.24-2.31 ms, pathway 1.65-1.72 ->
+      // 1.58-1.64 (faster in each of 9 pairs; 256 and 1024 floats ahead gained less); VGG-11@64 at batch 1,
+      // ResNet-18@64 at batch 64 and the embedded model at batch 1: the same within noise.
+      if (k % kLineFloats == 0) {
+        for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kPrefetchAhead);
       }
       for (int64_t a = 0; a < kBlockOuts; ++a) {
         V wv;
@@ -321,7 +320,7 @@ template <typename V, int64_t kPixels>
     for (int64_t k = 0; k < depth; ++k) {
       const float* wk = w + offsets[k];
       if (k + kSlabPrefetch < depth) {  // rows lie a row of the weight apart: too far for the prefetchers
-        for (int64_t line = 0; line < kSlabOuts; line += 16) __builtin_prefetch(w + offsets[k + kSlabPrefetch] + line);
+        prefetch_lines(w + offsets[k + kSlabPrefetch], kSlabOuts);
       }
       for (int64_t v = 0; v < vecs; ++v) {
         V wv;

@@ -3,6 +3,7 @@
 // so the tests run every build on an AVX-512 machine.
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -20,6 +21,15 @@ Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (__builtin_cpu_supports("avx512f") && level.empty()) return avx512;
   return has_avx2 && level != "baseline" ? avx2 : baseline;
+}
+
+// The kernels that stream a weight from beyond the L2 prefetch it kPrefetchAhead floats (2 KB) ahead of
+// their loads, a 64-byte line (kLineFloats) at a time.
+constexpr int64_t kLineFloats = 16, kPrefetchAhead = 512;
+
+// Prefetches the lines of the `floats` floats from p on.
+[[gnu::always_inline]] inline void prefetch_lines(const float* p, int64_t floats) {
+  for (int64_t line = 0; line < floats; line += kLineFloats) __builtin_prefetch(p + line);
 }
 
 }  // namespace pathrt
