@@ -89,6 +89,24 @@ bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArr
   return direct_conv_fits(x.size(0), pixels, x.size(0) * pixels * weight.numel());
 }
 
+bool pointwise_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding) {
+  return weight.size(2) == 1 && weight.size(3) == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 &&
+         padding[1] == 0 && x.size(0) * x.size(2) * x.size(3) >= kMinPointwiseRows;
+}
+
+at::Tensor pointwise_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& residual, bool relu, const at::Tensor& out) {
+  const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), o = weight.size(0);
+  const auto y = out.defined() ? out : at::empty({n, o, h, w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  TORCH_CHECK(y.sizes() == at::IntArrayRef({n, o, h, w}) && y.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "pointwise_conv2d: out must be a channels-last (N, O, H, W) tensor");
+  auto rows = y.permute({0, 2, 3, 1}).view({n * h * w, o});
+  at::mm_out(rows, input.permute({0, 2, 3, 1}).view({n * h * w, c}), weight.reshape({o, c}).t());
+  return conv_epilogue(y, {}, o, bias, residual, relu, {});
+}
+
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   return x.size(0) < kMinGemmImages && map_pixels(x, weight, stride, padding) <= kGemmPixels &&
          weight.numel() >= kLargeWeight;
@@ -355,6 +373,7 @@ PackedConv::Kernel PackedConv::kernel_for(const at::Tensor& x) const {
   if (!packed_ || macs < kMinPackedMacs) return Kernel::Conv2d;
   if (dot_conv_pays(x, plain_, stride_, padding_)) return Kernel::Dot;
   if (gemm_conv_pays(x, plain_, stride_, padding_)) return Kernel::Gemm;
+  if (pointwise_conv_pays(x, plain_, stride_, padding_)) return Kernel::Pointwise;
   return Kernel::OneDnn;
 }
 
@@ -380,10 +399,20 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
     case Kernel::Gemm:
       return gemm_conv2d(x, kept_weight(plain_, {}, {}).t(), {}, plain_.size(2), plain_.size(3), bias, residual, relu,
                          stride_, padding_);
+    case Kernel::Pointwise:
+      return pointwise_conv2d(x, plain_, bias, residual, relu);
     case Kernel::OneDnn:
       break;
   }
   return onednn_conv2d(x, packed_for(x), bias, residual, relu, stride_, padding_);
+}
+
+void PackedConv::into(const at::Tensor& x, const at::Tensor& bias, bool relu, const at::Tensor& out) const {
+  if (kernel_for(x) == Kernel::Pointwise) {
+    pointwise_conv2d(x, plain_, bias, {}, relu, out);
+  } else {
+    out.copy_((*this)(x, bias, {}, relu));
+  }
 }
 
 at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

@@ -466,24 +466,45 @@ struct ExplainSession::Impl {
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator(
       const std::vector<at::Tensor>& features, ExplainResult& r) const {
     const auto t0 = Clock::now();
-    std::vector<at::Tensor> maps;
-    for (size_t l = 0; l < features.size(); ++l) {
-      maps.push_back(stems[l](features[l], gen.stem_biases[l], {}, true));
-    }
     // The shared 3x3/2 block: layers whose maps have the same size at the same repeat go through one
-    // conv call together (one batch of N x layers), which halves the generator's conv calls.
-    const int64_t most = *std::max_element(gen.repeats.begin(), gen.repeats.end());
-    for (int64_t k = 0; k < most; ++k) {
+    // conv call together (one batch of N x layers), which halves the generator's conv calls. A map is
+    // slot `slot[l]` of the batch `joint[l]`: the stems write into the first repeat's batches, and a
+    // group that fills a whole batch in order is that batch, so the maps are joined without copies
+    // (at::cat's were 0.3 ms of the embedded model's 3.3 ms of generator convs at batch 64).
+    const size_t layers = features.size();
+    const int64_t n = features[0].size(0), most = *std::max_element(gen.repeats.begin(), gen.repeats.end());
+    std::vector<at::Tensor> maps(layers), joint(layers);
+    std::vector<size_t> slot(layers, 0);
+    const auto same_size = [&](const std::vector<at::Tensor>& of, int64_t k) {
       std::map<std::pair<int64_t, int64_t>, std::vector<size_t>> groups;
-      for (size_t l = 0; l < maps.size(); ++l) {
-        if (gen.repeats[l] > k) groups[{maps[l].size(2), maps[l].size(3)}].push_back(l);
+      for (size_t l = 0; l < layers; ++l) {
+        if (gen.repeats[l] > k) groups[{of[l].size(2), of[l].size(3)}].push_back(l);
       }
-      for (const auto& [size, members] : groups) {
+      return groups;
+    };
+    for (const auto& [size, members] : same_size(features, -1)) {  // every layer
+      const auto batch = at::empty({static_cast<int64_t>(members.size()) * n, gen.shared_bias.size(0), size.first, size.second},
+                                   features[0].options().memory_format(at::MemoryFormat::ChannelsLast));
+      for (size_t i = 0; i < members.size(); ++i) {
+        const size_t l = members[i];
+        std::tie(maps[l], joint[l], slot[l]) = std::tuple{batch.narrow(0, static_cast<int64_t>(i) * n, n), batch, i};
+        stems[l].into(features[l], gen.stem_biases[l], true, maps[l]);
+      }
+    }
+    for (int64_t k = 0; k < most; ++k) {
+      for (const auto& [size, members] : same_size(maps, k)) {
+        const auto& first = joint[members[0]];
+        bool whole = first.size(0) == static_cast<int64_t>(members.size()) * n;
         std::vector<at::Tensor> inputs;
-        for (const size_t l : members) inputs.push_back(maps[l]);
-        const auto y = shared(inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0), gen.shared_bias, {}, true);
-        const int64_t n = maps[members[0]].size(0);
-        for (size_t i = 0; i < members.size(); ++i) maps[members[i]] = y.narrow(0, static_cast<int64_t>(i) * n, n);
+        for (size_t i = 0; i < members.size(); ++i) {
+          whole = whole && joint[members[i]].is_same(first) && slot[members[i]] == i;
+          inputs.push_back(maps[members[i]]);
+        }
+        const auto y = shared(whole ? first : at::cat(inputs, 0), gen.shared_bias, {}, true);
+        for (size_t i = 0; i < members.size(); ++i) {
+          const size_t l = members[i];
+          std::tie(maps[l], joint[l], slot[l]) = std::tuple{y.narrow(0, static_cast<int64_t>(i) * n, n), y, i};
+        }
       }
     }
     const auto t1 = Clock::now();

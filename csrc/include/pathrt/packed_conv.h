@@ -34,6 +34,9 @@ class PackedConv {
 
   // conv(x) + bias (+ residual) (then ReLU), channels-last out; bias and residual may be undefined.
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& residual, bool relu) const;
+  // The same, written into `out`: a channels-last (N, O, H', W') tensor such as a slice of a larger
+  // batch. The 1x1 convs of pointwise_conv2d write it in place; the others are copied into it.
+  void into(const at::Tensor& x, const at::Tensor& bias, bool relu, const at::Tensor& out) const;
 
   bool packed() const { return packed_; }
   const at::Tensor& weight() const { return plain_; }
@@ -48,7 +51,7 @@ class PackedConv {
 
  private:
   struct Cache;
-  enum class Kernel { Direct, Conv2d, Dot, Gemm, OneDnn };
+  enum class Kernel { Direct, Conv2d, Dot, Gemm, Pointwise, OneDnn };
   Kernel kernel_for(const at::Tensor& x) const;  // the rules below, in order
   at::Tensor packed_for(const at::Tensor& input) const;
 
@@ -128,6 +131,20 @@ bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayR
 // kLargeWeight whose output channels are a multiple of 16 (direct_conv_weight can block it), and a conv
 // that direct_conv_fits.
 bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
+
+// Whether conv(x, weight) is a 1x1 conv of stride 1, unpadded, over at least kMinPointwiseRows output
+// pixels of the batch: on channels-last input it is one GEMM of the pixels' rows by the transposed
+// (O, C) weight, read in place with no im2col, and pointwise_conv2d runs it so. oneDNN's conv was about
+// twice as slow on such shapes, the generator's RFE stems at batch 64 (64 x C x 8 x 8 to 32 channels,
+// 2 threads): C = 32 164 against 82 us, 64 179 / 149, 128 299 / 188, 256 at 4x4 215 / 120.
+constexpr int64_t kMinPointwiseRows = 256;
+bool pointwise_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding);
+// The 1x1 conv pointwise_conv_pays takes: mm of x's channels-last rows by weight's (O, C) transpose,
+// then bias (+ residual) (then ReLU) by conv_epilogue; channels-last out, into `out` when it is defined
+// (channels-last (N, O, H, W)).
+at::Tensor pointwise_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& residual, bool relu, const at::Tensor& out = {});
 
 // Whether PackedConv and onednn_conv2d use oneDNN in this build (torch built with MKLDNN, a CPU with its
 // kernels).
