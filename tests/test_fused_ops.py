@@ -265,6 +265,38 @@ def test_pathway_conv2d_groups_samples_with_equal_masks(case, layout: str) -> No
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
+# (case, which channels the samples' masks differ in): the merged runs' paths: the direct conv (8x8,
+# 16x16), dot products (2x2: 12 pixels), the im2col GEMM (8x8, 16 samples of 64 x 64 kept channels) and
+# shifted planes (16x16, 4 samples)
+MERGE_CASES = [((12, 16, 8, 8, 32, 3, 1, 1), "both"), ((3, 16, 2, 2, 8, 3, 1, 1), "both"),
+               ((4, 64, 16, 16, 32, 3, 1, 1), "output"), ((16, 128, 8, 8, 128, 3, 1, 1), "input"),
+               ((4, 128, 16, 16, 128, 3, 1, 1), "input")]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("case", "differ"), MERGE_CASES)
+def test_pathway_conv2d_merges_samples_with_nearby_masks(case, differ: str, layout: str) -> None:
+    """Samples whose masks differ in a channel run together over the union of their masks (mask_groups
+    in csrc/cpu/fused_ops.cpp), and each sample's own masks still decide: the inputs it drops are never
+    read (NaN there) and the outputs it drops are exact zeros."""
+    x, weight, bias, _, in_mask, out_mask, s, p = _conv_inputs(case, layout, 0.5, 0.5, False)
+    n = case[0]
+    in_mask, out_mask = in_mask[:1].repeat(n, 1), out_mask[:1].repeat(n, 1)
+    for i in range(1, n):
+        if differ == "input" and i < n // 2:
+            in_mask[i, 0] = ~in_mask[i, 0]
+        if differ in ("both", "output") and i >= n // 2:
+            out_mask[i, i % case[4]] = ~out_mask[i, i % case[4]]
+        if differ == "both":
+            in_mask[i, i % case[1]] = ~in_mask[i, i % case[1]]
+    poisoned = torch.where(in_mask[:, :, None, None], x, torch.tensor(float("nan")))
+    out = ops.pathway_conv2d(poisoned, weight, bias, None, in_mask, out_mask, s, p, relu=False)
+    assert not out.isnan().any()
+    assert (out[~out_mask] == 0).all()
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, None, in_mask, out_mask, s, p, False)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_pathway_conv2d_mixed_residual_layout() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[0], "channels_last", 0.5, 0.5, True)
     out = ops.pathway_conv2d(x, weight, bias, res.contiguous(), in_mask, out_mask, s, p, relu=True)

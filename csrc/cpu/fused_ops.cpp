@@ -139,22 +139,20 @@ void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>
   masked_bias_relu_kernel(x, bias, mask, fill, x);
 }
 
-// Indices of the kept channels of one sample (all channels without a mask).
-static void kept_channels(const bool* mask_row, int64_t c, std::vector<int64_t>& idx) {
-  idx.clear();
-  for (int64_t i = 0; i < c; ++i) {
-    if (mask_row == nullptr || mask_row[i]) idx.push_back(i);
-  }
-}
-
 constexpr int64_t kMinPlanarRow = 16;
+
+// Channel c of a pixel whose channels lie `stride` apart, or 0 where the sample's own input mask `own`
+// (null: none) drops it: a merged run (mask_groups) computes over the union of its members' kept inputs.
+static inline float own_value(const float* pixel, int64_t stride, int64_t c, const bool* own) {
+  return own == nullptr || own[c] ? pixel[c * stride] : 0.0f;
+}
 
 // im2col restricted to the kept input channels: row (j, dy, dx), column (oy, ox), rows `ld` floats
 // apart (several samples' columns lie side by side). `x` points at one sample; strides (channel,
 // row, column) cover NCHW and channels-last layouts. A channels-last sample's kept channels may first
 // be copied to planes (`planes`, one pass over the sample), so that every row below copies runs of a
 // plane row instead of reading one float per pixel of a channels-last sample nine times over.
-static void gather_columns(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& in_idx,
+static void gather_columns(const float* x, const bool* own, at::IntArrayRef strides, const std::vector<int64_t>& in_idx,
                            const ConvGeometry& g, int64_t ld, float* cols, std::vector<float>& planes) {
   const int64_t kin = static_cast<int64_t>(in_idx.size());
   int64_t s_c = strides[1], s_h = strides[2], s_w = strides[3];
@@ -167,16 +165,23 @@ static void gather_columns(const float* x, at::IntArrayRef strides, const std::v
       for (int64_t ix = 0; ix < g.w; ++ix) {
         const float* pixel = x + iy * s_h + ix * s_w;
         float* dst = planes.data() + iy * g.w + ix;
-        for (int64_t j = 0; j < kin; ++j) dst[j * g.h * g.w] = pixel[in_idx[j] * s_c];
+        for (int64_t j = 0; j < kin; ++j) dst[j * g.h * g.w] = own_value(pixel, s_c, in_idx[j], own);
       }
     }
     x = planes.data();
+    own = nullptr;
     s_c = g.h * g.w;
     s_h = g.w;
     s_w = 1;
   }
   for (int64_t j = 0; j < kin; ++j) {
     const float* plane = x + (planar ? j : in_idx[j]) * s_c;
+    if (own != nullptr && !own[in_idx[j]]) {  // a channel this sample does not keep: zero rows
+      for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+        std::fill_n(cols + (j * g.kh * g.kw + tap) * ld, g.ho * g.wo, 0.0f);
+      }
+      continue;
+    }
     for (int64_t dy = 0; dy < g.kh; ++dy) {
       for (int64_t dx = 0; dx < g.kw; ++dx) {
         float* row = cols + ((j * g.kh + dy) * g.kw + dx) * ld;
@@ -216,19 +221,21 @@ struct Shifted {
         plane(count * sample + g.kw - 1) {}  // the last tap reads kw - 1 floats past the last sample
 };
 
-// The kept channels of the `members` samples of x (strides: any layout) as zero-padded planes.
-static void padded_planes(const float* x, at::IntArrayRef strides, const std::vector<int64_t>& members,
+// The kept channels of the `members` samples of x (strides: any layout) as zero-padded planes; `imp`: a
+// merged run's input mask (the batch's rows; null: none), whose dropped channels are planes of zeros.
+static void padded_planes(const float* x, const bool* imp, at::IntArrayRef strides, const std::vector<int64_t>& members,
                           const std::vector<int64_t>& in_idx, const ConvGeometry& g, const Shifted& sh,
                           std::vector<float>& planes) {
   const int64_t kin = static_cast<int64_t>(in_idx.size());
   planes.assign(static_cast<size_t>(kin * sh.plane), 0.0f);
   for (size_t t = 0; t < members.size(); ++t) {
     const float* sample = x + members[t] * strides[0];
+    const bool* own = imp ? imp + members[t] * g.c_in : nullptr;
     for (int64_t iy = 0; iy < g.h; ++iy) {
       for (int64_t ix = 0; ix < g.w; ++ix) {
         const float* pixel = sample + iy * strides[2] + ix * strides[3];
         float* dst = planes.data() + static_cast<int64_t>(t) * sh.sample + (iy + g.ph) * sh.row + ix + g.pw;
-        for (int64_t j = 0; j < kin; ++j) dst[j * sh.plane] = pixel[in_idx[j] * strides[1]];
+        for (int64_t j = 0; j < kin; ++j) dst[j * sh.plane] = own_value(pixel, strides[1], in_idx[j], own);
       }
     }
   }
@@ -357,30 +364,123 @@ const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_
 
 }  // namespace
 
-// The batch's samples grouped by equal (in, out) mask rows, in order of first appearance, each group
-// cut into runs whose gathered columns fit in about 8 MB. Trained generators repeat masks heavily
-// (13-89 distinct per layer over 359 test digits), so one GEMM serves many samples.
-static std::vector<std::vector<int64_t>> mask_groups(const bool* imp, const bool* omp, const ConvGeometry& g) {
+// Samples computed together over the union of their kept channels (`in`, `out`: bit c of word c / 64 per
+// kept channel). A merged run's members have different masks: each member's own masks then zero the
+// inputs it drops, as they are gathered, and the outputs it drops, in the epilogue.
+struct MaskRun {
+  std::vector<int64_t> members;
+  std::vector<uint64_t> in, out;
+  bool merged = false;
+};
+
+// Two groups of samples are merged when computing them over the union of their masks costs fewer extra
+// multiply-adds than this, about a run's own cost (gathering its kept weights, a kernel call of a few
+// samples: ~25 us of the ~50 a direct run of 1-3 samples took in the embedded model's batch-64 pathway
+// pass, on 2 cores). Trained generators' masks differ in a few channels between samples of a class: there
+// the batch's 34-40 distinct (in, out) pairs per conv merge into 10-16 runs for 3-8% more multiply-adds.
+// Merged runs take the direct conv while it fits kDirectMaxMacs, whatever their samples: the same pass
+// 7.5-8.1 -> 6.1-6.7 ms (interleaved, 6 of 6), where through the GEMMs from 4 samples on it was slower
+// (8.5-8.7) and merging only up to 3 samples gained less (6.8-7.5).
+constexpr int64_t kRunOverheadMacs = int64_t{1} << 19;
+
+namespace {
+
+// A mask row (null: every channel kept) as bits.
+std::vector<uint64_t> mask_bits(const bool* row, int64_t channels) {
+  std::vector<uint64_t> bits(static_cast<size_t>((channels + 63) / 64), 0);
+  for (int64_t c = 0; c < channels; ++c) {
+    if (row == nullptr || row[c]) bits[c / 64] |= uint64_t{1} << (c % 64);
+  }
+  return bits;
+}
+
+// Kept channels of `a` or `b` (b empty: of a alone).
+int64_t kept_bits(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b = {}) {
+  int64_t count = 0;
+  for (size_t i = 0; i < a.size(); ++i) count += __builtin_popcountll(a[i] | (b.empty() ? 0 : b[i]));
+  return count;
+}
+
+}  // namespace
+
+// The kept channels of a run's bits, in order.
+static void kept_channels(const std::vector<uint64_t>& bits, int64_t c, std::vector<int64_t>& idx) {
+  idx.clear();
+  for (int64_t i = 0; i < c; ++i) {
+    if (bits[i / 64] >> (i % 64) & 1) idx.push_back(i);
+  }
+}
+
+// The batch's samples grouped by equal (in, out) mask rows, in order of first appearance, groups merged
+// cheapest first while a merge saves a run (kRunOverheadMacs), each group cut into runs whose gathered
+// columns fit in about 8 MB. Trained generators repeat masks heavily (13-89 distinct per layer over 359
+// test digits), so one GEMM serves many samples.
+static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const ConvGeometry& g) {
   std::map<std::string, size_t> index;
-  std::vector<std::vector<int64_t>> groups;
+  std::vector<MaskRun> groups;
   std::string key;
   for (int64_t s = 0; s < g.n; ++s) {
     key.assign(imp ? reinterpret_cast<const char*>(imp + s * g.c_in) : "", imp ? g.c_in : 0);
     if (omp) key.append(reinterpret_cast<const char*>(omp + s * g.c_out), g.c_out);
     const auto [it, fresh] = index.emplace(key, groups.size());
-    if (fresh) groups.emplace_back();
-    groups[it->second].push_back(s);
+    if (fresh) {
+      groups.push_back({{}, mask_bits(imp ? imp + s * g.c_in : nullptr, g.c_in),
+                        mask_bits(omp ? omp + s * g.c_out : nullptr, g.c_out)});
+    }
+    groups[it->second].members.push_back(s);
+  }
+  // Merging, cheapest pair first: cost[a][b] (a < b), the extra multiply-adds of a and b as one run.
+  const int64_t per_pair = g.kh * g.kw * g.ho * g.wo;  // multiply-adds per (input, output) pair per sample
+  const size_t count = groups.size();
+  const auto samples = [&](size_t a) { return static_cast<int64_t>(groups[a].members.size()); };
+  std::vector<int64_t> own(count);
+  const auto price = [&](size_t a, size_t b) {
+    const auto& x = groups[a];
+    const auto& y = groups[b];
+    return (samples(a) + samples(b)) * kept_bits(x.in, y.in) * kept_bits(x.out, y.out) * per_pair - own[a] - own[b];
+  };
+  const auto macs = [&](size_t a) {
+    return samples(a) * kept_bits(groups[a].in) * kept_bits(groups[a].out) * per_pair;
+  };
+  for (size_t a = 0; a < count; ++a) own[a] = macs(a);
+  std::vector<std::vector<int64_t>> cost(count, std::vector<int64_t>(count));
+  for (size_t a = 0; a < count; ++a) {
+    for (size_t b = a + 1; b < count; ++b) cost[a][b] = price(a, b);
+  }
+  std::vector<bool> alive(count, true);
+  for (;;) {
+    size_t best_a = 0, best_b = 0;
+    int64_t best = kRunOverheadMacs;
+    for (size_t a = 0; a < count; ++a) {
+      for (size_t b = a + 1; b < count && alive[a]; ++b) {
+        if (alive[b] && cost[a][b] < best) std::tie(best, best_a, best_b) = std::tuple{cost[a][b], a, b};
+      }
+    }
+    if (best >= kRunOverheadMacs) break;
+    auto& into = groups[best_a];
+    const auto& from = groups[best_b];
+    into.members.insert(into.members.end(), from.members.begin(), from.members.end());
+    for (size_t i = 0; i < into.in.size(); ++i) into.in[i] |= from.in[i];
+    for (size_t i = 0; i < into.out.size(); ++i) into.out[i] |= from.out[i];
+    into.merged = true;
+    own[best_a] = macs(best_a);
+    alive[best_b] = false;
+    for (size_t c = 0; c < count; ++c) {
+      const size_t a = std::min(c, best_a), b = std::max(c, best_a);
+      if (alive[c] && c != best_a) cost[a][b] = price(a, b);
+    }
   }
   constexpr int64_t kMaxColumnFloats = int64_t{2} << 20;
-  std::vector<std::vector<int64_t>> runs;
-  for (const auto& group : groups) {
-    const int64_t s = group[0];
-    int64_t kin = 0;
-    for (int64_t i = 0; i < g.c_in; ++i) kin += imp == nullptr || imp[s * g.c_in + i];
-    const int64_t per_sample = std::max<int64_t>(1, kin * g.kh * g.kw * g.ho * g.wo);
+  std::vector<MaskRun> runs;
+  for (size_t a = 0; a < count; ++a) {
+    if (!alive[a]) continue;
+    const auto& group = groups[a];
+    const int64_t per_sample = std::max<int64_t>(1, kept_bits(group.in) * g.kh * g.kw * g.ho * g.wo);
     const size_t run = static_cast<size_t>(std::max<int64_t>(1, kMaxColumnFloats / per_sample));
-    for (size_t i = 0; i < group.size(); i += run) {
-      runs.emplace_back(group.begin() + i, group.begin() + std::min(group.size(), i + run));
+    for (size_t i = 0; i < group.members.size(); i += run) {
+      runs.push_back({std::vector<int64_t>(group.members.begin() + i,
+                                           group.members.begin() + std::min(group.members.size(), i + run)),
+                      group.in, group.out, group.merged});
     }
   }
   return runs;
@@ -428,8 +528,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // The weight is read in its layout: OIHW, channels-last or input-major ((C_in, kH, kW, C_out) in memory,
   // read by the input-major kernel) when every run takes the dot products; otherwise OIHW (a copy of
   // any other layout).
-  const bool dots_only = !shifted && std::all_of(runs.begin(), runs.end(), [&](const std::vector<int64_t>& run) {
-    return static_cast<int64_t>(run.size()) * g.ho * g.wo <= kDotMaxPixels;
+  const bool dots_only = !shifted && std::all_of(runs.begin(), runs.end(), [&](const MaskRun& run) {
+    return static_cast<int64_t>(run.members.size()) * g.ho * g.wo <= kDotMaxPixels;
   });
   const bool input_major = dots_only && g.c_out % kSlabOuts == 0 && weight.permute({1, 2, 3, 0}).is_contiguous();
   const bool as_is = input_major || weight.is_contiguous() ||
@@ -454,8 +554,9 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // input channel, the pixel rows in the same (channel, tap) or (tap, channel) order with the removed
   // channels' columns zero: a few pixels do too little arithmetic per weight to repay copying the kept
   // weights out. Blocks of outputs split over threads when the run has enough work.
-  const auto dot_products = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
-                                const std::vector<int64_t>& out_idx, int64_t width, std::vector<float>& ybuf) {
+  const auto dot_products = [&](const std::vector<int64_t>& members, const bool* own_in,
+                                const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx, int64_t width,
+                                std::vector<float>& ybuf) {
     const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
     const bool in_place =
         !input_major && ws[0] == g.c_in * taps && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
@@ -464,6 +565,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);
     for (size_t t = 0; t < members.size(); ++t) {
       const float* sample = xp + members[t] * xs[0];
+      const bool* own = own_in ? own_in + members[t] * g.c_in : nullptr;
       for (int64_t oy = 0; oy < g.ho; ++oy) {
         for (int64_t ox = 0; ox < g.wo; ++ox) {
           float* row = rows.data() + pixel(static_cast<int64_t>(t), oy, ox) * ld;
@@ -476,7 +578,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
               const int64_t tap = dy * g.kw + dx;
               float* col = row + (in_place ? tap_at[tap] : tap);
               for (int64_t j = 0; j < kin; ++j) {
-                col[(in_place ? in_idx[j] : j) * column_step] = pixel[in_idx[j] * xs[1]];
+                col[(in_place ? in_idx[j] : j) * column_step] = own_value(pixel, xs[1], in_idx[j], own);
               }
             }
           }
@@ -538,8 +640,10 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // out = bias_act(value(a, o, t, oy, ox)): the accumulator of kept output a (channel o) at pixel
   // (oy, ox) of member t. The loops follow the output's layout so that writes go along its rows:
   // channels-last walks pixels outer and kept outputs inner, NCHW the other way round.
-  const auto epilogue = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& out_idx,
-                            const auto& value) {
+  // own_out: the batch's output mask when the run is merged, whose members then zero the union's outputs
+  // they drop in a pass after the writes (a test inside the writes cost the embedded batch-64 pathway ~18%).
+  const auto epilogue = [&](const std::vector<int64_t>& members, const bool* own_out,
+                            const std::vector<int64_t>& out_idx, const auto& value) {
     const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
     each_member(count, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -565,14 +669,22 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
             }
           }
         }
+        // a merged run's member: zero the outputs of the run's union that the member drops
+        for (int64_t a = 0; own_out != nullptr && a < kout; ++a) {
+          const int64_t o = out_idx[a];
+          if (own_out[s * g.c_out + o]) continue;
+          for (int64_t oy = 0; oy < g.ho; ++oy) {
+            for (int64_t ox = 0; ox < g.wo; ++ox) op[s * os[0] + o * os[1] + oy * os[2] + ox * os[3]] = 0.0f;
+          }
+        }
       }
     });
   };
   // The members' conv through the direct kernel (pathrt/direct_conv.h) on the kept inputs, zero-padded
   // channels-last, to ybuf (pixel, output); the kept outputs then go through the epilogue above.
-  const auto direct = [&](const std::vector<int64_t>& members, const std::vector<int64_t>& in_idx,
-                          const std::vector<int64_t>& out_idx, std::vector<float>& wbuf, std::vector<float>& planes,
-                          std::vector<float>& ybuf) {
+  const auto direct = [&](const std::vector<int64_t>& members, const bool* own_in, const bool* own_out,
+                          const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx,
+                          std::vector<float>& wbuf, std::vector<float>& planes, std::vector<float>& ybuf) {
     const int64_t count = static_cast<int64_t>(members.size()), kin = static_cast<int64_t>(in_idx.size());
     const int64_t kout = static_cast<int64_t>(out_idx.size()), depth = kin * taps, width = count * cols_per_row;
     // The kernel's weight: `blocked` (the session's dense conv blocked it at load) read in place, the
@@ -604,11 +716,12 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     planes.assign(static_cast<size_t>(count * hp * wpad * kin), 0.0f);
     for (int64_t t = 0; t < count; ++t) {
       const float* sample = xp + members[t] * xs[0];
+      const bool* own = own_in ? own_in + members[t] * g.c_in : nullptr;
       for (int64_t iy = 0; iy < g.h; ++iy) {
         for (int64_t ix = 0; ix < g.w; ++ix) {
           const float* src = sample + iy * xs[2] + ix * xs[3];
           float* dst = planes.data() + ((t * hp + iy + g.ph) * wpad + ix + g.pw) * kin;
-          for (int64_t j = 0; j < kin; ++j) dst[j] = src[in_idx[j] * xs[1]];
+          for (int64_t j = 0; j < kin; ++j) dst[j] = own_value(src, xs[1], in_idx[j], own);
         }
       }
     }
@@ -616,7 +729,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     direct_conv_raw(planes.data(), count, hp, wpad, kin, in_place_direct ? blocked.data_ptr<float>() : wbuf.data(),
                     outs, block, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, nullptr, nullptr, false, ybuf.data(),
                     in_place_direct && kin < g.c_in ? in_idx.data() : nullptr, g.c_in);
-    epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
+    epilogue(members, own_out, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
       return ybuf[pixel(t, oy, ox) * outs + column(a)];
     });
   };
@@ -625,25 +738,30 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     std::vector<int64_t> in_idx, out_idx;
     std::vector<float> cols, wbuf, ybuf, planes;
     for (int64_t r = begin; r < end; ++r) {
-      const auto& members = runs[r];
-      const int64_t first = members[0], count = static_cast<int64_t>(members.size());
+      const auto& members = runs[r].members;
+      const int64_t count = static_cast<int64_t>(members.size());
+      // a merged run's members: their own masks (the batch's rows), else none needed
+      const bool* own_in = runs[r].merged ? imp : nullptr;
+      const bool* own_out = runs[r].merged ? omp : nullptr;
       // Each sample's output block is zeroed by the thread that fills it, just before (then in its cache;
       // one zero_ of the whole output first cost the embedded model's batch-64 pathway ~0.2 ms a layer).
       each_member(count, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) std::fill_n(op + members[t] * os[0], os[0], 0.0f);
       });
-      kept_channels(imp ? imp + first * g.c_in : nullptr, g.c_in, in_idx);
-      kept_channels(omp ? omp + first * g.c_out : nullptr, g.c_out, out_idx);
+      kept_channels(runs[r].in, g.c_in, in_idx);
+      kept_channels(runs[r].out, g.c_out, out_idx);
       const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
       if (kout == 0) continue;
       const int64_t depth = kin * taps, width = count * cols_per_row;
-      if (kin > 0 && width > kDotMaxPixels && direct_conv_fits(count, cols_per_row, kout * depth * width)) {
-        direct(members, in_idx, out_idx, wbuf, planes, ybuf);
+      // a merged run: the direct conv up to kDirectMaxMacs, whatever its samples (kRunOverheadMacs)
+      if (kin > 0 && width > kDotMaxPixels && (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
+                                                 : direct_conv_fits(count, cols_per_row, kout * depth * width))) {
+        direct(members, own_in, own_out, in_idx, out_idx, wbuf, planes, ybuf);
         continue;
       }
       if (shifted && kin > 0) {
         const Shifted sh(g, count);
-        padded_planes(xp, xs, members, in_idx, g, sh, planes);
+        padded_planes(xp, own_in, xs, members, in_idx, g, sh, planes);
         wbuf.resize(static_cast<size_t>(taps * kout * kin));
         for (int64_t a = 0; a < kout; ++a) {  // per tap, (kout, kin) row-major
           for (int64_t j = 0; j < kin; ++j) {
@@ -666,15 +784,15 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                    &k, &beta, ybuf.data(), &m);
           }
         }
-        epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
+        epilogue(members, own_out, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
           return ybuf[a * sh.columns + t * sh.sample + oy * sh.row + ox];
         });
         continue;
       }
       if (width <= kDotMaxPixels) {
-        dot_products(members, in_idx, out_idx, width, ybuf);
+        dot_products(members, own_in, in_idx, out_idx, width, ybuf);
         if (input_major) {
-          epilogue(members, out_idx, [&](int64_t, int64_t o, int64_t t, int64_t oy, int64_t ox) {
+          epilogue(members, own_out, out_idx, [&](int64_t, int64_t o, int64_t t, int64_t oy, int64_t ox) {
             return ybuf[pixel(t, oy, ox) * g.c_out + o];
           });
           continue;
@@ -685,7 +803,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         each_member(count, [&](int64_t t0, int64_t t1) {
           std::vector<float> scratch;  // gather_columns' planes, one per chunk
           for (int64_t t = t0; t < t1; ++t) {
-            gather_columns(xp + members[t] * xs[0], xs, in_idx, g, width, cols.data() + t * cols_per_row, scratch);
+            gather_columns(xp + members[t] * xs[0], own_in ? own_in + members[t] * g.c_in : nullptr, xs, in_idx, g,
+                           width, cols.data() + t * cols_per_row, scratch);
           }
         });
         wbuf.resize(std::max<int64_t>(1, kout * depth));
@@ -698,7 +817,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                      at::from_blob(cols.data(), {depth, width}, xc.options()));
         }
       }
-      epilogue(members, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
+      epilogue(members, own_out, out_idx, [&](int64_t a, int64_t, int64_t t, int64_t oy, int64_t ox) {
         return ybuf[a * width + pixel(t, oy, ox)];
       });
     }

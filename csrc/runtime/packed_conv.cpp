@@ -99,7 +99,8 @@ at::Tensor pointwise_conv2d(const at::Tensor& x, const at::Tensor& weight, const
                             const at::Tensor& residual, bool relu, const at::Tensor& out) {
   const auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), o = weight.size(0);
-  const auto y = out.defined() ? out : at::empty({n, o, h, w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto y =
+      out.defined() ? out : at::empty({n, o, h, w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
   TORCH_CHECK(y.sizes() == at::IntArrayRef({n, o, h, w}) && y.is_contiguous(at::MemoryFormat::ChannelsLast),
               "pointwise_conv2d: out must be a channels-last (N, O, H, W) tensor");
   auto rows = y.permute({0, 2, 3, 1}).view({n * h * w, o});

@@ -483,7 +483,8 @@ struct ExplainSession::Impl {
       return groups;
     };
     for (const auto& [size, members] : same_size(features, -1)) {  // every layer
-      const auto batch = at::empty({static_cast<int64_t>(members.size()) * n, gen.shared_bias.size(0), size.first, size.second},
+      const int64_t rows = static_cast<int64_t>(members.size()) * n;
+      const auto batch = at::empty({rows, gen.shared_bias.size(0), size.first, size.second},
                                    features[0].options().memory_format(at::MemoryFormat::ChannelsLast));
       for (size_t i = 0; i < members.size(); ++i) {
         const size_t l = members[i];
