@@ -379,8 +379,8 @@ struct MaskRun {
 // pass, on 2 cores). Trained generators' masks differ in a few channels between samples of a class: there
 // the batch's 34-40 distinct (in, out) pairs per conv merge into 10-16 runs for 3-8% more multiply-adds.
 // Merged runs take the direct conv while it fits kDirectMaxMacs, whatever their samples: the same pass
-// 7.5-8.1 -> 6.1-6.7 ms (interleaved, 6 of 6), where through the GEMMs from 4 samples on it was slower
-// (8.5-8.7) and merging only up to 3 samples gained less (6.8-7.5).
+// 6.9-7.4 -> 6.1-6.7 ms (interleaved, 7 of 7), where through the GEMMs from 4 samples on it was slower
+// (8.5-8.7 against 8.1-8.2) and merging only up to 3 samples gained less (6.8-7.5).
 constexpr int64_t kRunOverheadMacs = int64_t{1} << 19;
 
 namespace {
@@ -641,7 +641,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // (oy, ox) of member t. The loops follow the output's layout so that writes go along its rows:
   // channels-last walks pixels outer and kept outputs inner, NCHW the other way round.
   // own_out: the batch's output mask when the run is merged, whose members then zero the union's outputs
-  // they drop in a pass after the writes (a test inside the writes cost the embedded batch-64 pathway ~18%).
+  // they drop in a pass after the writes (a test inside the writes cost the embedded batch-64 pathway 17-22%).
   const auto epilogue = [&](const std::vector<int64_t>& members, const bool* own_out,
                             const std::vector<int64_t>& out_idx, const auto& value) {
     const int64_t count = static_cast<int64_t>(members.size()), kout = static_cast<int64_t>(out_idx.size());
