@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -394,10 +395,10 @@ std::vector<uint64_t> mask_bits(const bool* row, int64_t channels) {
   return bits;
 }
 
-// Kept channels of `a` or `b` (b empty: of a alone).
-int64_t kept_bits(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b = {}) {
+// Kept channels of `a` or `b` (b = a: of a alone).
+int64_t kept_bits(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b) {
   int64_t count = 0;
-  for (size_t i = 0; i < a.size(); ++i) count += __builtin_popcountll(a[i] | (b.empty() ? 0 : b[i]));
+  for (size_t i = 0; i < a.size(); ++i) count += __builtin_popcountll(a[i] | b[i]);
   return count;
 }
 
@@ -433,16 +434,15 @@ static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const 
   const int64_t per_pair = g.kh * g.kw * g.ho * g.wo;  // multiply-adds per (input, output) pair per sample
   const size_t count = groups.size();
   const auto samples = [&](size_t a) { return static_cast<int64_t>(groups[a].members.size()); };
-  std::vector<int64_t> own(count);
-  const auto price = [&](size_t a, size_t b) {
+  // multiply-adds of group a, or of a and b as one run
+  const auto macs = [&](size_t a, std::optional<size_t> b = std::nullopt) {
     const auto& x = groups[a];
-    const auto& y = groups[b];
-    return (samples(a) + samples(b)) * kept_bits(x.in, y.in) * kept_bits(x.out, y.out) * per_pair - own[a] - own[b];
+    const auto& y = groups[b.value_or(a)];
+    return (samples(a) + (b ? samples(*b) : 0)) * kept_bits(x.in, y.in) * kept_bits(x.out, y.out) * per_pair;
   };
-  const auto macs = [&](size_t a) {
-    return samples(a) * kept_bits(groups[a].in) * kept_bits(groups[a].out) * per_pair;
-  };
+  std::vector<int64_t> own(count);
   for (size_t a = 0; a < count; ++a) own[a] = macs(a);
+  const auto price = [&](size_t a, size_t b) { return macs(a, b) - own[a] - own[b]; };
   std::vector<std::vector<int64_t>> cost(count, std::vector<int64_t>(count));
   for (size_t a = 0; a < count; ++a) {
     for (size_t b = a + 1; b < count; ++b) cost[a][b] = price(a, b);
@@ -475,7 +475,7 @@ static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const 
   for (size_t a = 0; a < count; ++a) {
     if (!alive[a]) continue;
     const auto& group = groups[a];
-    const int64_t per_sample = std::max<int64_t>(1, kept_bits(group.in) * g.kh * g.kw * g.ho * g.wo);
+    const int64_t per_sample = std::max<int64_t>(1, kept_bits(group.in, group.in) * per_pair);
     const size_t run = static_cast<size_t>(std::max<int64_t>(1, kMaxColumnFloats / per_sample));
     for (size_t i = 0; i < group.members.size(); i += run) {
       runs.push_back({std::vector<int64_t>(group.members.begin() + i,

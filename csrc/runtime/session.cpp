@@ -484,7 +484,7 @@ struct ExplainSession::Impl {
     };
     for (const auto& [size, members] : same_size(features, -1)) {  // every layer
       const int64_t rows = static_cast<int64_t>(members.size()) * n;
-      const auto batch = at::empty({rows, gen.shared_bias.size(0), size.first, size.second},
+      const auto batch = at::empty({rows, stems[members[0]].weight().size(0), size.first, size.second},
                                    features[0].options().memory_format(at::MemoryFormat::ChannelsLast));
       for (size_t i = 0; i < members.size(); ++i) {
         const size_t l = members[i];
@@ -501,7 +501,8 @@ struct ExplainSession::Impl {
           whole = whole && joint[members[i]].is_same(first) && slot[members[i]] == i;
           inputs.push_back(maps[members[i]]);
         }
-        const auto y = shared(whole ? first : at::cat(inputs, 0), gen.shared_bias, {}, true);
+        const auto input = whole ? first : inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0);
+        const auto y = shared(input, gen.shared_bias, {}, true);
         for (size_t i = 0; i < members.size(); ++i) {
           const size_t l = members[i];
           std::tie(maps[l], joint[l], slot[l]) = std::tuple{y.narrow(0, static_cast<int64_t>(i) * n, n), y, i};

@@ -9,6 +9,7 @@
 // direct_conv_pays picks run through pathrt's direct conv (pathrt/direct_conv.h) on a second copy of
 // the weight, blocked at load for it (weights under kLargeWeight whose outputs are a multiple of 16):
 // at batch 1 oneDNN's per-call setup is a large share of such a conv.
+// 1x1 convs of stride 1 over at least kMinPointwiseRows pixels run as one GEMM (pointwise_conv2d).
 //
 // The packed layout oneDNN wants depends on the input's shape (on AVX2: Acdb32a at batch 1, a padded
 // Acdb24a at batch 4): a weight packed for no shape in particular was reordered again on every call
