@@ -107,13 +107,30 @@ def test_bench_models_time_the_eager_reference_as_eager(tmp_path: Path) -> None:
 
 def test_bench_rows_time_at_least_repeats_and_more_while_the_budget_lasts() -> None:
     """--repeats is a floor and --budget extends a fast row: its median comes from many calls."""
-    from pathrt.benchmarks.harness import _time
+    from pathrt.benchmarks.harness import time_interleaved
 
     calls = []
     x = torch.zeros(1)
-    assert len(_time(calls.append, x, warmup=2, repeats=7, budget=0.0)) == 7 and len(calls) == 9
-    assert len(_time(lambda _: None, x, warmup=0, repeats=1, budget=0.0)) == 3
-    assert len(_time(lambda _: time.sleep(0.002), x, warmup=0, repeats=3, budget=0.2)) >= 10
+    assert len(time_interleaved([calls.append], x, warmup=2, repeats=7, budget=0.0, rounds=1)[0]) == 7
+    assert len(calls) == 9
+    assert len(time_interleaved([lambda _: None], x, warmup=0, repeats=1, budget=0.0, rounds=1)[0]) == 3
+    assert len(time_interleaved([lambda _: time.sleep(0.002)], x, warmup=0, repeats=3, budget=0.2, rounds=1)[0]) >= 10
+
+
+def test_bench_times_paths_in_interleaved_rounds() -> None:
+    """The paths of one row group take turns, round after round (a noisy spell of the host lands on
+    every path): warm-up calls once before a path's first round, the repeats floor split over the
+    rounds (rounded up), each round's share of the budget kept."""
+    from pathrt.benchmarks.harness import time_interleaved
+
+    order: list[str] = []
+    x = torch.zeros(1)
+    a, b = (lambda _: order.append("a")), (lambda _: order.append("b"))
+    times = time_interleaved([a, b], x, warmup=1, repeats=4, budget=0.0, rounds=3)
+    assert [len(t) for t in times] == [6, 6]  # ceil(4 / 3) = 2 per round
+    assert order == ["a"] * 3 + ["b"] * 3 + (["a"] * 2 + ["b"] * 2) * 2
+    slow = time_interleaved([lambda _: time.sleep(0.002)], x, warmup=0, repeats=1, budget=0.3, rounds=3)[0]
+    assert len(slow) >= 3 * 10  # each round keeps calling for 0.1 s
 
 
 def test_bench_flags_override_quick_and_ignored_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from pathrt.artifacts import artifact_paths, write_json
-from pathrt.benchmarks.paths import PATHS, PLAIN_PATHS, BenchModel
+from pathrt.benchmarks.paths import PATHS, PLAIN_PATHS, TIMED_ALONE, BenchModel
 from pathrt.data import load_digits
 from pathrt.flops import count_flops
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
@@ -45,6 +45,7 @@ from pathrt.version import __version__
 DENSE_EQUIVALENT = ("eager+compile", "native", "native-cuda", "triton", "onnxruntime", "auto", "auto+contention",
                     "session-2x1thread")
 MISS = 0.2  # a measured phase further than this from its prediction is reported as a miss
+ROUNDS = 5  # a model's paths at one batch are timed in turn, this many rounds (time_interleaved)
 
 
 @dataclass
@@ -201,20 +202,29 @@ def predict_phases(model: BenchModel, flops: dict[str, Any], batch: int, rate: f
             "pathway_ms": 1e3 * (pathway_flops * batch / rate + pathway_ops * op_cost)}
 
 
-def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int, repeats: int,
-          budget: float) -> list[float]:
-    """Seconds of each timed call of fn(x): `warmup` untimed calls, then at least max(3, repeats) timed
-    ones, and more until `budget` seconds have passed since the first."""
-    around = getattr(fn, "around", contextlib.nullcontext)  # e.g. the contention row's CPU load
-    with torch.no_grad(), around():
-        for _ in range(warmup):
-            fn(x)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < max(3, repeats) or time.perf_counter() - start < budget:
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
+def time_interleaved(fns: Sequence[Callable[[torch.Tensor], Any]], x: torch.Tensor, warmup: int, repeats: int,
+                     budget: float, rounds: int = ROUNDS) -> list[list[float]]:
+    """Seconds of each timed call of each fn(x), the fns timed in turn over `rounds` rounds: each gets
+    `warmup` untimed calls before its first round, at least max(3, repeats) timed calls in all and more
+    while its `budget` (split evenly over the rounds) lasts. Interleaving spreads a noisy spell of the
+    host over every path instead of one: timed one after another on this 2-core VM, the auto and
+    session rows of the same backend once differed by 30% at batch 1 (0.89 against 0.68 ms)."""
+    floor = -(-max(3, repeats) // rounds)
+    times: list[list[float]] = [[] for _ in fns]
+    with torch.no_grad():
+        for round_ in range(rounds):
+            for fn, timed in zip(fns, times, strict=True):
+                around = getattr(fn, "around", contextlib.nullcontext)  # e.g. the contention row's CPU load
+                with around():
+                    for _ in range(warmup if round_ == 0 else 0):
+                        fn(x)
+                    start = time.perf_counter()
+                    calls = 0
+                    while calls < floor or time.perf_counter() - start < budget / rounds:
+                        t0 = time.perf_counter()
+                        fn(x)
+                        timed.append(time.perf_counter() - t0)
+                        calls += 1
     return times
 
 
@@ -252,18 +262,27 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
             log(f"  predicted at batch {batch}: " + ", ".join(
                 f"{k.removesuffix('_ms')} {v:.2f} ms ({v / unit:.2f}× plain)" for k, v in predicted.items()))
         flops_at_one: dict[str, float] = {}
-        for path in paths:
-            for batch in batches:
+        for batch in batches:
+            x = model.inputs(batch)
+            runners: dict[str, Callable[[torch.Tensor], Any]] = {}
+            for path in paths:
                 runner = PATHS[path](model, batch)
                 if isinstance(runner, str):
                     context["skipped"].append(f"{model.name} {path} batch {batch}: {runner}")
                     continue
-                x = model.inputs(batch)
                 if path not in flops_at_one:
                     # compiled kernels and custom ops are not countable: those rows get eager's dense-equivalent FLOPs
                     counted = "eager" if path in DENSE_EQUIVALENT else path
                     flops_at_one[path] = flops_at_one.get(counted) or count_flops(PATHS[counted](model, 1), x[:1])
-                times = _time(runner, x, warmup, repeats, budget)
+                runners[path] = runner
+            turns = [path for path in runners if path not in TIMED_ALONE]
+            timed = dict(zip(turns, time_interleaved([runners[p] for p in turns], x, warmup, repeats, budget),
+                             strict=True))
+            for path in runners:
+                if path in TIMED_ALONE:
+                    timed[path] = time_interleaved([runners[path]], x, warmup, repeats, budget, rounds=1)[0]
+            for path, runner in runners.items():
+                times = timed[path]
                 ms = [1000 * t for t in times]
                 recorded = getattr(runner, "phases", None)  # a path's own per-call phase timings (ms)
                 if recorded:
@@ -316,7 +335,10 @@ def write_outputs(rows: list[Row], context: dict, out: Path, sweep: Sequence[Swe
         f"measured float32 matmul {context['matmul_gflops_per_s']:.1f} GFLOP/s (% of matmul peak uses nominal "
         f"FLOPs: above 100% means fewer real FLOPs, e.g. Winograd convolutions).\n\nModels:\n{notes}\n\n"
         f"FLOPs (FlopCounterMode, per image; the native, triton and compiled rows are credited with eager's "
-        f"dense-equivalent FLOPs, since custom ops and compiled kernels cannot be counted):\n{flops}\n\n{table}\n\n"
+        f"dense-equivalent FLOPs, since custom ops and compiled kernels cannot be counted):\n{flops}\n\n"
+        f"Timing: a model's paths at one batch take turns over {ROUNDS} rounds, so a noisy spell of the host "
+        f"lands on all of them; {' and '.join(TIMED_ALONE)} are timed after the others, each on its own "
+        f"(paths.TIMED_ALONE says why).\n\n{table}\n\n"
         f"{_phases_section(rows, context)}Skipped:\n{skipped}\n\n![bench](bench.png)\n"
         f"{_sweep_section(sweep, out) if sweep else ''}",
         encoding="utf-8")
@@ -450,9 +472,9 @@ def sparsity_sweep(models: Sequence[BenchModel], sparsities: Sequence[float], ba
                     return runner.pathway(saved, features, layers)
                 return run
 
-            timed = [_time(fn, x, warmup, repeats, budget) for fn in (
+            timed = time_interleaved([
                 eager.model, lambda x, e=eager, m=masks, spec=target.spec: pathway_forward(e.model, spec, x, m),
-                pathway("dense"), pathway("union"), pathway("sparse"), pathway(None))]
+                pathway("dense"), pathway("union"), pathway("sparse"), pathway(None)], x, warmup, repeats, budget)
             ms = [1000 * statistics.median(t) for t in timed]
             rows.append(SweepRow(model.name, round(measured, 3), batch, *ms))
             log(f"  {model.name:<14} sparsity {measured:.2f}: pathway pass eager {ms[1]:.2f} ms, native dense "

@@ -86,6 +86,11 @@ def bench_path(name: str) -> Callable[[PathFactory], PathFactory]:
 # The plain passes: the target alone, predicting without explaining. The fastest of them on this
 # machine is the unit explanations are measured in ("× fastest plain").
 PLAIN_PATHS = ("plain", "plain-ort", "plain-compiled")
+# Timed after the other paths, each on its own rather than in their interleaved rounds: inductor's compile
+# workers linger after compiling and slow the rows timed after them (measured: the session row went from
+# 43 to 55 ms at batch 64 right after a compile), and the two compiled paths, interleaved, share the
+# target module: eager+compile's capture hooks stopped firing once plain-compiled had compiled it.
+TIMED_ALONE = ("eager+compile", "plain-compiled")
 # torch.compile as its best on CPU: inductor with weight freezing (constant-folded, prepacked weights)
 COMPILE_OPTIONS = {"freezing": True}
 
@@ -283,8 +288,6 @@ def _dgr(model: BenchModel, batch: int) -> Runner | str:
     return lambda x: dgr_pathways(model.explainer, x)
 
 
-# Last: inductor's compile workers linger after compiling and slow the rows timed after them (measured:
-# the session row went from 43 to 55 ms at batch 64 right after a compile).
 @bench_path("eager+compile")
 def _compiled(model: BenchModel, batch: int) -> Runner:
     """The same computation under torch.compile (inductor); compiled once per batch size, not timed."""
