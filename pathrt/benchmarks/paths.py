@@ -86,11 +86,14 @@ def bench_path(name: str) -> Callable[[PathFactory], PathFactory]:
 # The plain passes: the target alone, predicting without explaining. The fastest of them on this
 # machine is the unit explanations are measured in ("× fastest plain").
 PLAIN_PATHS = ("plain", "plain-ort", "plain-compiled")
-# Timed after the other paths, each on its own rather than in their interleaved rounds: inductor's compile
-# workers linger after compiling and slow the rows timed after them (measured: the session row went from
-# 43 to 55 ms at batch 64 right after a compile), and the two compiled paths, interleaved, share the
-# target module: eager+compile's capture hooks stopped firing once plain-compiled had compiled it.
-TIMED_ALONE = ("eager+compile", "plain-compiled")
+# Timed after the other paths, each on its own rather than in their interleaved rounds, since they leave
+# the process or the host changed for a while: the contention row leaves this thread's call pool backed
+# off (every session step on one thread for up to 2 s, call_pool.cpp's kMaxBackoff: interleaved, it slowed
+# the auto row timed after it, ResNet-18@64 at batch 1 6.44 against the session row's 5.83 ms); inductor's
+# compile workers linger after compiling and slow the rows timed after them (measured: the session row
+# went from 43 to 55 ms at batch 64 right after a compile); and the two compiled paths, interleaved, share
+# the target module: eager+compile's capture hooks stopped firing once plain-compiled had compiled it.
+TIMED_ALONE = ("auto+contention", "eager+compile", "plain-compiled")
 # torch.compile as its best on CPU: inductor with weight freezing (constant-folded, prepacked weights)
 COMPILE_OPTIONS = {"freezing": True}
 
