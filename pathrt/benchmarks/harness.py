@@ -233,6 +233,52 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _time_model(model: BenchModel, batches: Sequence[int], paths: Sequence[str], warmup: int, repeats: int,
+                budget: float, context: dict, log: Callable[[str], None]) -> list[Row]:
+    """One model's rows: at each batch its paths in turns (time_interleaved), then the TIMED_ALONE paths,
+    each at every batch on its own."""
+    rows: list[Row] = []
+    flops_at_one: dict[str, float] = {}
+
+    def prepared(path: str, batch: int, x: torch.Tensor) -> Callable[[torch.Tensor], Any] | None:
+        runner = PATHS[path](model, batch)
+        if isinstance(runner, str):
+            context["skipped"].append(f"{model.name} {path} batch {batch}: {runner}")
+            return None
+        if path not in flops_at_one:
+            # compiled kernels and custom ops are not countable: those rows get eager's dense-equivalent FLOPs
+            counted = "eager" if path in DENSE_EQUIVALENT else path
+            flops_at_one[path] = flops_at_one.get(counted) or count_flops(PATHS[counted](model, 1), x[:1])
+        return runner
+
+    def record(path: str, batch: int, runner: Callable[[torch.Tensor], Any], times: list[float]) -> None:
+        ms = [1000 * t for t in times]
+        recorded = getattr(runner, "phases", None)  # a path's own per-call phase timings (ms)
+        if recorded:
+            context["phases"][f"{model.name}|{path}|{batch}"] = {
+                k: statistics.median(p[k] for p in recorded[warmup:] or recorded) for k in recorded[0]}
+        images = batch * getattr(runner, "images_per_call", 1)
+        rows.append(Row(model.name, path, batch, statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8),
+                        len(ms), flops_at_one[path] * images, images))
+        log(f"  {model.name:<14} {path:<18} batch {batch:>3}: {rows[-1].median_ms:9.2f} ms "
+            f"[{rows[-1].p20_ms:.2f}, {rows[-1].p80_ms:.2f}] over {len(ms)} runs")
+
+    for batch in batches:  # the paths of each batch in turns
+        x = model.inputs(batch)
+        runners = {path: r for path in paths if path not in TIMED_ALONE
+                   for r in [prepared(path, batch, x)] if r is not None}
+        timed = time_interleaved(list(runners.values()), x, warmup, repeats, budget)
+        for (path, runner), times in zip(runners.items(), timed, strict=True):
+            record(path, batch, runner, times)
+    for path in (p for p in paths if p in TIMED_ALONE):  # then these, each on its own
+        for batch in batches:
+            x = model.inputs(batch)
+            runner = prepared(path, batch, x)
+            if runner is not None:
+                record(path, batch, runner, time_interleaved([runner], x, warmup, repeats, budget, rounds=1)[0])
+    return rows
+
+
 def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Sequence[str], *, warmup: int = 2,
               repeats: int = 10, budget: float = 5.0, log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
     """Measures every (model, path, batch); returns the rows and the run's context."""
@@ -261,38 +307,7 @@ def run_bench(models: Sequence[BenchModel], batches: Sequence[int], paths: Seque
             unit = predicted["plain_ms"]
             log(f"  predicted at batch {batch}: " + ", ".join(
                 f"{k.removesuffix('_ms')} {v:.2f} ms ({v / unit:.2f}× plain)" for k, v in predicted.items()))
-        flops_at_one: dict[str, float] = {}
-        for batch in batches:
-            x = model.inputs(batch)
-            runners: dict[str, Callable[[torch.Tensor], Any]] = {}
-            for path in paths:
-                runner = PATHS[path](model, batch)
-                if isinstance(runner, str):
-                    context["skipped"].append(f"{model.name} {path} batch {batch}: {runner}")
-                    continue
-                if path not in flops_at_one:
-                    # compiled kernels and custom ops are not countable: those rows get eager's dense-equivalent FLOPs
-                    counted = "eager" if path in DENSE_EQUIVALENT else path
-                    flops_at_one[path] = flops_at_one.get(counted) or count_flops(PATHS[counted](model, 1), x[:1])
-                runners[path] = runner
-            turns = [path for path in runners if path not in TIMED_ALONE]
-            timed = dict(zip(turns, time_interleaved([runners[p] for p in turns], x, warmup, repeats, budget),
-                             strict=True))
-            for path in runners:
-                if path in TIMED_ALONE:
-                    timed[path] = time_interleaved([runners[path]], x, warmup, repeats, budget, rounds=1)[0]
-            for path, runner in runners.items():
-                times = timed[path]
-                ms = [1000 * t for t in times]
-                recorded = getattr(runner, "phases", None)  # a path's own per-call phase timings (ms)
-                if recorded:
-                    context["phases"][f"{model.name}|{path}|{batch}"] = {
-                        k: statistics.median(p[k] for p in recorded[warmup:] or recorded) for k in recorded[0]}
-                images = batch * getattr(runner, "images_per_call", 1)
-                rows.append(Row(model.name, path, batch, statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8),
-                                len(ms), flops_at_one[path] * images, images))
-                log(f"  {model.name:<14} {path:<18} batch {batch:>3}: {rows[-1].median_ms:9.2f} ms "
-                    f"[{rows[-1].p20_ms:.2f}, {rows[-1].p80_ms:.2f}] over {len(ms)} runs")
+        rows.extend(_time_model(model, batches, paths, warmup, repeats, budget, context, log))
     by_key = {(r.model, r.path, r.batch): r for r in rows}
     for r in rows:
         plains = [p for p in (by_key.get((r.model, name, r.batch)) for name in PLAIN_PATHS) if p is not None]

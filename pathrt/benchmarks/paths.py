@@ -86,8 +86,9 @@ def bench_path(name: str) -> Callable[[PathFactory], PathFactory]:
 # The plain passes: the target alone, predicting without explaining. The fastest of them on this
 # machine is the unit explanations are measured in ("× fastest plain").
 PLAIN_PATHS = ("plain", "plain-ort", "plain-compiled")
-# Timed after the other paths, each on its own rather than in their interleaved rounds, since they leave
-# the process or the host changed for a while: the contention row leaves this thread's call pool backed
+# Timed after the model's other paths at every batch, each on its own (one path at every batch, then the
+# next) rather than in their interleaved rounds, since they leave the process or the host changed for a
+# while: the contention row leaves this thread's call pool backed
 # off (every session step on one thread for up to 2 s, call_pool.cpp's kMaxBackoff: interleaved, it slowed
 # the auto row timed after it, ResNet-18@64 at batch 1 6.44 against the session row's 5.83 ms); inductor's
 # compile workers linger after compiling and slow the rows timed after them (measured: the session row
