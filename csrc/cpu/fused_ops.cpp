@@ -17,9 +17,9 @@
 #include <cstring>
 #include <map>
 #include <optional>
-#include <string>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pathrt/call_pool.h"
@@ -142,6 +142,11 @@ void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>
 
 constexpr int64_t kMinPlanarRow = 16;
 
+// Sample s's row of a batch's (N, channels) mask, null without a mask.
+static inline const bool* mask_row(const bool* mask, int64_t s, int64_t channels) {
+  return mask != nullptr ? mask + s * channels : nullptr;
+}
+
 // Channel c of a pixel whose channels lie `stride` apart, or 0 where the sample's own input mask `own`
 // (null: none) drops it: a merged run (mask_groups) computes over the union of its members' kept inputs.
 static inline float own_value(const float* pixel, int64_t stride, int64_t c, const bool* own) {
@@ -231,7 +236,7 @@ static void padded_planes(const float* x, const bool* imp, at::IntArrayRef strid
   planes.assign(static_cast<size_t>(kin * sh.plane), 0.0f);
   for (size_t t = 0; t < members.size(); ++t) {
     const float* sample = x + members[t] * strides[0];
-    const bool* own = imp ? imp + members[t] * g.c_in : nullptr;
+    const bool* own = mask_row(imp, members[t], g.c_in);
     for (int64_t iy = 0; iy < g.h; ++iy) {
       for (int64_t ix = 0; ix < g.w; ++ix) {
         const float* pixel = sample + iy * strides[2] + ix * strides[3];
@@ -417,17 +422,12 @@ static void kept_channels(const std::vector<uint64_t>& bits, int64_t c, std::vec
 // columns fit in about 8 MB. Trained generators repeat masks heavily (13-89 distinct per layer over 359
 // test digits), so one GEMM serves many samples.
 static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const ConvGeometry& g) {
-  std::map<std::string, size_t> index;
+  std::map<std::pair<std::vector<uint64_t>, std::vector<uint64_t>>, size_t> index;  // (in, out) bits -> group
   std::vector<MaskRun> groups;
-  std::string key;
   for (int64_t s = 0; s < g.n; ++s) {
-    key.assign(imp ? reinterpret_cast<const char*>(imp + s * g.c_in) : "", imp ? g.c_in : 0);
-    if (omp) key.append(reinterpret_cast<const char*>(omp + s * g.c_out), g.c_out);
-    const auto [it, fresh] = index.emplace(key, groups.size());
-    if (fresh) {
-      groups.push_back({{}, mask_bits(imp ? imp + s * g.c_in : nullptr, g.c_in),
-                        mask_bits(omp ? omp + s * g.c_out : nullptr, g.c_out)});
-    }
+    auto bits = std::pair{mask_bits(mask_row(imp, s, g.c_in), g.c_in), mask_bits(mask_row(omp, s, g.c_out), g.c_out)};
+    const auto [it, fresh] = index.emplace(bits, groups.size());
+    if (fresh) groups.push_back({{}, std::move(bits.first), std::move(bits.second)});
     groups[it->second].members.push_back(s);
   }
   // Merging, cheapest pair first: cost[a][b] (a < b), the extra multiply-adds of a and b as one run.
@@ -565,7 +565,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     std::vector<float> rows(static_cast<size_t>(width * ld), 0.0f);
     for (size_t t = 0; t < members.size(); ++t) {
       const float* sample = xp + members[t] * xs[0];
-      const bool* own = own_in ? own_in + members[t] * g.c_in : nullptr;
+      const bool* own = mask_row(own_in, members[t], g.c_in);
       for (int64_t oy = 0; oy < g.ho; ++oy) {
         for (int64_t ox = 0; ox < g.wo; ++ox) {
           float* row = rows.data() + pixel(static_cast<int64_t>(t), oy, ox) * ld;
@@ -716,7 +716,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     planes.assign(static_cast<size_t>(count * hp * wpad * kin), 0.0f);
     for (int64_t t = 0; t < count; ++t) {
       const float* sample = xp + members[t] * xs[0];
-      const bool* own = own_in ? own_in + members[t] * g.c_in : nullptr;
+      const bool* own = mask_row(own_in, members[t], g.c_in);
       for (int64_t iy = 0; iy < g.h; ++iy) {
         for (int64_t ix = 0; ix < g.w; ++ix) {
           const float* src = sample + iy * xs[2] + ix * xs[3];
@@ -803,7 +803,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         each_member(count, [&](int64_t t0, int64_t t1) {
           std::vector<float> scratch;  // gather_columns' planes, one per chunk
           for (int64_t t = t0; t < t1; ++t) {
-            gather_columns(xp + members[t] * xs[0], own_in ? own_in + members[t] * g.c_in : nullptr, xs, in_idx, g,
+            gather_columns(xp + members[t] * xs[0], mask_row(own_in, members[t], g.c_in), xs, in_idx, g,
                            width, cols.data() + t * cols_per_row, scratch);
           }
         });
