@@ -297,6 +297,23 @@ def test_pathway_conv2d_merges_samples_with_nearby_masks(case, differ: str, layo
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
+def test_pathway_conv2d_many_mask_groups() -> None:
+    """A batch like a trained generator's: 48 samples around 6 mask pairs, each flipped in a few channels
+    (48 distinct pairs), so mask_groups merges many groups (by each group's cheapest partner) and the
+    threads claim its 7 runs of unequal cost in turn: every sample is still computed with its own masks."""
+    case = (48, 32, 8, 8, 48, 3, 1, 1)
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(case, "channels_last", 0.4, 0.4, True)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randint(0, 6, (case[0],), generator=g)
+    in_mask = in_mask[:6][base] ^ (torch.rand(in_mask.shape, generator=g) < 0.03)
+    out_mask = out_mask[:6][base] ^ (torch.rand(out_mask.shape, generator=g) < 0.03)
+    assert len(torch.cat([in_mask, out_mask], 1).unique(dim=0)) > 20
+    out = ops.pathway_conv2d(x, weight, bias, res, in_mask, out_mask, s, p, relu=True)
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, s, p, True)
+    assert (out[~out_mask] == 0).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_pathway_conv2d_mixed_residual_layout() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[0], "channels_last", 0.5, 0.5, True)
     out = ops.pathway_conv2d(x, weight, bias, res.contiguous(), in_mask, out_mask, s, p, relu=True)
