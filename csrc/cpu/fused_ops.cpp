@@ -512,7 +512,8 @@ static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const 
   const auto run_macs = [&](const MaskRun& r) {
     return static_cast<int64_t>(r.members.size()) * kept_bits(r.in, r.in) * kept_bits(r.out, r.out);
   };
-  std::stable_sort(runs.begin(), runs.end(), [&](const MaskRun& a, const MaskRun& b) { return run_macs(a) > run_macs(b); });
+  std::stable_sort(runs.begin(), runs.end(),
+                   [&](const MaskRun& a, const MaskRun& b) { return run_macs(a) > run_macs(b); });
   return runs;
 }
 
@@ -654,9 +655,10 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     });
   };
 
-  // One group run per task; with fewer runs than threads, the runs go in turn, the GEMM threads and
-  // so do a run's loops over its members (zero fill, im2col, epilogue: ResNet-18@64's downsample
-  // convs at batch 64, one run of 64 samples each, spent ~0.8 of their ~1 ms in them on one thread).
+  // A thread computes whole runs (claimed in turn, below); with fewer runs than threads, the runs go one
+  // after another on the calling thread, the GEMM threads and so do a run's loops over its members (zero
+  // fill, im2col, epilogue: ResNet-18@64's downsample convs at batch 64, one run of 64 samples each,
+  // spent ~0.8 of their ~1 ms in them on one thread).
   const int64_t tasks = static_cast<int64_t>(runs.size());
   const bool member_loops = tasks < parallel_width();
   // body(t0, t1) over members [0, count), on the call's threads when runs go in turn
@@ -862,7 +864,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     return r < tasks ? r : int64_t{-1};
   };
   if (!member_loops) {
-    pathrt::parallel_for(0, std::min<int64_t>(tasks, parallel_width()), 1, [&](int64_t, int64_t) { run_groups(claim); });
+    pathrt::parallel_for(0, std::min<int64_t>(tasks, parallel_width()), 1,
+                         [&](int64_t, int64_t) { run_groups(claim); });
   } else {
     run_groups(claim);
   }
