@@ -17,7 +17,6 @@
 #include <atomic>
 #include <cstring>
 #include <map>
-#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -434,16 +433,14 @@ static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const 
   // Merging, cheapest pair first: cost[a][b] (a < b), the extra multiply-adds of a and b as one run.
   const int64_t per_pair = g.kh * g.kw * g.ho * g.wo;  // multiply-adds per (input, output) pair per sample
   const size_t count = groups.size();
-  const auto samples = [&](size_t a) { return static_cast<int64_t>(groups[a].members.size()); };
-  // multiply-adds of group a, or of a and b as one run
-  const auto macs = [&](size_t a, std::optional<size_t> b = std::nullopt) {
-    const auto& x = groups[a];
-    const auto& y = groups[b.value_or(a)];
-    return (samples(a) + (b ? samples(*b) : 0)) * kept_bits(x.in, y.in) * kept_bits(x.out, y.out) * per_pair;
+  // multiply-adds of run x, or of x and y as one run
+  const auto macs = [&](const MaskRun& x, const MaskRun& y) {
+    const auto samples = static_cast<int64_t>(x.members.size() + (&x == &y ? 0 : y.members.size()));
+    return samples * kept_bits(x.in, y.in) * kept_bits(x.out, y.out) * per_pair;
   };
   std::vector<int64_t> own(count);
-  for (size_t a = 0; a < count; ++a) own[a] = macs(a);
-  const auto price = [&](size_t a, size_t b) { return macs(a, b) - own[a] - own[b]; };
+  for (size_t a = 0; a < count; ++a) own[a] = macs(groups[a], groups[a]);
+  const auto price = [&](size_t a, size_t b) { return macs(groups[a], groups[b]) - own[a] - own[b]; };
   std::vector<std::vector<int64_t>> cost(count, std::vector<int64_t>(count));
   for (size_t a = 0; a < count; ++a) {
     for (size_t b = a + 1; b < count; ++b) cost[a][b] = price(a, b);
@@ -478,7 +475,7 @@ static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const 
     for (size_t i = 0; i < into.in.size(); ++i) into.in[i] |= from.in[i];
     for (size_t i = 0; i < into.out.size(); ++i) into.out[i] |= from.out[i];
     into.merged = true;
-    own[best_a] = macs(best_a);
+    own[best_a] = macs(into, into);
     alive[best_b] = false;
     for (size_t c = 0; c < count; ++c) {
       const size_t a = std::min(c, best_a), b = std::max(c, best_a);
@@ -509,11 +506,8 @@ static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const 
     }
   }
   // costliest first, for the threads that claim them in turn (pathway_conv2d_cpu)
-  const auto run_macs = [&](const MaskRun& r) {
-    return static_cast<int64_t>(r.members.size()) * kept_bits(r.in, r.in) * kept_bits(r.out, r.out);
-  };
   std::stable_sort(runs.begin(), runs.end(),
-                   [&](const MaskRun& a, const MaskRun& b) { return run_macs(a) > run_macs(b); });
+                   [&](const MaskRun& a, const MaskRun& b) { return macs(a, a) > macs(b, b); });
   return runs;
 }
 
