@@ -146,13 +146,24 @@ def _hammer(call, inputs: list[torch.Tensor], rounds: int = 3) -> list[list]:
     return run_in_threads([lambda x=x: call(x) for x in inputs], rounds)
 
 
+def _same_but_last_bits(a: Explanation, b: Explanation) -> bool:
+    """_same, but the pathway logits within 1e-6 relative: their float order may follow the threads a
+    step runs on. Eight callers on two cores put the session's call pool in its back-off, where every
+    step runs on one thread, and the pathway pass then differs from a quiet call's in the last bit
+    (measured: 7.5e-9 on 3-image chunks; a 1-thread and a 2-thread session of this model disagree so
+    in some processes and agree in others, each session alike on every call). Masks, scores and plain
+    logits stay bit-exact, as a race would not leave them."""
+    rest = all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("masks", "packed", "scores", "logits", "classes"))
+    return rest and torch.allclose(a.pathway_logits, b.pathway_logits, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eight_threads_share_one_explainer(explainers, backend: str) -> None:
     explainer = explainers[backend]
     inputs = [torch.randn(5 + t % 3, 3, 32, 32, generator=torch.Generator().manual_seed(t)) for t in range(8)]
     serial = [explainer.explain(x) for x in inputs]
     for t, runs in enumerate(_hammer(explainer.explain, inputs)):
-        assert all(_same(run, serial[t]) for run in runs), (backend, t)
+        assert all(_same_but_last_bits(run, serial[t]) for run in runs), (backend, t)
 
 
 def test_eight_threads_share_one_session(models) -> None:
