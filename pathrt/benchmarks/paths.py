@@ -88,9 +88,9 @@ def bench_path(name: str) -> Callable[[PathFactory], PathFactory]:
 PLAIN_PATHS = ("plain", "plain-ort", "plain-compiled")
 # Timed after the model's other paths at every batch, each on its own (one path at every batch, then the
 # next) rather than in their interleaved rounds, since they leave the process or the host changed for a
-# while: the contention row leaves this thread's call pool backed
-# off (every session step on one thread for up to 2 s, call_pool.cpp's kMaxBackoff: interleaved, it slowed
-# the auto row timed after it, ResNet-18@64 at batch 1 6.44 against the session row's 5.83 ms); inductor's
+# while: the contention row leaves this thread's call pool backed off (every session step on one thread
+# for up to 2 s, call_pool.cpp's kMaxBackoff: interleaved, it slowed the auto row timed after it,
+# ResNet-18@64 at batch 1 6.44 against the session row's 5.83 ms); inductor's
 # compile workers linger after compiling and slow the rows timed after them (measured: the session row
 # went from 43 to 55 ms at batch 64 right after a compile); and the two compiled paths, interleaved, share
 # the target module: eager+compile's capture hooks stopped firing once plain-compiled had compiled it.
