@@ -16,7 +16,7 @@
 #include "pathrt/call_pool.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/kernels.h"
-#include "pathrt/max_pool.h"
+#include "pathrt/pool.h"
 #include "pathrt/packed_conv.h"
 #include "pathrt/session.h"
 #include "pathrt/threads.h"
@@ -236,7 +236,15 @@ PYBIND11_MODULE(_C, m) {
         return pathrt::max_pool2d_cpu(x, kernel, stride, padding, ceil_mode);
       },
       py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
-      "The session's max pooling (csrc/include/pathrt/max_pool.h): for tests and measurements.");
+      "The session's max pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
+  m.def(
+      "adaptive_avg_pool2d",
+      [](const at::Tensor& x, std::vector<int64_t> output_size) {
+        py::gil_scoped_release release;
+        return pathrt::adaptive_avg_pool2d_cpu(x, output_size);
+      },
+      py::arg("x"), py::arg("output_size"),
+      "The session's adaptive average pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
   m.def(
       "direct_conv_pays",
       [](const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding) {

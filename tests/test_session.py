@@ -135,17 +135,38 @@ def test_session_small_batch_generator_on_odd_sizes() -> None:
 def test_session_runs_the_classifier_once_for_both_passes() -> None:
     """The joint tail (csrc/runtime/session.cpp, Impl::joint_from): the steps after the last pathway layer
     read one value both passes make, so they run once on both passes' values stacked. VGG-11's three
-    linears run 3 times per call on 2N rows, not 6 times on N, and both passes' logits equal eager's."""
+    linears run 3 times per call on 2N rows, not 6 times on N, and both passes' logits equal eager's (at
+    N = 9: 18 rows, above what the last, small linear would run through SmallLinear)."""
     target = torchvision_target("vgg11_bn")
     generator = varied_generator(target.spec)
     session = Explainer(target, generator, backend="session")
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(9, 3, 64, 64)
     session.explain(x)
     with torch.profiler.profile(record_shapes=True) as prof:
         got = session.explain(x)
     linears = [e for e in prof.events() if e.name == "aten::linear"]
-    assert [e.input_shapes[0][0] for e in linears] == [4, 4, 4]
+    assert [e.input_shapes[0][0] for e in linears] == [18, 18, 18]
     assert_parity(Explainer(target, generator, backend="eager").explain(x), got)
+
+
+def test_session_small_linears_on_few_rows() -> None:
+    """Linear steps whose weight has at most 1M values run through SmallLinear's packed weight on up to 16
+    rows (Step::small in csrc/runtime/session.cpp): ResNet-18's 512 -> 1000 classifier on the joint tail's
+    2N rows at N = 8, at::linear at N = 9; both equal eager. Its global average pool is the session's
+    (pathrt/pool.h) at every batch."""
+    target = torchvision_target("resnet18")
+    generator = varied_generator(target.spec, sparsity_bias=-1.0)
+    eager = Explainer(target, generator, backend="eager")
+    session = Explainer(target, generator, backend="session")
+    x = torch.randn(9, 3, 64, 64)
+    for n, linears in [(8, []), (9, [18])]:
+        session.explain(x[:n])
+        with torch.profiler.profile(record_shapes=True) as prof:
+            got = session.explain(x[:n])
+        names = [e.name for e in prof.events()]
+        assert [e.input_shapes[0][0] for e in prof.events() if e.name == "aten::linear"] == linears
+        assert "aten::adaptive_avg_pool2d" not in names
+        assert_parity(eager.explain(x[:n]), got)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,10 @@
 #include "pathrt/call_pool.h"
 #include "pathrt/digest.h"
 #include "pathrt/kernels.h"
-#include "pathrt/max_pool.h"
 #include "pathrt/packed_conv.h"
+#include "pathrt/pool.h"
 #include "pathrt/small_generator.h"
+#include "pathrt/small_linear.h"
 #include "pathrt/threads.h"
 
 namespace pathrt {
@@ -39,6 +40,9 @@ constexpr int64_t kMaxValues = 100000;
 // call allocate from these, so a hostile plan cannot ask for an enormous image or feature map.
 constexpr int64_t kMaxImageChannels = 16;
 constexpr int64_t kMaxSide = 1024;
+// Linear steps through SmallLinear (Step::small): weights of up to 1M values (the packed copy, 4 MB, is
+// kept beside the weight; VGG's 25088 -> 4096 classifier stays on at::linear), products of up to 16 rows.
+constexpr int64_t kSmallLinearMaxWeights = int64_t{1} << 20, kSmallLinearMaxRows = 2 * SmallGenerator::kMaxBatch;
 
 enum class Op { Conv, Linear, Relu, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Add, Affine, Activation };
 // The plan ops, conv strategies and strategy measures of the plan contract (pathrt/bundle.schema.json;
@@ -90,6 +94,11 @@ struct Step {
   // ResNet block's second conv): it then reads only the kept inputs' weights, contiguously. ResNet-18@64
   // at batch 1, 2x2 512->512 with 208 inputs kept, 1 thread: 503 -> 187 us (oneDNN's dense conv: 444).
   at::Tensor input_major;
+  // A linear's weight packed for SmallLinear, when it has at most kSmallLinearMaxWeights values: its
+  // products of up to kSmallLinearMaxRows rows (the joint tail of a batch of up to 8: plain and pathway
+  // rows) run there instead of at::linear, whose MKL GEMM spent ~0.5 ms on ResNet-18's 2 x 512 -> 1000
+  // classifier at batch 1 inside a session call (SmallLinear: ~0.1 ms).
+  SmallLinear small;
   bool relu = false, residual = false, flatten_input = false, pathway_pass = false, ceil_mode = false;
   int64_t pathway = -1, in_mask = -1, out_mask = -1, start_dim = 1;
   Activation activation = Activation::Silu;
@@ -378,18 +387,32 @@ struct ExplainSession::Impl {
     return on_call_pool(s, values) ? 1 : threads.width(work(s, values));
   }
 
+  // x W^T + b (then ReLU) for a linear step: SmallLinear's packed weight for a few float rows, else at::linear.
+  static at::Tensor linear(const Step& s, const at::Tensor& x) {
+    if (s.small.out() == 0 || x.dim() != 2 || x.size(0) > kSmallLinearMaxRows || x.size(1) != s.small.in() ||
+        x.scalar_type() != at::kFloat) {
+      auto y = at::linear(x, s.weight, s.bias);
+      return s.relu ? y.relu_() : y;
+    }
+    const auto xc = x.contiguous();
+    auto y = at::empty({xc.size(0), s.small.out()}, xc.options());
+    s.small(xc.data_ptr<float>(), xc.size(0), y.data_ptr<float>());
+    if (s.relu) {  // as relu_: a NaN stays
+      float* p = y.data_ptr<float>();
+      for (int64_t i = 0; i < y.numel(); ++i) p[i] = p[i] < 0.0f ? 0.0f : p[i];
+    }
+    return y;
+  }
+
   at::Tensor dense(const Step& s, const std::vector<at::Tensor>& values) const {
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
       case Op::Conv: return s.conv(x, s.bias, s.residual ? values[s.inputs[1]] : at::Tensor(), s.relu);
-      case Op::Linear: {
-        auto y = at::linear(s.flatten_input ? x.flatten(1) : x, s.weight, s.bias);
-        return s.relu ? y.relu_() : y;
-      }
+      case Op::Linear: return linear(s, s.flatten_input ? x.flatten(1) : x);
       case Op::Relu: return at::relu(x);
       case Op::MaxPool: return max_pool2d_cpu(x, s.kernel, s.stride, s.padding, s.ceil_mode);
       case Op::AvgPool: return at::avg_pool2d(x, s.kernel, s.stride, s.padding, s.ceil_mode, true);
-      case Op::AdaptiveAvgPool: return at::adaptive_avg_pool2d(x, s.output_size);
+      case Op::AdaptiveAvgPool: return adaptive_avg_pool2d_cpu(x, s.output_size);
       case Op::Flatten: return at::flatten(x, s.start_dim);
       case Op::Add: return x + values[s.inputs[1]];
       case Op::Affine: return at::addcmul(s.bias.view({1, -1, 1, 1}), x, s.weight.view({1, -1, 1, 1}));
@@ -815,6 +838,7 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
         s.input_major = s.weight.permute({1, 2, 3, 0}).contiguous().permute({3, 0, 1, 2});
       }
     } else if (s.op == Op::Linear) {
+      if (s.weight.numel() <= kSmallLinearMaxWeights) s.small = SmallLinear(s.weight, s.bias);
       if (const Json* f = entry.find("flatten_input")) s.flatten_input = f->as_bool("flatten_input");
     } else if (s.op == Op::MaxPool || s.op == Op::AvgPool) {
       s.kernel = entry.at("kernel_size").int_list("kernel_size", 2, 1, 1 << 16);

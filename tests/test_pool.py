@@ -1,6 +1,7 @@
-"""The session's max pooling (csrc/include/pathrt/max_pool.h) against torch's on the windows plan ops
-give it: equal values bit for bit, a NaN winning its windows as in torch, inputs it does not cover
-handed to torch, and bad windows refused with a message."""
+"""The session's pooling (csrc/include/pathrt/pool.h) against torch's. Max pooling on the windows plan
+ops give it: equal values bit for bit, a NaN winning its windows as in torch, inputs it does not cover
+handed to torch, and bad windows refused with a message. Global average pooling: torch's values within
+float rounding, a NaN propagating, other output sizes and layouts handed to torch."""
 
 from __future__ import annotations
 
@@ -49,3 +50,28 @@ def test_max_pool_refuses_a_window_torch_refuses() -> None:
         _C.max_pool2d(x, [2, 2], [2, 2], [2, 2])
     with pytest.raises(RuntimeError, match="smaller than the 8x8 window"):
         _C.max_pool2d(x, [8, 8], [1, 1], [0, 0])
+
+
+# (batch, channels, height, width): the embedded model's and ResNet-18@64's joint-tail maps, ResNet-18's at
+# 224 px (49 pixels), one pixel, one channel, an empty batch.
+AVG_CASES = [(2, 256, 2, 2), (4, 512, 2, 2), (3, 40, 7, 7), (2, 24, 1, 1), (1, 1, 5, 3), (0, 8, 2, 2)]
+
+
+@pytest.mark.parametrize("case", AVG_CASES)
+def test_global_avg_pool_equals_torch_on_channels_last_maps(case: tuple) -> None:
+    x = torch.randn(*case, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
+    got = _C.adaptive_avg_pool2d(x, [1, 1])
+    want = F.adaptive_avg_pool2d(x, 1)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    if x.numel():
+        x[0, 0, 0, 0] = float("nan")
+        got = _C.adaptive_avg_pool2d(x, [1, 1])
+        assert bool(got[0, 0].isnan()) and int(got.isnan().sum()) == 1
+
+
+def test_global_avg_pool_hands_what_it_does_not_cover_to_torch() -> None:
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(3))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    for y, size in [(x, [1, 1]), (channels_last.double(), [1, 1]), (channels_last, [2, 3])]:  # NCHW, double, 2x3
+        assert torch.equal(_C.adaptive_avg_pool2d(y, size), F.adaptive_avg_pool2d(y, size))

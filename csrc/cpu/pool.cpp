@@ -1,5 +1,5 @@
-// Channels-last max pooling without indices (pathrt/max_pool.h).
-#include "pathrt/max_pool.h"
+// Channels-last max and global average pooling (pathrt/pool.h).
+#include "pathrt/pool.h"
 
 #include <algorithm>
 #include <limits>
@@ -17,6 +17,12 @@ PATHRT_CLONES void max_into(const float* in, int64_t c, float* out) {
     const float v = in[i];
     out[i] = (v > out[i] || v != v) ? v : out[i];
   }
+}
+
+// out[c] += in[c] over c channels.
+PATHRT_CLONES void add_into(const float* in, int64_t c, float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < c; ++i) out[i] += in[i];
 }
 
 }  // namespace
@@ -52,6 +58,28 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntAr
       }
     }
   });
+  return out;
+}
+
+at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_size) {
+  const bool covered = x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
+                       output_size.size() == 2 && output_size[0] == 1 && output_size[1] == 1 && x.size(2) > 0 &&
+                       x.size(3) > 0 && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (!covered) return at::adaptive_avg_pool2d(x, output_size);
+  const int64_t n = x.size(0), c = x.size(1), pixels = x.size(2) * x.size(3);
+  auto out = at::empty({n, c, 1, 1}, x.options());
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float count = static_cast<float>(pixels);
+  pathrt::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, pixels * c)),
+                       [&](int64_t s0, int64_t s1) {
+                         for (int64_t s = s0; s < s1; ++s) {
+                           float* o = dst + s * c;
+                           std::fill(o, o + c, 0.0f);
+                           for (int64_t p = 0; p < pixels; ++p) add_into(src + (s * pixels + p) * c, c, o);
+                           for (int64_t ch = 0; ch < c; ++ch) o[ch] /= count;
+                         }
+                       });
   return out;
 }
 
