@@ -99,6 +99,7 @@ CONV_CASES = [
     (2, 5, 9, 9, 3, 7, 2, 3),  # a ResNet stem
     (5, 4, 3, 3, 2, 3, 1, 1),
     (1, 16, 4, 4, 7, 3, 2, 1),  # 4 output pixels: dot products, weight rows in place when all inputs are kept
+    (1, 40, 8, 8, 37, 1, 2, 0),  # 16 pixels of a 1x1 downsample: dot products over a shallow depth
     # stride 1 and output rows of 16 or more: one GEMM per tap over shifted zero-padded planes
     (2, 5, 16, 20, 6, 3, 1, 1),
     (1, 4, 18, 17, 3, 5, 1, 2),
