@@ -109,8 +109,7 @@ at::Tensor pointwise_conv2d(const at::Tensor& x, const at::Tensor& weight, const
 }
 
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding) {
-  return x.size(0) < kMinGemmImages && map_pixels(x, weight, stride, padding) <= kGemmPixels &&
-         weight.numel() >= kLargeWeight;
+  return x.size(0) < kMinGemmImages && map_pixels(x, weight, stride, padding) <= kGemmPixels;
 }
 
 at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in) {
@@ -368,11 +367,11 @@ at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
 
 PackedConv::Kernel PackedConv::kernel_for(const at::Tensor& x) const {
   if (direct_.defined() && direct_conv_pays(x, plain_, stride_, padding_)) return Kernel::Direct;
+  if (dot_conv_pays(x, plain_, stride_, padding_)) return Kernel::Dot;
   // oneDNN's per-call setup outweighs its faster kernel on the smallest convs (the generator's above
-  // SmallGenerator's batches, ResNet's 1x1 downsamples at batch 1): those run through at::conv2d.
+  // SmallGenerator's batches): those run through at::conv2d.
   const int64_t macs = x.size(0) * x.size(2) * x.size(3) * plain_.numel() / (stride_[0] * stride_[1]);
   if (!packed_ || macs < kMinPackedMacs) return Kernel::Conv2d;
-  if (dot_conv_pays(x, plain_, stride_, padding_)) return Kernel::Dot;
   if (gemm_conv_pays(x, plain_, stride_, padding_)) return Kernel::Gemm;
   if (pointwise_conv_pays(x, plain_, stride_, padding_)) return Kernel::Pointwise;
   return Kernel::OneDnn;

@@ -119,12 +119,15 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding);
 
-// A conv of at most kGemmPixels output pixels per image over fewer than kMinGemmImages images, whose
-// weight is over 4 MB (kLargeWeight, twice the L2): oneDNN streams the weight once per image at a few
-// multiply-adds per weight, on one thread per image at batch 1. pathway_conv2d's dot products read it
-// once per call, in place (the channels-last rows), on every thread the call has. Measured on 2 cores
-// with a 512->512 3x3 weight at 2x2: batch 1 459 -> 393 us on 1 thread, 359 -> 301 on 2; batch 2
-// 631 -> 370 and batch 3 705 -> 486 us on 2; ResNet-18@64's plain pass at batch 1 3.75 -> 3.27 ms.
+// A conv of at most kGemmPixels output pixels per image over fewer than kMinGemmImages images: oneDNN
+// streams the weight once per image at a few multiply-adds per weight, on one thread per image at batch
+// 1. pathway_conv2d's dot products read it once per call, in place (the channels-last rows), on every
+// thread the call has. Measured on 2 cores with a 512->512 3x3 weight at 2x2: batch 1 459 -> 393 us on 1
+// thread, 359 -> 301 on 2; batch 2 631 -> 370 and batch 3 705 -> 486 us on 2; ResNet-18@64's plain pass
+// at batch 1 3.75 -> 3.27 ms. Smaller weights too (2 threads, oneDNN's prepacked conv against the dot
+// products, us, batch 1 / 2 / 3): 256->512 1x1 stride 2 at 2x2 35 / 18, 64 / 30, 49 / 40; 128->128 3x3
+// at 2x2 33 / 18, 39 / 31, 43 / 41; 64->64 3x3 at 2x2 30 / 18, 29 / 17, 29 / 21; and in a session call a
+// step on oneDNN wakes OpenMP's team too (ResNet-18@64's layer4 downsample at batch 1 took ~180 us there).
 // At 3x3 and 4x4 maps oneDNN is faster (525 against 668 us and 643 against 898 on 1 thread).
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
