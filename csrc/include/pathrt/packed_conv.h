@@ -8,7 +8,8 @@
 // kernel has less per-call setup. Without oneDNN it runs at::conv2d. Convs of 1-3 images that
 // direct_conv_pays picks run through pathrt's direct conv (pathrt/direct_conv.h) on a second copy of
 // the weight, blocked at load for it (weights under kLargeWeight whose outputs are a multiple of 16):
-// at batch 1 oneDNN's per-call setup is a large share of such a conv.
+// at batch 1 oneDNN's per-call setup is a large share of such a conv. Convs of at most kGemmPixels
+// output pixels per image over 1-3 images run as pathway_conv2d's dot products (dot_conv_pays).
 // 1x1 convs of stride 1 over at least kMinPointwiseRows pixels run as one GEMM (pointwise_conv2d).
 //
 // The packed layout oneDNN wants depends on the input's shape (on AVX2: Acdb32a at batch 1, a padded
