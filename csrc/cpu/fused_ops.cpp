@@ -318,16 +318,16 @@ template <typename V, int64_t kPixels>
         for (int64_t p = 0; p < kPixels; ++p) acc[a][p] += wv * cv[p];
       }
     }
+    float sums[kBlockOuts * kPixels];  // sums[a * kPixels + p]: acc[a][p]'s lanes summed
     if constexpr (std::is_same_v<V, V16> && kBlockOuts * kPixels == 16) {
-      float sums[16];  // sums[a * kPixels + p]
       lane_sums16(reinterpret_cast<const V16(&)[16]>(acc), sums);
-      for (int64_t p = 0; p < std::min(kPixels, width - p0); ++p) {
-        for (int64_t a = 0; a < outs; ++a) y[a * width + p0 + p] = sums[a * kPixels + p];
-      }
     } else {
-      for (int64_t p = 0; p < std::min(kPixels, width - p0); ++p) {
-        for (int64_t a = 0; a < outs; ++a) y[a * width + p0 + p] = lane_sum(acc[a][p]);
+      for (int64_t a = 0; a < kBlockOuts; ++a) {
+        for (int64_t p = 0; p < kPixels; ++p) sums[a * kPixels + p] = lane_sum(acc[a][p]);
       }
+    }
+    for (int64_t p = 0; p < std::min(kPixels, width - p0); ++p) {
+      for (int64_t a = 0; a < outs; ++a) y[a * width + p0 + p] = sums[a * kPixels + p];
     }
   }
 }
