@@ -192,11 +192,14 @@ def test_pathway_conv2d_weight_layouts(case, weight_layout: str, layout: str, in
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
-# Runs the direct conv takes (1-3 images, more than 16 output pixels, outputs a multiple of 16): one run
-# (batch 1) reads the blocked weight in place; several runs do so when they keep most outputs, else
-# gather the kept weights.
+# Runs the direct conv takes (1-3 images, more than 16 output pixels, outputs a multiple of 16): a run
+# that keeps most outputs reads the blocked weight in place; else one run (batch 1) compacts the kept
+# weights out of the blocked weight (over its blocks of 64, 32 or 16 outputs), several gather them.
 BLOCKED_CASES = [
     ((1, 12, 8, 8, 32, 3, 1, 1), 0.5, 0.4),
+    ((1, 20, 6, 6, 128, 3, 1, 1), 0.5, 0.4),
+    ((1, 8, 6, 6, 48, 3, 2, 1), 0.6, 0.5),
+    ((1, 24, 5, 5, 64, 1, 1, 0), 0.5, 0.9),
     ((1, 8, 9, 7, 48, 3, 2, 1), 0.6, 1.0),
     ((3, 16, 6, 6, 64, 3, 1, 1), 0.5, 0.3),
     ((3, 16, 6, 6, 64, 3, 1, 1), 0.4, 1.0),

@@ -745,18 +745,23 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     const int64_t count = static_cast<int64_t>(members.size()), kin = static_cast<int64_t>(in_idx.size());
     const int64_t kout = static_cast<int64_t>(out_idx.size()), depth = kin * taps, width = count * cols_per_row;
     // The kernel's weight: `blocked` (the session's dense conv blocked it at load) read in place, the
-    // removed inputs' rows skipped and every output computed, when the call is one run (its weight is
-    // read once, cold: at batch 1, gathering the kept weights from scattered lines of the OIHW weight
-    // cost more than the outputs it saves; ResNet-18@64's pathway phase 2.0-2.2 -> 1.7-1.8 ms, the
-    // embedded model's 0.37-0.39 -> 0.30) or the run keeps most outputs; else the kept weights gathered
-    // from the OIHW weight (in cache over a batch's runs), blocked by outputs, padded to a multiple of 16
-    // with zero rows.
-    const bool in_place_direct = blocked.defined() && (runs.size() == 1 || 4 * kout >= 3 * g.c_out);
+    // removed inputs' rows skipped and every output computed, when the run keeps most outputs. Else the
+    // kept weights, blocked by outputs and padded to a multiple of 16 with zero rows: compacted from
+    // `blocked`'s whole lines when the call is one run (its threads split the rows; gathering them from
+    // scattered lines of the OIHW weight cost more than the outputs it saves: ResNet-18@64's pathway phase
+    // 2.0-2.2 -> 1.7-1.8 ms in place; compacted, the embedded model's batch-1 pathway convs 119 -> 106 us,
+    // their weights in cache), in blocks that leave a task to each thread; gathered from the OIHW weight
+    // (in cache over a batch's runs) otherwise.
+    const bool in_place_direct = blocked.defined() && 4 * kout >= 3 * g.c_out;
+    const bool compacted = !in_place_direct && blocked.defined() && runs.size() == 1;
     const int64_t outs = in_place_direct ? g.c_out : (kout + 15) / 16 * 16;
-    const int64_t block = in_place_direct ? blocked.size(4) : direct_block(outs);
+    const int64_t block = in_place_direct ? blocked.size(4) : direct_block(compacted && outs <= 64 ? outs / 2 : outs);
     const auto column = [&](int64_t a) { return in_place_direct ? out_idx[a] : a; };  // kept output a's in ybuf
     const int64_t hp = g.h + 2 * g.ph, wpad = g.w + 2 * g.pw;
-    if (!in_place_direct) {
+    if (compacted) {
+      wbuf.resize(static_cast<size_t>(outs * depth));
+      direct_kept_weight(blocked.data_ptr<float>(), blocked.size(4), taps, g.c_in, in_idx, out_idx, block, wbuf.data());
+    } else if (!in_place_direct) {
       wbuf.assign(static_cast<size_t>(outs * depth), 0.0f);
       for (int64_t a0 = 0; a0 < kout; a0 += block) {  // each input's taps of a block's outputs: whole lines
         float* dst = wbuf.data() + a0 * depth;

@@ -18,6 +18,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace pathrt {
 
 constexpr int64_t kDirectMaxMacs = int64_t{1} << 24;
@@ -39,6 +41,14 @@ void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int
                      int64_t o, int64_t block, int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t sh, int64_t sw,
                      const float* bias, const float* residual, bool relu, float* y, const int64_t* kept = nullptr,
                      int64_t weight_channels = 0);
+
+// The kept outputs out_idx (ascending) and kept inputs in_idx of `blocked` ((O/block, taps, c, block)),
+// blocked again for direct_conv_raw: dst ((kout rounded up to 16) / out_block, taps, kin, out_block), the
+// rounding's outputs zero. Each (tap, input) row of the kept weights is a few whole lines of `blocked`
+// (an OIHW weight puts every output on its own line), compacted with AVX-512's compress where there is one.
+void direct_kept_weight(const float* blocked, int64_t block, int64_t taps, int64_t c,
+                        const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx, int64_t out_block,
+                        float* dst);
 
 // An (O, C, kh, kw) float weight blocked for direct_conv2d: (O/B, kh, kw, C, B), B the largest of 64, 32,
 // 16 that divides O.
