@@ -117,24 +117,28 @@ void direct_baseline(const Direct& d, int64_t b, int64_t p0, int64_t p1) {
 const auto direct_tile = for_this_cpu(direct_avx512<false>, direct_avx2<false>, direct_baseline<false>);
 const auto direct_kept_tile = for_this_cpu(direct_avx512<true>, direct_avx2<true>, direct_baseline<true>);
 
-// Where the kept outputs lie in a blocked weight's (tap, input) row set: each one's float offset from
-// the row of its first block, and per 16 outputs the kept ones' bits.
+// Where the kept outputs lie in a blocked weight's (tap, input) row set: per 16 outputs (a piece, within
+// one block) the kept ones' bits.
 struct KeptOutputs {
-  int64_t block, block_step;         // outputs per block; floats between two blocks' rows
-  std::vector<int64_t> from;         // kept output a's offset
-  std::vector<__mmask16> lanes;      // outputs [16 p, 16 p + 16): bit i for output 16 p + i kept
+  int64_t block, block_step;     // outputs per block; floats between two blocks' rows
+  std::vector<__mmask16> lanes;  // outputs [16 p, 16 p + 16): bit i for output 16 p + i kept
+
+  // floats from the row set's start to piece p
+  int64_t piece(size_t p) const {
+    const int64_t pieces = block / 16;
+    return static_cast<int64_t>(p) / pieces * block_step + static_cast<int64_t>(p) % pieces * 16;
+  }
 };
 
 // row[0, kout) = the kept outputs of the (tap, input) row set at src, then 16 zeros; the row set at
 // `next` is prefetched (the rows of kept inputs lie scattered beyond the L2).
 __attribute__((target("avx512f"))) void kept_row_avx512(const KeptOutputs& k, const float* src, const float* next,
                                                         float* row) {
-  const int64_t pieces = k.block / 16;
   int64_t at = 0;
   for (size_t p = 0; p < k.lanes.size(); ++p) {
     const __mmask16 bits = k.lanes[p];
     if (bits == 0) continue;
-    const int64_t offset = static_cast<int64_t>(p) / pieces * k.block_step + static_cast<int64_t>(p) % pieces * 16;
+    const int64_t offset = k.piece(p);
     __builtin_prefetch(next + offset);
     _mm512_storeu_ps(row + at, _mm512_maskz_compress_ps(bits, _mm512_loadu_ps(src + offset)));
     at += __builtin_popcount(bits);
@@ -142,9 +146,14 @@ __attribute__((target("avx512f"))) void kept_row_avx512(const KeptOutputs& k, co
   _mm512_storeu_ps(row + at, _mm512_setzero_ps());
 }
 void kept_row_scalar(const KeptOutputs& k, const float* src, const float*, float* row) {
-  const size_t kout = k.from.size();
-  for (size_t a = 0; a < kout; ++a) row[a] = src[k.from[a]];
-  std::fill(row + kout, row + kout + 16, 0.0f);
+  int64_t at = 0;
+  for (size_t p = 0; p < k.lanes.size(); ++p) {
+    const float* piece = src + k.piece(p);
+    for (int i = 0; i < 16; ++i) {
+      if (k.lanes[p] >> i & 1) row[at++] = piece[i];
+    }
+  }
+  std::fill(row + at, row + at + 16, 0.0f);
 }
 const auto kept_row = for_this_cpu(kept_row_avx512, kept_row_scalar, kept_row_scalar);
 
@@ -187,11 +196,8 @@ void direct_kept_weight(const float* blocked, int64_t block, int64_t taps, int64
   const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
   const int64_t outs = (kout + 15) / 16 * 16;
   if (kout == 0) return;
-  KeptOutputs k{block, taps * c * block, {}, std::vector<__mmask16>(static_cast<size_t>(out_idx.back() / 16 + 1))};
-  for (const int64_t o : out_idx) {
-    k.from.push_back(o / block * k.block_step + o % block);
-    k.lanes[o / 16] |= static_cast<__mmask16>(1u << (o % 16));
-  }
+  KeptOutputs k{block, taps * c * block, std::vector<__mmask16>(static_cast<size_t>(out_idx.back() / 16 + 1))};
+  for (const int64_t o : out_idx) k.lanes[o / 16] |= static_cast<__mmask16>(1u << (o % 16));
   // (tap, input) rows split over the threads: the weight's lines come from beyond the L2
   pathrt::parallel_for(0, taps * kin, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> row(static_cast<size_t>(outs + 16));
