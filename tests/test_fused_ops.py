@@ -222,6 +222,21 @@ def test_pathway_conv2d_reads_a_blocked_weight_in_place(case, in_p: float, out_p
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", [BLOCKED_CASES[1][0], BLOCKED_CASES[5][0], CONV_CASES[6], CONV_CASES[8]])
+def test_pathway_conv2d_buffers_kept_across_calls_never_reach_a_result(case) -> None:
+    """pathway_conv2d keeps a thread's buffers across calls (weights, planes, columns, pixel rows): a larger
+    call that leaves them full of NaNs changes nothing in the next call's result."""
+    n, c_in, h, w, c_out, k, s, p = case
+    big = _conv_inputs((n, c_in + 8, h, w, c_out + 16, k, s, p), "channels_last", 1.0, 1.0, False)
+    nan_x, nan_weight = torch.full_like(big[0], float("nan")), torch.full_like(big[1], float("nan"))
+    x, weight, bias, res, in_mask, out_mask, stride, padding = _conv_inputs(case, "channels_last", 0.5, 0.4, True)
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, res, in_mask, out_mask, stride, padding, True)
+    for conv in [torch.ops.pathrt.pathway_conv2d] + [_C.pathway_conv2d_blocked] * (c_out % 16 == 0):
+        assert conv(nan_x, nan_weight, None, None, None, None, big[6], big[7], False).isnan().all()
+        out = conv(x, weight, bias, res, in_mask, out_mask, stride, padding, True)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("level", ["avx2", "baseline"])
 def test_pathway_conv2d_dot_products_of_every_instruction_set(level: str) -> None:
     """The few-pixel kernels and the direct conv over kept channels are built for AVX-512, AVX2 and the
