@@ -633,13 +633,12 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // weights out. Blocks of outputs split over threads when the run has enough work.
   const auto dot_products = [&](const std::vector<int64_t>& members, const bool* own_in,
                                 const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx, int64_t width,
-                                std::vector<float>& ybuf) {
+                                std::vector<float>& rows, std::vector<float>& ybuf) {
     const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
     const bool in_place =
         !input_major && ws[0] == g.c_in * taps && 2 * kin >= g.c_in && g.c_in * taps % kRowAlign == 0;
     const int64_t column_step = in_place ? ws[1] : taps;  // between kept channels in a pixel row
     const int64_t depth = (in_place ? g.c_in : kin) * taps, ld = (depth + kRowAlign - 1) / kRowAlign * kRowAlign;
-    std::vector<float>& rows = run_buffers().rows;
     rows.assign(static_cast<size_t>(width * ld), 0.0f);
     for (size_t t = 0; t < members.size(); ++t) {
       const float* sample = xp + members[t] * xs[0];
@@ -823,6 +822,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     RunBuffers& buffers = run_buffers();
     auto &in_idx = buffers.in_idx, &out_idx = buffers.out_idx;
     auto &cols = buffers.cols, &wbuf = buffers.wbuf, &ybuf = buffers.ybuf, &planes = buffers.planes;
+    auto& rows = buffers.rows;
     for (int64_t r = claim(); r >= 0; r = claim()) {
       const auto& members = runs[r].members;
       const int64_t count = static_cast<int64_t>(members.size());
@@ -876,7 +876,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         continue;
       }
       if (width <= kDotMaxPixels) {
-        dot_products(members, own_in, in_idx, out_idx, width, ybuf);
+        dot_products(members, own_in, in_idx, out_idx, width, rows, ybuf);
         if (input_major) {
           epilogue(members, own_out, out_idx, [&](int64_t, int64_t o, int64_t t, int64_t oy, int64_t ox) {
             return ybuf[pixel(t, oy, ox) * g.c_out + o];
