@@ -20,6 +20,7 @@ from typing import Any
 
 from pathrt.errors import DistributedError, InputError, PathrtError, exit_code
 from pathrt.heap import limit_heap_growth
+from pathrt.threads import invoked_as_command
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -627,7 +628,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pathrt` command."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.command == "explain":  # its chunk loop is where the heap grows (see pathrt.heap for the cost)
+    # explain's chunk loop is where the heap grows (pathrt.heap, with its cost). The setting holds for the
+    # whole process, so only the command's own process takes it: a program (or test run) that calls
+    # main() keeps its allocator, as it keeps its wait policy (pathrt.threads).
+    if args.command == "explain" and invoked_as_command():
         limit_heap_growth()
     try:
         args.run(args)

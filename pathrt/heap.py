@@ -10,8 +10,10 @@ the allocator of the whole process) or set the environment variable MALLOC_MMAP_
 It has a price: every large tensor becomes a fresh mapping, zeroed page by page by the kernel on
 first touch. Measured on the trained embedded model: 600 generator training steps took 187 s
 instead of 81 s, and explaining blocks of 64 digits ran at 590 instead of 960 images/s (1 thread).
-So only `pathrt explain`, whose chunk loop over a large folder is where the heap grew, sets it;
-`pathrt train`, `demo`, `evaluate` and the rest keep glibc's adaptive threshold.
+So only `pathrt explain`, whose chunk loop over a large folder is where the heap grew, sets it, and only
+in the command's own process: `pathrt train`, `demo`, `evaluate` and the rest keep glibc's adaptive
+threshold, and so does a program that calls `pathrt.cli.main(["explain", ...])` (the test suite did,
+and its later in-process training then ran 2x slower).
 """
 
 from __future__ import annotations

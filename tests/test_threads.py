@@ -53,6 +53,21 @@ def test_the_command_spins_briefly_but_a_library_user_decides() -> None:
     assert library.stdout.strip() == "None None"
 
 
+def test_only_the_explain_commands_own_process_fixes_the_heap_threshold(monkeypatch, tmp_path: Path) -> None:
+    """`pathrt explain` fixes glibc's mmap threshold (pathrt.heap) for its whole process; main() called in
+    a program's process leaves the allocator alone (the test suite's own in-process calls once made its
+    later training 2x slower)."""
+    import pathrt.cli as cli
+
+    calls: list[bool] = []
+    monkeypatch.setattr(cli, "limit_heap_growth", lambda: calls.append(True) or True)
+    argv = ["explain", "--target", str(tmp_path / "none"), "--generator", str(tmp_path / "none"), "--no-progress"]
+    assert cli.main(argv) != 0 and calls == []  # in a program's process (the target is missing: an error)
+    monkeypatch.setattr(cli, "invoked_as_command", lambda: True)
+    assert cli.main(["info"]) == 0 and calls == []  # the command, another subcommand
+    assert cli.main(argv) != 0 and calls == [True]  # the command's own process
+
+
 def test_onnx_runtime_sessions_use_torchs_threads_without_spinning() -> None:
     from pathrt.export import session_options
 
