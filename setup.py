@@ -52,10 +52,12 @@ def _extensions():
     with_cuda = _want_cuda()  # must run before cpp_extension reads CUDA_HOME at import
     from torch.utils import cpp_extension
 
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    # -g1 (line tables: enough for perf, gdb backtraces and sanitizer reports) overrides the full -g
+    # that Python's own CFLAGS pass: full debug info of torch's templates doubled every file's compile.
+    cxx = ["-O3", "-g1", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     link = ["-fopenmp"]
     if os.environ.get("PATHRT_SANITIZE", "0") not in ("", "0"):
-        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g1"]
         cxx = ["-O1", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", *sanitize]
         link += sanitize
     if os.environ.get("PATHRT_FUZZ", "0") not in ("", "0"):
