@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from pathrt.artifacts import artifact_paths, load_tensors
 from pathrt.errors import ArtifactError, IncompatibleArtifactError
 from pathrt.targets import create_target, import_weights, load_target, save_target
+from tests.conftest import assert_python_ok
 
 
 @pytest.fixture
@@ -84,3 +85,21 @@ def test_import_local_torchvision_weights(tmp_path: Path) -> None:
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")
     with pytest.raises(ArtifactError, match="weights_only"):
         import_weights("resnet18", tmp_path / "pickled.pth", 10, (3, 32, 32))
+
+
+def test_torchvision_is_imported_only_for_its_models(saved) -> None:
+    """pathrt imports torchvision (1.2 s: its ops import torch._dynamo) only to build one of its models:
+    a small VGG target loads and explains without it; a ResNet still gets its residual-block pathway."""
+    _, stem = saved
+    assert_python_ok(
+        "import sys, torch\n"
+        "from pathrt.runtime import Explainer\n"
+        "from pathrt.targets import create_target, load_target\n"
+        "from pathrt.generator import GeneratorConfig, PathwayGenerator\n"
+        f"target = load_target({str(stem)!r})\n"
+        "generator = PathwayGenerator(target.spec, GeneratorConfig.small()).eval()\n"
+        "Explainer(target, generator).explain(torch.rand(1, 3, 32, 32))\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+        "resnet = create_target('resnet18', 10, (3, 64, 64))\n"
+        "assert 'torchvision' in sys.modules and resnet.spec.rule == 'residual-block', resnet.spec.rule\n"
+    )

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from pathrt.errors import InputError
 
@@ -65,13 +64,9 @@ class SmallVGG(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-_TORCHVISION: dict[str, Callable[..., nn.Module]] = {
-    "alexnet": tvm.alexnet,
-    **{f"vgg{d}{bn}": getattr(tvm, f"vgg{d}{bn}") for d in (11, 13, 16, 19) for bn in ("", "_bn")},
-    "resnet18": tvm.resnet18,
-    "resnet34": tvm.resnet34,
-    "resnet50": tvm.resnet50,
-}
+# Constructors in torchvision.models, imported when one is built (pathrt.targets.spec says why).
+_TORCHVISION: tuple[str, ...] = ("alexnet", *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
+                                 "resnet18", "resnet34", "resnet50")
 
 ARCHITECTURES: tuple[str, ...] = ("small_vgg", *_TORCHVISION)
 
@@ -132,7 +127,9 @@ def build_model(arch: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     if arch == "small_vgg":
         model = SmallVGG(num_classes=num_classes, **kwargs)
     elif arch in _TORCHVISION:
-        model = _TORCHVISION[arch](weights=None, num_classes=num_classes, **kwargs)
+        from torchvision import models
+
+        model = getattr(models, arch)(weights=None, num_classes=num_classes, **kwargs)
     else:
         raise InputError(f"unknown architecture {arch[:100]!r}; known: {', '.join(ARCHITECTURES)}. For your own "
                          "model, wrap it with pathrt.wrap_model(model, ..., factory='package.module:function') "

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pathrt.bundle_format import PLAN_OPS
 from pathrt.errors import CanonizationError, SpecError
 from pathrt.targets.canonize import batchnorm_scale_shift
-from pathrt.targets.spec import PathwaySpec
+from pathrt.targets.spec import PathwaySpec, residual_block_types
 
 _ALIASES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
@@ -52,7 +51,6 @@ def batchnorm_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.to(m.running_mean.dtype), shift.to(m.running_mean.dtype)
 
 
-_RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
 _RELU_FUNCTIONS = (torch.relu, F.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
@@ -121,7 +119,7 @@ class Plan:
 
 class _BlockTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _RESIDUAL_BLOCKS) or super().is_leaf_module(m, qualname)
+        return isinstance(m, residual_block_types()) or super().is_leaf_module(m, qualname)
 
 
 class _Builder:
@@ -175,7 +173,7 @@ class _Builder:
             if m.end_dim != -1:
                 raise PlanError(f"flatten {name!r} must flatten to the last dim")
             out = self.emit("flatten", (x,), start_dim=m.start_dim)
-        elif isinstance(m, _RESIDUAL_BLOCKS):
+        elif isinstance(m, residual_block_types()):
             out = self.block(name, m, x)
         else:
             raise PlanError(f"module {name!r} ({type(m).__name__}) is not supported by the fast path (native, "
@@ -187,6 +185,8 @@ class _Builder:
         return out
 
     def block(self, name: str, block: nn.Module, x: int) -> int:
+        from torchvision.models.resnet import Bottleneck  # imported already: `block` is a torchvision block
+
         convs = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
         for attr in ("bn1", "bn2", "bn3"):
             if isinstance(getattr(block, attr, None), nn.BatchNorm2d):

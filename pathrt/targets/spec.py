@@ -12,18 +12,25 @@ spatial sizes are exact, and the layer order is execution order.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pathrt.errors import InputError, SpecError
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
+
+
+def residual_block_types() -> tuple[type[nn.Module], ...]:
+    """torchvision's residual blocks (BasicBlock, Bottleneck); () while torchvision.models.resnet is not
+    imported, since no module can be one then. pathrt does not import torchvision itself until it
+    builds one of its models: its ops import torch._dynamo, 1.2 s of every `pathrt` command's start."""
+    resnet = sys.modules.get("torchvision.models.resnet")
+    return (resnet.BasicBlock, resnet.Bottleneck) if resnet is not None else ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ def conv_relu_modules(model: nn.Module) -> list[str]:
 
 def residual_block_modules(model: nn.Module) -> list[str]:
     """Names of the torchvision residual blocks (BasicBlock, Bottleneck)."""
-    return [name for name, module in model.named_modules() if isinstance(module, _RESIDUAL_BLOCKS)]
+    return [name for name, module in model.named_modules() if isinstance(module, residual_block_types())]
 
 
 def default_pathway_modules(model: nn.Module) -> tuple[list[str], str]:
