@@ -28,7 +28,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def residual_block_types() -> tuple[type[nn.Module], ...]:
     """torchvision's residual blocks (BasicBlock, Bottleneck); () while torchvision.models.resnet is not
     imported, since no module can be one then. pathrt does not import torchvision itself until it
-    builds one of its models: its ops import torch._dynamo, 1.2 s of every `pathrt` command's start."""
+    builds one of its models: its ops import torch._dynamo, which made `import pathrt` 3.8 s instead
+    of 2.2 (a process that trains still loads torch._dynamo, at its first backward pass)."""
     resnet = sys.modules.get("torchvision.models.resnet")
     return (resnet.BasicBlock, resnet.Bottleneck) if resnet is not None else ()
 
