@@ -238,6 +238,15 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
       "The session's max pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
   m.def(
+      "avg_pool2d",
+      [](const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
+         bool ceil_mode) {
+        py::gil_scoped_release release;
+        return pathrt::avg_pool2d_cpu(x, kernel, stride, padding, ceil_mode);
+      },
+      py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
+      "The session's average pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
+  m.def(
       "adaptive_avg_pool2d",
       [](const at::Tensor& x, std::vector<int64_t> output_size) {
         py::gil_scoped_release release;

@@ -1,7 +1,9 @@
 """The session's pooling (csrc/include/pathrt/pool.h) against torch's. Max pooling on the windows plan
 ops give it: equal values bit for bit, a NaN winning its windows as in torch, inputs it does not cover
-handed to torch, and bad windows refused with a message. Global average pooling: torch's values within
-float rounding, a NaN propagating, other output sizes and layouts handed to torch."""
+handed to torch, and bad windows refused with a message. Average pooling without padding (the RFE's input
+pooling, a target's avg_pool2d): equal values bit for bit, a NaN propagating, padding, ceil_mode and other
+layouts handed to torch. Global average pooling: torch's values within float rounding, a NaN propagating,
+other output sizes and layouts handed to torch."""
 
 from __future__ import annotations
 
@@ -75,3 +77,41 @@ def test_global_avg_pool_hands_what_it_does_not_cover_to_torch() -> None:
     channels_last = x.contiguous(memory_format=torch.channels_last)
     for y, size in [(x, [1, 1]), (channels_last.double(), [1, 1]), (channels_last, [2, 3])]:  # NCHW, double, 2x3
         assert torch.equal(_C.adaptive_avg_pool2d(y, size), F.adaptive_avg_pool2d(y, size))
+
+
+# (batch, channels, height, width, kernel, stride): the RFE's input pooling (kernel = stride) of the embedded
+# model's 32x32 and 16x16 layers, channels no multiple of 16, overlapping and unequal windows, a window
+# covering the map, an empty batch.
+AVG_WINDOW_CASES = [
+    (2, 32, 32, 32, (4, 4), (4, 4)),
+    (2, 64, 16, 16, (2, 2), (2, 2)),
+    (3, 40, 9, 7, (3, 3), (2, 2)),
+    (1, 3, 6, 8, (2, 4), (1, 3)),
+    (2, 17, 5, 5, (5, 5), (5, 5)),
+    (0, 16, 4, 4, (2, 2), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("case", AVG_WINDOW_CASES)
+def test_avg_pool_equals_torch_bit_for_bit_on_channels_last_maps(case: tuple) -> None:
+    n, c, h, w, k, s = case
+    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(4))
+    x = x.contiguous(memory_format=torch.channels_last)
+    got = _C.avg_pool2d(x, list(k), list(s), [0, 0])
+    want = F.avg_pool2d(x, k, s)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+    if x.numel():
+        x[0, -1, 0, 0] = float("nan")
+        got = _C.avg_pool2d(x, list(k), list(s), [0, 0])
+        assert torch.equal(got.isnan(), F.avg_pool2d(x, k, s).isnan()) and bool(got[0, -1, 0, 0].isnan())
+
+
+def test_avg_pool_hands_what_it_does_not_cover_to_torch() -> None:
+    x = torch.randn(2, 8, 7, 7, generator=torch.Generator().manual_seed(5))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    # NCHW, double, padding, ceil_mode
+    for y, padding, ceil_mode in [(x, 0, False), (channels_last.double(), 0, False), (channels_last, 1, False),
+                                  (channels_last, 0, True)]:
+        got = _C.avg_pool2d(y, [3, 3], [2, 2], [padding, padding], ceil_mode)
+        assert torch.equal(got, F.avg_pool2d(y, 3, 2, padding, ceil_mode=ceil_mode))

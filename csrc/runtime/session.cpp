@@ -411,7 +411,7 @@ struct ExplainSession::Impl {
       case Op::Linear: return linear(s, s.flatten_input ? x.flatten(1) : x);
       case Op::Relu: return at::relu(x);
       case Op::MaxPool: return max_pool2d_cpu(x, s.kernel, s.stride, s.padding, s.ceil_mode);
-      case Op::AvgPool: return at::avg_pool2d(x, s.kernel, s.stride, s.padding, s.ceil_mode, true);
+      case Op::AvgPool: return avg_pool2d_cpu(x, s.kernel, s.stride, s.padding, s.ceil_mode);
       case Op::AdaptiveAvgPool: return adaptive_avg_pool2d_cpu(x, s.output_size);
       case Op::Flatten: return at::flatten(x, s.start_dim);
       case Op::Add: return x + values[s.inputs[1]];
@@ -481,7 +481,8 @@ struct ExplainSession::Impl {
   at::Tensor rfe_pool(const at::Tensor& x, size_t l) const {
     const int64_t h = x.size(2), w = x.size(3), ph = gen.pool_sizes[l][0], pw = gen.pool_sizes[l][1];
     if (h == ph && w == pw) return x;
-    return (h % ph == 0 && w % pw == 0) ? at::avg_pool2d(x, {h / ph, w / pw}) : at::adaptive_avg_pool2d(x, {ph, pw});
+    if (h % ph == 0 && w % pw == 0) return avg_pool2d_cpu(x, {h / ph, w / pw}, {h / ph, w / pw}, {0, 0}, false);
+    return at::adaptive_avg_pool2d(x, {ph, pw});
   }
 
   // Pooled pathway-layer features -> (head logits, scores, masks, packed, counts).
