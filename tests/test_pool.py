@@ -14,13 +14,16 @@ import torch.nn.functional as F
 from pathrt import _C
 
 # (batch, channels, height, width, kernel, stride, padding): VGG's 2x2/2, ResNet's 3x3/2 padded stem pool on
-# odd sizes, one channel, unequal kernels, strides and paddings along the axes, a window covering the map.
+# odd sizes, one channel, unequal kernels, strides and paddings along the axes, a window covering the map;
+# 16, 32 and 64 channels (an output pixel in registers) and others (in memory).
 CASES = [
     (2, 32, 8, 8, (2, 2), (2, 2), (0, 0)),
     (3, 64, 17, 15, (3, 3), (2, 2), (1, 1)),
     (1, 1, 5, 6, (2, 2), (1, 1), (0, 0)),
     (2, 24, 9, 7, (3, 2), (1, 2), (1, 0)),
     (1, 40, 4, 4, (4, 4), (4, 4), (0, 0)),
+    (2, 64, 9, 9, (3, 3), (2, 2), (1, 1)),
+    (1, 16, 6, 6, (2, 2), (2, 2), (0, 0)),
 ]
 
 

@@ -10,41 +10,60 @@
 namespace pathrt {
 namespace {
 
-constexpr int64_t kLanes = 16;  // channels per accumulator, kept in a register over the window
+// One output pixel of a map of kChannels channels, accumulated in registers over its window (input rows
+// [0, rows), columns [x0, x1) of `src`, w pixels a row) and stored once; kMax: the maximum, a NaN winning as
+// in ATen's kernel, else the sum divided by `count`.
+template <bool kMax, int64_t kChannels>
+[[gnu::always_inline]] inline void window_in_registers(const float* src, int64_t rows, int64_t w, int64_t x0,
+                                                       int64_t x1, float count, float* out) {
+  float acc[kChannels];
+  std::fill_n(acc, kChannels, kMax ? -std::numeric_limits<float>::infinity() : 0.0f);
+  for (int64_t iy = 0; iy < rows; ++iy) {
+    for (int64_t ix = x0; ix < x1; ++ix) {
+      const float* in = src + (iy * w + ix) * kChannels;
+#pragma omp simd
+      for (int64_t i = 0; i < kChannels; ++i) {
+        acc[i] = kMax ? ((in[i] > acc[i] || in[i] != in[i]) ? in[i] : acc[i]) : acc[i] + in[i];
+      }
+    }
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < kChannels; ++i) out[i] = kMax ? acc[i] : acc[i] / count;
+}
 
 // A row of output pixels of a channels-last window reduction: pixel ox of `out` (c channels each) from the
-// input rows [0, rows) of `src` (w pixels a row) and its window's columns [ox * sw - pw, + kw) inside the
-// map; kMax: the maximum, a NaN winning as in ATen's kernel, else the sum divided by `count`. Each block of
-// 16 channels accumulates in a register over the window and is stored once, and a call covers a whole row
-// (a loop over the window that loaded and stored the output's 32 channels per input pixel, a call each,
-// took the embedded model's first 2x2 pool at batch 64 0.31 ms, five times a read of its input).
+// input rows [0, rows) of `src` (w pixels of c channels a row) and its window's columns [ox * sw - pw, + kw)
+// inside the map, as window_in_registers computes it. A call covers a whole row, its loops inlined: a call
+// per input pixel (the old max_into) took the embedded model's first 2x2 pool (32 channels) at batch 64
+// 0.31 ms, five times a read of its input. Maps of 16, 32 or 64 channels keep the output pixel in registers
+// (that pool: 0.12 ms; the RFE's 4x4 average pool of the same map: ATen 0.23, in L1 0.13-0.16, in registers
+// 0.07-0.10); wider ones accumulate in the output pixel (in L1), reading each input pixel's channels in one
+// run: a [64, 128, 32, 32] max pool from memory took 1.0 ms so and 1.3 ms in registers 16 channels at a time
+// (the reads then leave address order).
 template <bool kMax>
 [[gnu::always_inline]] inline void pool_row(const float* src, int64_t rows, int64_t w, int64_t c, int64_t wo,
                                             int64_t kw, int64_t sw, int64_t pw, float count, float* out) {
-  const float init = kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
-  const auto take = [](float v, float acc) { return kMax ? ((v > acc || v != v) ? v : acc) : acc + v; };
   for (int64_t ox = 0; ox < wo; ++ox, out += c) {
     const int64_t x0 = std::max<int64_t>(0, ox * sw - pw), x1 = std::min(w, ox * sw - pw + kw);
-    int64_t c0 = 0;
-    for (; c0 + kLanes <= c; c0 += kLanes) {
-      float acc[kLanes];
-      std::fill_n(acc, kLanes, init);
-      for (int64_t iy = 0; iy < rows; ++iy) {
-        for (int64_t ix = x0; ix < x1; ++ix) {
-          const float* in = src + (iy * w + ix) * c + c0;
+    switch (c) {
+      case 16: window_in_registers<kMax, 16>(src, rows, w, x0, x1, count, out); continue;
+      case 32: window_in_registers<kMax, 32>(src, rows, w, x0, x1, count, out); continue;
+      case 64: window_in_registers<kMax, 64>(src, rows, w, x0, x1, count, out); continue;
+      default: break;
+    }
+    std::fill_n(out, c, kMax ? -std::numeric_limits<float>::infinity() : 0.0f);
+    for (int64_t iy = 0; iy < rows; ++iy) {
+      for (int64_t ix = x0; ix < x1; ++ix) {
+        const float* in = src + (iy * w + ix) * c;
 #pragma omp simd
-          for (int64_t i = 0; i < kLanes; ++i) acc[i] = take(in[i], acc[i]);
+        for (int64_t i = 0; i < c; ++i) {
+          out[i] = kMax ? ((in[i] > out[i] || in[i] != in[i]) ? in[i] : out[i]) : out[i] + in[i];
         }
       }
-#pragma omp simd
-      for (int64_t i = 0; i < kLanes; ++i) out[c0 + i] = kMax ? acc[i] : acc[i] / count;
     }
-    for (; c0 < c; ++c0) {  // channels past the last whole block
-      float acc = init;
-      for (int64_t iy = 0; iy < rows; ++iy) {
-        for (int64_t ix = x0; ix < x1; ++ix) acc = take(src[(iy * w + ix) * c + c0], acc);
-      }
-      out[c0] = kMax ? acc : acc / count;
+    if constexpr (!kMax) {
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) out[i] /= count;
     }
   }
 }
