@@ -10,9 +10,15 @@
 namespace pathrt {
 namespace {
 
+// A window's running value after input v: kMax, the maximum, a NaN winning as in ATen's kernel; else the sum.
+template <bool kMax>
+[[gnu::always_inline]] inline float take(float v, float acc) {
+  return kMax ? ((v > acc || v != v) ? v : acc) : acc + v;
+}
+
 // One output pixel of a map of kChannels channels, accumulated in registers over its window (input rows
-// [0, rows), columns [x0, x1) of `src`, w pixels a row) and stored once; kMax: the maximum, a NaN winning as
-// in ATen's kernel, else the sum divided by `count`.
+// [0, rows), columns [x0, x1) of `src`, w pixels a row) and stored once: the maximum (kMax), else the sum
+// divided by `count`.
 template <bool kMax, int64_t kChannels>
 [[gnu::always_inline]] inline void window_in_registers(const float* src, int64_t rows, int64_t w, int64_t x0,
                                                        int64_t x1, float count, float* out) {
@@ -22,9 +28,7 @@ template <bool kMax, int64_t kChannels>
     for (int64_t ix = x0; ix < x1; ++ix) {
       const float* in = src + (iy * w + ix) * kChannels;
 #pragma omp simd
-      for (int64_t i = 0; i < kChannels; ++i) {
-        acc[i] = kMax ? ((in[i] > acc[i] || in[i] != in[i]) ? in[i] : acc[i]) : acc[i] + in[i];
-      }
+      for (int64_t i = 0; i < kChannels; ++i) acc[i] = take<kMax>(in[i], acc[i]);
     }
   }
 #pragma omp simd
@@ -38,8 +42,8 @@ template <bool kMax, int64_t kChannels>
 // 0.31 ms, five times a read of its input. Maps of 16, 32 or 64 channels keep the output pixel in registers
 // (that pool: 0.12 ms; the RFE's 4x4 average pool of the same map: ATen 0.23, in L1 0.13-0.16, in registers
 // 0.07-0.10); wider ones accumulate in the output pixel (in L1), reading each input pixel's channels in one
-// run: a [64, 128, 32, 32] max pool from memory took 1.0 ms so and 1.3 ms in registers 16 channels at a time
-// (the reads then leave address order).
+// run: a [64, 128, 32, 32] max pool from memory took 1.0-1.25 ms so and 1.3-1.4 ms in registers 16 channels
+// at a time (the reads then leave address order).
 template <bool kMax>
 [[gnu::always_inline]] inline void pool_row(const float* src, int64_t rows, int64_t w, int64_t c, int64_t wo,
                                             int64_t kw, int64_t sw, int64_t pw, float count, float* out) {
@@ -56,9 +60,7 @@ template <bool kMax>
       for (int64_t ix = x0; ix < x1; ++ix) {
         const float* in = src + (iy * w + ix) * c;
 #pragma omp simd
-        for (int64_t i = 0; i < c; ++i) {
-          out[i] = kMax ? ((in[i] > out[i] || in[i] != in[i]) ? in[i] : out[i]) : out[i] + in[i];
-        }
+        for (int64_t i = 0; i < c; ++i) out[i] = take<kMax>(in[i], out[i]);
       }
     }
     if constexpr (!kMax) {
@@ -78,8 +80,8 @@ PATHRT_CLONES void mean_row(const float* src, int64_t rows, int64_t w, int64_t c
   pool_row<false>(src, rows, w, c, wo, kw, sw, 0, count, out);
 }
 
-// out (N, C, ho, wo), channels-last: each output row by max_row or mean_row on pathrt::parallel_for; `ph`: the padding
-// above the map (rows outside it are skipped).
+// out (N, C, ho, wo), channels-last: each output row by max_row or mean_row on pathrt::parallel_for; `ph`:
+// the padding above the map (rows outside it are skipped).
 void pool_rows(const at::Tensor& x, at::Tensor& out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                int64_t pw, bool max) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), ho = out.size(2), wo = out.size(3);
