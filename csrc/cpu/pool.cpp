@@ -103,12 +103,6 @@ void pool_rows(const at::Tensor& x, at::Tensor& out, int64_t kh, int64_t kw, int
   });
 }
 
-// out[c] += in[c] over c channels.
-PATHRT_CLONES void add_into(const float* in, int64_t c, float* out) {
-#pragma omp simd
-  for (int64_t i = 0; i < c; ++i) out[i] += in[i];
-}
-
 bool channels_last_float(const at::Tensor& x) {
   return x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
          x.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -148,20 +142,9 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_s
   const bool covered = channels_last_float(x) && output_size.size() == 2 && output_size[0] == 1 &&
                        output_size[1] == 1 && x.size(2) > 0 && x.size(3) > 0;
   if (!covered) return at::adaptive_avg_pool2d(x, output_size);
-  const int64_t n = x.size(0), c = x.size(1), pixels = x.size(2) * x.size(3);
-  auto out = at::empty({n, c, 1, 1}, x.options());
-  const float* src = x.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  const float count = static_cast<float>(pixels);
-  pathrt::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, pixels * c)),
-                       [&](int64_t s0, int64_t s1) {
-                         for (int64_t s = s0; s < s1; ++s) {
-                           float* o = dst + s * c;
-                           std::fill(o, o + c, 0.0f);
-                           for (int64_t p = 0; p < pixels; ++p) add_into(src + (s * pixels + p) * c, c, o);
-                           for (int64_t ch = 0; ch < c; ++ch) o[ch] /= count;
-                         }
-                       });
+  // one window over the whole map; (N, C, 1, 1) is the same memory in either layout
+  auto out = at::empty({x.size(0), x.size(1), 1, 1}, x.options());
+  pool_rows(x, out, x.size(2), x.size(3), x.size(2), x.size(3), 0, 0, false);
   return out;
 }
 
