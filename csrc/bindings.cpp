@@ -10,6 +10,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "pathrt/buffer_pool.h"
@@ -228,24 +229,20 @@ PYBIND11_MODULE(_C, m) {
       py::arg("stride"), py::arg("padding"), py::arg("relu"),
       "pathway_conv2d as the session runs it, given the weight blocked for the direct conv (blocked on each "
       "call here): its direct-conv runs read the blocked weight in place. For tests and measurements.");
-  m.def(
-      "max_pool2d",
-      [](const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
-         bool ceil_mode) {
-        py::gil_scoped_release release;
-        return pathrt::max_pool2d_cpu(x, kernel, stride, padding, ceil_mode);
-      },
-      py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
-      "The session's max pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
-  m.def(
-      "avg_pool2d",
-      [](const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
-         bool ceil_mode) {
-        py::gil_scoped_release release;
-        return pathrt::avg_pool2d_cpu(x, kernel, stride, padding, ceil_mode);
-      },
-      py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
-      "The session's average pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
+  // The session's window pooling (csrc/include/pathrt/pool.h), max and average: for tests and measurements.
+  using WindowPool = at::Tensor (*)(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool);
+  for (const auto& [name, pool] : {std::pair<const char*, WindowPool>{"max_pool2d", &pathrt::max_pool2d_cpu},
+                                   std::pair<const char*, WindowPool>{"avg_pool2d", &pathrt::avg_pool2d_cpu}}) {
+    m.def(
+        name,
+        [pool](const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+               std::vector<int64_t> padding, bool ceil_mode) {
+          py::gil_scoped_release release;
+          return pool(x, kernel, stride, padding, ceil_mode);
+        },
+        py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode") = false,
+        "The session's window pooling (csrc/include/pathrt/pool.h): for tests and measurements.");
+  }
   m.def(
       "adaptive_avg_pool2d",
       [](const at::Tensor& x, std::vector<int64_t> output_size) {
