@@ -223,6 +223,34 @@ at::Tensor direct_conv_weight(const at::Tensor& weight) {
       .contiguous();
 }
 
+namespace {
+
+// x as (n, h + 2 * ph, w + 2 * pw, c), channels-last with its padding zero, so windows need no bounds
+// checks: only the border is written with zeros and the pixels are copied a row at a time (at::zeros and a
+// strided copy_ into a narrowed view cost ~5 us of ATen calls per conv, ~2% of a batch-1 embedded explanation).
+at::Tensor padded_pixels(const at::Tensor& x, int64_t ph, int64_t pw) {
+  const auto pixels = x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});  // contiguous (n, h, w, c)
+  if (ph == 0 && pw == 0) return pixels;
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hp = h + 2 * ph, row = (w + 2 * pw) * c;
+  auto padded = at::empty({n, hp, w + 2 * pw, c}, x.options());
+  const float* src = pixels.data_ptr<float>();
+  float* dst = padded.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    float* image = dst + i * hp * row;
+    std::fill(image, image + ph * row, 0.0f);
+    for (int64_t y = 0; y < h; ++y) {
+      float* line = image + (ph + y) * row;
+      std::fill(line, line + pw * c, 0.0f);
+      std::memcpy(line + pw * c, src + (i * h + y) * w * c, sizeof(float) * w * c);
+      std::fill(line + (pw + w) * c, line + row, 0.0f);
+    }
+    std::fill(image + (ph + h) * row, image + hp * row, 0.0f);
+  }
+  return padded;
+}
+
+}  // namespace
+
 at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& blocked, const at::Tensor& bias,
                          const at::Tensor& residual, bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && blocked.dim() == 5 && blocked.size(3) == x.size(1),
@@ -231,13 +259,7 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& blocked, const a
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t kh = blocked.size(1), kw = blocked.size(2), block = blocked.size(4), o = blocked.size(0) * block;
   const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(w, kw, stride[1], padding[1]);
-  at::Tensor input;  // (n, hp, wp, c): the padding as zeros, so windows need no bounds checks
-  if (padding[0] == 0 && padding[1] == 0) {
-    input = x.permute({0, 2, 3, 1}).contiguous();
-  } else {
-    input = at::zeros({n, h + 2 * padding[0], w + 2 * padding[1], c}, x.options());
-    input.narrow(1, padding[0], h).narrow(2, padding[1], w).copy_(x.permute({0, 2, 3, 1}));
-  }
+  const at::Tensor input = padded_pixels(x, padding[0], padding[1]);
   auto out = at::empty({n, ho, wo, o}, x.options());
   const at::Tensor res = residual.defined() ? residual.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
