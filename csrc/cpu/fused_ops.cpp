@@ -308,9 +308,14 @@ template <typename V, int64_t kPixels>
       // on a weight streamed from beyond the L2. ResNet-18@64 at batch 1 on 2 cores, session phases of 3
       // interleaved pairs: plain (its 2x2 512->512 convs) 2.42-2.62 -> 2.24-2.31 ms, pathway 1.65-1.72 ->
       // 1.58-1.64 (faster in each of 9 pairs; 256 and 1024 floats ahead gained less); VGG-11@64 at batch 1,
-      // ResNet-18@64 at batch 64 and the embedded model at batch 1: the same within noise.
+      // ResNet-18@64 at batch 64 and the embedded model at batch 1: the same within noise. Into the L2
+      // (prefetcht1), not the L1: the weight is read once, and a 2x2 map's four pixel rows (73 KB at 512
+      // inputs) already overflow the L1. ResNet-18@64 at batch 1, in one process alternating rounds of
+      // 8 calls, 10th percentiles of 5 runs: plain 2.87-3.56 -> 2.73-3.26 ms, whole call 5.20-7.10 ->
+      // 4.99-6.75, faster in each run (L2 at 1024 floats ahead or prefetcht2 gained the same; the
+      // input-major kernel's and the direct conv's prefetches into the L2 too: no better).
       if (k % kLineFloats == 0) {
-        for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kPrefetchAhead);
+        for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kPrefetchAhead, 0, 2);
       }
       for (int64_t a = 0; a < kBlockOuts; ++a) {
         V wv;
