@@ -226,8 +226,9 @@ at::Tensor direct_conv_weight(const at::Tensor& weight) {
 namespace {
 
 // x as (n, h + 2 * ph, w + 2 * pw, c), channels-last with its padding zero, so windows need no bounds
-// checks: only the border is written with zeros and the pixels are copied a row at a time (at::zeros and a
-// strided copy_ into a narrowed view cost ~5 us of ATen calls per conv, ~2% of a batch-1 embedded explanation).
+// checks: only the border is written with zeros and the pixels are copied a row at a time. In place of
+// at::zeros and a copy_ into a narrowed view: the embedded model's batch-1 plain pass (five such convs)
+// 0.298-0.301 -> 0.280-0.293 ms, 10th percentiles of 3 interleaved pairs.
 at::Tensor padded_pixels(const at::Tensor& x, int64_t ph, int64_t pw) {
   const auto pixels = x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});  // contiguous (n, h, w, c)
   if (ph == 0 && pw == 0) return pixels;
