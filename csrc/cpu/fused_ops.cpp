@@ -312,8 +312,8 @@ template <typename V, int64_t kPixels>
       // (prefetcht1), not the L1: the weight is read once, and a 2x2 map's four pixel rows (73 KB at 512
       // inputs) already overflow the L1. ResNet-18@64 at batch 1, in one process alternating rounds of
       // 8 calls, 10th percentiles of 5 runs: plain 2.87-3.56 -> 2.73-3.26 ms, whole call 5.20-7.10 ->
-      // 4.99-6.75, faster in each run (L2 at 1024 floats ahead or prefetcht2 gained the same; the
-      // input-major kernel's and the direct conv's prefetches into the L2 too: no better).
+      // 4.99-6.75, faster in each run (L2 at 1024 floats ahead or prefetcht2 gained the same; the direct
+      // conv's prefetches into the L2 as well: its plain pass no faster).
       if (k % kLineFloats == 0) {
         for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kPrefetchAhead, 0, 2);
       }
@@ -368,9 +368,10 @@ template <typename V, int64_t kPixels>
     V acc[vecs][kPixels] = {};
     for (int64_t k = 0; k < depth; ++k) {
       const float* wk = w + offsets[k];
-      if (k + kSlabPrefetch < depth) {  // rows lie a row of the weight apart: too far for the prefetchers
-        prefetch_lines(w + offsets[k + kSlabPrefetch], kSlabOuts);
-      }
+      // Rows lie a row of the weight apart: too far for the prefetchers. Into the L2, as dot_rows_body's:
+      // ResNet-18@64's batch-1 pathway pass (its blocks' second convs), alternating in one process, 10th
+      // percentiles of 3 runs 2.04-2.48 -> 1.97-2.24 ms, medians 2.75-2.97 -> 2.59-2.65.
+      if (k + kSlabPrefetch < depth) prefetch_lines<2>(w + offsets[k + kSlabPrefetch], kSlabOuts);
       for (int64_t v = 0; v < vecs; ++v) {
         V wv;
         std::memcpy(&wv, wk + v * lanes, sizeof(V));

@@ -27,9 +27,11 @@ Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
 // their loads, a 64-byte line (kLineFloats) at a time.
 constexpr int64_t kLineFloats = 16, kPrefetchAhead = 512;
 
-// Prefetches the lines of the `floats` floats from p on.
+// Prefetches the lines of the `floats` floats from p on, into every cache level (kLocality 3) or into the
+// L2 and beyond (2).
+template <int kLocality = 3>
 [[gnu::always_inline]] inline void prefetch_lines(const float* p, int64_t floats) {
-  for (int64_t line = 0; line < floats; line += kLineFloats) __builtin_prefetch(p + line);
+  for (int64_t line = 0; line < floats; line += kLineFloats) __builtin_prefetch(p + line, 0, kLocality);
 }
 
 }  // namespace pathrt
