@@ -315,7 +315,7 @@ template <typename V, int64_t kPixels>
       // 4.99-6.75, faster in each run (L2 at 1024 floats ahead or prefetcht2 gained the same; the direct
       // conv's prefetches into the L2 as well: its plain pass no faster).
       if (k % kLineFloats == 0) {
-        for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kPrefetchAhead, 0, 2);
+        for (int64_t a = 0; a < kBlockOuts; ++a) __builtin_prefetch(w[a] + k + kPrefetchAhead, 0, kIntoL2);
       }
       for (int64_t a = 0; a < kBlockOuts; ++a) {
         V wv;
@@ -371,7 +371,7 @@ template <typename V, int64_t kPixels>
       // Rows lie a row of the weight apart: too far for the prefetchers. Into the L2, as dot_rows_body's:
       // ResNet-18@64's batch-1 pathway pass (its blocks' second convs), alternating in one process, 10th
       // percentiles of 3 runs 2.04-2.48 -> 1.97-2.24 ms, medians 2.75-2.97 -> 2.59-2.65.
-      if (k + kSlabPrefetch < depth) prefetch_lines<2>(w + offsets[k + kSlabPrefetch], kSlabOuts);
+      if (k + kSlabPrefetch < depth) prefetch_lines<kIntoL2>(w + offsets[k + kSlabPrefetch], kSlabOuts);
       for (int64_t v = 0; v < vecs; ++v) {
         V wv;
         std::memcpy(&wv, wk + v * lanes, sizeof(V));

@@ -27,8 +27,11 @@ Fn for_this_cpu(Fn avx512, Fn avx2, Fn baseline) {
 // their loads, a 64-byte line (kLineFloats) at a time.
 constexpr int64_t kLineFloats = 16, kPrefetchAhead = 512;
 
-// Prefetches the lines of the `floats` floats from p on, into every cache level (kLocality 3) or into the
-// L2 and beyond (2).
+// __builtin_prefetch's locality for a weight read once per call: into the L2 and beyond (prefetcht1), not
+// the L1, whose lines the kernel's pixel rows need.
+constexpr int kIntoL2 = 2;
+
+// Prefetches the lines of the `floats` floats from p on, into every cache level (kLocality 3) or as kIntoL2.
 template <int kLocality = 3>
 [[gnu::always_inline]] inline void prefetch_lines(const float* p, int64_t floats) {
   for (int64_t line = 0; line < floats; line += kLineFloats) __builtin_prefetch(p + line, 0, kLocality);
