@@ -135,18 +135,23 @@ def test_session_small_batch_generator_on_odd_sizes() -> None:
 def test_session_runs_the_classifier_once_for_both_passes() -> None:
     """The joint tail (csrc/runtime/session.cpp, Impl::joint_from): the steps after the last pathway layer
     read one value both passes make, so they run once on both passes' values stacked. VGG-11's three
-    linears run 3 times per call on 2N rows, not 6 times on N, and both passes' logits equal eager's (at
-    N = 9: 18 rows, above what the last, small linear would run through SmallLinear)."""
+    linears run 3 times per call on 2N rows, not 6 times on N, and both passes' logits equal eager's. At
+    N = 9 (18 rows) they run on at::linear; up to 16 rows (N = 8, and N = 3: 6 rows, not a whole register
+    block of rows) on few_rows_linear_cpu, over the weights read in place."""
     target = torchvision_target("vgg11_bn")
+    for m in target.model.modules():  # torchvision starts them at zero
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.bias, std=0.5, generator=torch.Generator().manual_seed(0))
     generator = varied_generator(target.spec)
+    eager = Explainer(target, generator, backend="eager")
     session = Explainer(target, generator, backend="session")
     x = torch.randn(9, 3, 64, 64)
-    session.explain(x)
-    with torch.profiler.profile(record_shapes=True) as prof:
-        got = session.explain(x)
-    linears = [e for e in prof.events() if e.name == "aten::linear"]
-    assert [e.input_shapes[0][0] for e in linears] == [18, 18, 18]
-    assert_parity(Explainer(target, generator, backend="eager").explain(x), got)
+    for n, linears in [(9, [18, 18, 18]), (8, []), (3, [])]:
+        session.explain(x[:n])
+        with torch.profiler.profile(record_shapes=True) as prof:
+            got = session.explain(x[:n])
+        assert [e.input_shapes[0][0] for e in prof.events() if e.name == "aten::linear"] == linears
+        assert_parity(eager.explain(x[:n]), got)
 
 
 def test_session_small_linears_on_few_rows() -> None:

@@ -407,6 +407,29 @@ const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_
 
 }  // namespace
 
+void few_rows_linear_cpu(const float* x, int64_t rows, const float* w, int64_t out, int64_t in, const float* bias,
+                         bool relu, float* y) {
+  static_assert(kFewRowsAlign % kRowAlign == 0, "x's and the weight's rows are dot_rows' pixel and weight rows");
+  TORCH_CHECK(rows <= kDotMaxPixels && in % kFewRowsAlign == 0, "few_rows_linear_cpu: ", rows, " rows of ", in,
+              " values: at most ", kDotMaxPixels, " rows, a multiple of ", kFewRowsAlign, " values");
+  const int64_t blocks = (out + kBlockOuts - 1) / kBlockOuts;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kBlockOuts * in * rows));
+  pathrt::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    float sums[kBlockOuts * kDotMaxPixels];  // sums[a * rows + r]: output a0 + a of row r
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t a0 = b * kBlockOuts, outs = std::min(kBlockOuts, out - a0);
+      const float* wb[kBlockOuts];
+      for (int64_t a = 0; a < kBlockOuts; ++a) wb[a] = w + (a0 + std::min(a, outs - 1)) * in;  // a short block repeats its last row
+      dot_rows(wb, outs, x, rows, in, sums);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t a = 0; a < outs; ++a) {
+          y[r * out + a0 + a] = bias_act(sums[a * rows + r], bias ? bias[a0 + a] : 0.0f, 0.0f, relu);
+        }
+      }
+    }
+  });
+}
+
 // Samples computed together over the union of their kept channels (`in`, `out`: bit c of word c / 64 per
 // kept channel). A merged run's members have different masks: each member's own masks then zero the
 // inputs it drops, as they are gathered, and the outputs it drops, in the epilogue.

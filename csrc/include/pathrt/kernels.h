@@ -40,6 +40,14 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                               const c10::optional<at::Tensor>& out_mask, at::IntArrayRef stride,
                               at::IntArrayRef padding, bool relu, const at::Tensor& blocked);
 
+// y (rows, out) = x (rows, in) W^T + bias (null: none), then ReLU if relu: a linear on a few rows (at most
+// kDotMaxPixels; x's rows `in` floats apart, `in` a multiple of kFewRowsAlign) as the pathway conv's dot products over
+// the weight (out, in, row-major) read in place, four rows at a time, prefetched. For weights too large
+// to keep a packed copy of (SmallLinear), which MKL's GEMM streamed at 7-9 GB/s at these shapes.
+constexpr int64_t kFewRowsAlign = 16;
+void few_rows_linear_cpu(const float* x, int64_t rows, const float* w, int64_t out, int64_t in, const float* bias,
+                         bool relu, float* y);
+
 at::Tensor rfe_tail_cpu(at::TensorList maps, const at::Tensor& cls, const at::Tensor& weight, const at::Tensor& bias,
                         const at::Tensor& norm_weight, const at::Tensor& norm_bias, const at::Tensor& position,
                         double eps);
