@@ -140,8 +140,9 @@ int64_t checked_numel(const std::vector<int64_t>& shape, int64_t limit, const st
 // memory already faulted in 4 KB pages. The batch-1 kernels stream these weights (the dot products,
 // few_rows_linear_cpu), and with 4 KB pages their prefetches stop at every page's TLB miss. VGG-11@64 at
 // batch 1, two sessions alternating in one process, pathway phase (its classifier read in place), 10th
-// percentiles of 2 runs: 8.57 -> 8.24 and 8.05 -> 7.58 ms; ResNet-18@64 at batch 1 the same within noise
-// (its plain pass reads oneDNN's reordered copies of its weights, not these).
+// percentiles of 2 runs: 8.57 -> 8.24 and 8.05 -> 7.58 ms. ResNet-18@64 at batch 1 the same within noise,
+// though its 2x2 convs stream their 9.4 MB weights through the same dot products (a standalone copy of
+// the kernel on them: 8-17% faster on 2 MB pages).
 at::Tensor bundle_tensor(const std::vector<int64_t>& shape, int64_t numel) {
   constexpr uintptr_t kHugePage = uintptr_t{2} << 20, kPage = 4096;
   const uintptr_t length = (static_cast<uintptr_t>(numel) * sizeof(float) + kPage - 1) / kPage * kPage;
