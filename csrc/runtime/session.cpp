@@ -414,8 +414,8 @@ struct ExplainSession::Impl {
   // x W^T + b (then ReLU) for a linear step: SmallLinear's packed weight for a few float rows; a weight too
   // large for a packed copy read in place for up to kDotMaxPixels rows (few_rows_linear_cpu); else at::linear.
   static at::Tensor linear(const Step& s, const at::Tensor& x) {
-    const bool few_rows = x.dim() == 2 && x.scalar_type() == at::kFloat && x.size(1) == s.weight.size(1);
-    if (few_rows && s.small.out() == 0 && x.size(0) <= kDotMaxPixels && s.weight.size(1) % kFewRowsAlign == 0 &&
+    const bool float_rows = x.dim() == 2 && x.scalar_type() == at::kFloat && x.size(1) == s.weight.size(1);
+    if (float_rows && s.small.out() == 0 && x.size(0) <= kDotMaxPixels && s.weight.size(1) % kFewRowsAlign == 0 &&
         s.weight.is_contiguous()) {
       const auto xc = x.contiguous();
       auto y = at::empty({xc.size(0), s.weight.size(0)}, xc.options());
@@ -424,7 +424,7 @@ struct ExplainSession::Impl {
                           y.data_ptr<float>());
       return y;
     }
-    if (!few_rows || s.small.out() == 0 || x.size(0) > kSmallLinearMaxRows) {
+    if (!float_rows || s.small.out() == 0 || x.size(0) > kSmallLinearMaxRows) {
       auto y = at::linear(x, s.weight, s.bias);
       return s.relu ? y.relu_() : y;
     }
