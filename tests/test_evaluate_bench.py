@@ -133,6 +133,26 @@ def test_bench_times_paths_in_interleaved_rounds() -> None:
     assert len(slow) >= 3 * 10  # each round keeps calling for 0.1 s
 
 
+def test_bench_times_the_paths_timed_alone_in_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TIMED_ALONE paths run after the others, each at every batch, in TIMED_ALONE's order whatever
+    order --paths gives: eager+compile before plain-compiled, whose compile of the shared target module
+    stops eager+compile's capture hooks firing."""
+    from types import SimpleNamespace
+
+    from pathrt.benchmarks import harness
+    from pathrt.benchmarks.paths import PATHS, TIMED_ALONE
+
+    for name in (*TIMED_ALONE, "eager", "plain"):
+        monkeypatch.setitem(PATHS, name, lambda model, batch: (lambda x: None))
+    monkeypatch.setattr(harness, "count_flops", lambda runner, x: 1.0)
+    model = SimpleNamespace(name="m", inputs=lambda batch: torch.zeros(batch, 1))
+    rows = harness._time_model(model, [1, 2], ["plain-compiled", "eager+compile", "plain", "auto+contention"],
+                               warmup=0, repeats=1, budget=0.0, context={"skipped": [], "phases": {}},
+                               log=lambda line: None)
+    assert [(r.path, r.batch) for r in rows] == [("plain", 1), ("plain", 2)] + [
+        (path, batch) for path in ("auto+contention", "eager+compile", "plain-compiled") for batch in (1, 2)]
+
+
 def test_bench_flags_override_quick_and_ignored_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """`--quick` is a preset that explicit flags override (the issue-21 gap: it ignored them); a flag
     the chosen mode would ignore is a clear error (exit 5), as is a data or export flag out of place."""

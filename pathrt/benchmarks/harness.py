@@ -270,7 +270,7 @@ def _time_model(model: BenchModel, batches: Sequence[int], paths: Sequence[str],
         timed = time_interleaved(list(runners.values()), x, warmup, repeats, budget)
         for (path, runner), times in zip(runners.items(), timed, strict=True):
             record(path, batch, runner, times)
-    for path in (p for p in paths if p in TIMED_ALONE):  # then these, each on its own
+    for path in (p for p in TIMED_ALONE if p in paths):  # then these, each on its own, in TIMED_ALONE's order
         for batch in batches:
             x = model.inputs(batch)
             runner = prepared(path, batch, x)

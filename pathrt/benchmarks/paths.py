@@ -94,6 +94,8 @@ PLAIN_PATHS = ("plain", "plain-ort", "plain-compiled")
 # compile workers linger after compiling and slow the rows timed after them (measured: the session row
 # went from 43 to 55 ms at batch 64 right after a compile); and the two compiled paths, interleaved, share
 # the target module: eager+compile's capture hooks stopped firing once plain-compiled had compiled it.
+# They run in this order, whatever order --paths names them in: eager+compile before plain-compiled
+# (`--paths plain-compiled eager+compile` failed with "pathway modules ... did not run").
 TIMED_ALONE = ("auto+contention", "eager+compile", "plain-compiled")
 # torch.compile as its best on CPU: inductor with weight freezing (constant-folded, prepacked weights)
 COMPILE_OPTIONS = {"freezing": True}
