@@ -256,6 +256,12 @@ constexpr int64_t kBlockOuts = 4;      // weight rows per register block
 constexpr int64_t kSlabOuts = kInputMajorBlock;  // outputs per block of the input-major kernel
 constexpr int64_t kSlabPrefetch = 16;  // rows ahead the input-major kernel prefetches
 
+// Blocks per parallel_for chunk for the dot-product kernels, blocks of `block_macs` multiply-adds each:
+// chunks of at least 128k multiply-adds, below which a helper thread costs more than it saves.
+int64_t dot_grain(int64_t block_macs) {
+  return std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, block_macs));
+}
+
 template <typename V>
 [[gnu::always_inline]] inline float lane_sum(const V& v) {
   constexpr int lanes = sizeof(V) / sizeof(float);
@@ -413,7 +419,7 @@ void few_rows_linear_cpu(const float* x, int64_t rows, const float* w, int64_t o
   TORCH_CHECK(rows <= kDotMaxPixels && in % kFewRowsAlign == 0, "few_rows_linear_cpu: ", rows, " rows of ", in,
               " values: at most ", kDotMaxPixels, " rows, a multiple of ", kFewRowsAlign, " values");
   const int64_t blocks = (out + kBlockOuts - 1) / kBlockOuts;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kBlockOuts * in * rows));
+  const int64_t grain = dot_grain(kBlockOuts * in * rows);
   pathrt::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     float sums[kBlockOuts * kDotMaxPixels];  // sums[a * rows + r]: output a0 + a of row r
     for (int64_t b = b0; b < b1; ++b) {
@@ -699,7 +705,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       for (const int64_t o : out_idx) {
         if (slabs.empty() || slabs.back() != o / kSlabOuts) slabs.push_back(o / kSlabOuts);
       }
-      const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kSlabOuts * depth * width));
+      const int64_t grain = dot_grain(kSlabOuts * depth * width);
       pathrt::parallel_for(0, static_cast<int64_t>(slabs.size()), grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t o0 = slabs[b] * kSlabOuts;
@@ -710,7 +716,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     }
     ybuf.resize(static_cast<size_t>(kout * width));
     const int64_t blocks = (kout + kBlockOuts - 1) / kBlockOuts;
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, kBlockOuts * ld * width));
+    const int64_t grain = dot_grain(kBlockOuts * ld * width);
     pathrt::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
       std::vector<float> gathered(static_cast<size_t>(in_place ? 0 : kBlockOuts * ld), 0.0f);
       for (int64_t b = b0; b < b1; ++b) {
