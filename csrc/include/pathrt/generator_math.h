@@ -54,7 +54,7 @@ PATHRT_HD float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710
 // latency. The encoder's LayerNorm rows and attention scores (chains of 128 and 32 adds) were most of
 // its time between GEMMs: the embedded model's batch-64 encoder 1.42-1.43 -> 1.28-1.29 ms, 2 threads.
 template <class Term>
-PATHRT_HD float lane_sum(int64_t n, Term term) {
+PATHRT_HD float interleaved_sum(int64_t n, Term term) {
   float lane[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -68,8 +68,8 @@ PATHRT_HD float lane_sum(int64_t n, Term term) {
 // biased variance, as torch). y may alias x.
 PATHRT_HD void layer_norm_row(const float* x, const float* weight, const float* bias, const float* add, float eps,
                               int64_t d, float* y) {
-  const float mean = lane_sum(d, [&](int64_t i) { return x[i]; }) / static_cast<float>(d);
-  const float var = lane_sum(d, [&](int64_t i) { return (x[i] - mean) * (x[i] - mean); });
+  const float mean = interleaved_sum(d, [&](int64_t i) { return x[i]; }) / static_cast<float>(d);
+  const float var = interleaved_sum(d, [&](int64_t i) { return (x[i] - mean) * (x[i] - mean); });
   const float rstd = 1.0f / sqrtf(var / static_cast<float>(d) + eps);
   for (int64_t i = 0; i < d; ++i) {
     y[i] = (x[i] - mean) * rstd * weight[i] + bias[i] + (add ? add[i] : 0.0f);
@@ -92,7 +92,7 @@ PATHRT_HD void attention_row(const float* q, const float* k, const float* v, int
   float top = -INFINITY;
   for (int64_t j = 0; j < t; ++j) {
     const float* kj = k + j * stride;
-    scores[j] = lane_sum(dh, [&](int64_t e) { return q[e] * kj[e]; }) * scale;
+    scores[j] = interleaved_sum(dh, [&](int64_t e) { return q[e] * kj[e]; }) * scale;
     top = scores[j] > top ? scores[j] : top;
   }
   float total = 0.0f;
