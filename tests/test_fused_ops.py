@@ -237,6 +237,34 @@ def test_pathway_conv2d_buffers_kept_across_calls_never_reach_a_result(case) -> 
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("level", ["", "baseline"])
+def test_pathway_conv2d_direct_over_oneDNNs_range(level: str) -> None:
+    """A single sample's channel-sparse conv runs direct up to kSparseDirectMaxMacs (64M multiply-adds, 4x
+    the dense convs' limit): here 29M (one 256->256 conv at 12x12, 200 x 112 channels kept), its kept
+    weights gathered from the OIHW weight, 16 outputs at a time, or compacted from the blocked one, in
+    blocks of 32 outputs whose last 16 hold none (112 kept, 128 computed). Each thread's buffers hold NaN
+    from a larger call first: every weight the kernel reads is written by this call."""
+    code = (
+        "import torch\n"
+        "from pathrt import _C, opspec\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(1, 256, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)\n"
+        "w, b = torch.randn(256, 256, 3, 3, generator=g), torch.randn(256, generator=g)\n"
+        "im, om = torch.zeros(1, 256, dtype=torch.bool), torch.zeros(1, 256, dtype=torch.bool)\n"
+        "im[0, torch.randperm(256, generator=g)[:200]] = True\n"
+        "om[0, torch.randperm(256, generator=g)[:112]] = True\n"
+        "nan_x = torch.full((1, 264, 12, 12), float('nan')).contiguous(memory_format=torch.channels_last)\n"
+        "nan_w = torch.full((272, 264, 3, 3), float('nan'))\n"
+        "ref = opspec.pathway_conv2d_reference(x, w, b, None, im, om, [1, 1], [1, 1], True)\n"
+        "for conv in (torch.ops.pathrt.pathway_conv2d, _C.pathway_conv2d_blocked):\n"
+        "    assert conv(nan_x, nan_w, None, None, None, None, [1, 1], [1, 1], False).isnan().all()\n"
+        "    out = conv(x, w, b, None, im, om, [1, 1], [1, 1], True)\n"
+        "    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-3)\n"
+        "print('ok')\n"
+    )
+    assert_python_ok(code, env={"PATHRT_CPU_KERNELS": level} if level else {})
+
+
 @pytest.mark.parametrize("level", ["avx2", "baseline"])
 def test_pathway_conv2d_dot_products_of_every_instruction_set(level: str) -> None:
     """The few-pixel kernels and the direct conv over kept channels are built for AVX-512, AVX2 and the

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace pathrt {
@@ -157,7 +158,37 @@ void kept_row_scalar(const KeptOutputs& k, const float* src, const float*, float
 }
 const auto kept_row = for_this_cpu(kept_row_avx512, kept_row_scalar, kept_row_scalar);
 
+// Up to 16 outputs' kept weights (lane l: output out[l]) to dst's (tap, j) rows, one AVX-512 gather per
+// row, the lanes from `lanes` on zero.
+__attribute__((target("avx512f"))) void gathered_lanes_avx512(const KeptWeights& g, const int64_t* out, int64_t lanes,
+                                                              float* dst) {
+  alignas(64) int32_t rows[16] = {};
+  for (int64_t l = 0; l < lanes; ++l) rows[l] = static_cast<int32_t>(out[l] * g.out_stride);
+  const __m512i index = _mm512_load_si512(rows);
+  const auto live = static_cast<__mmask16>((1u << lanes) - 1);
+  for (int64_t j = 0; j < g.kin; ++j) {
+    const float* chunk = g.weight + g.in_at[j];
+    for (int64_t tap = 0; tap < g.taps; ++tap) {
+      _mm512_storeu_ps(dst + (tap * g.kin + j) * g.block,
+                       _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, index, chunk + g.tap_at[tap], 4));
+    }
+  }
+}
+void gathered_lanes_scalar(const KeptWeights& g, const int64_t* out, int64_t lanes, float* dst) {
+  for (int64_t j = 0; j < g.kin; ++j) {
+    for (int64_t tap = 0; tap < g.taps; ++tap) {
+      float* row = dst + (tap * g.kin + j) * g.block;
+      for (int64_t l = 0; l < 16; ++l) {
+        row[l] = l < lanes ? g.weight[out[l] * g.out_stride + g.in_at[j] + g.tap_at[tap]] : 0.0f;
+      }
+    }
+  }
+}
+const auto gathered_lanes = for_this_cpu(gathered_lanes_avx512, gathered_lanes_scalar, gathered_lanes_scalar);
+
 }  // namespace
+
+int64_t direct_outputs(int64_t kept) { return kept <= 16 ? 16 : (kept + 31) / 32 * 32; }
 
 int64_t direct_block(int64_t outputs) {
   for (const int64_t block : {64, 32}) {
@@ -166,8 +197,8 @@ int64_t direct_block(int64_t outputs) {
   return 16;
 }
 
-bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs) {
-  return images < kMinGemmImages && pixels > kGemmPixels && macs <= kDirectMaxMacs;
+bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs, int64_t max_macs) {
+  return images < kMinGemmImages && pixels > kGemmPixels && macs <= max_macs;
 }
 
 void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
@@ -194,7 +225,7 @@ void direct_kept_weight(const float* blocked, int64_t block, int64_t taps, int64
                         const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx, int64_t out_block,
                         float* dst) {
   const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
-  const int64_t outs = (kout + 15) / 16 * 16;
+  const int64_t outs = direct_outputs(kout);
   if (kout == 0) return;
   KeptOutputs k{block, taps * c * block, std::vector<__mmask16>(static_cast<size_t>(out_idx.back() / 16 + 1))};
   for (const int64_t o : out_idx) k.lanes[o / 16] |= static_cast<__mmask16>(1u << (o % 16));
@@ -212,6 +243,11 @@ void direct_kept_weight(const float* blocked, int64_t block, int64_t taps, int64
       }
     }
   });
+}
+
+void direct_gathered_weight(const KeptWeights& g, const int64_t* out, int64_t lanes, float* dst) {
+  const bool fits = lanes == 0 || out[lanes - 1] * g.out_stride <= std::numeric_limits<int32_t>::max();  // 32-bit offsets
+  (fits ? gathered_lanes : gathered_lanes_scalar)(g, out, lanes, dst);
 }
 
 at::Tensor direct_conv_weight(const at::Tensor& weight) {

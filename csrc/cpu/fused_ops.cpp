@@ -802,15 +802,16 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     const int64_t kout = static_cast<int64_t>(out_idx.size()), depth = kin * taps, width = count * cols_per_row;
     // The kernel's weight: `blocked` (the session's dense conv blocked it at load) read in place, the
     // removed inputs' rows skipped and every output computed, when the run keeps most outputs. Else the
-    // kept weights, blocked by outputs and padded to a multiple of 16 with zero rows: compacted from
+    // kept weights, blocked by outputs and padded to direct_outputs with zero rows: compacted from
     // `blocked`'s whole lines when the call is one run (its threads split the rows; gathering them from
     // scattered lines of the OIHW weight cost more than the outputs it saves: ResNet-18@64's pathway phase
     // 2.0-2.2 -> 1.7-1.8 ms in place; compacted, the embedded model's batch-1 pathway convs 119 -> 106 us,
     // their weights in cache), in blocks that leave a task to each thread; gathered from the OIHW weight
-    // (in cache over a batch's runs) otherwise.
+    // otherwise (in cache over a batch's runs; at one sample, a conv the session runs dense through oneDNN,
+    // which keeps no blocked copy).
     const bool in_place_direct = blocked.defined() && 4 * kout >= 3 * g.c_out;
     const bool compacted = !in_place_direct && blocked.defined() && runs.size() == 1;
-    const int64_t outs = in_place_direct ? g.c_out : (kout + 15) / 16 * 16;
+    const int64_t outs = in_place_direct ? g.c_out : direct_outputs(kout);
     const int64_t block = in_place_direct ? blocked.size(4) : direct_block(compacted && outs <= 64 ? outs / 2 : outs);
     const auto column = [&](int64_t a) { return in_place_direct ? out_idx[a] : a; };  // kept output a's in ybuf
     const int64_t hp = g.h + 2 * g.ph, wpad = g.w + 2 * g.pw;
@@ -818,18 +819,16 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       wbuf.resize(static_cast<size_t>(outs * depth));
       direct_kept_weight(blocked.data_ptr<float>(), blocked.size(4), taps, g.c_in, in_idx, out_idx, block, wbuf.data());
     } else if (!in_place_direct) {
-      wbuf.assign(static_cast<size_t>(outs * depth), 0.0f);
-      for (int64_t a0 = 0; a0 < kout; a0 += block) {  // each input's taps of a block's outputs: whole lines
-        float* dst = wbuf.data() + a0 * depth;
-        for (int64_t j = 0; j < kin; ++j) {
-          for (int64_t tap = 0; tap < taps; ++tap) {
-            float* row = dst + (tap * kin + j) * block;
-            for (int64_t a = a0; a < std::min(a0 + block, kout); ++a) {
-              row[a - a0] = wp[out_idx[a] * ws[0] + in_idx[j] * ws[1] + tap_at[tap]];
-            }
-          }
+      wbuf.resize(static_cast<size_t>(outs * depth));
+      std::vector<int64_t> in_at(static_cast<size_t>(kin));
+      for (int64_t j = 0; j < kin; ++j) in_at[j] = in_idx[j] * ws[1];
+      const KeptWeights kept{wp, ws[0], in_at.data(), kin, tap_at.data(), taps, block};
+      each_member(outs / 16, [&](int64_t q0, int64_t q1) {  // 16 outputs at a time, those past kout zero
+        for (int64_t a0 = q0 * 16; a0 < q1 * 16; a0 += 16) {
+          direct_gathered_weight(kept, out_idx.data() + std::min(a0, kout), std::clamp<int64_t>(kout - a0, 0, 16),
+                                 wbuf.data() + a0 / block * block * depth + a0 % block);
         }
-      }
+      });
     }
     planes.assign(static_cast<size_t>(count * hp * wpad * kin), 0.0f);
     for (int64_t t = 0; t < count; ++t) {
@@ -876,7 +875,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       const int64_t depth = kin * taps, width = count * cols_per_row;
       // a merged run: the direct conv up to kDirectMaxMacs, whatever its samples (kRunOverheadMacs)
       if (kin > 0 && width > kDotMaxPixels && (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
-                                                 : direct_conv_fits(count, cols_per_row, kout * depth * width))) {
+                                                 : direct_conv_fits(count, cols_per_row, kout * depth * width,
+                                                                    kSparseDirectMaxMacs))) {
         direct(members, own_in, own_out, in_idx, out_idx, wbuf, planes, ybuf);
         continue;
       }

@@ -23,11 +23,25 @@
 namespace pathrt {
 
 constexpr int64_t kDirectMaxMacs = int64_t{1} << 24;
+// The same for the pathway pass's channel-sparse convs of 1-3 samples, whose other way is an im2col GEMM
+// or shifted planes (pathway_conv2d's), not oneDNN: VGG-11@64's 24-31M multiply-add pathway convs at
+// batch 1 took 250-270 us (256->256 at 16x16) and 360-390 (512->512 at 8x8) direct against 340-390 and
+// 600-640 us through those on 2 cores, and 40%-kept 256->256 at 24x24 and 32x32 and 512->512 at 16x16
+// (48-95M) 590, 880 and 1700 us against 740, 1030 and 1980; 128->128 at 64x64 (89M), whose rows suit the
+// shifted planes, 1220 against 1070.
+constexpr int64_t kSparseDirectMaxMacs = int64_t{1} << 26;
 
 // Whether a conv of `images` images, `pixels` output pixels each and `macs` multiply-adds in all runs
 // direct: fewer than kMinGemmImages images, more than kGemmPixels pixels (fewer take the dot products), at
-// most kDirectMaxMacs multiply-adds.
-bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs);
+// most `max_macs` multiply-adds.
+bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs, int64_t max_macs = kDirectMaxMacs);
+
+// The outputs a copy of `kept` outputs' weights holds for direct_conv_raw: `kept` rounded up to 16 while it
+// is at most 16, else to 32, so that its blocks are 32 or 64 outputs wide (direct_block). Blocks of 16 run
+// the 1 x 12 register tile, ~150 GFLOP/s on one AVX-512 core where 2 x 12 and 4 x 6 run 190-225 (the
+// rounding's extra outputs cost less: VGG-11@64's 128->256 pathway conv at batch 1, 104 kept outputs,
+// 165-169 -> 145-156 us).
+int64_t direct_outputs(int64_t kept);
 
 // The output block of a weight with `outputs` output channels (a multiple of 16): 64, 32 or 16.
 int64_t direct_block(int64_t outputs);
@@ -43,12 +57,31 @@ void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int
                      int64_t weight_channels = 0);
 
 // The kept outputs out_idx (ascending) and kept inputs in_idx of `blocked` ((O/block, taps, c, block)),
-// blocked again for direct_conv_raw: dst ((kout rounded up to 16) / out_block, taps, kin, out_block), the
+// blocked again for direct_conv_raw: dst (direct_outputs(kout) / out_block, taps, kin, out_block), the
 // rounding's outputs zero. Each (tap, input) row of the kept weights is a few whole lines of `blocked`
 // (an OIHW weight puts every output on its own line), compacted with AVX-512's compress where there is one.
 void direct_kept_weight(const float* blocked, int64_t block, int64_t taps, int64_t c,
                         const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx, int64_t out_block,
                         float* dst);
+
+// Where a conv weight's kept weights lie, in any layout: output o's for kept input j and tap t at
+// weight + o * out_stride + in_at[j] + tap_at[t]; blocked rows of `block` floats.
+struct KeptWeights {
+  const float* weight;
+  int64_t out_stride;
+  const int64_t* in_at;
+  int64_t kin;
+  const int64_t* tap_at;
+  int64_t taps, block;
+};
+
+// Up to 16 kept outputs (out[0, lanes)) of `g` blocked for direct_conv_raw: row (tap, j) at
+// dst + (tap * kin + j) * block holds their weights in its first `lanes` floats, then zeros to 16. One
+// AVX-512 gather per row where there is one: an OIHW weight holds an output's kept weights a few floats
+// apart, and a float at a time took 150 us of VGG-11@64's batch-1 pathway 256->512 conv (106 x 190 kept,
+// 270 us in all) and 310 of its 512->512 (190 x 214, 500-530 us); gathered, 100-115 and 180-200 on 2
+// cores. (16 x 16 transposes of masked loads measured the same: the scattered lines bound it.)
+void direct_gathered_weight(const KeptWeights& g, const int64_t* out, int64_t lanes, float* dst);
 
 // An (O, C, kh, kw) float weight blocked for direct_conv2d: (O/B, kh, kw, C, B), B the largest of 64, 32,
 // 16 that divides O.

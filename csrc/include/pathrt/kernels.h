@@ -20,7 +20,7 @@ void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>
 
 // pathway_conv2d computes runs of equal-mask samples of at most kDotMaxPixels output pixels (batch x H x
 // W) as dot products over the kept weights read in place, wider runs of 1-3 samples through the direct
-// conv (pathrt/direct_conv.h) while they do at most kDirectMaxMacs multiply-adds, others as GEMMs. Runs
+// conv (pathrt/direct_conv.h) while they do at most kSparseDirectMaxMacs multiply-adds, others as GEMMs. Runs
 // whose masks differ in a few channels are merged, over the union of their masks, where that costs
 // fewer multiply-adds than a run's own overhead; a merged run takes the direct conv up to kDirectMaxMacs. It
 // reads the weight in its memory layout: OIHW always; channels-last and input-major ((C_in, kH, kW, C_out)
