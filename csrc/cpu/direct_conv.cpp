@@ -21,7 +21,6 @@ namespace {
 
 using V8 = float __attribute__((vector_size(32)));
 using V16 = float __attribute__((vector_size(64)));
-constexpr int64_t kTilePixels = 48;  // output pixels per parallel task: a multiple of every kernel's kPixels
 
 // One conv's geometry and pointers, shared by the tasks.
 struct Direct {
@@ -210,13 +209,14 @@ void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int
   for (int64_t dy = 0; dy < kh; ++dy) {
     for (int64_t dx = 0; dx < kw; ++dx) d.tap_offsets.push_back((dy * wp + dx) * c);
   }
-  const int64_t pixels = n * ho * wo, tiles = (pixels + kTilePixels - 1) / kTilePixels, blocks = o / block;
+  const int64_t pixels = n * ho * wo, blocks = o / block;
+  const int64_t tiles = (pixels + kDirectTilePixels - 1) / kDirectTilePixels;
   const auto& tile = kept != nullptr ? direct_kept_tile : direct_tile;
   // Tasks by output block first: a thread's share of the tasks reads its own blocks of the weight.
   pathrt::parallel_for(0, blocks * tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p0 = t % tiles * kTilePixels;
-      tile(d, t / tiles, p0, std::min(p0 + kTilePixels, pixels));
+      const int64_t p0 = t % tiles * kDirectTilePixels;
+      tile(d, t / tiles, p0, std::min(p0 + kDirectTilePixels, pixels));
     }
   });
 }
@@ -246,7 +246,8 @@ void direct_kept_weight(const float* blocked, int64_t block, int64_t taps, int64
 }
 
 void direct_gathered_weight(const KeptWeights& g, const int64_t* out, int64_t lanes, float* dst) {
-  const bool fits = lanes == 0 || out[lanes - 1] * g.out_stride <= std::numeric_limits<int32_t>::max();  // 32-bit offsets
+  // the AVX-512 gather's offsets are 32-bit
+  const bool fits = lanes == 0 || out[lanes - 1] * g.out_stride <= std::numeric_limits<int32_t>::max();
   (fits ? gathered_lanes : gathered_lanes_scalar)(g, out, lanes, dst);
 }
 

@@ -871,11 +871,14 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // 2.0-2.2 -> 1.7-1.8 ms in place; compacted, the embedded model's batch-1 pathway convs 119 -> 106 us,
     // their weights in cache), in blocks that leave a task to each thread; gathered from the OIHW weight
     // otherwise (in cache over a batch's runs; at one sample, a conv the session runs dense through oneDNN,
-    // which keeps no blocked copy).
+    // which keeps no blocked copy). Blocks of 16 run the narrowest register tile: a compacted weight is
+    // split only for a second task (the embedded model's batch-1 pathway phase 0.211 -> 0.202-0.208 ms).
     const bool in_place_direct = blocked.defined() && 4 * kout >= 3 * g.c_out;
     const bool compacted = !in_place_direct && blocked.defined() && runs.size() == 1;
     const int64_t outs = in_place_direct ? g.c_out : direct_outputs(kout);
-    const int64_t block = in_place_direct ? blocked.size(4) : direct_block(compacted && outs <= 64 ? outs / 2 : outs);
+    // a compacted weight of at most 64 outputs is cut in two blocks when the pixels are one task's
+    const bool split = compacted && outs <= 64 && width <= kDirectTilePixels;
+    const int64_t block = in_place_direct ? blocked.size(4) : direct_block(split ? outs / 2 : outs);
     const auto column = [&](int64_t a) { return in_place_direct ? out_idx[a] : a; };  // kept output a's in ybuf
     const int64_t hp = g.h + 2 * g.ph, wpad = g.w + 2 * g.pw;
     if (compacted) {

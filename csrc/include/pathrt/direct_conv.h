@@ -23,6 +23,9 @@
 namespace pathrt {
 
 constexpr int64_t kDirectMaxMacs = int64_t{1} << 24;
+// Output pixels per parallel task of direct_conv_raw (with each block of outputs): a multiple of every
+// kernel's register tile.
+constexpr int64_t kDirectTilePixels = 48;
 // The same for the pathway pass's channel-sparse convs of 1-3 samples, whose other way is an im2col GEMM
 // or shifted planes (pathway_conv2d's), not oneDNN: VGG-11@64's 24-31M multiply-add pathway convs at
 // batch 1 took 250-270 us (256->256 at 16x16) and 360-390 (512->512 at 8x8) direct against 340-390 and
