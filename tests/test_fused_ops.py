@@ -241,9 +241,9 @@ def test_pathway_conv2d_buffers_kept_across_calls_never_reach_a_result(case) -> 
 def test_pathway_conv2d_direct_over_oneDNNs_range(level: str) -> None:
     """A single sample's channel-sparse conv runs direct up to kSparseDirectMaxMacs (64M multiply-adds, 4x
     the dense convs' limit): here 29M (one 256->256 conv at 12x12, 200 x 112 channels kept), its kept
-    weights gathered from the OIHW weight, 16 outputs at a time, or compacted from the blocked one, in
-    blocks of 32 outputs whose last 16 hold none (112 kept, 128 computed). Each thread's buffers hold NaN
-    from a larger call first: every weight the kernel reads is written by this call."""
+    weights gathered from the OIHW weight, 16 outputs at a time, or compacted from the blocked one,
+    padded to 128 outputs (direct_outputs: the last 16 are zeros). The thread's buffers hold NaN from a
+    larger call first: every weight the kernel reads is written by this call."""
     code = (
         "import torch\n"
         "from pathrt import _C, opspec\n"
