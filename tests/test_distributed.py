@@ -148,10 +148,12 @@ def test_ray_explain_survives_a_killed_actor_and_resumes(artifacts, tmp_path) ->
     out = tmp_path / "ray"
     process = _ray_explain(artifacts, out, "--actors", "1", "--threads", "1", "--batch-size", "8")
     deadline = time.monotonic() + 240
+    victims: list = []  # found while the actor starts: a scan takes tens of ms, the actor's blocks ~1 s in all
     while not list((out / "blocks").glob("block-*.parquet")) and process.poll() is None:
         assert time.monotonic() < deadline, "no block was written in time"
+        victims = victims or _actor_processes()
         time.sleep(0.01)
-    victims = _actor_processes()
+    victims = victims or _actor_processes()
     written_at_kill = len(list((out / "blocks").glob("block-*.parquet")))
     assert len(victims) == 1, victims
     victims[0].kill()
