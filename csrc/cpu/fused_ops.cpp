@@ -413,23 +413,21 @@ void slab_rows_baseline(const float* w, const int64_t* offsets, int64_t depth, c
 const auto dot_rows = for_this_cpu(dot_rows_avx512, dot_rows_avx2, dot_rows_baseline);
 
 // dst[j * taps + t] = row[in_idx[j] * in_stride + t]: an output's weights for its kept inputs, each
-// input's taps contiguous (an OIHW weight's), one masked load and store per input where AVX-512 is
-// (VGG-11@64's batch-1 pathway 512->512 convs at 4x4, ~200 x 200 kept, took 150-170 us each, most of it
-// copying ~360k floats one at a time). Inputs of more than 16 taps go a float at a time.
+// input's taps contiguous (an OIHW weight's), a float at a time.
+void kept_taps_scalar(const float* row, const int64_t* in_idx, int64_t kin, int64_t in_stride, int64_t taps,
+                      float* dst) {
+  for (int64_t j = 0; j < kin; ++j) std::copy_n(row + in_idx[j] * in_stride, taps, dst + j * taps);
+}
+// The same with one masked load and store per input (VGG-11@64's batch-1 pathway 512->512 convs at 4x4,
+// ~200 x 200 kept, took 150-170 us each, most of it copying ~360k floats one at a time); inputs of more
+// than 16 taps as the scalar loop.
 __attribute__((target("avx512f"))) void kept_taps_avx512(const float* row, const int64_t* in_idx, int64_t kin,
                                                          int64_t in_stride, int64_t taps, float* dst) {
-  if (taps > 16) {
-    for (int64_t j = 0; j < kin; ++j) std::copy_n(row + in_idx[j] * in_stride, taps, dst + j * taps);
-    return;
-  }
+  if (taps > 16) return kept_taps_scalar(row, in_idx, kin, in_stride, taps, dst);
   const auto lanes = static_cast<__mmask16>((1u << taps) - 1);
   for (int64_t j = 0; j < kin; ++j) {
     _mm512_mask_storeu_ps(dst + j * taps, lanes, _mm512_maskz_loadu_ps(lanes, row + in_idx[j] * in_stride));
   }
-}
-void kept_taps_scalar(const float* row, const int64_t* in_idx, int64_t kin, int64_t in_stride, int64_t taps,
-                      float* dst) {
-  for (int64_t j = 0; j < kin; ++j) std::copy_n(row + in_idx[j] * in_stride, taps, dst + j * taps);
 }
 const auto kept_taps = for_this_cpu(kept_taps_avx512, kept_taps_scalar, kept_taps_scalar);
 
