@@ -361,6 +361,19 @@ def test_pathway_conv2d_many_mask_groups() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
+def test_pathway_conv2d_reads_any_nonzero_mask_byte_as_kept() -> None:
+    """A bool mask whose kept bytes are not 1 (a uint8 tensor viewed as bool) keeps the same channels:
+    mask_bits packs 8 bytes at a time, each byte's bits folded, as pack_byte tests `!= 0`."""
+    case = (6, 72, 8, 8, 40, 3, 1, 1)  # 72 inputs: whole words of 8 bytes and a second 64-bit word
+    x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(case, "channels_last", 0.5, 0.5, True)
+    g = torch.Generator().manual_seed(4)
+    odd = [torch.randint(1, 256, m.shape, generator=g, dtype=torch.uint8) * m for m in (in_mask, out_mask)]
+    odd_in, odd_out = (m.view(torch.bool) for m in odd)
+    out = ops.pathway_conv2d(x, weight, bias, res, odd_in, odd_out, s, p, relu=True)
+    ref = ops.pathway_conv2d(x, weight, bias, res, in_mask, out_mask, s, p, relu=True)
+    assert torch.equal(out, ref)
+
+
 def test_pathway_conv2d_mixed_residual_layout() -> None:
     x, weight, bias, res, in_mask, out_mask, s, p = _conv_inputs(CONV_CASES[0], "channels_last", 0.5, 0.5, True)
     out = ops.pathway_conv2d(x, weight, bias, res.contiguous(), in_mask, out_mask, s, p, relu=True)

@@ -42,6 +42,16 @@ PATHRT_HD uint64_t load_word(const uint8_t* p) {
   return w;
 }
 
+// The 8 mask values (nonzero = kept) in the bytes of `bytes` (little-endian) as bits: byte j -> bit j.
+// Each byte's bits fold into its bit 0; the multiply then gathers bit 0 of byte j into bit 56 + j (its
+// partial products land on distinct bits, so nothing carries). pack_byte's result, without its loop.
+PATHRT_HD uint8_t pack_word(uint64_t bytes) {
+  bytes |= bytes >> 4;
+  bytes |= bytes >> 2;
+  bytes |= bytes >> 1;
+  return static_cast<uint8_t>((bytes & 0x0101010101010101ull) * 0x0102040810204080ull >> 56);
+}
+
 // Popcount of one packed row of `nbytes` bytes.
 PATHRT_HD int64_t row_popcount(const uint8_t* a, int64_t nbytes) {
   int64_t count = 0;
