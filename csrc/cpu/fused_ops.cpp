@@ -510,6 +510,14 @@ struct MaskRun {
 // (8.5-8.7 against 8.1-8.2) and merging only up to 3 samples gained less (6.8-7.5).
 constexpr int64_t kRunOverheadMacs = int64_t{1} << 19;
 
+// A float of a blocked weight compacted to its kept outputs (pathway_conv2d's direct runs) costs about as
+// much as this many multiply-adds of the direct kernel: the compaction reads the weight's every line from
+// beyond the L2 at ~18 GB/s on 2 cores, the kernel runs ~180 G multiply-adds/s. ResNet-18@64 at batch 1:
+// its out-masked 128->128 convs at 8x8 (34-46% kept) took 30-32 us to compact and 32 us in the kernel, 53 us
+// in place over every output (the pathway phase 1.08 -> 1.06 ms); its 64->64 conv at 16x16 (39% kept) 78 us
+// compacted, 90 in place. The embedded model's batch-1 pathway phase 0.197 -> 0.175-0.180 ms.
+constexpr int64_t kCompactFloatMacs = 40;
+
 namespace {
 
 // A mask row (null: every channel kept) as bits.
@@ -871,8 +879,9 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     const int64_t count = static_cast<int64_t>(members.size()), kin = static_cast<int64_t>(in_idx.size());
     const int64_t kout = static_cast<int64_t>(out_idx.size()), depth = kin * taps, width = count * cols_per_row;
     // The kernel's weight: `blocked` (the session's dense conv blocked it at load) read in place, the
-    // removed inputs' rows skipped and every output computed, when the run keeps most outputs. Else the
-    // kept weights, blocked by outputs and padded to direct_outputs with zero rows: compacted from
+    // removed inputs' rows skipped and every output computed, when the run keeps most outputs, or when the
+    // call is one run and the outputs it drops cost less than compacting (below) would: compacting reads
+    // all of `blocked`, ~kCompactFloatMacs multiply-adds' time a float. Else the kept weights, blocked by outputs and padded to direct_outputs with zero rows: compacted from
     // `blocked`'s whole lines when the call is one run (its threads split the rows; gathering them from
     // scattered lines of the OIHW weight cost more than the outputs it saves: ResNet-18@64's pathway phase
     // 2.0-2.2 -> 1.7-1.8 ms in place; compacted, the embedded model's batch-1 pathway convs 119 -> 106 us,
@@ -880,11 +889,16 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // otherwise (in cache over a batch's runs; at one sample, a conv the session runs dense through oneDNN,
     // which keeps no blocked copy). Blocks of 16 run the narrowest register tile: a compacted weight is
     // split only for a second task (the embedded model's batch-1 pathway phase 0.211 -> 0.202-0.208 ms).
-    const bool in_place_direct = blocked.defined() && 4 * kout >= 3 * g.c_out;
-    const bool compacted = !in_place_direct && blocked.defined() && runs.size() == 1;
+    const bool one_run = blocked.defined() && runs.size() == 1;
+    const bool in_place_direct =
+        blocked.defined() && (4 * kout >= 3 * g.c_out ||
+                              (one_run && (g.c_out - direct_outputs(kout)) * width <= kCompactFloatMacs * g.c_out));
+    const bool compacted = !in_place_direct && one_run;
     const int64_t outs = in_place_direct ? g.c_out : direct_outputs(kout);
-    // a compacted weight of at most 64 outputs is cut in two blocks when the pixels are one task's
-    const bool split = compacted && outs <= 64 && width <= kDirectTilePixels;
+    // a compacted weight of at most 64 outputs is cut in two blocks when the pixels are at most two tasks'
+    // (two tiles, 48 + 16 pixels at 8x8, left one thread three quarters of the work: ResNet-18@64's
+    // out-masked 128->128 convs at batch 1, kernel 45 -> 33 us)
+    const bool split = compacted && outs <= 64 && width <= 2 * kDirectTilePixels;
     const int64_t block = in_place_direct ? blocked.size(4) : direct_block(split ? outs / 2 : outs);
     const auto column = [&](int64_t a) { return in_place_direct ? out_idx[a] : a; };  // kept output a's in ybuf
     const int64_t hp = g.h + 2 * g.ph, wpad = g.w + 2 * g.pw;
