@@ -207,6 +207,8 @@ BLOCKED_CASES = [
     ((2, 10, 7, 7, 16, 1, 1, 0), 0.7, 0.5),
     # ~51 of 256 outputs at 8x8: compacted (in place would compute 4x the outputs) and cut in two blocks
     ((1, 16, 8, 8, 256, 3, 1, 1), 0.5, 0.2),
+    # 16 pixels or fewer read in place (else dot products): every output, or few dropped (3x3 pixels)
+    ((1, 24, 4, 4, 64, 3, 1, 1), 0.5, 1.0),
 ]
 
 

@@ -872,6 +872,12 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // channels-last, to ybuf (pixel, output); the kept outputs then go through the epilogue above, or, into
   // a channels-last output, every output through pixel_epilogue (pixel_rows: the sample's whole block).
   const bool pixel_rows = pixel_epilogue != nullptr && os[1] == 1 && (rp == nullptr || rs[1] == 1);
+  // Whether a run of `kout` kept outputs and `width` pixels reads `blocked` in place (direct, below)
+  const auto reads_in_place = [&](int64_t kout, int64_t width) {
+    return blocked.defined() &&
+           (4 * kout >= 3 * g.c_out ||
+            (runs.size() == 1 && (g.c_out - direct_outputs(kout)) * width <= kCompactFloatMacs * g.c_out));
+  };
   const auto direct = [&](const std::vector<int64_t>& members, const bool* own_in, const bool* own_out,
                           const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx,
                           const std::vector<uint64_t>& out_bits, std::vector<float>& wbuf,
@@ -890,9 +896,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // which keeps no blocked copy). Blocks of 16 run the narrowest register tile: a compacted weight is
     // split only for a second task (the embedded model's batch-1 pathway phase 0.211 -> 0.202-0.208 ms).
     const bool one_run = blocked.defined() && runs.size() == 1;
-    const bool in_place_direct =
-        blocked.defined() && (4 * kout >= 3 * g.c_out ||
-                              (one_run && (g.c_out - direct_outputs(kout)) * width <= kCompactFloatMacs * g.c_out));
+    const bool in_place_direct = reads_in_place(kout, width);
     const bool compacted = !in_place_direct && one_run;
     const int64_t outs = in_place_direct ? g.c_out : direct_outputs(kout);
     // a compacted weight of at most 64 outputs is cut in two blocks when the pixels are at most two tasks'
@@ -972,10 +976,15 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
       const int64_t depth = kin * taps, width = count * cols_per_row;
       // a merged run: the direct conv up to kDirectMaxMacs, whatever its samples (kRunOverheadMacs)
+      // At kDotMaxPixels or fewer, the dot products, unless the run reads the blocked weight in place
+      // (ResNet-18@64 at batch 1: layer3's in-masked convs at 4x4 44 -> 35 and 60 -> 50 us, layer4's
+      // downsample at 2x2 32 -> 18 us; the dot products gathered their weights or read them input-major).
       const bool direct_run =
-          kin > 0 && kout > 0 && width > kDotMaxPixels &&
-          (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
-                          : direct_conv_fits(count, cols_per_row, kout * depth * width, kSparseDirectMaxMacs));
+          kin > 0 && kout > 0 &&
+          (width > kDotMaxPixels
+               ? (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
+                                 : direct_conv_fits(count, cols_per_row, kout * depth * width, kSparseDirectMaxMacs))
+               : reads_in_place(kout, width) && g.c_out * depth * width <= kSparseDirectMaxMacs);
       // Each sample's output block is zeroed by the thread that fills it, just before (then in its cache;
       // one zero_ of the whole output first cost the embedded model's batch-64 pathway ~0.2 ms a layer),
       // unless the pixel epilogue writes all of it.
