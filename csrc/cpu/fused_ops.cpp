@@ -514,8 +514,8 @@ constexpr int64_t kRunOverheadMacs = int64_t{1} << 19;
 // much as this many multiply-adds of the direct kernel: the compaction reads the weight's every line from
 // beyond the L2 at ~18 GB/s on 2 cores, the kernel runs ~180 G multiply-adds/s. ResNet-18@64 at batch 1:
 // its out-masked 128->128 convs at 8x8 (34-46% kept) took 30-32 us to compact and 32 us in the kernel, 53 us
-// in place over every output (the pathway phase 1.08 -> 1.06 ms); its 64->64 conv at 16x16 (39% kept) 78 us
-// compacted, 90 in place. The embedded model's batch-1 pathway phase 0.197 -> 0.175-0.180 ms.
+// in place over every output (the pathway phase 1.09-1.11 -> 1.05-1.07 ms); its 64->64 conv at 16x16 (39%
+// kept) 78 us compacted, 90 in place. The embedded model's batch-1 pathway phase 0.197-0.202 -> 0.172-0.174 ms.
 constexpr int64_t kCompactFloatMacs = 40;
 
 namespace {
@@ -887,8 +887,9 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // The kernel's weight: `blocked` (the session's dense conv blocked it at load) read in place, the
     // removed inputs' rows skipped and every output computed, when the run keeps most outputs, or when the
     // call is one run and the outputs it drops cost less than compacting (below) would: compacting reads
-    // all of `blocked`, ~kCompactFloatMacs multiply-adds' time a float. Else the kept weights, blocked by outputs and padded to direct_outputs with zero rows: compacted from
-    // `blocked`'s whole lines when the call is one run (its threads split the rows; gathering them from
+    // all of `blocked`, ~kCompactFloatMacs multiply-adds' time a float (reads_in_place). Else the kept
+    // weights, blocked by outputs and padded to direct_outputs with zero rows: compacted from `blocked`'s
+    // whole lines when the call is one run (its threads split the rows; gathering them from
     // scattered lines of the OIHW weight cost more than the outputs it saves: ResNet-18@64's pathway phase
     // 2.0-2.2 -> 1.7-1.8 ms in place; compacted, the embedded model's batch-1 pathway convs 119 -> 106 us,
     // their weights in cache), in blocks that leave a task to each thread; gathered from the OIHW weight
@@ -983,8 +984,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       kept_channels(runs[r].out, g.c_out, out_idx);
       const int64_t kin = static_cast<int64_t>(in_idx.size()), kout = static_cast<int64_t>(out_idx.size());
       const int64_t depth = kin * taps, width = count * cols_per_row;
-      // a merged run: the direct conv up to kDirectMaxMacs, whatever its samples (kRunOverheadMacs)
-      // At kDotMaxPixels or fewer, the dot products, unless the run reads the blocked weight in place
+      // A merged run: the direct conv up to kDirectMaxMacs, whatever its samples (kRunOverheadMacs). At
+      // kDotMaxPixels or fewer, the dot products, unless the run reads the blocked weight in place
       // (ResNet-18@64 at batch 1: layer3's in-masked convs at 4x4 44 -> 35 and 60 -> 50 us, layer4's
       // downsample at 2x2 32 -> 18 us; the dot products gathered their weights or read them input-major).
       const bool direct_run =

@@ -18,15 +18,6 @@ namespace pathrt {
 // Number of bytes that hold `k` packed bits.
 PATHRT_HD int64_t packed_bytes(int64_t k) { return (k + 7) / 8; }
 
-// Packs up to 8 mask values (nonzero = kept) into one byte, little-endian: value j -> bit j.
-PATHRT_HD uint8_t pack_byte(const uint8_t* values, int64_t count) {
-  uint8_t byte = 0;
-  for (int64_t j = 0; j < count; ++j) {
-    byte |= static_cast<uint8_t>(values[j] != 0) << j;
-  }
-  return byte;
-}
-
 PATHRT_HD int popcount64(uint64_t x) {
 #if defined(__CUDA_ARCH__)
   return __popcll(x);
@@ -44,12 +35,22 @@ PATHRT_HD uint64_t load_word(const uint8_t* p) {
 
 // The 8 mask values (nonzero = kept) in the bytes of `bytes` (little-endian) as bits: byte j -> bit j.
 // Each byte's bits fold into its bit 0; the multiply then gathers bit 0 of byte j into bit 56 + j (its
-// partial products land on distinct bits, so nothing carries). pack_byte's result, without its loop.
+// partial products land on distinct bits, so nothing carries).
 PATHRT_HD uint8_t pack_word(uint64_t bytes) {
   bytes |= bytes >> 4;
   bytes |= bytes >> 2;
   bytes |= bytes >> 1;
   return static_cast<uint8_t>((bytes & 0x0101010101010101ull) * 0x0102040810204080ull >> 56);
+}
+
+// Packs up to 8 mask values (nonzero = kept) into one byte, little-endian: value j -> bit j.
+PATHRT_HD uint8_t pack_byte(const uint8_t* values, int64_t count) {
+  if (count == 8) return pack_word(load_word(values));
+  uint8_t byte = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    byte |= static_cast<uint8_t>(values[j] != 0) << j;
+  }
+  return byte;
 }
 
 // Popcount of one packed row of `nbytes` bytes.
