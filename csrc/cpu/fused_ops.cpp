@@ -895,7 +895,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // their weights in cache), in blocks that leave a task to each thread; gathered from the OIHW weight
     // otherwise (in cache over a batch's runs; at one sample, a conv the session runs dense through oneDNN,
     // which keeps no blocked copy). Blocks of 16 run the narrowest register tile: a compacted weight is
-    // split only for a second task (the embedded model's batch-1 pathway phase 0.211 -> 0.202-0.208 ms).
+    // split only to balance the threads' tasks (`split`; split whenever it held at most 64 outputs, the
+    // embedded model's batch-1 pathway phase took 0.211 ms, 0.202-0.208 split for one pixel tile only).
     const bool one_run = blocked.defined() && runs.size() == 1;
     const bool in_place_direct = reads_in_place(kout, width);
     const bool compacted = !in_place_direct && one_run;
