@@ -523,12 +523,11 @@ namespace {
 // A mask row (null: every channel kept) as bits.
 std::vector<uint64_t> mask_bits(const bool* row, int64_t channels) {
   std::vector<uint64_t> bits(static_cast<size_t>((channels + 63) / 64), 0);
-  int64_t c = 0;
-  for (; row != nullptr && c + 8 <= channels; c += 8) {  // a byte of bits at a time
-    bits[c / 64] |= uint64_t{pack_word(load_word(reinterpret_cast<const uint8_t*>(row + c)))} << (c % 64);
-  }
-  for (; c < channels; ++c) {
-    if (row == nullptr || row[c]) bits[c / 64] |= uint64_t{1} << (c % 64);
+  for (int64_t c = 0; c < channels; c += 8) {  // a byte of bits at a time
+    const int64_t count = std::min<int64_t>(8, channels - c);
+    const uint64_t byte =
+        row == nullptr ? (uint64_t{1} << count) - 1 : pack_byte(reinterpret_cast<const uint8_t*>(row + c), count);
+    bits[c / 64] |= byte << (c % 64);
   }
   return bits;
 }
@@ -897,9 +896,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // which keeps no blocked copy). Blocks of 16 run the narrowest register tile: a compacted weight is
     // split only to balance the threads' tasks (`split`; split whenever it held at most 64 outputs, the
     // embedded model's batch-1 pathway phase took 0.211 ms, 0.202-0.208 split for one pixel tile only).
-    const bool one_run = blocked.defined() && runs.size() == 1;
     const bool in_place_direct = reads_in_place(kout, width);
-    const bool compacted = !in_place_direct && one_run;
+    const bool compacted = !in_place_direct && blocked.defined() && runs.size() == 1;
     const int64_t outs = in_place_direct ? g.c_out : direct_outputs(kout);
     // a compacted weight of at most 64 outputs is cut in two blocks when the pixels are at most two tasks'
     // (two tiles, 48 + 16 pixels at 8x8, left one thread three quarters of the work: ResNet-18@64's
