@@ -156,12 +156,20 @@ def test_ray_explain_survives_a_killed_actor_and_resumes(artifacts, tmp_path) ->
     victims = victims or _actor_processes()
     written_at_kill = len(list((out / "blocks").glob("block-*.parquet")))
     assert len(victims) == 1, victims
+    killed_at = time.time_ns()
     victims[0].kill()
+    victims[0].wait(10)
     assert written_at_kill < 45, "the run ended before the actor could be killed mid-run"
     output = _finish(process)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == summary["explained_images"] == 359 and summary["blocks"] == 45
-    assert summary["actor_processes"] == 2, (summary, output)  # the killed actor and its restart
+    # 2: the killed actor's finished blocks reached the driver, the restart did the rest. 1: the kill landed
+    # between writing the first block's file and returning it, so Ray re-ran every block on the restart
+    # (seen once in CI on 2026-12-07): then every block's file was written again after the kill.
+    assert summary["actor_processes"] in (1, 2), (summary, output)
+    if summary["actor_processes"] == 1:
+        rewritten = [p for p in (out / "blocks").glob("block-*.parquet") if p.stat().st_mtime_ns >= killed_at]
+        assert len(rewritten) == 45, (len(rewritten), summary, output)
     _assert_equals_in_process(artifacts, out)
 
     blocks = sorted((out / "blocks").glob("block-*.parquet"))
