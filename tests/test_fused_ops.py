@@ -105,6 +105,12 @@ CONV_CASES = [
     (1, 4, 18, 17, 3, 5, 1, 2),
     (2, 3, 16, 18, 4, 3, 1, 0),
     (1, 6, 4, 16, 5, 1, 1, 0),
+    # one sample at stride 1, rows of 4 to 8 pixels: every tap in one pass over the planes (PlanarConv),
+    # tiles of 1 to 6 vectors of 16 columns, the last tile overlapping (12x8: 8 vectors), partial blocks
+    (1, 24, 6, 7, 37, 3, 1, 1),
+    (1, 6, 12, 8, 13, 3, 1, 1),
+    (1, 9, 5, 6, 20, 1, 1, 0),
+    (1, 4, 7, 7, 5, 5, 1, 2),
 ]
 
 
@@ -149,10 +155,10 @@ def _laid_out(weight: torch.Tensor, layout: str) -> torch.Tensor:
 
 # (case, weight layout): gathered weights; kept OIHW or channels-last rows in place over every input
 # (16 inputs, at least half kept); an input-major weight read in place (64 outputs, at most 16 output
-# pixels per run)
+# pixels per run); one sample's planes, every tap in one pass (8x8)
 NEVER_READ_CASES = [(CONV_CASES[1], "oihw"), ((1, 16, 4, 4, 7, 3, 2, 1), "oihw"),
                     ((1, 16, 4, 4, 7, 3, 2, 1), "channels_last"), ((2, 12, 4, 4, 64, 3, 2, 1), "input_major"),
-                    ((1, 6, 4, 4, 128, 3, 1, 1), "input_major")]
+                    ((1, 6, 4, 4, 128, 3, 1, 1), "input_major"), ((1, 8, 8, 8, 12, 3, 1, 1), "oihw")]
 
 
 @pytest.mark.parametrize(("case", "weight_layout"), NEVER_READ_CASES)

@@ -7,7 +7,8 @@
 //                       equal masks, over shifted padded planes at stride 1 and gathered columns
 //                       otherwise; for 1-3 samples and up to 16M multiply-adds the direct conv of
 //                       pathrt/direct_conv.h; for a few pixels, dot products over the kept weights read
-//                       in place: OIHW rows, or an input-major weight's kept-input rows).
+//                       in place: OIHW rows, or an input-major weight's kept-input rows; one sample on
+//                       rows of 4-8 pixels, every tap in one pass over its planes: PlanarConv).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -462,6 +463,82 @@ __attribute__((target("avx512f"))) void pixel_epilogue_avx512(const PixelEpilogu
     _mm512_mask_storeu_ps(out + c0, lanes, _mm512_maskz_mov_ps(own != nullptr ? bits & word(own, c0) : bits, v));
   }
 }
+
+// One sample's stride-1 conv over its kept inputs' zero-padded planes (Shifted's layout), every tap in one
+// pass: y[a * ldy + c] = sum over kept inputs j and taps t of w_a[in_at[j] + t] * planes[j * plane + c +
+// off[t]], column c = oy * row + ox (the columns past a row's wo computed and dropped), w_a the OIHW row of
+// kept output a. The weights are read in place, one float broadcast per (output, input, tap), so no kept
+// weight is gathered or compacted; kR outputs x kV vectors of columns per register tile.
+struct PlanarConv {
+  const float* planes;
+  int64_t plane;
+  const int64_t* off;  // per tap: dy * row + dx
+  int64_t taps;
+  const float* weight;  // OIHW, rows `weight_row` floats apart
+  int64_t weight_row;
+  const int64_t* in_at;  // kept input j's taps at in_at[j] in a row
+  int64_t kin;
+  const int64_t* out_idx;
+  int64_t kout, vectors;  // vectors of 16 columns
+  float* y;
+  int64_t ldy;
+};
+template <int kR, int kV>
+[[gnu::always_inline]] inline void planar_tile(const PlanarConv& c, int64_t a0, int64_t v0) {
+  const float* w[kR];
+  for (int r = 0; r < kR; ++r) w[r] = c.weight + c.out_idx[std::min<int64_t>(a0 + r, c.kout - 1)] * c.weight_row;
+  V16 acc[kR][kV] = {};
+  for (int64_t j = 0; j < c.kin; ++j) {
+    const float* p = c.planes + j * c.plane + v0 * 16;
+    const int64_t at = c.in_at[j];
+    for (int64_t t = 0; t < c.taps; ++t) {
+      V16 x[kV];
+#pragma GCC unroll 8
+      for (int v = 0; v < kV; ++v) std::memcpy(&x[v], p + c.off[t] + v * 16, sizeof(V16));
+#pragma GCC unroll 16
+      for (int r = 0; r < kR; ++r) {
+        const float s = w[r][at + t];
+#pragma GCC unroll 8
+        for (int v = 0; v < kV; ++v) acc[r][v] += s * x[v];
+      }
+    }
+  }
+  for (int r = 0; r < kR && a0 + r < c.kout; ++r) {
+    for (int v = 0; v < kV; ++v) std::memcpy(c.y + (a0 + r) * c.ldy + (v0 + v) * 16, &acc[r][v], sizeof(V16));
+  }
+}
+// Tasks [t0, t1) of planar_tasks(c): output blocks outer, column tiles inner; the last tile overlaps the
+// one before it when the vectors do not divide (it recomputes the same values).
+template <int kR, int kV>
+[[gnu::always_inline]] inline void planar_range(const PlanarConv& c, int64_t t0, int64_t t1) {
+  const int64_t tiles = (c.vectors + kV - 1) / kV;
+  for (int64_t t = t0; t < t1; ++t) {
+    planar_tile<kR, kV>(c, t / tiles * kR, std::min((t % tiles) * kV, c.vectors - kV));
+  }
+}
+// kV vectors of columns (at most 6) and kR outputs: 24 accumulators of the 32 registers (12 x 1 at one).
+constexpr int planar_vectors(int64_t vectors) { return static_cast<int>(std::min<int64_t>(6, vectors)); }
+constexpr int planar_outputs(int vectors) { return vectors <= 2 ? 12 : 24 / vectors; }
+int64_t planar_tasks(const PlanarConv& c) {
+  const int v = planar_vectors(c.vectors), r = planar_outputs(v);
+  return (c.kout + r - 1) / r * ((c.vectors + v - 1) / v);
+}
+int64_t planar_task_macs(const PlanarConv& c) {
+  const int v = planar_vectors(c.vectors);
+  return int64_t{16} * v * planar_outputs(v) * c.kin * c.taps;
+}
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void planar_avx512(const PlanarConv& c, int64_t t0, int64_t t1) {
+  switch (planar_vectors(c.vectors)) {
+    case 1: return planar_range<12, 1>(c, t0, t1);
+    case 2: return planar_range<12, 2>(c, t0, t1);
+    case 3: return planar_range<8, 3>(c, t0, t1);
+    case 4: return planar_range<6, 4>(c, t0, t1);
+    case 5: return planar_range<4, 5>(c, t0, t1);
+    default: return planar_range<4, 6>(c, t0, t1);
+  }
+}
+using PlanarFn = void (*)(const PlanarConv&, int64_t, int64_t);
+const auto planar_conv = for_this_cpu<PlanarFn>(planar_avx512, nullptr, nullptr);
 using PixelEpilogueFn = void (*)(const PixelEpilogue&, const float*, const float*, const uint64_t*, float*);
 const auto pixel_epilogue = for_this_cpu<PixelEpilogueFn>(pixel_epilogue_avx512, nullptr, nullptr);
 const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
@@ -967,6 +1044,18 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     });
   };
 
+  // One sample at stride 1 whose rows hold 4 to 8 pixels, its kept outputs' OIHW rows at most
+  // kPlanarMaxWeightFloats: every tap in one pass over its kept inputs' planes (PlanarConv), its weights
+  // read in place (AVX-512 builds only). At batch 1 the embedded model's pathway convs at 8x8 took 31-34 ->
+  // 24-27 us (64 -> 128) and 39-42 -> 32-36 (128 -> 128), at 4x4 34-36 -> 21-23 (128 -> 256), where the
+  // direct conv compacted their kept weights or the dot products ran; its pathway phase 0.174-0.189 ->
+  // 0.146-0.165 ms, ResNet-18@64's 1.03-1.04 -> 1.01-1.03 (interleaved processes, 2 cores). At 16x16 no
+  // faster (the direct kernel's compacted weight pays off over 256 pixels), at 2x2 slower (three quarters
+  // of each vector are padding columns: ResNet-18@64's layer4 convs 95 -> 158 us), and as fast at 4x4
+  // once the kept rows reach ~1 MB (ResNet-18@64's layer3: the weight streams).
+  constexpr int64_t kPlanarMinRow = 4, kPlanarMaxRow = 8, kPlanarMaxWeightFloats = int64_t{1} << 17;
+  const bool planar_weight = planar_conv != nullptr && g.sh == 1 && g.sw == 1 && taps_contiguous && ws[1] == taps &&
+                             ws[0] == g.c_in * taps;
   // The runs claim() gives (an index, or -1 when none is left), each on this thread.
   auto run_groups = [&](const auto& claim) {
     RunBuffers& buffers = run_buffers();
@@ -993,15 +1082,35 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                ? (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
                                  : direct_conv_fits(count, cols_per_row, kout * depth * width, kSparseDirectMaxMacs))
                : reads_in_place(kout, width) && g.c_out * depth * width <= kSparseDirectMaxMacs);
+      const bool planar_run = planar_weight && count == 1 && kin > 0 && kout > 0 && g.wo >= kPlanarMinRow &&
+                              g.wo <= kPlanarMaxRow && kout * g.c_in * taps <= kPlanarMaxWeightFloats;
       // Each sample's output block is zeroed by the thread that fills it, just before (then in its cache;
       // one zero_ of the whole output first cost the embedded model's batch-64 pathway ~0.2 ms a layer),
       // unless the pixel epilogue writes all of it.
-      if (!(direct_run && pixel_rows)) {
+      if (planar_run || !(direct_run && pixel_rows)) {
         each_member(count, [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) std::fill_n(op + members[t] * os[0], os[0], 0.0f);
         });
       }
       if (kout == 0) continue;
+      if (planar_run) {
+        const Shifted sh(g, 1);
+        padded_planes(xp, own_in, xs, members, in_idx, g, sh, planes);
+        planes.resize(planes.size() + 16, 0.0f);  // the last tile reads up to 15 floats past the last plane
+        const int64_t vectors = (sh.columns + 15) / 16, ldy = vectors * 16;
+        std::vector<int64_t> in_at(static_cast<size_t>(kin)), off(static_cast<size_t>(taps));
+        for (int64_t j = 0; j < kin; ++j) in_at[j] = in_idx[j] * ws[1];
+        for (int64_t tap = 0; tap < taps; ++tap) off[tap] = tap / g.kw * sh.row + tap % g.kw;
+        ybuf.resize(static_cast<size_t>(kout * ldy));
+        const PlanarConv c{planes.data(), sh.plane, off.data(), taps, wp, ws[0], in_at.data(), kin,
+                           out_idx.data(), kout, vectors, ybuf.data(), ldy};
+        pathrt::parallel_for(0, planar_tasks(c), dot_grain(planar_task_macs(c)),
+                             [&](int64_t t0, int64_t t1) { planar_conv(c, t0, t1); });
+        epilogue(members, own_out, out_idx, [&](int64_t a, int64_t, int64_t, int64_t oy, int64_t ox) {
+          return ybuf[a * ldy + oy * sh.row + ox];
+        });
+        continue;
+      }
       if (direct_run) {
         direct(members, own_in, own_out, in_idx, out_idx, runs[r].out, wbuf, planes, ybuf);
         continue;

@@ -21,7 +21,9 @@ void masked_bias_relu_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>
 // pathway_conv2d computes runs of equal-mask samples of at most kDotMaxPixels output pixels (batch x H x
 // W) as dot products over the kept weights read in place (through the direct conv when they read its blocked
 // weight in place: every output computed, or few dropped), wider runs of 1-3 samples through the direct
-// conv (pathrt/direct_conv.h) while they do at most kSparseDirectMaxMacs multiply-adds, others as GEMMs. Runs
+// conv (pathrt/direct_conv.h) while they do at most kSparseDirectMaxMacs multiply-adds, others as GEMMs; one
+// sample at stride 1 on rows of 4-8 pixels (a small kept weight) as one pass of every tap over its kept
+// inputs' planes, the OIHW weight read in place (fused_ops.cpp's PlanarConv, AVX-512). Runs
 // whose masks differ in a few channels are merged, over the union of their masks, where that costs
 // fewer multiply-adds than a run's own overhead; a merged run takes the direct conv up to kDirectMaxMacs. It
 // reads the weight in its memory layout: OIHW always; channels-last and input-major ((C_in, kH, kW, C_out)
