@@ -21,7 +21,7 @@ from pathrt.kernels import native as extension
 from pathrt.runtime import Explainer, ops
 from pathrt.runtime.bundle import bundle_bytes, read_bundle_meta, write_bundle
 from pathrt.targets import save_target
-from tests.conftest import assert_parity, torchvision_target, varied_generator
+from tests.conftest import assert_parity, assert_python_ok, torchvision_target, varied_generator
 
 pytestmark = pytest.mark.skipif(extension.EXTENSION is None, reason="needs the compiled extension")
 
@@ -109,11 +109,21 @@ def test_session_reuses_large_buffers_across_calls(embedded) -> None:
     assert pool()["held_bytes"] == 0
 
 
-def test_session_small_batch_generator_on_odd_sizes() -> None:
+@pytest.mark.parametrize("level", [None, "avx2", "baseline"])
+def test_session_small_batch_generator_on_odd_sizes(level: str | None) -> None:
     """The session's small-batch generator (csrc/include/pathrt/small_generator.h: batches up to 8 run
     through packed 16-wide weight panels in blocks of 6 rows) on sizes that fill no panel or block: 5 and
     10 channels, d_r = 7, d = 18 over 3 heads. Batches 1-3 and 8 take that path, 9 the ATen one; every
-    batch equals eager."""
+    batch equals eager. Its panel kernel is built for AVX-512, AVX2 and the baseline: PATHRT_CPU_KERNELS
+    caps the choice, so the lower builds run here too (in a fresh interpreter)."""
+    if level is None:
+        _small_generator_equals_eager()
+    else:
+        assert_python_ok("from tests.test_session import _small_generator_equals_eager\n"
+                         "_small_generator_equals_eager()", env={"PATHRT_CPU_KERNELS": level})
+
+
+def _small_generator_equals_eager() -> None:
     from pathrt.generator import GeneratorConfig, PathwayGenerator
     from tests.user_models import random_tiny_net
 
