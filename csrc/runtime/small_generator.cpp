@@ -10,6 +10,7 @@
 #include "pathrt/errors.h"
 #include "pathrt/generator_math.h"
 #include "pathrt/generator_rows.h"
+#include "pathrt/call_pool.h"
 #include "pathrt/kernels.h"
 
 namespace pathrt {
@@ -147,43 +148,50 @@ SmallGenerator::SmallGenerator(const GeneratorWeights& w) : repeats_(w.repeats),
   }
 }
 
+void SmallGenerator::rfe_layer(const at::Tensor& features, int64_t l, int64_t n, float* pooled) const {
+  Scratch& s = scratch();
+  const int64_t layers = static_cast<int64_t>(stems_.size()), d_r = d_r_;
+  const auto x = features.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C_l) in memory
+  int64_t h = pool_sizes_[l][0], w = pool_sizes_[l][1];
+  if (x.size(0) != n || x.size(1) != stems_[l].in() || x.size(2) != h || x.size(3) != w) {
+    throw std::invalid_argument("SmallGenerator: layer " + std::to_string(l) + " features of shape " +
+                                shape_repr(x.sizes()));
+  }
+  float* map = Scratch::take(s.map, n * h * w * d_r);
+  float* next = Scratch::take(s.next, n * h * w * d_r);
+  stems_[l](floats(x), n * h * w, map);
+  relu(map, n * h * w * d_r);
+  for (int64_t k = 0; k < repeats_[l]; ++k) {
+    const int64_t oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+    float* cols = Scratch::take(s.cols, n * oh * ow * 9 * d_r);
+    im2col_3x3s2(map, n, h, w, d_r, oh, ow, cols);
+    shared_(cols, n * oh * ow, next);
+    relu(next, n * oh * ow * d_r);
+    std::swap(map, next);
+    h = oh;
+    w = ow;
+  }
+  const float inv = 1.0f / static_cast<float>(h * w);
+  for (int64_t i = 0; i < n; ++i) {
+    float* out = pooled + (i * layers + l) * d_r;
+    std::fill(out, out + d_r, 0.0f);
+    for (int64_t px = 0; px < h * w; ++px) add(out, map + (i * h * w + px) * d_r, d_r);
+    for (int64_t c = 0; c < d_r; ++c) out[c] *= inv;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> SmallGenerator::operator()(
     const std::vector<at::Tensor>& features, ExplainResult& r) const {
   const auto t0 = Clock::now();
   Scratch& s = scratch();
   const int64_t layers = static_cast<int64_t>(stems_.size()), n = features[0].size(0), d = d_, d_r = d_r_,
                 tokens = layers + 1, rows = n * tokens;
-  // RFE convs and the global pool: pooled (N, L, d_r).
+  // RFE convs and the global pool: pooled (N, L, d_r). The layers are independent: they split over the
+  // call's threads (each with its own scratch), a layer's products too small to split on their own.
   float* pooled = Scratch::take(s.pooled, n * layers * d_r);
-  for (int64_t l = 0; l < layers; ++l) {
-    const auto x = features[l].contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C_l) in memory
-    int64_t h = pool_sizes_[l][0], w = pool_sizes_[l][1];
-    if (x.size(0) != n || x.size(1) != stems_[l].in() || x.size(2) != h || x.size(3) != w) {
-      throw std::invalid_argument("SmallGenerator: layer " + std::to_string(l) + " features of shape " +
-                                  shape_repr(x.sizes()));
-    }
-    float* map = Scratch::take(s.map, n * h * w * d_r);
-    float* next = Scratch::take(s.next, n * h * w * d_r);
-    stems_[l](floats(x), n * h * w, map);
-    relu(map, n * h * w * d_r);
-    for (int64_t k = 0; k < repeats_[l]; ++k) {
-      const int64_t oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
-      float* cols = Scratch::take(s.cols, n * oh * ow * 9 * d_r);
-      im2col_3x3s2(map, n, h, w, d_r, oh, ow, cols);
-      shared_(cols, n * oh * ow, next);
-      relu(next, n * oh * ow * d_r);
-      std::swap(map, next);
-      h = oh;
-      w = ow;
-    }
-    const float inv = 1.0f / static_cast<float>(h * w);
-    for (int64_t i = 0; i < n; ++i) {
-      float* out = pooled + (i * layers + l) * d_r;
-      std::fill(out, out + d_r, 0.0f);
-      for (int64_t px = 0; px < h * w; ++px) add(out, map + (i * h * w + px) * d_r, d_r);
-      for (int64_t c = 0; c < d_r; ++c) out[c] *= inv;
-    }
-  }
+  pathrt::parallel_for(0, layers, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) rfe_layer(features[l], l, n, pooled);
+  });
   const auto t1 = Clock::now();
   // RFE tail: tokens z (N, L + 1, d) = [cls, LayerNorm(project(pooled)) + position].
   float* projected = Scratch::take(s.projected, n * layers * d);

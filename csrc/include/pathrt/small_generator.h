@@ -50,6 +50,9 @@ class SmallGenerator {
       const std::vector<at::Tensor>& features, ExplainResult& r) const;
 
  private:
+  // Layer l's RFE convs over its features (n images) and their global average: pooled[i][l] (d_r each).
+  void rfe_layer(const at::Tensor& features, int64_t l, int64_t n, float* pooled) const;
+
   struct EncoderLayer {
     at::Tensor norm1_weight, norm1_bias, norm2_weight, norm2_bias, mlp_bias;
     SmallLinear qkv, out, mlp, down;  // mlp without its bias (added with the GELU)
