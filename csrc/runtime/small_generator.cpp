@@ -144,6 +144,7 @@ SmallGenerator::SmallGenerator(const GeneratorWeights& w) : repeats_(w.repeats),
     expect_shape(h[3], {c}, "head bias");
     heads_.push_back({SmallLinear(h[0], {}), SmallLinear(h[2], h[3]), h[1].contiguous()});
     channels_.push_back(c);
+    offsets_.push_back(total_channels_);
     total_channels_ += c;
   }
 }
@@ -237,26 +238,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> SmallGene
   layer_norm(z, rpd_norm_weight_, rpd_norm_bias_, rpd_eps_, rows, d, h);
   float* gi = Scratch::take(s.gates, n * layers * 3 * d + n * 3 * d);
   float* gh = gi + n * layers * 3 * d;
-  float* state = Scratch::take(s.state, 3 * n * d);
-  float* next = state + n * d;
-  float* hidden = next + n * d;
+  // states[l]: the GRU's state after layer l (n x d), states[layers]: the CLS token it starts from
+  float* states = Scratch::take(s.state, (layers + 1) * n * d);
   for (int64_t i = 0; i < n; ++i) {
     input_gates_(h + (i * tokens + 1) * d, d, layers, gi + i * layers * 3 * d, 3 * d);
-    std::copy_n(h + i * tokens * d, d, state + i * d);
+    std::copy_n(h + i * tokens * d, d, states + (layers * n + i) * d);
   }
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const float* state = states + (l + 1) * n * d;
+    hidden_gates_(state, n, gh);
+    for (int64_t i = 0; i < n; ++i) {
+      gru_row(gi + (i * layers + l) * 3 * d, gh + i * 3 * d, state + i * d, d, states + (l * n + i) * d);
+    }
+  }
+  // The heads read only their layer's state: they split over the call's threads once the chain is done.
   auto head = at::empty({n, total_channels_}, at::kFloat);
   float* logits = head.data_ptr<float>();
-  int64_t offset = total_channels_;
-  for (int64_t l = layers - 1; l >= 0; --l) {
-    offset -= channels_[l];
-    hidden_gates_(state, n, gh);
-    for (int64_t i = 0; i < n; ++i) gru_row(gi + (i * layers + l) * 3 * d, gh + i * 3 * d, state + i * d, d, next + i * d);
-    std::swap(state, next);
-    const Head& hd = heads_[l];
-    hd.hidden(state, n, hidden);
-    for (int64_t i = 0; i < n; ++i) bias_act_row(hidden + i * d, floats(hd.hidden_bias), d, /*apply_gelu=*/true);
-    hd.logits(hidden, d, n, logits + offset, total_channels_);
-  }
+  pathrt::parallel_for(0, layers, 1, [&](int64_t l0, int64_t l1) {
+    float* hidden = Scratch::take(scratch().hidden, n * d);
+    for (int64_t l = l0; l < l1; ++l) {
+      const Head& hd = heads_[l];
+      hd.hidden(states + l * n * d, n, hidden);
+      for (int64_t i = 0; i < n; ++i) bias_act_row(hidden + i * d, floats(hd.hidden_bias), d, /*apply_gelu=*/true);
+      hd.logits(hidden, d, n, logits + offsets_[l], total_channels_);
+    }
+  });
   auto [scores_out, masks, packed, counts] = daq_threshold_pack_cpu(head);
   const auto t4 = Clock::now();
   r.rfe_convs_us = elapsed_us(t0, t1);

@@ -63,7 +63,7 @@ class SmallGenerator {
   };
 
   int64_t d_r_ = 0, d_ = 0, total_channels_ = 0;
-  std::vector<int64_t> channels_, repeats_;
+  std::vector<int64_t> channels_, offsets_, repeats_;  // offsets_[l]: layer l's first column of the head
   std::vector<std::vector<int64_t>> pool_sizes_;
   std::vector<SmallLinear> stems_;
   SmallLinear shared_, project_;  // shared: the 3x3 weight as (d_r, 3 x 3 x d_r), taps outer, channels inner
