@@ -14,9 +14,12 @@ namespace {
 constexpr int64_t kPanel = 16;  // outputs per panel: one 16-float vector or two 8-float ones
 constexpr int64_t kRows = 6;    // rows per register block: 6 or 12 accumulators, the weights, a broadcast
 // A product splits its panels among the call pool's threads from kMinSplitWork multiply-adds (~3 us on
-// one core) and kMinSplitPanels panels up: the generator's encoder layers at batch 1 (9 tokens of 128
-// on ResNet-18@64), not its GRU steps (one row) nor the RFE convs (32 outputs: two panels).
-constexpr int64_t kMinSplitWork = int64_t{1} << 17, kMinSplitPanels = 8;
+// one core with AVX-512) and kMinSplitPanels panels up: not the generator's products at batch 1 (up to
+// 9 tokens of 128: ResNet-18@64's MLP, 590k, splits), nor its GRU steps (one row) or RFE convs (32
+// outputs: two panels). Splitting from 131k on (as with 8-float panels) cost the embedded model's
+// encoder at batch 1 56-57 -> 68-72 us (interleaved processes; on a noisier hour 68-80 -> 77-82), no
+// faster on ResNet-18@64.
+constexpr int64_t kMinSplitWork = int64_t{1} << 19, kMinSplitPanels = 8;
 
 using V8 = float __attribute__((vector_size(32)));
 using V16 = float __attribute__((vector_size(64)));
