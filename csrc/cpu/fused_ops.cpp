@@ -623,7 +623,7 @@ int64_t kept_bits(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b
 // kKeptBytes is freed after the call.
 struct RunBuffers {
   static constexpr size_t kKeptBytes = size_t{4} << 20;
-  std::vector<int64_t> in_idx, out_idx;
+  std::vector<int64_t> in_idx, out_idx, offsets;
   std::vector<float> cols, wbuf, ybuf, planes, rows;
 
   void trim() {
@@ -1098,11 +1098,12 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         padded_planes(xp, own_in, xs, members, in_idx, g, sh, planes);
         planes.resize(planes.size() + 16, 0.0f);  // the last tile reads up to 15 floats past the last plane
         const int64_t vectors = (sh.columns + 15) / 16, ldy = vectors * 16;
-        std::vector<int64_t> in_at(static_cast<size_t>(kin)), off(static_cast<size_t>(taps));
-        for (int64_t j = 0; j < kin; ++j) in_at[j] = in_idx[j] * ws[1];
-        for (int64_t tap = 0; tap < taps; ++tap) off[tap] = tap / g.kw * sh.row + tap % g.kw;
+        auto& offsets = buffers.offsets;  // the kept inputs' taps in a weight row, then the taps' in a plane
+        offsets.resize(static_cast<size_t>(kin + taps));
+        for (int64_t j = 0; j < kin; ++j) offsets[j] = in_idx[j] * ws[1];
+        for (int64_t tap = 0; tap < taps; ++tap) offsets[kin + tap] = tap / g.kw * sh.row + tap % g.kw;
         ybuf.resize(static_cast<size_t>(kout * ldy));
-        const PlanarConv c{planes.data(), sh.plane, off.data(), taps, wp, ws[0], in_at.data(), kin,
+        const PlanarConv c{planes.data(), sh.plane, offsets.data() + kin, taps, wp, ws[0], offsets.data(), kin,
                            out_idx.data(), kout, vectors, ybuf.data(), ldy};
         pathrt::parallel_for(0, planar_tasks(c), dot_grain(planar_task_macs(c)),
                              [&](int64_t t0, int64_t t1) { planar_conv(c, t0, t1); });
