@@ -1054,8 +1054,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   // of each vector are padding columns: ResNet-18@64's layer4 convs 95 -> 158 us), and as fast at 4x4
   // once the kept rows reach ~1 MB (ResNet-18@64's layer3: the weight streams).
   constexpr int64_t kPlanarMinRow = 4, kPlanarMaxRow = 8, kPlanarMaxWeightFloats = int64_t{1} << 17;
-  const bool planar_weight = planar_conv != nullptr && g.sh == 1 && g.sw == 1 && taps_contiguous && ws[1] == taps &&
-                             ws[0] == g.c_in * taps;
+  const bool planar_weight = planar_conv != nullptr && g.sh == 1 && g.sw == 1 && wc.is_contiguous();  // OIHW
   // The runs claim() gives (an index, or -1 when none is left), each on this thread.
   auto run_groups = [&](const auto& claim) {
     RunBuffers& buffers = run_buffers();
