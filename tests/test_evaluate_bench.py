@@ -105,6 +105,23 @@ def test_bench_models_time_the_eager_reference_as_eager(tmp_path: Path) -> None:
         assert model.backend("triton", "cuda") == "needs a CUDA GPU (none here)"
 
 
+def test_bench_random_models_are_the_same_in_every_build(tmp_path: Path) -> None:
+    """The bench's random target and generator come from a fixed seed (a run's cost does not depend on
+    which weights a process drew), and building them leaves the caller's random stream where it was."""
+    from pathrt.benchmarks.harness import build_models
+
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    first = build_models(["embedded"], tmp_path / "no-demo", 0.6, 8)[0].explainer
+    assert torch.equal(torch.rand(4), expected)
+    torch.manual_seed(8)
+    second = build_models(["embedded"], tmp_path / "no-demo", 0.6, 8)[0].explainer
+    assert first.target.fingerprint == second.target.fingerprint
+    for (name, a), b in zip(first.generator.state_dict().items(), second.generator.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_bench_rows_time_at_least_repeats_and_more_while_the_budget_lasts() -> None:
     """--repeats is a floor and --budget extends a fast row: its median comes from many calls."""
     from pathrt.benchmarks.harness import time_interleaved

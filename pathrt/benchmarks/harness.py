@@ -20,7 +20,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -100,12 +100,24 @@ def matmul_flops_per_second(n: int = 2048, windows: int = 3, seconds: float = 0.
     return best
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's CPU generator seeded with `seed` inside, restored after: the bench's random models get the
+    same weights in every process and run (their masks, and so their cost, too), and the caller's own
+    random stream is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def generator_with_sparsity(spec, sparsity: float, seed: int = 0) -> PathwayGenerator:
-    """A random generator whose head biases (±3) keep a fixed random (1 − sparsity) of the neurons.
+    """A random generator (weights from `seed`) whose head biases (±3) keep a fixed random (1 − sparsity)
+    of the neurons.
 
     For cost measurements on models without a trained generator: quality is not measured.
     """
-    generator = PathwayGenerator(spec, GeneratorConfig.small()).eval()
+    with seeded(seed):
+        generator = PathwayGenerator(spec, GeneratorConfig.small()).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for head in generator.rpd.heads:
@@ -128,17 +140,20 @@ def build_models(names: Sequence[str], workdir: Path, sparsity: float, dgr_max_b
                 note = (f"trained small VGG and generator from {workdir}, on the digits test images (the generator's "
                         "operating point)")
             else:
-                target = create_target("small_vgg", 10, (3, 32, 32))
+                with seeded(0):
+                    target = create_target("small_vgg", 10, (3, 32, 32))
                 generator = generator_with_sparsity(target.spec, sparsity)
                 note = (f"random small VGG and a generator biased to {sparsity:.0%} sparsity "
                         f"(no trained demo in {workdir}: run `make demo` for the real one); cost only")
             models.append(BenchModel(name, Explainer(target, generator, backend="eager"), note, max(dgr_max_batch, 64),
                                      images))
         else:
-            target = create_target(name, 1000, (3, 64, 64))
+            with seeded(0):
+                target = create_target(name, 1000, (3, 64, 64))
             generator = generator_with_sparsity(target.spec, sparsity)
             models.append(BenchModel(f"{name}@64", Explainer(target, generator, backend="eager"),
-                                     f"random weights, generator biased to {sparsity:.0%} sparsity: cost, not quality",
+                                     f"random weights (seeded), generator biased to {sparsity:.0%} sparsity: cost, "
+                                     "not quality",
                                      dgr_max_batch))
     return models
 
