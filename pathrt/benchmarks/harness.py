@@ -103,8 +103,8 @@ def matmul_flops_per_second(n: int = 2048, windows: int = 3, seconds: float = 0.
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Torch's CPU generator seeded with `seed` inside, restored after: the bench's random models get the
-    same weights in every process and run (their masks, and so their cost, too), and the caller's own
-    random stream is untouched."""
+    same weights, and so the same masks, in every process and run, and the caller's own random stream is
+    untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
