@@ -47,6 +47,7 @@ from pathrt.report import markdown_table
 from pathrt.runtime.explainer import Explainer
 from pathrt.runtime.explanation import Explanation
 from pathrt.runtime.ops import pack_masks
+from pathrt.targets import seeded
 
 ABLATIONS = ("zero", "mean")
 FIGURES = ("faithfulness_curves.png", "faithfulness_randomization.png")  # what `write_faithfulness` writes
@@ -148,8 +149,7 @@ def cascading_randomization(explainer: Explainer, images: torch.Tensor, referenc
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)][::-1]
     steps = []
     for i, (name, module) in enumerate(layers):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + i)
+        with seeded(seed + i):
             module.reset_parameters()
         randomized = dataclasses.replace(target, model=model)
         other = Explainer(randomized, explainer.generator, backend="eager", allow_other_target=True,

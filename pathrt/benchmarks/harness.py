@@ -20,7 +20,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from pathrt.flops import count_flops
 from pathrt.generator import GeneratorConfig, PathwayGenerator, load_generator
 from pathrt.report import markdown_table
 from pathrt.runtime import Explainer
-from pathrt.targets import capture_features, create_target, load_target, pathway_forward
+from pathrt.targets import capture_features, create_target, load_target, pathway_forward, seeded
 from pathrt.threads import describe_wait_policy
 from pathrt.version import __version__
 
@@ -98,16 +98,6 @@ def matmul_flops_per_second(n: int = 2048, windows: int = 3, seconds: float = 0.
             count += 1
         best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
     return best
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Torch's CPU generator seeded with `seed` inside, restored after: the bench's random models get the
-    same weights, and so the same masks, in every process and run, and the caller's own random stream is
-    untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def generator_with_sparsity(spec, sparsity: float, seed: int = 0) -> PathwayGenerator:

@@ -10,15 +10,26 @@ make pathrt call an arbitrary function.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from pathrt.errors import InputError
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's CPU generator seeded with `seed` inside, restored after: random weights made inside are the
+    same in every process and run, and the caller's own random stream is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
 
 # Widths of the embedded default's conv layers; "M" is a 2x2 max-pool.
 SMALL_VGG_CFG: tuple[int | str, ...] = (32, "M", 64, "M", 128, 128, "M", 256, "M")
