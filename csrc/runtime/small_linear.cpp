@@ -13,13 +13,15 @@ namespace {
 
 constexpr int64_t kPanel = 16;  // outputs per panel: one 16-float vector or two 8-float ones
 constexpr int64_t kRows = 6;    // rows per register block: 6 or 12 accumulators, the weights, a broadcast
-// A product splits its panels among the call pool's threads from kMinSplitWork multiply-adds (~3 us on
-// one core with AVX-512) and kMinSplitPanels panels up: not the generator's products at batch 1 (up to
-// 9 tokens of 128: ResNet-18@64's MLP, 590k, splits), nor its GRU steps (one row) or RFE convs (32
-// outputs: two panels). Splitting from 131k on (as with 8-float panels) cost the embedded model's
-// encoder at batch 1 56-57 -> 68-72 us (interleaved processes; on a noisier hour 68-80 -> 77-82), no
-// faster on ResNet-18@64.
-constexpr int64_t kMinSplitWork = int64_t{1} << 19, kMinSplitPanels = 8;
+// A product splits its panels among the call pool's threads from kMinSplitWork multiply-adds and
+// kMinSplitPanels panels up, one chunk per thread. At batch 1 a product streams its weight from beyond
+// the L2 at one core's read bandwidth (~30 GB/s here: the embedded model's 128 -> 384 QKV product, 6
+// tokens, 6.2 us), so two cores read it in about half the time; a job costs ~1 us of hand-over between
+// the cores, which the 98k of the embedded model's 128 -> 128 output product does not repay (2.2 -> 2.6
+// us split) and the 246k of its GRU input gates do (6.0 -> 3.8-4.2). More chunks than threads cost more
+// hand-overs: with the pool's four a thread, splitting from 65k made the embedded encoder 61 -> 69-77 us;
+// one a thread from 196k, 61 -> 52-55 (ResNet-18@64's 95-97 -> 79-83, VGG-11@64's 97-104 -> 93-94).
+constexpr int64_t kMinSplitWork = int64_t{3} << 16, kMinSplitPanels = 8;
 
 using V8 = float __attribute__((vector_size(32)));
 using V16 = float __attribute__((vector_size(64)));
@@ -151,10 +153,10 @@ void SmallLinear::operator()(const float* x, int64_t ldx, int64_t rows, float* y
     small_gemm(x, ldx, rows, panels_.data(), bias_.data(), in_, out_, y, ldy);
     return;
   }
-  // Panels split among the call pool's threads; each output is one panel's, so the bits do not depend
-  // on the split.
-  const int64_t grain = std::max<int64_t>(1, kMinSplitWork / 4 / (rows * in_ * kPanel));
-  pathrt::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+  // Panels split among the call pool's threads, a run of them each; each output is one panel's, so the
+  // bits do not depend on the split.
+  const int64_t threads = parallel_width();
+  pathrt::parallel_for(0, panels, (panels + threads - 1) / threads, [&](int64_t p0, int64_t p1) {
     small_gemm(x, ldx, rows, panels_.data() + p0 * in_ * kPanel, bias_.data() + p0 * kPanel, in_,
                std::min(out_, p1 * kPanel) - p0 * kPanel, y + p0 * kPanel, ldy);
   });
