@@ -84,14 +84,6 @@ bool enabled() {
   return on;
 }
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#else
-  std::this_thread::yield();
-#endif
-}
-
 class Pool {
  public:
   explicit Pool(int helpers) {

@@ -2,6 +2,7 @@
 #include "pathrt/small_generator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <string>
@@ -244,23 +245,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> SmallGene
     input_gates_(h + (i * tokens + 1) * d, d, layers, gi + i * layers * 3 * d, 3 * d);
     std::copy_n(h + i * tokens * d, d, states + (layers * n + i) * d);
   }
-  for (int64_t l = layers - 1; l >= 0; --l) {
-    const float* state = states + (l + 1) * n * d;
-    hidden_gates_(state, n, gh);
-    for (int64_t i = 0; i < n; ++i) {
-      gru_row(gi + (i * layers + l) * 3 * d, gh + i * 3 * d, state + i * d, d, states + (l * n + i) * d);
-    }
-  }
-  // The heads read only their layer's state: they split over the call's threads once the chain is done.
+  // Head l reads only state l, which the GRU makes from the last layer to the first: one thread runs the
+  // chain while the other runs each head as its state comes, deepest first, and the chain's thread then
+  // joins the heads left (both chunks on one thread, in turn, without a helper). Decoder at batch 1,
+  // interleaved processes on 2 cores: embedded 40-55 -> 37-45 us, ResNet-18@64 72-75 -> 65-71 (the chain
+  // first, then the heads split over the threads).
   auto head = at::empty({n, total_channels_}, at::kFloat);
   float* logits = head.data_ptr<float>();
-  pathrt::parallel_for(0, layers, 1, [&](int64_t l0, int64_t l1) {
+  std::atomic<int64_t> ready{layers}, next_head{layers - 1};  // states[l] is final for l >= ready
+  const auto run_heads = [&] {
     float* hidden = Scratch::take(scratch().hidden, n * d);
-    for (int64_t l = l0; l < l1; ++l) {
+    for (int64_t l = next_head.fetch_sub(1); l >= 0; l = next_head.fetch_sub(1)) {
+      while (ready.load(std::memory_order_acquire) > l) cpu_relax();
       const Head& hd = heads_[l];
       hd.hidden(states + l * n * d, n, hidden);
       for (int64_t i = 0; i < n; ++i) bias_act_row(hidden + i * d, floats(hd.hidden_bias), d, /*apply_gelu=*/true);
       hd.logits(hidden, d, n, logits + offsets_[l], total_channels_);
+    }
+  };
+  pathrt::parallel_for(0, 2, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t l = layers - 1; c == 0 && l >= 0; --l) {
+        const float* state = states + (l + 1) * n * d;
+        hidden_gates_(state, n, gh);
+        for (int64_t i = 0; i < n; ++i) {
+          gru_row(gi + (i * layers + l) * 3 * d, gh + i * 3 * d, state + i * d, d, states + (l * n + i) * d);
+        }
+        ready.store(l, std::memory_order_release);
+      }
+      run_heads();
     }
   });
   auto [scores_out, masks, packed, counts] = daq_threshold_pack_cpu(head);

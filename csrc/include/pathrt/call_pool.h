@@ -19,6 +19,7 @@
 #include <c10/util/FunctionRef.h>
 
 #include <cstdint>
+#include <thread>
 
 namespace pathrt {
 
@@ -87,5 +88,14 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
 // The threads a pathrt::parallel_for would use now: the pool's width when usable, else OpenMP's
 // (pathrt::max_threads).
 int parallel_width();
+
+// One pause of a spin-wait loop.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
 
 }  // namespace pathrt
