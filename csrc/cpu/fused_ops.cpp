@@ -541,6 +541,26 @@ using PlanarFn = void (*)(const PlanarConv&, int64_t, int64_t);
 const auto planar_conv = for_this_cpu<PlanarFn>(planar_avx512, nullptr, nullptr);
 using PixelEpilogueFn = void (*)(const PixelEpilogue&, const float*, const float*, const uint64_t*, float*);
 const auto pixel_epilogue = for_this_cpu<PixelEpilogueFn>(pixel_epilogue_avx512, nullptr, nullptr);
+
+// The channels that `kept`'s bits mark of `pixels` channels-last pixels (`stride` floats apart, `channels`
+// each), packed pixel by pixel into dst (popcount(kept) floats each): one AVX-512 compress per 16 channels
+// instead of a load per kept channel. The embedded model's batch-1 pathway conv 32 -> 64 at 16x16 (24 of
+// 32 inputs kept), whose zero-padded input took 7.2 us of 42: 41.6-42.1 -> 39.0-40.5 us (3 interleaved pairs).
+__attribute__((target("avx512f"))) void kept_pixels_avx512(const float* src, int64_t pixels, int64_t stride,
+                                                           const uint64_t* kept, int64_t channels, float* dst) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* pixel = src + p * stride;
+    for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+      const auto bits = static_cast<__mmask16>(kept[c0 / 64] >> (c0 % 64));  // none past `channels`
+      const int count = __builtin_popcount(bits);
+      _mm512_mask_storeu_ps(dst, static_cast<__mmask16>((1u << count) - 1),
+                            _mm512_maskz_compress_ps(bits, _mm512_maskz_loadu_ps(bits, pixel + c0)));
+      dst += count;
+    }
+  }
+}
+using KeptPixelsFn = void (*)(const float*, int64_t, int64_t, const uint64_t*, int64_t, float*);
+const auto kept_pixels = for_this_cpu<KeptPixelsFn>(kept_pixels_avx512, nullptr, nullptr);
 const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
 
 }  // namespace
@@ -956,7 +976,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   };
   const auto direct = [&](const std::vector<int64_t>& members, const bool* own_in, const bool* own_out,
                           const std::vector<int64_t>& in_idx, const std::vector<int64_t>& out_idx,
-                          const std::vector<uint64_t>& out_bits, std::vector<float>& wbuf,
+                          const std::vector<uint64_t>& in_bits, const std::vector<uint64_t>& out_bits,
+                          std::vector<float>& wbuf,
                           std::vector<float>& planes, std::vector<float>& ybuf) {
     const int64_t count = static_cast<int64_t>(members.size()), kin = static_cast<int64_t>(in_idx.size());
     const int64_t kout = static_cast<int64_t>(out_idx.size()), depth = kin * taps, width = count * cols_per_row;
@@ -1009,6 +1030,10 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         float* dst_row = planes.data() + ((t * hp + iy + g.ph) * wpad + g.pw) * kin;
         if (rows_as_is) {
           std::memcpy(dst_row, sample + iy * xs[2], sizeof(float) * g.w * kin);
+          continue;
+        }
+        if (own == nullptr && xs[1] == 1 && kept_pixels != nullptr) {
+          kept_pixels(sample + iy * xs[2], g.w, xs[3], in_bits.data(), g.c_in, dst_row);
           continue;
         }
         for (int64_t ix = 0; ix < g.w; ++ix) {
@@ -1112,7 +1137,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         continue;
       }
       if (direct_run) {
-        direct(members, own_in, own_out, in_idx, out_idx, runs[r].out, wbuf, planes, ybuf);
+        direct(members, own_in, own_out, in_idx, out_idx, runs[r].in, runs[r].out, wbuf, planes, ybuf);
         continue;
       }
       if (shifted && kin > 0) {
