@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace pathrt {
@@ -21,6 +22,10 @@ namespace {
 
 using V8 = float __attribute__((vector_size(32)));
 using V16 = float __attribute__((vector_size(64)));
+// Bits<V>: V's lanes as 32-bit words
+template <typename V>
+using Bits = std::conditional_t<sizeof(V) == 64, uint32_t __attribute__((vector_size(64))),
+                                uint32_t __attribute__((vector_size(32)))>;
 
 // One conv's geometry and pointers, shared by the tasks.
 struct Direct {
@@ -29,6 +34,7 @@ struct Direct {
   const int64_t* kept;  // the weight channel of each input channel (c of them), or null: the same (wc == c)
   const float* bias;   // (o,) or null
   const float* residual;  // (pixels, o) or null
+  const uint32_t* keep;   // (o,) words: all ones for an output kept, 0 for one written as 0; or null
   float* y;            // (pixels, o)
   int64_t c, wc, o, block, taps, hp, wp, ho, wo, sh, sw;
   std::vector<int64_t> tap_offsets;  // floats from a window's first input pixel to each tap's
@@ -85,6 +91,11 @@ template <typename V, int64_t kVecs, int64_t kPixels, bool kKept>
             r += add;
           }
           if (d.relu) r = r > zero ? r : zero;  // epilogue.h's bias_act: 0 for NaN too
+          if (d.keep != nullptr) {
+            Bits<V> keep;
+            std::memcpy(&keep, d.keep + oc, sizeof(V));
+            r = (V)((Bits<V>)r & keep);
+          }
           std::memcpy(d.y + at, &r, sizeof(V));
         }
       }
@@ -203,8 +214,8 @@ bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs, int64_t max_
 void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
                      int64_t o, int64_t block, int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t sh, int64_t sw,
                      const float* bias, const float* residual, bool relu, float* y, const int64_t* kept,
-                     int64_t weight_channels) {
-  Direct d{padded, blocked, kept, bias, residual, y, c, kept != nullptr ? weight_channels : c, o, block, kh * kw,
+                     int64_t weight_channels, const uint32_t* keep) {
+  Direct d{padded, blocked, kept, bias, residual, keep, y, c, kept != nullptr ? weight_channels : c, o, block, kh * kw,
            hp, wp, ho, wo, sh, sw, {}, relu};
   for (int64_t dy = 0; dy < kh; ++dy) {
     for (int64_t dx = 0; dx < kw; ++dx) d.tap_offsets.push_back((dy * wp + dx) * c);

@@ -53,11 +53,12 @@ int64_t direct_block(int64_t outputs);
 // included) with `blocked` ((o / block, kh, kw, c, block)) + bias (+ residual, (n * ho * wo, o)) (then ReLU);
 // bias and residual may be null. With `kept`, `blocked` is (o / block, kh, kw, weight_channels, block) and
 // input channel i meets its channel kept[i]: a channel-sparse conv over the weight in place, with no copy
-// of the kept weights.
+// of the kept weights. With `keep` (o words, each all ones or zero), the outputs whose word is zero are
+// written as 0 (a channel mask applied in the epilogue: 0 for NaN and Inf too).
 void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
                      int64_t o, int64_t block, int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t sh, int64_t sw,
                      const float* bias, const float* residual, bool relu, float* y, const int64_t* kept = nullptr,
-                     int64_t weight_channels = 0);
+                     int64_t weight_channels = 0, const uint32_t* keep = nullptr);
 
 // The kept outputs out_idx (ascending) and kept inputs in_idx of `blocked` ((O/block, taps, c, block)),
 // blocked again for direct_conv_raw: dst (direct_outputs(kout) / out_block, taps, kin, out_block), the
