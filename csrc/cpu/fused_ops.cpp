@@ -645,6 +645,7 @@ struct RunBuffers {
   static constexpr size_t kKeptBytes = size_t{4} << 20;
   std::vector<int64_t> in_idx, out_idx, offsets;
   std::vector<float> cols, wbuf, ybuf, planes, rows;
+  std::vector<uint32_t> keep;  // an output mask's words for the direct kernel's epilogue
 
   void trim() {
     for (auto* v : {&cols, &wbuf, &ybuf, &planes, &rows}) {
@@ -1051,7 +1052,8 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     // interleaved pairs).
     if (in_place_direct && count == 1 && own_out == nullptr && pixel_rows && os[3] == g.c_out &&
         os[2] == g.wo * g.c_out && (rp == nullptr || (rs[3] == g.c_out && rs[2] == g.wo * g.c_out))) {
-      std::vector<uint32_t> keep(static_cast<size_t>(g.c_out));
+      auto& keep = run_buffers().keep;
+      keep.resize(static_cast<size_t>(g.c_out));
       for (int64_t o = 0; o < g.c_out; ++o) keep[o] = out_bits[o / 64] >> (o % 64) & 1 ? ~uint32_t{0} : 0;
       direct_conv_raw(planes.data(), 1, hp, wpad, kin, blocked.data_ptr<float>(), outs, block, g.kh, g.kw, g.ho,
                       g.wo, g.sh, g.sw, bp, rp != nullptr ? rp + members[0] * rs[0] : nullptr, relu,
