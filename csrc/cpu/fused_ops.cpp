@@ -1045,13 +1045,13 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       }
     }
     const int64_t* kept_rows = in_place_direct && kin < g.c_in ? in_idx.data() : nullptr;
-    // One sample whose every output the kernel computes, into a channels-last output (its residual too):
+    // One sample whose every output the kernel computes, into a channels-last output (pixel_rows; `out` and
+    // the residual are then contiguous (pixels, c_out) per sample, as the kernel's y and residual are):
     // the kernel's epilogue adds the bias and residual, applies the ReLU and zeroes the removed outputs,
     // writing the output in place of a buffer and a pass over it (the embedded model's batch-1 32 -> 64
     // pathway conv at 16x16: 39.3-43.3 -> 31.3-33.4 us, its pathway phase 0.141-0.152 -> 0.133-0.139 ms,
     // interleaved pairs).
-    if (in_place_direct && count == 1 && own_out == nullptr && pixel_rows && os[3] == g.c_out &&
-        os[2] == g.wo * g.c_out && (rp == nullptr || (rs[3] == g.c_out && rs[2] == g.wo * g.c_out))) {
+    if (in_place_direct && count == 1 && own_out == nullptr && pixel_rows) {
       auto& keep = run_buffers().keep;
       keep.resize(static_cast<size_t>(g.c_out));
       for (int64_t o = 0; o < g.c_out; ++o) keep[o] = out_bits[o / 64] >> (o % 64) & 1 ? ~uint32_t{0} : 0;
