@@ -162,8 +162,10 @@ NEVER_READ_CASES = [(CONV_CASES[1], "oihw"), ((1, 16, 4, 4, 7, 3, 2, 1), "oihw")
 
 
 @pytest.mark.parametrize(("case", "weight_layout"), NEVER_READ_CASES)
-def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(case, weight_layout: str) -> None:
-    x, weight, bias, _, in_mask, out_mask, s, p = _conv_inputs(case, "nchw", 0.6, 0.5, False)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])  # channels-last: the pixel epilogues
+def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(case, weight_layout: str,
+                                                                                layout: str) -> None:
+    x, weight, bias, _, in_mask, out_mask, s, p = _conv_inputs(case, layout, 0.6, 0.5, False)
     poisoned = torch.where(in_mask[:, :, None, None], x, torch.tensor(float("nan")))
     w = _laid_out(weight, weight_layout)
     out = ops.pathway_conv2d(poisoned, w, bias, None, in_mask, out_mask, s, p, relu=False)

@@ -31,6 +31,7 @@
 #include "pathrt/epilogue.h"
 #include "pathrt/fused_checks.h"
 #include "pathrt/kernels.h"
+#include "pathrt/packed_conv.h"
 
 // BLAS's sgemm (column-major, 32-bit sizes), which torch's x86 builds export from MKL; weak, so a build
 // without it loads and gathers columns instead.
@@ -673,6 +674,11 @@ static void kept_channels(const std::vector<uint64_t>& bits, int64_t c, std::vec
 // gathered columns fit in about 8 MB; the runs costliest first. Trained generators repeat masks heavily
 // (13-89 distinct per layer over 359 test digits), so one GEMM serves many samples.
 PATHRT_CLONES static std::vector<MaskRun> mask_groups(const bool* imp, const bool* omp, const ConvGeometry& g) {
+  if (g.n == 1) {  // one run, no grouping (the map and cost tables took ~1.5 us of a batch-1 conv)
+    std::vector<MaskRun> one(1);
+    one[0] = {{0}, mask_bits(mask_row(imp, 0, g.c_in), g.c_in), mask_bits(mask_row(omp, 0, g.c_out), g.c_out)};
+    return one;
+  }
   std::map<std::pair<std::vector<uint64_t>, std::vector<uint64_t>>, size_t> index;  // (in, out) bits -> group
   std::vector<MaskRun> groups;
   for (int64_t s = 0; s < g.n; ++s) {
@@ -812,7 +818,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const bool dots_only = !shifted && std::all_of(runs.begin(), runs.end(), [&](const MaskRun& run) {
     return static_cast<int64_t>(run.members.size()) * g.ho * g.wo <= kDotMaxPixels;
   });
-  const bool input_major = dots_only && g.c_out % kSlabOuts == 0 && weight.permute({1, 2, 3, 0}).is_contiguous();
+  const bool input_major = dots_only && g.c_out % kSlabOuts == 0 && is_input_major(weight);
   const bool as_is = input_major || weight.is_contiguous() ||
                      (dots_only && weight.is_contiguous(at::MemoryFormat::ChannelsLast));
   const auto wc = as_is ? weight : weight.contiguous();

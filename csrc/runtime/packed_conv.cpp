@@ -140,9 +140,18 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
   return rows;
 }
 
+bool is_input_major(const at::Tensor& weight) {
+  int64_t expected = 1;
+  for (const int64_t d : {0, 3, 2, 1}) {  // innermost first; a dim of size 1 has any stride
+    if (weight.size(d) != 1 && weight.stride(d) != expected) return false;
+    expected *= weight.size(d);
+  }
+  return true;
+}
+
 at::Tensor kept_inputs(const at::Tensor& input_major, const at::Tensor& keep_in) {
   const int64_t o = input_major.size(0), c = input_major.size(1), taps = input_major.size(2) * input_major.size(3);
-  TORCH_CHECK(input_major.permute({1, 2, 3, 0}).is_contiguous(), "kept_inputs: the weight is not input-major");
+  TORCH_CHECK(is_input_major(input_major), "kept_inputs: the weight is not input-major");
   const auto in_idx = keep_in.contiguous();
   const int64_t kin = in_idx.numel();
   auto matrix = at::empty({taps * kin, o}, input_major.options());

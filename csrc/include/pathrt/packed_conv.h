@@ -107,6 +107,9 @@ bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArray
 // channel) values over the channels keep_in (undefined: all; a view of a channels-last weight when both
 // are), gathered in one pass; viewed (kout, kh, kw, kin), a channels-last conv weight.
 at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, const at::Tensor& keep_in);
+// Whether an (O, C, kh, kw) weight is input-major: a view of (C, kh, kw, O) memory. Read from the strides
+// (as permute({1, 2, 3, 0}).is_contiguous() would, without the view: ~2 us of a batch-1 pathway conv).
+bool is_input_major(const at::Tensor& weight);
 // The kept input channels keep_in of an input-major weight (an (O, C, kh, kw) view of (C, kh, kw, O)
 // memory) as a (kh * kw * kin, O) matrix, one contiguous copy of O floats per (tap, kept channel): a
 // conv that keeps every output but a few inputs reads only those inputs' weights (ResNet-18@64's
