@@ -162,12 +162,13 @@ PYBIND11_MODULE(_C, m) {
         out["helper_chunks"] = s.helper_chunks;
         out["late"] = s.late;
         out["suspended_scopes"] = s.suspended_scopes;
-        out["preempted_scopes"] = s.preempted_scopes;
+        out["contended_scopes"] = s.contended_scopes;
         return out;
       },
       "The session calls' helper pool (csrc/include/pathrt/call_pool.h), this process so far: whether it is on "
       "(PATHRT_CALL_POOL), loops it ran, chunks its helpers ran, late helpers, calls it sat out after a late "
-      "helper or a preempted call, and calls whose calling thread was preempted twice or more while on a CPU under 3/4 of the time.");
+      "helper or a contended call, and contended calls: their calling thread left its CPU (preempted, or blocked on a "
+      "descheduled peer) and ran on one for under 0.6 of the time.");
   m.def(
       "call_pool_loop",
       [](int threads, int64_t n, int64_t grain, double caller_us, double helper_us, int64_t fail_at, bool spin) {

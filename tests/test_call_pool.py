@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _loop_with_a_helper(n: int, caller_us: float, helper_us: float) -> tuple[dict, list[int], list[int]]:
     """(stats before, runs, on_helper) of the first of up to 4 loops that a helper took part in: after
-    a late helper (an earlier test, or other work on this machine) the pool sits out up to 2 s."""
+    a late helper (an earlier test, or other work on this machine) the pool sits out up to 2 s. The
+    indices spin, as work does (a caller that sleeps through its call looks contended to the pool)."""
     for attempt in range(4):
         before = _C.call_pool()
-        runs, on_helper = _C.call_pool_loop(2, n, 1, caller_us=caller_us, helper_us=helper_us)
+        runs, on_helper = _C.call_pool_loop(2, n, 1, caller_us=caller_us, helper_us=helper_us, spin=True)
         assert runs == [1] * n
         if any(on_helper) or attempt == 3:
             return before, runs, on_helper
@@ -48,53 +49,60 @@ def test_a_loop_within_its_grain_or_on_one_thread_stays_on_the_caller() -> None:
 
 def test_an_error_in_a_chunk_reaches_the_caller_and_the_pool_goes_on() -> None:
     with pytest.raises(RuntimeError, match="failing at 40"):
-        _C.call_pool_loop(2, 64, 1, caller_us=50.0, helper_us=50.0, fail_at=40)
+        _C.call_pool_loop(2, 64, 1, caller_us=50.0, helper_us=50.0, fail_at=40, spin=True)
     # (a loaded machine may have preempted that call: then the next ones sit out a back-off first)
     before, runs, _ = _loop_with_a_helper(64, 50.0, 50.0)
     assert runs == [1] * 64 and _C.call_pool()["jobs"] == before["jobs"] + 1
 
 
 def test_a_late_helper_is_waited_for_then_sits_out_a_back_off() -> None:
-    """A helper that holds a chunk far longer than the caller's (here it sleeps 20 ms per index, as a
-    descheduled thread would) makes the call wait for it, blocked; the next call runs alone."""
+    """A helper that holds a chunk far longer than the caller's (here it is busy 20 ms per index, as a
+    descheduled thread would hold it) makes the call wait for it, blocked; the next call runs alone."""
     before, _, on_helper = _loop_with_a_helper(16, 200.0, 20000.0)
     assert any(on_helper)
     late = _C.call_pool()
     assert late["late"] == before["late"] + 1
-    runs, on_helper = _C.call_pool_loop(2, 16, 1, caller_us=10.0, helper_us=10.0)
+    runs, on_helper = _C.call_pool_loop(2, 16, 1, caller_us=10.0, helper_us=10.0, spin=True)
     assert runs == [1] * 16 and not any(on_helper)
     assert _C.call_pool()["suspended_scopes"] == late["suspended_scopes"] + 1
 
 
-_PREEMPTED = """
+_CONTENDED = """
 import json, os, subprocess, sys, time
 from pathrt import _C
-cpu = min(os.sched_getaffinity(0))
-os.sched_setaffinity(0, {cpu})
-spin = ("import os, time\\nos.sched_setaffinity(0, {%d})\\nend = time.monotonic() + 60\\n"
-        "while time.monotonic() < end: pass")
-busy = subprocess.Popen([sys.executable, "-c", spin % cpu])
+busy = None
+if sys.argv[1] == "preempted":  # a busy process on the caller's only core
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    spin = ("import os, time\\nos.sched_setaffinity(0, {%d})\\nend = time.monotonic() + 60\\n"
+            "while time.monotonic() < end: pass")
+    busy = subprocess.Popen([sys.executable, "-c", spin % cpu])
 try:
     time.sleep(0.5)
     before = _C.call_pool()
-    _C.call_pool_loop(2, 4, 4, caller_us=100000.0, spin=True)  # within its grain: 0.4 s busy on the caller
-    preempted = _C.call_pool()
-    runs, on_helper = _C.call_pool_loop(2, 16, 1)
-    print(json.dumps({"before": before, "preempted": preempted, "after": _C.call_pool(), "on_helper": on_helper}))
+    # within its grain: 0.4 s on the caller, busy (and preempted), or blocked
+    _C.call_pool_loop(2, 4, 4, caller_us=100000.0, spin=sys.argv[1] == "preempted")
+    contended = _C.call_pool()
+    runs, on_helper = _C.call_pool_loop(2, 16, 1, spin=True)
+    print(json.dumps({"before": before, "contended": contended, "after": _C.call_pool(), "on_helper": on_helper}))
 finally:
-    busy.kill()
-    busy.wait()
+    if busy is not None:
+        busy.kill()
+        busy.wait()
 """
 
 
-def test_a_call_preempted_by_other_work_makes_the_next_ones_sit_out() -> None:
-    """A busy process on the caller's only core preempts the call: the pool counts it and the next call
-    runs without helpers (and a session call on one thread, call_pool::contended)."""
-    done = subprocess.run([sys.executable, "-c", _PREEMPTED], capture_output=True, text=True, timeout=120, cwd=ROOT)
+@pytest.mark.parametrize("how", ["preempted", "blocked"])
+def test_a_call_that_met_other_work_makes_the_next_ones_sit_out(how: str) -> None:
+    """A call whose calling thread is off its CPU for most of the call, preempted by a busy process on its
+    only core or blocked (as at an OpenMP barrier on a descheduled peer): the pool counts it and the next
+    call runs without helpers (and a session call on one thread, call_pool::contended)."""
+    done = subprocess.run([sys.executable, "-c", _CONTENDED, how], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["preempted"]["preempted_scopes"] == out["before"]["preempted_scopes"] + 1
-    assert out["after"]["suspended_scopes"] == out["preempted"]["suspended_scopes"] + 1
+    assert out["contended"]["contended_scopes"] == out["before"]["contended_scopes"] + 1
+    assert out["after"]["suspended_scopes"] == out["contended"]["suspended_scopes"] + 1
     assert not any(out["on_helper"])
 
 

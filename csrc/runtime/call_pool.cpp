@@ -46,19 +46,21 @@ constexpr auto kFirstBackoff = std::chrono::milliseconds(50), kMaxBackoff = std:
 // How long the caller waits past its own chunks before it calls a helper late: twice its longest
 // chunk plus kLateSlack (a helper woken or interrupted once is not late); kLateAlone when it ran none.
 constexpr auto kLateSlack = std::chrono::microseconds(100), kLateAlone = std::chrono::microseconds(1000);
-// A call whose calling thread the kernel preempted (involuntary context switches: another runnable
-// thread wanted its core) at least kContendedPreemptions times and which ran on a CPU for less than
-// kContendedShare of its wall time met other work on the cores. Measured on ResNet-18@64 at batch 1, 2
-// threads: quiet, 987 of 1000 calls saw no preemption and 13 one; beside one busy process per core
-// nearly every call saw 2 to 25. There the call on 2 threads took 13.9-15.1 ms against 8.9-9.4 on 1
-// (quiet: 4.7-5.4 and 7.8-8.4): its other thread, descheduled, holds up each parallel step. The share:
-// a quiet batch-64 call is preempted a few times too (ResNet-18@64 up to 3 in 118 ms, VGG-11@64 up to
-// 14 in 422 ms: daemons, BLAS's own threads), briefly; with the count alone VGG-11@64 ran its next calls
-// on one thread (385 -> 711 ms).
-constexpr int64_t kContendedPreemptions = 2;
-constexpr double kContendedShare = 0.75;
+// A call met other work on the cores when its calling thread left its CPU (a context switch) and ran on
+// one for less than kContendedShare of the call's wall time. Left how: preempted (involuntary switches:
+// another runnable thread wanted its core), or blocked waiting on a peer that was descheduled (voluntary
+// ones: an OpenMP barrier's futex, which oneDNN's statically split convs hit). On this host's kernel
+// (6.18, EEVDF), beside one busy process per core, the calls of ResNet-18@64 and VGG-11@64 at batch 1 on
+// 2 threads ran on a CPU for a median 0.35-0.52 of their time and mostly left it voluntarily (0-1
+// involuntary switches, 1-4 voluntary): counting preemptions alone (2 or more, the rule before) never saw
+// them, and they ran on 2 threads at 8.0-8.9 and 21-33 ms against 4.3 and 12.8 on one (quiet: 2.7 and
+// 7.0 on 2). Quiet calls ran on a CPU for 0.91 and more of their time at batch 1, 0.78 and more at batch
+// 64 (VGG-11@64, up to 35 voluntary switches at its OpenMP barriers), hence the share: a count alone sent
+// VGG-11@64's next batch-64 calls to one thread (385 -> 711 ms).
+constexpr int64_t kContendedSwitches = 1;
+constexpr double kContendedShare = 0.6;
 
-std::atomic<int64_t> jobs{0}, helper_chunks{0}, late_waits{0}, suspended_scopes{0}, preempted_scopes{0};
+std::atomic<int64_t> jobs{0}, helper_chunks{0}, late_waits{0}, suspended_scopes{0}, contended_scopes{0};
 
 // The calling thread's CPU time so far, in seconds.
 double cpu_seconds() {
@@ -67,11 +69,12 @@ double cpu_seconds() {
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
-// Involuntary context switches of the calling thread so far (0 where the OS does not count them).
-int64_t preemptions() {
+// Context switches of the calling thread so far, involuntary and voluntary (0 where the OS does not
+// count them).
+int64_t context_switches() {
 #ifdef RUSAGE_THREAD
   rusage usage{};
-  if (getrusage(RUSAGE_THREAD, &usage) == 0) return usage.ru_nivcsw;
+  if (getrusage(RUSAGE_THREAD, &usage) == 0) return usage.ru_nivcsw + usage.ru_nvcsw;
 #endif
   return 0;
 }
@@ -268,7 +271,7 @@ struct Caller {
   pid_t pid = 0;
   bool active = false, late = false, used = false, in_job = false;
   int pauses = 0;
-  int64_t preempted_at_start = 0;
+  int64_t switches_at_start = 0;
   double cpu_at_start = 0.0;
   Clock::time_point started{};
   Clock::time_point suspended_until{};
@@ -324,7 +327,7 @@ CallScope::CallScope(int threads) {
   Pool& pool = c.pool_for(threads);
   c.active = true;
   c.late = c.used = false;
-  c.preempted_at_start = preemptions();
+  c.switches_at_start = context_switches();
   c.cpu_at_start = cpu_seconds();
   c.started = Clock::now();
   if (c.pauses == 0) pool.spin();
@@ -337,9 +340,9 @@ CallScope::~CallScope() {
   c.pool->rest();
   c.active = false;
   const double wall = std::chrono::duration<double>(Clock::now() - c.started).count();
-  if (preemptions() - c.preempted_at_start >= kContendedPreemptions &&
+  if (context_switches() - c.switches_at_start >= kContendedSwitches &&
       cpu_seconds() - c.cpu_at_start < kContendedShare * wall) {
-    preempted_scopes.fetch_add(1, std::memory_order_relaxed);
+    contended_scopes.fetch_add(1, std::memory_order_relaxed);
     if (!c.late) c.suspend();
   } else if (c.used && !c.late) {
     c.backoff = kFirstBackoff;
@@ -383,7 +386,7 @@ void run(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64
 
 Stats stats() {
   return {enabled(), jobs.load(), helper_chunks.load(), late_waits.load(), suspended_scopes.load(),
-          preempted_scopes.load()};
+          contended_scopes.load()};
 }
 
 }  // namespace call_pool

@@ -9,9 +9,9 @@
 // Contention: a helper that is descheduled while it holds a chunk makes the caller wait. When the
 // caller waits well past its own chunks' time, it blocks instead of spinning, the pool stops for
 // the rest of the call and is suspended for a back-off (50 ms doubling to 2 s) before calls use it
-// again. A call whose calling thread the kernel preempted twice or more while it ran on a CPU for
-// under 3/4 of its time (other runnable work wanted its core) starts the same back-off; during it
-// `contended()` holds and the session runs its steps on one thread, OpenMP's too. PATHRT_CALL_POOL=0
+// again. A call whose calling thread left its CPU (preempted, or blocked on a descheduled peer) and ran
+// on one for under 0.6 of its time (other runnable work wanted the cores) starts the same back-off;
+// during it `contended()` holds and the session runs its steps on one thread, OpenMP's too. PATHRT_CALL_POOL=0
 // turns it off (every loop then runs on at::parallel_for, as before).
 #pragma once
 
@@ -60,14 +60,14 @@ int width();
 // rethrows the first exception a chunk threw after every claimed chunk has finished.
 void run(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f);
 
-// Whether the calling thread's pool is in a back-off after a late helper or a preempted call: other
+// Whether the calling thread's pool is in a back-off after a late helper or a contended call: other
 // work shares the cores, and a session call then runs on one thread.
 bool contended();
 
 // Counters of this process's pools, for tests and diagnostics.
 struct Stats {
   bool enabled = true;  // PATHRT_CALL_POOL is not 0
-  int64_t jobs = 0, helper_chunks = 0, late = 0, suspended_scopes = 0, preempted_scopes = 0;
+  int64_t jobs = 0, helper_chunks = 0, late = 0, suspended_scopes = 0, contended_scopes = 0;
 };
 Stats stats();
 
