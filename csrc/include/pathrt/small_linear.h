@@ -20,8 +20,8 @@ class SmallLinear {
   SmallLinear(const at::Tensor& weight, const at::Tensor& bias);
 
   // y (rows, out; rows `ldy` floats apart) = x (rows, in; rows `ldx` floats apart) W^T + b, on the
-  // calling thread; inside a session call, products of kMinSplitWork (196k) multiply-adds and 8 panels up also on the
-  // call pool's helpers (pathrt/call_pool.h).
+  // calling thread; inside a session call, products of kMinSplitWork (196k) multiply-adds and 8 panels
+  // up also on the call pool's helpers (pathrt/call_pool.h).
   void operator()(const float* x, int64_t ldx, int64_t rows, float* y, int64_t ldy) const;
   void operator()(const float* x, int64_t rows, float* y) const { (*this)(x, in_, rows, y, out_); }
 
