@@ -10,6 +10,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorGeometry.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #ifdef _OPENMP
@@ -141,12 +142,9 @@ at::Tensor kept_weight(const at::Tensor& weight, const at::Tensor& keep_out, con
 }
 
 bool is_input_major(const at::Tensor& weight) {
-  int64_t expected = 1;
-  for (const int64_t d : {0, 3, 2, 1}) {  // innermost first; a dim of size 1 has any stride
-    if (weight.size(d) != 1 && weight.stride(d) != expected) return false;
-    expected *= weight.size(d);
-  }
-  return true;
+  const int64_t sizes[] = {weight.size(1), weight.size(2), weight.size(3), weight.size(0)};
+  const int64_t strides[] = {weight.stride(1), weight.stride(2), weight.stride(3), weight.stride(0)};
+  return at::geometry_is_contiguous(sizes, strides);  // is_contiguous's rule, on the (C, kh, kw, O) order
 }
 
 at::Tensor kept_inputs(const at::Tensor& input_major, const at::Tensor& keep_in) {
