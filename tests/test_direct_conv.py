@@ -89,15 +89,16 @@ def test_direct_conv_of_every_instruction_set(level: str) -> None:
 
 
 def test_direct_conv_rule() -> None:
-    """Direct below 4 images, above 4 output pixels, up to 16M multiply-adds, weights under 4 MB whose
-    outputs are a multiple of 16; the rest stays with the GEMM conv, the dot products or oneDNN."""
+    """Direct below 4 images, up to 16M multiply-adds, weights whose outputs are a multiple of 16; the
+    rest stays with the GEMM conv, the dot products or oneDNN."""
     def pays(n: int, c: int, hw: int, o: int, k: int = 3, s: int = 1, p: int = 1) -> bool:
         return _C.direct_conv_pays(torch.empty(n, c, hw, hw), torch.empty(o, c, k, k), [s, s], [p, p])
 
     assert pays(1, 3, 32, 32) and pays(1, 128, 4, 256) and pays(3, 64, 8, 128) and pays(1, 64, 16, 128, 1, 2, 0)
     assert not pays(4, 3, 32, 32)  # a batch of 4: the batched GEMM conv
-    assert not pays(1, 256, 2, 256)  # 4 output pixels: the dot products
-    assert not pays(1, 512, 4, 512)  # a 9.4 MB weight
+    assert pays(1, 256, 2, 256) and pays(1, 512, 1, 512)  # 4 and 1 output pixels
+    assert pays(1, 512, 2, 512)  # a 9.4 MB weight, blocked on its first call, at 9.4M multiply-adds
+    assert not pays(2, 512, 2, 512)  # the same at 2 images: 19M multiply-adds, the dot products
     assert not pays(1, 64, 8, 24)  # 24 outputs: no 16-wide block
     assert not pays(1, 64, 32, 128)  # 75M multiply-adds: oneDNN's kernel
     assert not _C.direct_conv_pays(torch.empty(1, 8, 8, 8, dtype=torch.float64),

@@ -222,8 +222,8 @@ int64_t direct_block(int64_t outputs) {
   return 16;
 }
 
-bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs, int64_t max_macs) {
-  return images < kMinGemmImages && pixels > kGemmPixels && macs <= max_macs;
+bool direct_conv_fits(int64_t images, int64_t macs, int64_t max_macs) {
+  return images < kMinGemmImages && macs <= max_macs;
 }
 
 void direct_conv_raw(const float* padded, int64_t n, int64_t hp, int64_t wp, int64_t c, const float* blocked,
@@ -281,9 +281,8 @@ at::Tensor direct_conv_weight(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.size(0) % 16 == 0,
               "direct_conv_weight: a float (O, C, kh, kw) weight with O a multiple of 16, got ", weight.sizes());
   const int64_t o = weight.size(0), block = direct_block(o);
-  return weight.reshape({o / block, block, weight.size(1), weight.size(2), weight.size(3)})
-      .permute({0, 3, 4, 2, 1})
-      .contiguous();
+  // one copy from a view, whatever the weight's memory format: no temporary copy of a weight of megabytes
+  return weight.unflatten(0, {o / block, block}).permute({0, 3, 4, 2, 1}).contiguous();
 }
 
 namespace {

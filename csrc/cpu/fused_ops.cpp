@@ -1127,7 +1127,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
           kin > 0 && kout > 0 &&
           (width > kDotMaxPixels
                ? (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
-                                 : direct_conv_fits(count, cols_per_row, kout * depth * width, kSparseDirectMaxMacs))
+                                 : direct_conv_fits(count, kout * depth * width, kSparseDirectMaxMacs))
                : reads_in_place(kout, width) && g.c_out * depth * width <= kSparseDirectMaxMacs);
       const bool planar_run = planar_weight && count == 1 && kin > 0 && kout > 0 && g.wo >= kPlanarMinRow &&
                               g.wo <= kPlanarMaxRow && kout * g.c_in * taps <= kPlanarMaxWeightFloats;

@@ -69,10 +69,9 @@ int64_t map_pixels(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayR
          conv_output_size(x.size(3), weight.size(3), stride[1], padding[1]);
 }
 
-// Whether direct_conv_weight can block `weight` for the direct conv, and the session keeps it so.
+// Whether direct_conv_weight can block `weight` for the direct conv.
 bool direct_weight(const at::Tensor& weight) {
-  return weight.dim() == 4 && weight.is_cpu() && weight.scalar_type() == at::kFloat && weight.size(0) % 16 == 0 &&
-         weight.numel() < kLargeWeight;
+  return weight.dim() == 4 && weight.is_cpu() && weight.scalar_type() == at::kFloat && weight.size(0) % 16 == 0;
 }
 
 }  // namespace
@@ -86,8 +85,7 @@ bool gemm_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArray
 bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
                       c10::IntArrayRef padding) {
   if (!direct_weight(weight) || x.dim() != 4 || !x.is_cpu() || x.scalar_type() != at::kFloat) return false;
-  const int64_t pixels = map_pixels(x, weight, stride, padding);
-  return direct_conv_fits(x.size(0), pixels, x.size(0) * pixels * weight.numel());
+  return direct_conv_fits(x.size(0), x.size(0) * map_pixels(x, weight, stride, padding) * weight.numel());
 }
 
 bool pointwise_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride,
@@ -321,6 +319,7 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
 struct PackedConv::Cache {
   std::mutex mutex;
   std::list<std::pair<std::vector<int64_t>, at::Tensor>> entries;
+  at::Tensor blocked;  // a weight of kLargeWeight floats or more, blocked on its first direct conv
 };
 
 bool packed_convs_available() {
@@ -343,7 +342,7 @@ PackedConv::PackedConv(const at::Tensor& weight, std::vector<int64_t> stride, st
     : plain_(weight.contiguous(at::MemoryFormat::ChannelsLast)), stride_(std::move(stride)),
       padding_(std::move(padding)), cache_(std::make_shared<Cache>()) {
   if (weight.scalar_type() != at::kFloat || weight.dim() != 4) return;
-  if (direct_weight(weight)) direct_ = direct_conv_weight(weight.contiguous());
+  if (direct_weight(weight) && weight.numel() < kLargeWeight) direct_ = direct_conv_weight(weight);
   if (!packed_convs_available()) return;
   try {
     reorder(weight.contiguous(), padding_, stride_, std::nullopt);  // can oneDNN take this weight at all?
@@ -372,8 +371,15 @@ at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
   return entries.front().second;
 }
 
+const at::Tensor& PackedConv::direct_weight_for_call() const {
+  if (direct_.defined()) return direct_;
+  std::lock_guard<std::mutex> lock(cache_->mutex);
+  if (!cache_->blocked.defined()) cache_->blocked = direct_conv_weight(plain_);
+  return cache_->blocked;
+}
+
 PackedConv::Kernel PackedConv::kernel_for(const at::Tensor& x) const {
-  if (direct_.defined() && direct_conv_pays(x, plain_, stride_, padding_)) return Kernel::Direct;
+  if (direct_conv_pays(x, plain_, stride_, padding_)) return Kernel::Direct;
   if (dot_conv_pays(x, plain_, stride_, padding_)) return Kernel::Dot;
   // oneDNN's per-call setup outweighs its faster kernel on the smallest convs (the generator's above
   // SmallGenerator's batches): those run through at::conv2d.
@@ -394,7 +400,7 @@ at::Tensor PackedConv::operator()(const at::Tensor& x, const at::Tensor& bias, c
   const std::optional<at::Tensor> b = bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
   switch (kernel_for(x)) {
     case Kernel::Direct:
-      return direct_conv2d(x, direct_, bias, residual, relu, stride_, padding_);
+      return direct_conv2d(x, direct_weight_for_call(), bias, residual, relu, stride_, padding_);
     case Kernel::Conv2d: {
       auto y = at::conv2d(x, plain_, b, stride_, padding_);
       if (residual.defined()) y.add_(residual);

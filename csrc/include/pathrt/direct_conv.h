@@ -34,10 +34,12 @@ constexpr int64_t kDirectTilePixels = 48;
 // shifted planes, 1220 against 1070.
 constexpr int64_t kSparseDirectMaxMacs = int64_t{1} << 26;
 
-// Whether a conv of `images` images, `pixels` output pixels each and `macs` multiply-adds in all runs
-// direct: fewer than kMinGemmImages images, more than kGemmPixels pixels (fewer take the dot products), at
-// most `max_macs` multiply-adds.
-bool direct_conv_fits(int64_t images, int64_t pixels, int64_t macs, int64_t max_macs = kDirectMaxMacs);
+// Whether a conv of `images` images and `macs` multiply-adds in all runs direct: fewer than
+// kMinGemmImages images, at most `max_macs` multiply-adds. Down to one output pixel: at 2x2 and 1x1 maps
+// the direct conv beat the dot products that ran there before, weights streamed (2 threads, batch 1, a
+// rotation of weight copies over 24 MB, us): 512->512 3x3 at 2x2 197 / 158, at 1x1 176 / 157, 256->512
+// stride 2 from 4x4 108 / 87, 256->256 at 2x2 59 / 45, 128->128 20 / 15, 64->64 11 / 7.
+bool direct_conv_fits(int64_t images, int64_t macs, int64_t max_macs = kDirectMaxMacs);
 
 // The outputs a copy of `kept` outputs' weights holds for direct_conv_raw: `kept` rounded up to 16 while it
 // is at most 16, else to 32, so that its blocks are 32 or 64 outputs wide (direct_block). Blocks of 16 run

@@ -7,9 +7,13 @@
 // batch 64 within 10% either way. Small convs (below kMinPackedMacs) keep at::conv2d, whose im2col
 // kernel has less per-call setup. Without oneDNN it runs at::conv2d. Convs of 1-3 images that
 // direct_conv_pays picks run through pathrt's direct conv (pathrt/direct_conv.h) on a second copy of
-// the weight, blocked at load for it (weights under kLargeWeight whose outputs are a multiple of 16):
-// at batch 1 oneDNN's per-call setup is a large share of such a conv. Convs of at most kGemmPixels
-// output pixels per image over 1-3 images run as pathway_conv2d's dot products (dot_conv_pays).
+// the weight, blocked for it (weights whose outputs are a multiple of 16): at load under kLargeWeight,
+// else on the first such call (the session's dry run at load makes it for the convs its batch-1 calls
+// run direct: ResNet-18@64's layer-4 convs at 2x2, +30 MB on a 192 MB session; where the dot products
+// ran them, its plain phase took 1.54-1.56 -> 1.43-1.47 ms at batch 1 and 3.75-3.81 -> 3.55-3.68 at
+// batch 3, alternating processes): at batch 1 oneDNN's per-call setup is a large share of such a conv. Those the direct conv cannot take, of at
+// most kGemmPixels output pixels per image over 1-3 images, run as pathway_conv2d's dot products
+// (dot_conv_pays).
 // 1x1 convs of stride 1 over at least kMinPointwiseRows pixels run as one GEMM (pointwise_conv2d).
 //
 // The packed layout oneDNN wants depends on the input's shape (on AVX2: Acdb32a at batch 1, a padded
@@ -42,7 +46,10 @@ class PackedConv {
 
   bool packed() const { return packed_; }
   const at::Tensor& weight() const { return plain_; }
-  // The weight blocked for the direct conv (direct_conv_weight), or undefined where its shape does not allow.
+  // The weight blocked at load for the direct conv (direct_conv_weight), or undefined where its shape does
+  // not allow or it has kLargeWeight floats or more: pathway_conv2d reads it in place, and a larger one
+  // would stream whole where the kept rows it reads otherwise are ~40% (ResNet-18@64's batch-1 pathway
+  // phase took 0.94-0.97 -> 1.12-1.18 ms with its layer-4 weights blocked).
   const at::Tensor& blocked() const { return direct_; }
 
   // Whether conv(x) runs on pathrt's own kernels (the direct conv or the dot products), whose loops
@@ -56,9 +63,10 @@ class PackedConv {
   enum class Kernel { Direct, Conv2d, Dot, Gemm, Pointwise, OneDnn };
   Kernel kernel_for(const at::Tensor& x) const;  // the rules below, in order
   at::Tensor packed_for(const at::Tensor& input) const;
+  const at::Tensor& direct_weight_for_call() const;  // direct_, else the weight blocked on first use
 
   at::Tensor plain_;
-  at::Tensor direct_;  // blocked for direct_conv2d (pathrt/direct_conv.h), where its shape allows
+  at::Tensor direct_;  // blocked for direct_conv2d (pathrt/direct_conv.h) at load, under kLargeWeight
   std::vector<int64_t> stride_, padding_;
   bool packed_ = false;
   std::shared_ptr<Cache> cache_;
@@ -123,7 +131,8 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
                        int64_t kw, const at::Tensor& bias, const at::Tensor& residual, bool relu,
                        c10::IntArrayRef stride, c10::IntArrayRef padding);
 
-// A conv of at most kGemmPixels output pixels per image over fewer than kMinGemmImages images: oneDNN
+// A conv of at most kGemmPixels output pixels per image over fewer than kMinGemmImages images that the
+// direct conv cannot take (it is faster still where it can: direct_conv_fits in pathrt/direct_conv.h): oneDNN
 // streams the weight once per image at a few multiply-adds per weight, on one thread per image at batch
 // 1. pathway_conv2d's dot products read it once per call, in place (the channels-last rows), on every
 // thread the call has. Measured on 2 cores with a 512->512 3x3 weight at 2x2: batch 1 459 -> 393 us on 1
@@ -135,9 +144,8 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
 // At 3x3 and 4x4 maps oneDNN is faster (525 against 668 us and 643 against 898 on 1 thread).
 bool dot_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
-// Whether conv(x, weight) runs through the direct conv (pathrt/direct_conv.h): a float CPU weight under
-// kLargeWeight whose output channels are a multiple of 16 (direct_conv_weight can block it), and a conv
-// that direct_conv_fits.
+// Whether conv(x, weight) runs through the direct conv (pathrt/direct_conv.h): a float CPU weight whose
+// output channels are a multiple of 16 (direct_conv_weight can block it), and a conv that direct_conv_fits.
 bool direct_conv_pays(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding);
 
 // Whether conv(x, weight) is a 1x1 conv of stride 1, unpadded, over at least kMinPointwiseRows output
