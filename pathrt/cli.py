@@ -648,4 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if "pathrt.ddp" in sys.modules:  # `pathrt train` ran here: as a rank torchrun started, end it at once
+        from pathrt.ddp import exit_rank
+
+        exit_rank(status)
+    sys.exit(status)

@@ -13,6 +13,7 @@ order of float additions (and dropout's random draws, one stream per rank).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -51,9 +52,8 @@ class World:
         return World(dist.get_rank(), dist.get_world_size())
 
     def close(self) -> None:
-        """Leaves the process group, once this rank's collectives are done. A process that exits without
-        it may be aborted by gloo's threads while the interpreter shuts down (SIGABRT, "terminate called
-        without an active exception"; seen once in a fresh-clone test run of `pathrt train --nproc 2`)."""
+        """Leaves the process group, once this rank's collectives are done. Its gloo threads may outlive
+        it (DDP's reducer keeps the group): end the process with `exit_rank`."""
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -72,6 +72,21 @@ class World:
         out: list[object] = [None] * self.size
         dist.all_gather_object(out, value)
         return out
+
+
+def exit_rank(code: int) -> None:
+    """Ends a training process that torchrun started (WORLD_SIZE > 1) with `code`, its streams flushed,
+    without the interpreter's finalization; returns in any other process. After destroy_process_group the
+    group's gloo worker threads still run while DDP's reducer holds the group, and one that releases a
+    finished collective's tensors takes the GIL: asked for during finalization, that aborts the process
+    (SIGABRT, "terminate called without an active exception", in a rank that had finished; 2 of 40
+    `pathrt train --nproc 2` runs beside two busy processes, the thread's stack in a core dump:
+    ProcessGroupGloo::runLoop -> ~AsyncAllgatherWork -> decref -> take_gil -> pthread_exit)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _AllReduceSum(torch.autograd.Function):

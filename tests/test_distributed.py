@@ -305,6 +305,21 @@ def test_cli_train_nproc(tmp_path) -> None:
     assert result.returncode != 0 and "multiple of --nproc" in result.stderr + result.stdout
 
 
+def test_exit_rank_ends_a_torchrun_process_at_once() -> None:
+    """A process torchrun started (WORLD_SIZE > 1) ends with the code, its buffered output written and its
+    atexit handlers skipped (no interpreter shutdown); any other process goes on."""
+    code = ("import atexit, sys\nfrom pathrt.ddp import exit_rank\n"
+            "atexit.register(lambda: print('finalized'))\n"
+            "print('before', end='')\nexit_rank(3)\nprint(' after')\n")
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    rank = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "WORLD_SIZE": "2"}, capture_output=True,
+                          text=True, timeout=120)
+    assert (rank.returncode, rank.stdout) == (3, "before"), rank.stderr[-2000:]
+    alone = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert (alone.returncode, alone.stdout) == (0, "before after\nfinalized\n"), alone.stderr[-2000:]
+
+
 def create_tiny_target():
     from pathrt.targets import create_target
 
