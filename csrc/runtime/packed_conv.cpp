@@ -319,6 +319,7 @@ at::Tensor gemm_conv2d(const at::Tensor& x, const at::Tensor& weight_matrix, con
 struct PackedConv::Cache {
   std::mutex mutex;
   std::list<std::pair<std::vector<int64_t>, at::Tensor>> entries;
+  std::once_flag blocked_once;
   at::Tensor blocked;  // a weight of kLargeWeight floats or more, blocked on its first direct conv
 };
 
@@ -373,8 +374,7 @@ at::Tensor PackedConv::packed_for(const at::Tensor& input) const {
 
 const at::Tensor& PackedConv::direct_weight_for_call() const {
   if (direct_.defined()) return direct_;
-  std::lock_guard<std::mutex> lock(cache_->mutex);
-  if (!cache_->blocked.defined()) cache_->blocked = direct_conv_weight(plain_);
+  std::call_once(cache_->blocked_once, [this] { cache_->blocked = direct_conv_weight(plain_); });
   return cache_->blocked;
 }
 

@@ -12,8 +12,8 @@
 // 82, 128->128 at 8x8 119 / 125, 128->256 at 4x4 65 / 89; ResNet-18@64's stem 119 / 149, 64->64 at
 // 16x16 107 / 126, 128->256 stride 2 57 / 89. Above ~16M multiply-adds oneDNN's kernel is as fast or
 // faster (VGG-11@64's 64->128 at 32x32: 891 against 827; 256->256 at 16x16 2040 against 1584): hence
-// kDirectMaxMacs. Weights over kLargeWeight stream from memory and take the GEMM or dot-product paths
-// (the session's rule for its dense convs: direct_conv_pays in pathrt/packed_conv.h).
+// kDirectMaxMacs, which a weight over kLargeWeight (streamed from memory) fits only on maps of a few
+// pixels (the session's rule for its dense convs: direct_conv_pays in pathrt/packed_conv.h).
 #pragma once
 
 #include <ATen/ATen.h>
