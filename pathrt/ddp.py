@@ -53,7 +53,7 @@ class World:
 
     def close(self) -> None:
         """Leaves the process group, once this rank's collectives are done. Its gloo threads may outlive
-        it (DDP's reducer keeps the group): end the process with `exit_rank`."""
+        it (they did after DDP training, not without DDP): end the process with `exit_rank`."""
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -76,12 +76,13 @@ class World:
 
 def exit_rank(code: int) -> None:
     """Ends a training process that torchrun started (WORLD_SIZE > 1) with `code`, its streams flushed,
-    without the interpreter's finalization; returns in any other process. After destroy_process_group the
-    group's gloo worker threads still run while DDP's reducer holds the group, and one that releases a
-    finished collective's tensors takes the GIL: asked for during finalization, that aborts the process
-    (SIGABRT, "terminate called without an active exception", in a rank that had finished; 2 of 40
-    `pathrt train --nproc 2` runs beside two busy processes, the thread's stack in a core dump:
-    ProcessGroupGloo::runLoop -> ~AsyncAllgatherWork -> decref -> take_gil -> pthread_exit)."""
+    without the interpreter's finalization; returns in any other process. After DDP training the group's
+    gloo worker threads still ran after destroy_process_group (without DDP they end there), and one that
+    releases a finished collective's tensors takes the GIL: asked for during finalization, that aborts
+    the process (SIGABRT, "terminate called without an active exception", in a rank that had finished;
+    4 of 96 `pathrt train --nproc 2` runs beside two busy processes, 0 of 80 ended this way; the thread's
+    stack in a core dump: ProcessGroupGloo::runLoop -> ~AsyncAllgatherWork -> decref -> take_gil ->
+    pthread_exit)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     sys.stdout.flush()

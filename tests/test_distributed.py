@@ -308,7 +308,7 @@ def test_cli_train_nproc(tmp_path) -> None:
 def test_exit_rank_ends_a_torchrun_process_at_once() -> None:
     """A process torchrun started (WORLD_SIZE > 1) ends with the code, its buffered output written and its
     atexit handlers skipped (no interpreter shutdown); any other process goes on."""
-    code = ("import atexit, sys\nfrom pathrt.ddp import exit_rank\n"
+    code = ("import atexit\nfrom pathrt.ddp import exit_rank\n"
             "atexit.register(lambda: print('finalized'))\n"
             "print('before', end='')\nexit_rank(3)\nprint(' after')\n")
     env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
