@@ -6,14 +6,14 @@
 // 4.6 ms packed against 6.4 ms through at::conv2d (weight-bandwidth bound layers gain most); at
 // batch 64 within 10% either way. Small convs (below kMinPackedMacs) keep at::conv2d, whose im2col
 // kernel has less per-call setup. Without oneDNN it runs at::conv2d. Convs of 1-3 images that
-// direct_conv_pays picks run through pathrt's direct conv (pathrt/direct_conv.h) on a second copy of
-// the weight, blocked for it (weights whose outputs are a multiple of 16): at load under kLargeWeight,
-// else on the first such call (the session's dry run at load makes it for the convs its batch-1 calls
-// run direct: ResNet-18@64's layer-4 convs at 2x2, +30 MB on a 192 MB session; where the dot products
-// ran them, its plain phase took 1.54-1.56 -> 1.43-1.47 ms at batch 1 and 3.75-3.81 -> 3.55-3.68 at
-// batch 3, alternating processes): at batch 1 oneDNN's per-call setup is a large share of such a conv. Those the direct conv cannot take, of at
-// most kGemmPixels output pixels per image over 1-3 images, run as pathway_conv2d's dot products
-// (dot_conv_pays).
+// direct_conv_pays picks run through pathrt's direct conv (pathrt/direct_conv.h): at batch 1 oneDNN's
+// per-call setup is a large share of such a conv. It reads a second copy of the weight, blocked for it
+// (weights whose outputs are a multiple of 16): at load under kLargeWeight, else on the first such call.
+// The session's dry run at load makes that copy for the convs its batch-1 calls run direct: ResNet-18@64's
+// layer-4 convs at 2x2, +30 MB on a 192 MB session; where the dot products ran them, its plain phase took
+// 1.54-1.56 -> 1.43-1.47 ms at batch 1 and 3.75-3.81 -> 3.55-3.68 at batch 3 (alternating processes).
+// Those the direct conv cannot take, of at most kGemmPixels output pixels per image over 1-3 images, run
+// as pathway_conv2d's dot products (dot_conv_pays).
 // 1x1 convs of stride 1 over at least kMinPointwiseRows pixels run as one GEMM (pointwise_conv2d).
 //
 // The packed layout oneDNN wants depends on the input's shape (on AVX2: Acdb32a at batch 1, a padded
