@@ -5,6 +5,7 @@
 #include "pathrt/call_pool.h"
 #include "pathrt/cpu_dispatch.h"
 #include "pathrt/epilogue.h"
+#include "pathrt/huge_pages.h"
 #include "pathrt/packed_conv.h"
 
 #include <ATen/Parallel.h>
@@ -282,7 +283,8 @@ at::Tensor direct_conv_weight(const at::Tensor& weight) {
               "direct_conv_weight: a float (O, C, kh, kw) weight with O a multiple of 16, got ", weight.sizes());
   const int64_t o = weight.size(0), block = direct_block(o);
   // one copy from a view, whatever the weight's memory format: no temporary copy of a weight of megabytes
-  return weight.unflatten(0, {o / block, block}).permute({0, 3, 4, 2, 1}).contiguous();
+  const auto view = weight.unflatten(0, {o / block, block}).permute({0, 3, 4, 2, 1});
+  return huge_page_empty(view.sizes()).copy_(view);
 }
 
 namespace {

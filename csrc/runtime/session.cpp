@@ -17,12 +17,11 @@
 #include <optional>
 #include <set>
 
-#include <sys/mman.h>
-
 #include "pathrt/buffer_pool.h"
 #include "pathrt/call_pool.h"
 #include "pathrt/digest.h"
 #include "pathrt/fused_checks.h"
+#include "pathrt/huge_pages.h"
 #include "pathrt/kernels.h"
 #include "pathrt/packed_conv.h"
 #include "pathrt/pool.h"
@@ -136,28 +135,12 @@ int64_t checked_numel(const std::vector<int64_t>& shape, int64_t limit, const st
   return n;
 }
 
-// A float tensor for a bundle's values. From 2 MB on it is mapped on its own, 2 MB aligned, and advised onto
-// 2 MB pages (MADV_HUGEPAGE; where the kernel refuses, 4 KB pages as before): glibc's heap would hand out
-// memory already faulted in 4 KB pages. The batch-1 kernels stream these weights (the dot products,
-// few_rows_linear_cpu), and with 4 KB pages their prefetches stop at every page's TLB miss. VGG-11@64 at
-// batch 1, two sessions alternating in one process, pathway phase (its classifier read in place), 10th
-// percentiles of 2 runs: 8.57 -> 8.24 and 8.05 -> 7.58 ms. ResNet-18@64 at batch 1 the same within noise,
-// though its 2x2 convs stream their 9.4 MB weights through the same dot products (a standalone copy of
-// the kernel on them: 8-17% faster on 2 MB pages).
-at::Tensor bundle_tensor(const std::vector<int64_t>& shape, int64_t numel) {
-  constexpr uintptr_t kHugePage = uintptr_t{2} << 20, kPage = 4096;
-  const uintptr_t length = (static_cast<uintptr_t>(numel) * sizeof(float) + kPage - 1) / kPage * kPage;
-  void* raw = length < kHugePage ? MAP_FAILED
-                                 : mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return at::empty(shape, at::kFloat);
-  const uintptr_t start = reinterpret_cast<uintptr_t>(raw), aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
-  if (aligned > start) munmap(raw, aligned - start);  // the mapping's slack before and after the aligned range
-  munmap(reinterpret_cast<void*>(aligned + length), start + kHugePage - aligned);
-  void* p = reinterpret_cast<void*>(aligned);
-  madvise(p, length, MADV_HUGEPAGE);
-  return at::from_blob(p, shape, [length](void* q) { munmap(q, length); }, at::TensorOptions().dtype(at::kFloat));
-}
-
+// A bundle's values lie on 2 MB pages from 2 MB on (huge_page_empty). The batch-1 kernels stream these
+// weights (the dot products, few_rows_linear_cpu). VGG-11@64 at batch 1, two sessions alternating in one
+// process, pathway phase (its classifier read in place), 10th percentiles of 2 runs: 8.57 -> 8.24 and
+// 8.05 -> 7.58 ms against 4 KB pages. ResNet-18@64 at batch 1 the same within noise, though its 2x2 convs
+// stream their 9.4 MB weights through the same dot products (a standalone copy of the kernel on them: 8-17%
+// faster on 2 MB pages).
 // Reads the safetensors layout: 8-byte little-endian header length, JSON header, data. Every
 // tensor must be F32 and lie, with its declared size, inside the data section.
 std::map<std::string, at::Tensor> read_tensors(const std::string& data, const Json& header, uint64_t data_start) {
@@ -178,7 +161,7 @@ std::map<std::string, at::Tensor> read_tensors(const std::string& data, const Js
       throw BundleError("tensor " + name + ": its shape needs " + std::to_string(numel * 4) + " bytes but its data "
                         "offsets span " + std::to_string(offsets[1] - offsets[0]));
     }
-    auto t = bundle_tensor(shape, numel);
+    auto t = huge_page_empty(shape);
     if (numel > 0) std::memcpy(t.data_ptr<float>(), data.data() + data_start + offsets[0], numel * 4);
     tensors.emplace(name, std::move(t));
   }
@@ -893,7 +876,8 @@ void load_plan(ExplainSession::Impl& impl, const Json& plan, const std::map<std:
       }
       s.conv = PackedConv(s.weight, s.stride, s.padding);
       if (s.pathway_pass && s.in_mask >= 0 && s.out_mask < 0 && s.weight.size(0) % kInputMajorBlock == 0) {
-        s.input_major = s.weight.permute({1, 2, 3, 0}).contiguous().permute({3, 0, 1, 2});
+        auto major = huge_page_empty({s.weight.size(1), s.weight.size(2), s.weight.size(3), s.weight.size(0)});
+        s.input_major = major.copy_(s.weight.permute({1, 2, 3, 0})).permute({3, 0, 1, 2});
       }
     } else if (s.op == Op::Linear) {
       if (s.weight.numel() <= kSmallLinearMaxWeights) s.small = SmallLinear(s.weight, s.bias);
