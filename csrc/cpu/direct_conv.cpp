@@ -289,15 +289,16 @@ at::Tensor direct_conv_weight(const at::Tensor& weight) {
 
 namespace {
 
-// x as (n, h + 2 * ph, w + 2 * pw, c), channels-last with its padding zero, so windows need no bounds
-// checks: only the border is written with zeros and the pixels are copied a row at a time. In place of
+// x's pixels as (n, h + 2 * ph, w + 2 * pw, c) floats, channels-last with its padding zero, so windows need no
+// bounds checks: only the border is written with zeros and the pixels are copied a row at a time. In place of
 // at::zeros and a copy_ into a narrowed view: the embedded model's batch-1 plain pass (five such convs)
-// 0.298-0.301 -> 0.280-0.293 ms, 10th percentiles of 3 interleaved pairs.
+// 0.298-0.301 -> 0.280-0.293 ms, 10th percentiles of 3 interleaved pairs. Without padding, x itself when it
+// is channels-last. The tensor holds the memory; its shape is x's.
 at::Tensor padded_pixels(const at::Tensor& x, int64_t ph, int64_t pw) {
-  const auto pixels = x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});  // contiguous (n, h, w, c)
+  const auto pixels = x.contiguous(at::MemoryFormat::ChannelsLast);  // its memory is (n, h, w, c)
   if (ph == 0 && pw == 0) return pixels;
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hp = h + 2 * ph, row = (w + 2 * pw) * c;
-  auto padded = at::empty({n, hp, w + 2 * pw, c}, x.options());
+  auto padded = at::empty({n * hp * row}, x.options());
   const float* src = pixels.data_ptr<float>();
   float* dst = padded.data_ptr<float>();
   for (int64_t i = 0; i < n; ++i) {
@@ -316,6 +317,9 @@ at::Tensor padded_pixels(const at::Tensor& x, int64_t ph, int64_t pw) {
 
 }  // namespace
 
+// Channels-last tensors throughout, their memory read and written as (n, h, w, c) through data pointers: no
+// permuted views (three a conv, each an ATen call; 48 permutes and their as_strided calls in a ResNet-18@64
+// explanation at batch 1, ~1 us each inside a session call).
 at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& blocked, const at::Tensor& bias,
                          const at::Tensor& residual, bool relu, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && blocked.dim() == 5 && blocked.size(3) == x.size(1),
@@ -325,13 +329,13 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& blocked, const a
   const int64_t kh = blocked.size(1), kw = blocked.size(2), block = blocked.size(4), o = blocked.size(0) * block;
   const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(w, kw, stride[1], padding[1]);
   const at::Tensor input = padded_pixels(x, padding[0], padding[1]);
-  auto out = at::empty({n, ho, wo, o}, x.options());
-  const at::Tensor res = residual.defined() ? residual.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
+  auto out = at::empty({n, o, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor res = residual.defined() ? residual.contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
-  direct_conv_raw(input.data_ptr<float>(), n, input.size(1), input.size(2), c, blocked.data_ptr<float>(), o, block, kh,
-                  kw, ho, wo, stride[0], stride[1], b.defined() ? b.data_ptr<float>() : nullptr,
+  direct_conv_raw(input.data_ptr<float>(), n, h + 2 * padding[0], w + 2 * padding[1], c, blocked.data_ptr<float>(), o,
+                  block, kh, kw, ho, wo, stride[0], stride[1], b.defined() ? b.data_ptr<float>() : nullptr,
                   res.defined() ? res.data_ptr<float>() : nullptr, relu, out.data_ptr<float>());
-  return out.permute({0, 3, 1, 2});
+  return out;
 }
 
 }  // namespace pathrt
