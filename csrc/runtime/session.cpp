@@ -4,6 +4,7 @@
 #include "pathrt/session.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/TensorUtils.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 
@@ -166,6 +167,27 @@ std::map<std::string, at::Tensor> read_tensors(const std::string& data, const Js
     tensors.emplace(name, std::move(t));
   }
   return tensors;
+}
+
+// A view of x's storage with these sizes and strides from storage element `offset`, made without the
+// dispatcher: inside a session call a view op (flatten, narrow) or at::from_blob took 1-6 us (dispatch, cold
+// after the kernels around it), a TensorImpl of x's storage well under one.
+at::Tensor raw_view(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef strides, int64_t offset) {
+  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(x.storage()), x.key_set(), x.dtype());
+  impl->set_sizes_and_strides(sizes, strides, offset);
+  return at::Tensor(std::move(impl));
+}
+
+// at::flatten(x, start_dim) as a raw_view where it is one (the flattened dims' strides allow it, as
+// at::flatten's own view): ResNet-18@64's batch-1 joint tail flattens a (2, 512, 1, 1) channels-last map,
+// 6.4 us through at::flatten inside the call.
+at::Tensor flatten_from(const at::Tensor& x, int64_t start_dim) {
+  const int64_t d = start_dim < 0 ? start_dim + x.dim() : start_dim;
+  if (x.dim() <= 1 || d < 0 || d >= x.dim()) return at::flatten(x, start_dim);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().begin() + d);
+  shape.push_back(c10::multiply_integers(x.sizes().slice(d)));
+  const auto strides = at::detail::computeStride(x.sizes(), x.strides(), shape);
+  return strides ? raw_view(x, shape, *strides, x.storage_offset()) : at::flatten(x, start_dim);
 }
 
 at::Tensor channel_mask(const at::Tensor& y, const at::Tensor& mask) {
@@ -426,12 +448,12 @@ struct ExplainSession::Impl {
     const at::Tensor& x = values[s.inputs[0]];
     switch (s.op) {
       case Op::Conv: return s.conv(x, s.bias, s.residual ? values[s.inputs[1]] : at::Tensor(), s.relu);
-      case Op::Linear: return linear(s, s.flatten_input ? x.flatten(1) : x);
+      case Op::Linear: return linear(s, s.flatten_input ? flatten_from(x, 1) : x);
       case Op::Relu: return at::relu(x);
       case Op::MaxPool: return max_pool2d_cpu(x, s.kernel, s.stride, s.padding, s.ceil_mode);
       case Op::AvgPool: return avg_pool2d_cpu(x, s.kernel, s.stride, s.padding, s.ceil_mode);
       case Op::AdaptiveAvgPool: return adaptive_avg_pool2d_cpu(x, s.output_size);
-      case Op::Flatten: return at::flatten(x, s.start_dim);
+      case Op::Flatten: return flatten_from(x, s.start_dim);
       case Op::Add: return x + values[s.inputs[1]];
       case Op::Affine: return at::addcmul(s.bias.view({1, -1, 1, 1}), x, s.weight.view({1, -1, 1, 1}));
       case Op::Activation:
@@ -728,13 +750,13 @@ struct ExplainSession::Impl {
     const auto t2 = Clock::now();
     {
       RECORD_FUNCTION("pathrt.session.pathway", std::vector<c10::IValue>());
-      // Each pathway layer's mask, contiguous: at one image a view of r.masks made without the dispatcher
-      // (a narrow took ~1-2 us; 8 of them, 14 us of ResNet-18@64's batch-1 pathway phase).
+      // Each pathway layer's mask, contiguous: at one image a raw_view of r.masks (a narrow took ~1-2 us;
+      // 8 of them, 14 us of ResNet-18@64's batch-1 pathway phase; at::from_blob ~0.8).
       std::vector<at::Tensor> masks;
       int64_t offset = 0;
       const bool one = r.masks.size(0) == 1 && r.masks.is_contiguous();
       for (const int64_t c : info.channels) {
-        masks.push_back(one ? at::from_blob(r.masks.data_ptr<bool>() + offset, {1, c}, r.masks.options())
+        masks.push_back(one ? raw_view(r.masks, {1, c}, {c, 1}, r.masks.storage_offset() + offset)
                             : r.masks.narrow(1, offset, c).contiguous());
         offset += c;
       }
@@ -742,8 +764,14 @@ struct ExplainSession::Impl {
       if (joint_from < static_cast<int64_t>(steps.size())) {
         const auto both = joint_tail(plain_tail_input, pathway_tail_input, threads);
         const int64_t n = images.size(0);
-        r.logits = both.narrow(0, 0, n);
-        r.pathway_logits = both.narrow(0, n, n).contiguous();
+        if (both.dim() == 2 && both.is_contiguous()) {  // each half a raw_view
+          const int64_t k = both.size(1), at = both.storage_offset();
+          r.logits = raw_view(both, {n, k}, {k, 1}, at);
+          r.pathway_logits = raw_view(both, {n, k}, {k, 1}, at + n * k);
+        } else {
+          r.logits = both.narrow(0, 0, n);
+          r.pathway_logits = both.narrow(0, n, n).contiguous();
+        }
       } else {
         r.logits = plain_tail_input;
         r.pathway_logits = pathway_tail_input.contiguous();
