@@ -4,6 +4,7 @@
 
 #include "pathrt/call_pool.h"
 #include "pathrt/cpu_dispatch.h"
+#include "pathrt/cpu_empty.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/huge_pages.h"
 #include "pathrt/packed_conv.h"
@@ -298,7 +299,7 @@ at::Tensor padded_pixels(const at::Tensor& x, int64_t ph, int64_t pw) {
   const auto pixels = x.contiguous(at::MemoryFormat::ChannelsLast);  // its memory is (n, h, w, c)
   if (ph == 0 && pw == 0) return pixels;
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hp = h + 2 * ph, row = (w + 2 * pw) * c;
-  auto padded = at::empty({n * hp * row}, x.options());
+  auto padded = cpu_empty({n * hp * row});
   const float* src = pixels.data_ptr<float>();
   float* dst = padded.data_ptr<float>();
   for (int64_t i = 0; i < n; ++i) {
@@ -329,7 +330,7 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& blocked, const a
   const int64_t kh = blocked.size(1), kw = blocked.size(2), block = blocked.size(4), o = blocked.size(0) * block;
   const int64_t ho = conv_output_size(h, kh, stride[0], padding[0]), wo = conv_output_size(w, kw, stride[1], padding[1]);
   const at::Tensor input = padded_pixels(x, padding[0], padding[1]);
-  auto out = at::empty({n, o, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto out = cpu_empty({n, o, ho, wo}, at::kFloat, at::MemoryFormat::ChannelsLast);
   const at::Tensor res = residual.defined() ? residual.contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
   direct_conv_raw(input.data_ptr<float>(), n, h + 2 * padding[0], w + 2 * padding[1], c, blocked.data_ptr<float>(), o,

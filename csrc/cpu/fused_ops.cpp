@@ -27,6 +27,7 @@
 
 #include "pathrt/call_pool.h"
 #include "pathrt/cpu_dispatch.h"
+#include "pathrt/cpu_empty.h"
 #include "pathrt/direct_conv.h"
 #include "pathrt/epilogue.h"
 #include "pathrt/fused_checks.h"
@@ -145,7 +146,7 @@ at::Tensor masked_bias_relu_cpu(const at::Tensor& x, const c10::optional<at::Ten
                                 const c10::optional<at::Tensor>& fill) {
   check_masked_bias_relu(x, bias, mask, fill);
   const auto xc = x.contiguous(dense_format(x));
-  auto out = at::empty_like(xc);
+  auto out = cpu_empty(xc.sizes(), at::kFloat, dense_format(xc));
   masked_bias_relu_kernel(xc, bias, mask, fill, out);
   return out;
 }
@@ -810,7 +811,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto rc = residual.has_value() ? residual->contiguous(format) : at::Tensor();
   const auto im = in_mask.has_value() ? in_mask->contiguous() : at::Tensor();
   const auto om = out_mask.has_value() ? out_mask->contiguous() : at::Tensor();
-  auto out = at::empty({g.n, g.c_out, g.ho, g.wo}, xc.options(), format);  // zeroed a sample at a time below
+  auto out = cpu_empty({g.n, g.c_out, g.ho, g.wo}, at::kFloat, format);  // zeroed a sample at a time below
   const auto xs = xc.strides(), os = out.strides();
   const auto rs = rc.defined() ? rc.strides() : os;
   const int64_t taps = g.kh * g.kw, cols_per_row = g.ho * g.wo;

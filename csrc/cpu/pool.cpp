@@ -6,6 +6,7 @@
 
 #include "pathrt/call_pool.h"
 #include "pathrt/cpu_dispatch.h"
+#include "pathrt/cpu_empty.h"
 
 namespace pathrt {
 namespace {
@@ -122,7 +123,7 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntAr
               kernel, ", stride ", stride, ", padding ", padding);
   const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
   TORCH_CHECK(ho > 0 && wo > 0, "max_pool2d: the ", h, "x", w, " input is smaller than the ", kh, "x", kw, " window");
-  auto out = at::empty({x.size(0), x.size(1), ho, wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  auto out = cpu_empty({x.size(0), x.size(1), ho, wo}, at::kFloat, at::MemoryFormat::ChannelsLast);
   pool_rows(x, out, kh, kw, sh, sw, ph, pw, true);
   return out;
 }
@@ -134,7 +135,7 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntAr
                        stride[0] > 0 && stride[1] > 0 && kernel[0] <= x.size(2) && kernel[1] <= x.size(3);
   if (!covered) return at::avg_pool2d(x, kernel, stride, padding, ceil_mode);
   const int64_t ho = (x.size(2) - kernel[0]) / stride[0] + 1, wo = (x.size(3) - kernel[1]) / stride[1] + 1;
-  auto out = at::empty({x.size(0), x.size(1), ho, wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  auto out = cpu_empty({x.size(0), x.size(1), ho, wo}, at::kFloat, at::MemoryFormat::ChannelsLast);
   pool_rows(x, out, kernel[0], kernel[1], stride[0], stride[1], 0, 0, false);
   return out;
 }
@@ -143,7 +144,7 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_s
                        output_size[1] == 1 && x.size(2) > 0 && x.size(3) > 0;
   if (!covered) return at::adaptive_avg_pool2d(x, output_size);
   // one window over the whole map; (N, C, 1, 1) is the same memory in either layout
-  auto out = at::empty({x.size(0), x.size(1), 1, 1}, x.options());
+  auto out = cpu_empty({x.size(0), x.size(1), 1, 1});
   pool_rows(x, out, x.size(2), x.size(3), x.size(2), x.size(3), 0, 0, false);
   return out;
 }

@@ -20,6 +20,7 @@
 
 #include "pathrt/buffer_pool.h"
 #include "pathrt/call_pool.h"
+#include "pathrt/cpu_empty.h"
 #include "pathrt/digest.h"
 #include "pathrt/fused_checks.h"
 #include "pathrt/huge_pages.h"
@@ -202,7 +203,7 @@ at::Tensor to_channels_last(const at::Tensor& x) {
     return x.contiguous(at::MemoryFormat::ChannelsLast);
   }
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto out = cpu_empty(x.sizes(), at::kFloat, at::MemoryFormat::ChannelsLast);
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   pathrt::parallel_for(0, n * h, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, w * c)), [&](int64_t r0, int64_t r1) {
@@ -224,7 +225,7 @@ at::Tensor to_channels_last(const at::Tensor& x) {
 at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& keep) {
   const auto in = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c = in.size(1), k = keep.numel(), pixels = in.size(0) * in.size(2) * in.size(3);
-  auto out = at::empty({in.size(0), k, in.size(2), in.size(3)}, in.options(), at::MemoryFormat::ChannelsLast);
+  auto out = cpu_empty({in.size(0), k, in.size(2), in.size(3)}, at::kFloat, at::MemoryFormat::ChannelsLast);
   const float* src = in.data_ptr<float>();
   const int64_t* idx = keep.data_ptr<int64_t>();
   float* dst = out.data_ptr<float>();
@@ -337,9 +338,9 @@ float softmax_at(const float* row, int64_t k, int64_t c) {
 void explained_class(ExplainResult& r) {
   const int64_t n = r.logits.size(0), k = r.logits.size(1);
   const auto pathway = r.pathway_logits.contiguous();
-  r.classes = at::empty({n}, r.logits.options().dtype(at::kLong));
-  r.y = at::empty({n}, r.logits.options());
-  r.o = at::empty({n}, r.logits.options());
+  r.classes = cpu_empty({n}, at::kLong);
+  r.y = cpu_empty({n});
+  r.o = cpu_empty({n});
   const float* lp = r.logits.data_ptr<float>();
   const float* pp = pathway.data_ptr<float>();
   int64_t* cp = r.classes.data_ptr<int64_t>();
@@ -424,7 +425,7 @@ struct ExplainSession::Impl {
     if (float_rows && s.small.out() == 0 && x.size(0) <= kDotMaxPixels && s.weight.size(1) % kFewRowsAlign == 0 &&
         s.weight.is_contiguous()) {
       const auto xc = x.contiguous();
-      auto y = at::empty({xc.size(0), s.weight.size(0)}, xc.options());
+      auto y = cpu_empty({xc.size(0), s.weight.size(0)});
       few_rows_linear_cpu(xc.data_ptr<float>(), xc.size(0), s.weight.data_ptr<float>(), s.weight.size(0),
                           s.weight.size(1), s.bias.defined() ? s.bias.data_ptr<float>() : nullptr, s.relu,
                           y.data_ptr<float>());
@@ -435,7 +436,7 @@ struct ExplainSession::Impl {
       return s.relu ? y.relu_() : y;
     }
     const auto xc = x.contiguous();
-    auto y = at::empty({xc.size(0), s.small.out()}, xc.options());
+    auto y = cpu_empty({xc.size(0), s.small.out()});
     s.small(xc.data_ptr<float>(), xc.size(0), y.data_ptr<float>());
     if (s.relu) {  // as relu_: a NaN stays
       float* p = y.data_ptr<float>();
@@ -512,7 +513,7 @@ struct ExplainSession::Impl {
     }
     std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end());
     shape[0] += b.size(0);
-    auto both = at::empty(shape, a.options(), format);
+    auto both = cpu_empty(shape, at::kFloat, format);
     std::memcpy(both.data_ptr<float>(), a.data_ptr<float>(), sizeof(float) * a.numel());
     std::memcpy(both.data_ptr<float>() + a.numel(), b.data_ptr<float>(), sizeof(float) * b.numel());
     return both;

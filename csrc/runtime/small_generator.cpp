@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "pathrt/cpu_empty.h"
 #include "pathrt/digest.h"
 #include "pathrt/errors.h"
 #include "pathrt/generator_math.h"
@@ -250,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> SmallGene
   // joins the heads left (both chunks on one thread, in turn, without a helper). Decoder at batch 1,
   // interleaved processes on 2 cores: embedded 40-55 -> 37-45 us, ResNet-18@64 72-75 -> 65-71 (the chain
   // first, then the heads split over the threads).
-  auto head = at::empty({n, total_channels_}, at::kFloat);
+  auto head = cpu_empty({n, total_channels_});
   float* logits = head.data_ptr<float>();
   std::atomic<int64_t> ready{layers}, next_head{layers - 1};  // states[l] is final for l >= ready
   const auto run_heads = [&] {
