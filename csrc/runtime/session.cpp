@@ -137,14 +137,9 @@ int64_t checked_numel(const std::vector<int64_t>& shape, int64_t limit, const st
   return n;
 }
 
-// A bundle's values lie on 2 MB pages from 2 MB on (huge_page_empty). The batch-1 kernels stream these
-// weights (the dot products, few_rows_linear_cpu). VGG-11@64 at batch 1, two sessions alternating in one
-// process, pathway phase (its classifier read in place), 10th percentiles of 2 runs: 8.57 -> 8.24 and
-// 8.05 -> 7.58 ms against 4 KB pages. ResNet-18@64 at batch 1 the same within noise, though its 2x2 convs
-// stream their 9.4 MB weights through the same dot products (a standalone copy of the kernel on them: 8-17%
-// faster on 2 MB pages).
 // Reads the safetensors layout: 8-byte little-endian header length, JSON header, data. Every
-// tensor must be F32 and lie, with its declared size, inside the data section.
+// tensor must be F32 and lie, with its declared size, inside the data section. Each tensor from 2 MB on
+// lies on 2 MB pages (huge_page_empty): the batch-1 kernels stream these weights.
 std::map<std::string, at::Tensor> read_tensors(const std::string& data, const Json& header, uint64_t data_start) {
   std::map<std::string, at::Tensor> tensors;
   const uint64_t data_len = data.size() - data_start;
