@@ -174,6 +174,13 @@ at::Tensor raw_view(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef 
   return at::Tensor(std::move(impl));
 }
 
+// at::narrow(x, dim, start, length) as a raw_view (a narrow is always a view: x's strides, a later start).
+at::Tensor narrow_view(const at::Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes[dim] = length;
+  return raw_view(x, sizes, x.strides(), x.storage_offset() + start * x.stride(dim));
+}
+
 // at::flatten(x, start_dim) as a raw_view where it is one (the flattened dims' strides allow it, as
 // at::flatten's own view): ResNet-18@64's batch-1 joint tail flattens a (2, 512, 1, 1) channels-last map,
 // 6.4 us through at::flatten inside the call.
@@ -746,28 +753,21 @@ struct ExplainSession::Impl {
     const auto t2 = Clock::now();
     {
       RECORD_FUNCTION("pathrt.session.pathway", std::vector<c10::IValue>());
-      // Each pathway layer's mask, contiguous: at one image a raw_view of r.masks (a narrow took ~1-2 us;
-      // 8 of them, 14 us of ResNet-18@64's batch-1 pathway phase; at::from_blob ~0.8).
+      // Each pathway layer's mask, contiguous: a narrow_view of r.masks, copied only when it has several
+      // rows (a narrow took ~1-2 us; 8 of them, 14 us of ResNet-18@64's batch-1 pathway phase; at::from_blob
+      // ~0.8).
       std::vector<at::Tensor> masks;
       int64_t offset = 0;
-      const bool one = r.masks.size(0) == 1 && r.masks.is_contiguous();
       for (const int64_t c : info.channels) {
-        masks.push_back(one ? raw_view(r.masks, {1, c}, {c, 1}, r.masks.storage_offset() + offset)
-                            : r.masks.narrow(1, offset, c).contiguous());
+        masks.push_back(narrow_view(r.masks, 1, offset, c).contiguous());
         offset += c;
       }
       auto pathway_tail_input = pathway(values, masks, threads);
       if (joint_from < static_cast<int64_t>(steps.size())) {
         const auto both = joint_tail(plain_tail_input, pathway_tail_input, threads);
         const int64_t n = images.size(0);
-        if (both.dim() == 2 && both.is_contiguous()) {  // each half a raw_view
-          const int64_t k = both.size(1), at = both.storage_offset();
-          r.logits = raw_view(both, {n, k}, {k, 1}, at);
-          r.pathway_logits = raw_view(both, {n, k}, {k, 1}, at + n * k);
-        } else {
-          r.logits = both.narrow(0, 0, n);
-          r.pathway_logits = both.narrow(0, n, n).contiguous();
-        }
+        r.logits = narrow_view(both, 0, 0, n);
+        r.pathway_logits = narrow_view(both, 0, n, n).contiguous();
       } else {
         r.logits = plain_tail_input;
         r.pathway_logits = pathway_tail_input.contiguous();
