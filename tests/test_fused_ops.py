@@ -111,6 +111,12 @@ CONV_CASES = [
     (1, 6, 12, 8, 13, 3, 1, 1),
     (1, 9, 5, 6, 20, 1, 1, 0),
     (1, 4, 7, 7, 5, 5, 1, 2),
+    # one sample whose input and output maps fit 16 lanes, under 3/4 of its outputs kept: a vector per kept
+    # input, moved under each output by a permute per tap (LaneConv; channels-last, AVX-512): 3x3 taps
+    # unrolled, 40 channels (a partial block of 16), a 1x1 kernel over 15 pixels, 5x5 taps over padding
+    (1, 40, 4, 4, 24, 3, 1, 1),
+    (1, 20, 3, 5, 16, 1, 1, 0),
+    (1, 17, 4, 4, 20, 5, 1, 2),
 ]
 
 
@@ -155,10 +161,12 @@ def _laid_out(weight: torch.Tensor, layout: str) -> torch.Tensor:
 
 # (case, weight layout): gathered weights; kept OIHW or channels-last rows in place over every input
 # (16 inputs, at least half kept); an input-major weight read in place (64 outputs, at most 16 output
-# pixels per run); one sample's planes, every tap in one pass (8x8)
+# pixels per run); one sample's planes, every tap in one pass (8x8); one sample's maps in vectors (4x4,
+# LaneConv: the removed channels' NaNs are transposed with the kept ones, never used)
 NEVER_READ_CASES = [(CONV_CASES[1], "oihw"), ((1, 16, 4, 4, 7, 3, 2, 1), "oihw"),
                     ((1, 16, 4, 4, 7, 3, 2, 1), "channels_last"), ((2, 12, 4, 4, 64, 3, 2, 1), "input_major"),
-                    ((1, 6, 4, 4, 128, 3, 1, 1), "input_major"), ((1, 8, 8, 8, 12, 3, 1, 1), "oihw")]
+                    ((1, 6, 4, 4, 128, 3, 1, 1), "input_major"), ((1, 8, 8, 8, 12, 3, 1, 1), "oihw"),
+                    ((1, 40, 4, 4, 24, 3, 1, 1), "oihw")]
 
 
 @pytest.mark.parametrize(("case", "weight_layout"), NEVER_READ_CASES)

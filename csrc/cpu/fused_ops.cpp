@@ -8,7 +8,8 @@
 //                       otherwise; for 1-3 samples and up to 16M multiply-adds the direct conv of
 //                       pathrt/direct_conv.h; for a few pixels, dot products over the kept weights read
 //                       in place: OIHW rows, or an input-major weight's kept-input rows; one sample on
-//                       rows of 4-8 pixels, every tap in one pass over its planes: PlanarConv).
+//                       rows of 4-8 pixels, every tap in one pass over its planes: PlanarConv; one sample
+//                       whose maps fit a vector, a permute per tap: LaneConv).
 // Element arithmetic comes from pathrt/epilogue.h, shared with the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -577,6 +578,129 @@ __attribute__((target("avx512f"))) void kept_pixels_avx512(const float* src, int
 }
 using KeptPixelsFn = void (*)(const float*, int64_t, int64_t, const uint64_t*, int64_t, float*);
 const auto kept_pixels = for_this_cpu<KeptPixelsFn>(kept_pixels_avx512, nullptr, nullptr);
+
+// v[i] <- column i of the 16 x 16 floats whose rows were v[0, 16): interleaves within 128-bit lanes, then
+// of whole lanes (what unpack / shuffle_ps / shuffle_f32x4 do, as the vector extension's shuffles).
+[[gnu::always_inline]] inline void transpose16(V16 (&v)[16]) {
+  V16 t[16];
+  for (int i = 0; i < 16; i += 2) {  // pairs of floats
+    t[i] = __builtin_shufflevector(v[i], v[i + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+    t[i + 1] = __builtin_shufflevector(v[i], v[i + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks
+    for (int k = 0; k < 2; ++k) {
+      v[i + 2 * k] = __builtin_shufflevector(t[i + k], t[i + k + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13,
+                                             28, 29);
+      v[i + 2 * k + 1] = __builtin_shufflevector(t[i + k], t[i + k + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27,
+                                                 14, 15, 30, 31);
+    }
+  }
+  for (int i = 0; i < 16; i += 8) {  // 8 x 8 blocks
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = __builtin_shufflevector(v[i + k], v[i + k + 4], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+      t[i + k + 4] =
+          __builtin_shufflevector(v[i + k], v[i + k + 4], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    }
+  }
+  for (int k = 0; k < 8; ++k) {
+    v[k] = __builtin_shufflevector(t[k], t[k + 8], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    v[k + 8] = __builtin_shufflevector(t[k], t[k + 8], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  }
+}
+
+// A conv whose input and output maps fit a vector each (kLanes pixels), one sample: each kept input's map
+// in a vector, which one masked permute per tap turns into the inputs that tap reads under each output
+// pixel (0 in the padding and past the outputs). Output pixel p of tap t reads input pixel from[t * kLanes
+// + p] where bit p of inside[t] is set.
+constexpr int64_t kLanes = 16;
+struct LaneTaps {
+  std::vector<int32_t> from;
+  std::vector<uint16_t> inside;
+  explicit LaneTaps(const ConvGeometry& g)
+      : from(static_cast<size_t>(g.kh * g.kw * kLanes), 0), inside(static_cast<size_t>(g.kh * g.kw), 0) {
+    for (int64_t t = 0; t < g.kh * g.kw; ++t) {
+      for (int64_t p = 0; p < g.ho * g.wo; ++p) {
+        const int64_t iy = conv_input_coord(p / g.wo, t / g.kw, g.sh, g.ph, g.h);
+        const int64_t ix = conv_input_coord(p % g.wo, t % g.kw, g.sw, g.pw, g.w);
+        if (iy < 0 || ix < 0) continue;
+        from[t * kLanes + p] = static_cast<int32_t>(iy * g.w + ix);
+        inside[t] = static_cast<uint16_t>(inside[t] | 1u << p);
+      }
+    }
+  }
+};
+
+// maps[j * kLanes + q] = kept channel in_idx[j] of a channels-last sample's pixel q (pixels `pixel` floats
+// apart, rows `row` apart; 0 past the map's g.h * g.w <= kLanes): a 16 x 16 transpose per 16 channels.
+__attribute__((target("avx512f"))) void lane_maps_avx512(const float* x, int64_t row, int64_t pixel,
+                                                        const int64_t* in_idx, int64_t kin, const ConvGeometry& g,
+                                                        float* maps) {
+  const int64_t inputs = g.h * g.w;
+  V16 block[kLanes];
+  int64_t j = 0;
+  for (int64_t c0 = 0; j < kin; c0 += kLanes) {
+    if (in_idx[j] >= c0 + kLanes) continue;  // no kept channel among these 16
+    const auto lanes = static_cast<__mmask16>(g.c_in - c0 >= kLanes ? 0xFFFF : (1u << (g.c_in - c0)) - 1);
+    for (int64_t q = 0; q < kLanes; ++q) {
+      block[q] = q < inputs ? V16(_mm512_maskz_loadu_ps(lanes, x + q / g.w * row + q % g.w * pixel + c0)) : V16{};
+    }
+    transpose16(block);  // block[c]: channel c0 + c's pixels
+    for (; j < kin && in_idx[j] < c0 + kLanes; ++j) std::memcpy(maps + j * kLanes, &block[in_idx[j] - c0], sizeof(V16));
+  }
+}
+
+// y[a * kLanes + p] = sum over kept inputs j and taps t of w_a[in_at[j] + t] * (tap t's permute of map j)[p],
+// w_a the OIHW row of kept output a, read in place: PlanarConv's arithmetic over one vector of output
+// pixels, kLaneOuts outputs a tile, the taps' inputs made in registers from the maps (the 9 vectors per
+// input of a materialized im2col, 147 KB for 256 inputs, took 12 us to write inside a session call).
+struct LaneConv {
+  const float* maps;
+  const LaneTaps& taps;
+  const float* weight;  // OIHW, rows `weight_row` floats apart
+  int64_t weight_row;
+  const int64_t* in_at;  // kept input j's taps at in_at[j] in a row
+  int64_t kin;
+  const int64_t* out_idx;
+  int64_t kout;
+  float* y;
+};
+// accumulators: the FMAs' 4 cycles of latency on 2 ports; 12, with their 12 row pointers, took longer
+constexpr int64_t kLaneOuts = 8;
+int64_t lane_tasks(const LaneConv& c) { return (c.kout + kLaneOuts - 1) / kLaneOuts; }
+// kTaps: the taps when 9 (3x3, unrolled), else 0 (c.taps' count at run time)
+template <int64_t kTaps>
+__attribute__((target("avx512f"), always_inline)) inline void lane_tiles(const LaneConv& c, int64_t t0, int64_t t1) {
+  const int64_t taps = kTaps > 0 ? kTaps : static_cast<int64_t>(c.taps.inside.size());
+  const int32_t* from = c.taps.from.data();
+  const uint16_t* inside = c.taps.inside.data();
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t a0 = task * kLaneOuts;
+    const float* w[kLaneOuts];
+    for (int64_t r = 0; r < kLaneOuts; ++r) {  // a short tile repeats its last row
+      w[r] = c.weight + c.out_idx[std::min(a0 + r, c.kout - 1)] * c.weight_row;
+    }
+    __m512 acc[kLaneOuts];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    for (int64_t j = 0; j < c.kin; ++j) {
+      const __m512 map = _mm512_loadu_ps(c.maps + j * kLanes);
+      const int64_t at = c.in_at[j];
+#pragma GCC unroll 9
+      for (int64_t t = 0; t < taps; ++t) {
+        const __m512 v = _mm512_maskz_permutexvar_ps(inside[t], _mm512_loadu_si512(from + t * kLanes), map);
+#pragma GCC unroll 8
+        for (int64_t r = 0; r < kLaneOuts; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(w[r][at + t]), v, acc[r]);
+      }
+    }
+    for (int64_t r = 0; r < kLaneOuts && a0 + r < c.kout; ++r) _mm512_storeu_ps(c.y + (a0 + r) * kLanes, acc[r]);
+  }
+}
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lane_conv_avx512(const LaneConv& c, int64_t t0, int64_t t1) {
+  return c.taps.inside.size() == 9 ? lane_tiles<9>(c, t0, t1) : lane_tiles<0>(c, t0, t1);
+}
+using LaneConvFn = void (*)(const LaneConv&, int64_t, int64_t);
+const auto lane_conv = for_this_cpu<LaneConvFn>(lane_conv_avx512, nullptr, nullptr);
+using LaneMapsFn = void (*)(const float*, int64_t, int64_t, const int64_t*, int64_t, const ConvGeometry&, float*);
+const auto lane_maps = for_this_cpu<LaneMapsFn>(lane_maps_avx512, nullptr, nullptr);
 const auto slab_rows = for_this_cpu(slab_rows_avx512, slab_rows_avx2, slab_rows_baseline);
 
 }  // namespace
@@ -660,11 +784,11 @@ int64_t kept_bits(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b
 struct RunBuffers {
   static constexpr size_t kKeptBytes = size_t{4} << 20;
   std::vector<int64_t> in_idx, out_idx, offsets;
-  std::vector<float> cols, wbuf, ybuf, planes, rows;
+  std::vector<float> cols, wbuf, ybuf, planes, rows, maps;
   std::vector<uint32_t> keep;  // an output mask's words for the direct kernel's epilogue
 
   void trim() {
-    for (auto* v : {&cols, &wbuf, &ybuf, &planes, &rows}) {
+    for (auto* v : {&cols, &wbuf, &ybuf, &planes, &rows, &maps}) {
       if (v->capacity() * sizeof(float) > kKeptBytes) std::vector<float>().swap(*v);
     }
   }
@@ -1144,17 +1268,46 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
                ? (runs[r].merged ? kout * depth * width <= kDirectMaxMacs
                                  : direct_conv_fits(count, kout * depth * width, kSparseDirectMaxMacs))
                : reads_in_place(kout, width) && g.c_out * depth * width <= kSparseDirectMaxMacs);
-      const bool planar_run = planar_weight && count == 1 && kin > 0 && kout > 0 && g.wo >= kPlanarMinRow &&
-                              g.wo <= kPlanarMaxRow && kout * g.c_in * taps <= kPlanarMaxWeightFloats;
+      // One channels-last sample whose input and output maps fit a vector each (LaneConv), when its kept
+      // outputs' vectors hold under 3/4 of the multiply-adds the direct conv spends in place over every
+      // output (the direct conv reads the blocked weight in place from a quarter of the outputs dropped).
+      // At batch 1 (pathway steps timed inside the session, 2 cores): ResNet-18@64's out-masked 256 -> 256
+      // convs at 4x4 (100 and 105 outputs kept) 72-77 -> 38-39 us, where the direct conv computed every
+      // output (compacting the kept weights reads all of the blocked weight); the embedded model's 128 ->
+      // 256 at 4x4 17-18 -> 12.6-12.7 and VGG-11@64's 512 -> 512 at 4x4 174-195 -> 162-170, where
+      // PlanarConv's padded rows of 4 computed two vectors for 16 pixels or the direct conv ran.
+      const bool lane_run = lane_conv != nullptr && count == 1 && kin > 0 && kout > 0 && xs[1] == 1 &&
+                            g.h * g.w <= kLanes && width <= kLanes && wc.is_contiguous() &&
+                            4 * kout * kLanes < 3 * g.c_out * width;
+      const bool planar_run = !lane_run && planar_weight && count == 1 && kin > 0 && kout > 0 &&
+                              g.wo >= kPlanarMinRow && g.wo <= kPlanarMaxRow &&
+                              kout * g.c_in * taps <= kPlanarMaxWeightFloats;
       // Each sample's output block is zeroed by the thread that fills it, just before (then in its cache;
       // one zero_ of the whole output first cost the embedded model's batch-64 pathway ~0.2 ms a layer),
       // unless the pixel epilogue writes all of it.
-      if (planar_run || !(direct_run && pixel_rows)) {
+      if (lane_run || planar_run || !(direct_run && pixel_rows)) {
         each_member(count, [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) std::fill_n(op + members[t] * os[0], os[0], 0.0f);
         });
       }
       if (kout == 0) continue;
+      if (lane_run) {
+        auto& maps = buffers.maps;  // its own buffer: at a steady size, no zero fill in a resize
+        maps.resize(std::max(maps.size(), static_cast<size_t>(kin * kLanes)));
+        lane_maps(xp + members[0] * xs[0], xs[2], xs[3], in_idx.data(), kin, g, maps.data());
+        auto& in_at = buffers.offsets;
+        in_at.resize(static_cast<size_t>(kin));
+        for (int64_t j = 0; j < kin; ++j) in_at[j] = in_idx[j] * ws[1];
+        ybuf.resize(static_cast<size_t>(kout * kLanes));
+        const LaneTaps lane_taps(g);
+        const LaneConv c{maps.data(), lane_taps, wp, ws[0], in_at.data(), kin, out_idx.data(), kout, ybuf.data()};
+        pathrt::parallel_for(0, lane_tasks(c), dot_grain(kLaneOuts * kLanes * depth),
+                             [&](int64_t t0, int64_t t1) { lane_conv(c, t0, t1); });
+        epilogue(members, own_out, out_idx, [&](int64_t a, int64_t, int64_t, int64_t oy, int64_t ox) {
+          return ybuf[a * kLanes + oy * g.wo + ox];
+        });
+        continue;
+      }
       if (planar_run) {
         const Shifted sh(g, 1);
         padded_planes(xp, own_in, xs, members, in_idx, g, sh, planes);
