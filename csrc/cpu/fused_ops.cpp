@@ -382,7 +382,7 @@ void dot_rows_baseline(const float* const* w, int64_t outs, const float* rows, i
 // and each of the `width` pixel rows, kPixels at a time: an input-major weight's rows (one per kept
 // input channel and tap) scaled by the pixels' values, vectors over the outputs. Reads only the kept
 // inputs' weights, contiguously, for convs whose input is sparse and output dense (each ResNet block's
-// second conv), where OIHW rows hold the kept inputs scattered.
+// first conv), where OIHW rows hold the kept inputs scattered.
 template <typename V, int64_t kPixels>
 [[gnu::always_inline]] inline void slab_rows_body(const float* w, const int64_t* offsets, int64_t depth,
                                                   const float* rows, int64_t ld, int64_t width, float* y,
@@ -395,7 +395,7 @@ template <typename V, int64_t kPixels>
     for (int64_t k = 0; k < depth; ++k) {
       const float* wk = w + offsets[k];
       // Rows lie a row of the weight apart: too far for the prefetchers. Into the L2, as dot_rows_body's:
-      // ResNet-18@64's batch-1 pathway pass (its blocks' second convs), alternating in one process, 10th
+      // ResNet-18@64's batch-1 pathway pass (its blocks' first convs), alternating in one process, 10th
       // percentiles of 3 runs 2.04-2.48 -> 1.97-2.24 ms, medians 2.75-2.97 -> 2.59-2.65.
       if (k + kSlabPrefetch < depth) prefetch_lines<kIntoL2>(w + offsets[k + kSlabPrefetch], kSlabOuts);
       for (int64_t v = 0; v < vecs; ++v) {

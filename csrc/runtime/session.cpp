@@ -97,7 +97,7 @@ struct Step {
   at::Tensor weight, bias;
   PackedConv conv;  // the dense conv: weight prepacked at load, bias, residual and ReLU fused
   // The weight input-major, for pathway_conv2d at a few pixels, when the input alone is masked (each
-  // ResNet block's second conv): it then reads only the kept inputs' weights, contiguously. ResNet-18@64
+  // ResNet block's first conv): it then reads only the kept inputs' weights, contiguously. ResNet-18@64
   // at batch 1, 2x2 512->512 with 208 inputs kept, 1 thread: 503 -> 187 us (oneDNN's dense conv: 444).
   at::Tensor input_major;
   // A linear's weight packed for SmallLinear, when it has at most kSmallLinearMaxWeights values: its
