@@ -183,6 +183,22 @@ def test_pathway_conv2d_never_reads_removed_inputs_nor_computes_removed_outputs(
     torch.testing.assert_close(out, ref)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_input_major_kernel_skips_kept_inputs_that_are_zero(layout: str) -> None:
+    """A kept input that is zero at every pixel (as after a ReLU) adds only zeros: the input-major kernel
+    does not read its weights (NaN there changes nothing); a kept input with one nonzero value is read."""
+    x, weight, bias, _, in_mask, _, s, p = _conv_inputs((2, 12, 2, 2, 64, 3, 1, 1), layout, 0.8, 1.0, False)
+    in_mask[:, :4] = True
+    x[:, :4] = 0.0  # inputs 0-2 zero in both samples
+    x[0, 3, 1, 0] = 2.0  # input 3: one nonzero value, in the first sample
+    poisoned = weight.clone()
+    poisoned[:, :3] = float("nan")
+    out = ops.pathway_conv2d(x, _input_major(poisoned), bias, None, in_mask, None, s, p, relu=False)
+    assert not out.isnan().any()  # the zero inputs' weights were never read
+    ref = opspec.pathway_conv2d_reference(x, weight, bias, None, in_mask, None, s, p, False)
+    torch.testing.assert_close(out, ref)
+
+
 WEIGHT_LAYOUT_CASES = [
     (1, 12, 4, 4, 64, 3, 1, 1),  # 16 output pixels: read in place (input-major: by its own kernel)
     (3, 16, 4, 4, 128, 3, 2, 1),  # 4 per sample, runs of up to 12: in place
