@@ -1064,8 +1064,10 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       for (size_t t = 0; t < members.size() && zero; ++t) {
         const float* sample = xp + members[t] * xs[0];
         const bool* own = mask_row(own_in, members[t], g.c_in);
-        for (int64_t p = 0; p < g.h * g.w && zero; ++p) {
-          zero = own_value(sample + p / g.w * xs[2] + p % g.w * xs[3], xs[1], c, own) == 0.0f;
+        for (int64_t iy = 0; iy < g.h && zero; ++iy) {
+          for (int64_t ix = 0; ix < g.w && zero; ++ix) {
+            zero = own_value(sample + iy * xs[2] + ix * xs[3], xs[1], c, own) == 0.0f;
+          }
         }
       }
       if (!zero) live.push_back(c);
