@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -1053,6 +1054,13 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
     });
   };
 
+  // LaneConv's taps, once per call, where the geometry lets a one-sample run take it: a channels-last input
+  // (channels adjacent), the input and output maps within a vector each, an OIHW weight read in place.
+  const auto lane_taps = lane_conv != nullptr && xs[1] == 1 && g.h * g.w <= kLanes && g.ho * g.wo <= kLanes &&
+                                 wc.is_contiguous()
+                             ? std::make_optional<LaneTaps>(g)
+                             : std::nullopt;
+
   // The kept inputs with a nonzero value at some pixel of the members: an input that is zero all over them
   // (after a ReLU, ~11% of ResNet-18@64's kept layer-4 block inputs at batch 1) adds only zeros, and its
   // input-major weight rows need not be read. A NaN is nonzero, so it still reaches the sums.
@@ -1298,9 +1306,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
       // output (compacting the kept weights reads all of the blocked weight); the embedded model's 128 ->
       // 256 at 4x4 17-18 -> 12.6-12.7 and VGG-11@64's 512 -> 512 at 4x4 174-195 -> 162-170, where
       // PlanarConv's padded rows of 4 computed two vectors for 16 pixels or the direct conv ran.
-      const bool lane_run = lane_conv != nullptr && count == 1 && kin > 0 && kout > 0 && xs[1] == 1 &&
-                            g.h * g.w <= kLanes && width <= kLanes && wc.is_contiguous() &&
-                            4 * kout * kLanes < 3 * g.c_out * width;
+      const bool lane_run = lane_taps && count == 1 && kin > 0 && kout > 0 && 4 * kout * kLanes < 3 * g.c_out * width;
       const bool planar_run = !lane_run && planar_weight && count == 1 && kin > 0 && kout > 0 &&
                               g.wo >= kPlanarMinRow && g.wo <= kPlanarMaxRow &&
                               kout * g.c_in * taps <= kPlanarMaxWeightFloats;
@@ -1321,8 +1327,7 @@ at::Tensor pathway_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, con
         in_at.resize(static_cast<size_t>(kin));
         for (int64_t j = 0; j < kin; ++j) in_at[j] = in_idx[j] * ws[1];
         ybuf.resize(static_cast<size_t>(kout * kLanes));
-        const LaneTaps lane_taps(g);
-        const LaneConv c{maps.data(), lane_taps, wp, ws[0], in_at.data(), kin, out_idx.data(), kout, ybuf.data()};
+        const LaneConv c{maps.data(), *lane_taps, wp, ws[0], in_at.data(), kin, out_idx.data(), kout, ybuf.data()};
         pathrt::parallel_for(0, lane_tasks(c), dot_grain(kLaneOuts * kLanes * depth),
                              [&](int64_t t0, int64_t t1) { lane_conv(c, t0, t1); });
         epilogue(members, own_out, out_idx, [&](int64_t a, int64_t, int64_t, int64_t oy, int64_t ox) {
